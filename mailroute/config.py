@@ -1,0 +1,413 @@
+"""Configuration: TOML file + ``MAILROUTE_<SECTION>__<KEY>`` environment overrides.
+
+This module is the only reader of the environment for settings. The config
+object is passed explicitly to whatever needs it; there is no global.
+
+A bad value is refused with a :class:`~mailroute.errors.ConfigError` naming the
+key (``smtp.port``), the line of the file where it stands when it comes from the
+file, or the environment variable when it comes from there.
+
+The field descriptions below are the documentation of ``config.example.toml``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mailroute.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailroute/config.toml")
+ENV_CONFIG_PATH = "MAILROUTE_CONFIG"
+ENV_PREFIX = "MAILROUTE_"
+
+Security = Literal["ssl", "starttls", "none"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Connection(Section):
+    """What IMAP and SMTP share: where, how securely, as whom."""
+
+    host: str = Field("", description="Server host name or address.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Server port; default follows `security`."
+    )
+    allow_insecure: bool = Field(
+        False, description='Permit security = "none" to a host that is not loopback.'
+    )
+    security: Security = Field(
+        "ssl", description='"ssl" (implicit TLS), "starttls", or "none" (loopback only).'
+    )
+    tls_verify: bool = Field(True, description="Verify the server certificate and host name.")
+    ca_file: str | None = Field(None, description="Extra CA bundle (PEM) for private CAs.")
+    username: str = Field("", description="Login name.")
+    password: SecretStr = Field(SecretStr(""), description="Password (prefer password_file).")
+    password_file: str | None = Field(
+        None,
+        description="File holding the password; $CREDENTIALS_DIRECTORY is expanded and "
+        "relative paths are looked up there (systemd LoadCredential=).",
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds for any one network operation.")
+
+    @field_validator("security")
+    @classmethod
+    def _insecure_only_to_loopback(cls, security: str, info: ValidationInfo) -> str:
+        host = info.data.get("host", "")
+        if security == "none" and host and not info.data.get("allow_insecure"):
+            if not _is_loopback(host):
+                raise ValueError(
+                    f'"none" sends the password in clear to {host}; '
+                    "use ssl or starttls, or set allow_insecure = true"
+                )
+        return security
+
+    def effective_port(self) -> int:
+        """The configured port, or the standard one for the protocol and security."""
+        return self.port or self._default_ports()[self.security]
+
+    def _default_ports(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class MailboxConfig(_Connection):
+    """The ServiceDesk mailbox mailroute reads."""
+
+    address: str = Field(
+        "servicedesk@example.com",
+        description="The ServiceDesk address; letters from it are loops and are ignored.",
+    )
+    aliases: list[str] = Field(
+        default_factory=list, description="Other addresses of the desk (also never answered)."
+    )
+    folder: str = Field("INBOX", description="Folder new letters arrive in.")
+    processed_folder: str = Field("Processed", description="Where handled letters are moved.")
+    quarantine_folder: str = Field(
+        "Quarantine", description="Where letters that could not be processed are moved."
+    )
+    maildir: str | None = Field(
+        None,
+        description="Read a local Maildir instead of IMAP (for hosts whose MTA delivers "
+        "locally); folders become Maildir++ subfolders.",
+    )
+    batch_size: int = Field(50, ge=1, le=1000, description="Letters fetched per IMAP FETCH.")
+    idle: bool = Field(True, description="Use IMAP IDLE when the server offers it.")
+    poll_interval: float = Field(
+        60.0, gt=0, description="Seconds between polls when IDLE is off or not offered."
+    )
+    idle_timeout: float = Field(
+        600.0, gt=0, le=1740, description="Seconds before IDLE is renewed (RFC 2177: < 29 min)."
+    )
+
+    def _default_ports(self) -> dict[str, int]:
+        return {"ssl": 993, "starttls": 143, "none": 143}
+
+    def own_addresses(self) -> frozenset[str]:
+        """The desk's address and aliases, lower-cased, for loop detection."""
+        return frozenset(a.strip().lower() for a in [self.address, *self.aliases] if a.strip())
+
+
+class SmtpConfig(_Connection):
+    """The SMTP server replies are sent through."""
+
+    host: str = Field("localhost", description="SMTP server host name or address.")
+    security: Security = Field("starttls", description='"ssl", "starttls" or "none".')
+    from_address: str = Field(
+        "servicedesk@example.com", description="From: address of replies (the desk's)."
+    )
+    from_name: str = Field("ServiceDesk", description="Display name in From: of replies.")
+
+    def _default_ports(self) -> dict[str, int]:
+        return {"ssl": 465, "starttls": 587, "none": 25}
+
+
+class DatabaseConfig(Section):
+    """Where requests, letters and the outbox live."""
+
+    url: str = Field(
+        "sqlite:///mailroute.db",
+        description="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+            raise ValueError("must start with sqlite:// or postgresql(+driver)://")
+        return url
+
+
+class BusinessHoursConfig(Section):
+    """The consultation line's hours: when replies go out and SLA clocks run."""
+
+    timezone: str = Field("Europe/Moscow", description="IANA time zone of the desk.")
+    open: time = Field(time(10, 0), description='Opening time on working days, "HH:MM".')
+    close: time = Field(time(18, 0), description='Closing time on working days, "HH:MM".')
+    workdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"],
+        description="Ordinary working weekdays.",
+    )
+    weekday_hours: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-weekday hours overriding open/close, e.g. { fri = "10:00-17:00" }.',
+    )
+    calendar: str = Field(
+        "RU",
+        description='Public-holiday calendar (country code for the `holidays` library); "" for none.',
+    )
+    extra_holidays: list[date] = Field(
+        default_factory=list, description="Extra days off (corrections, company holidays)."
+    )
+    extra_workdays: list[date] = Field(
+        default_factory=list, description="Extra working days (e.g. a transferred Saturday)."
+    )
+    short_days: list[date] = Field(
+        default_factory=list,
+        description="Extra shortened days (closing `short_day_hours` early), besides the "
+        "pre-holiday days derived from the calendar.",
+    )
+    short_day_hours: float = Field(
+        1.0, ge=0, lt=24, description="How much earlier the desk closes on a shortened day."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    @field_validator("weekday_hours")
+    @classmethod
+    def _hours_ranges(cls, value: dict[str, str]) -> dict[str, str]:
+        for day, span in value.items():
+            if day not in WEEKDAYS:
+                raise ValueError(f"{day!r} is not one of {', '.join(WEEKDAYS)}")
+            if not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", span.replace(" ", "")):
+                raise ValueError(f'{day} = {span!r} is not of the form "HH:MM-HH:MM"')
+        return value
+
+    @model_validator(mode="after")
+    def _open_before_close(self) -> BusinessHoursConfig:
+        if self.open >= self.close:
+            raise ValueError(f"open ({self.open:%H:%M}) must be before close ({self.close:%H:%M})")
+        return self
+
+
+class RepliesConfig(Section):
+    """What mailroute sends back, and when."""
+
+    window: Literal["business_hours", "always"] = Field(
+        "business_hours",
+        description='"business_hours": replies wait for the next opening; "always": at once.',
+    )
+    enabled: bool = Field(True, description="Send replies at all (false: register silently).")
+    templates_dir: str | None = Field(
+        None,
+        description="Directory of templates overriding the built-in ones "
+        "(acknowledgement.ru.txt, clarification.en.txt, ...).",
+    )
+    default_language: Literal["ru", "en"] = Field(
+        "ru", description="Language of replies when a letter's language cannot be told."
+    )
+    send_interval: float = Field(
+        15.0, gt=0, description="Seconds between outbox runs of the daemon."
+    )
+    retry_initial: float = Field(60.0, gt=0, description="First retry delay after a 4xx, seconds.")
+    retry_max: float = Field(3600.0, gt=0, description="Longest delay between retries, seconds.")
+    retry_deadline_hours: float = Field(
+        48.0, gt=0, description="Give up (mark failed) on a reply still undelivered after this."
+    )
+
+
+class LoggingConfig(Section):
+    """Log lines for journald: one line per event."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Threshold.")
+    format: Literal["keyvalue", "json"] = Field(
+        "keyvalue", description='"keyvalue" (key=value pairs) or "json" (one object per line).'
+    )
+
+
+class Config(BaseModel):
+    """The whole configuration; every section has working defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mailbox: MailboxConfig = Field(default_factory=MailboxConfig)  # type: ignore[arg-type]
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)  # type: ignore[arg-type]
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
+    business_hours: BusinessHoursConfig = Field(default_factory=BusinessHoursConfig)  # type: ignore[arg-type]
+    replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+
+    source: Annotated[str | None, Field(exclude=True)] = None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read: --config, then $MAILROUTE_CONFIG, then the system path.
+
+    Returns None when nothing was asked for and the system file does not exist, so
+    tools like ``explain`` work on embedded defaults.
+    """
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(ENV_CONFIG_PATH):
+        return Path(environ[ENV_CONFIG_PATH])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    text, data = "", {}
+    if path is not None:
+        text, data = _read_toml(Path(path))
+    origins = _apply_environment(data, environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, text, str(path) if path else None, origins)) from None
+    _read_password_files(config, path)
+    config.source = str(path) if path else None
+    return config
+
+
+def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config file is not UTF-8: {exc}") from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Fold MAILROUTE_SECTION__KEY variables into ``data``; return key -> variable name."""
+    origins: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in Config.model_fields or section == "source":
+            raise ConfigError(f"{name}: no config section [{section}]")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{name}: [{section}] is not a table in the config file")
+        target[key] = value
+        origins[f"{section}.{key}"] = name
+    return origins
+
+
+def _describe(
+    exc: ValidationError, text: str, path: str | None, origins: Mapping[str, str]
+) -> str:
+    """One line per problem: where (file:line or env var), which key, what is wrong."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        where = origins.get(".".join(loc[:2]))
+        if where is None and path is not None:
+            line = _line_of(text, loc)
+            where = f"{path}:{line}" if line else path
+        lines.append(f"{where + ': ' if where else ''}{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """Best-effort line number of ``loc`` (section, key) in the TOML text."""
+    if not loc:
+        return None
+    section_re = re.compile(r"^\s*\[\s*([\w.-]+)\s*\]")
+    current, section_line = "", None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = section_re.match(line)
+        if header:
+            current = header.group(1)
+            if current == loc[0]:
+                section_line = number
+            continue
+        if len(loc) > 1 and current == loc[0] and re.match(rf"^\s*{re.escape(loc[1])}\s*=", line):
+            return number
+    return section_line
+
+
+def _read_password_files(config: Config, path: str | Path | None) -> None:
+    for name in ("mailbox", "smtp"):
+        section: _Connection = getattr(config, name)
+        if not section.password_file:
+            continue
+        file = _credential_path(section.password_file, path)
+        try:
+            secret = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"{name}.password_file: cannot read {file}: {exc.strerror}"
+            ) from None
+        section.password = SecretStr(secret)
+
+
+def _credential_path(value: str, config_path: str | Path | None) -> Path:
+    expanded = Path(os.path.expandvars(value))
+    if expanded.is_absolute():
+        return expanded
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        return Path(credentials) / expanded
+    base = Path(config_path).parent if config_path else Path.cwd()
+    return base / expanded
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets shown as ``********``."""
+    data = config.model_dump(mode="json")
+    for name in ("mailbox", "smtp"):
+        if data[name].get("password"):
+            data[name]["password"] = "********"
+    return data

@@ -1,0 +1,61 @@
+"""The exceptions mailroute raises, and what each one asks the caller to do.
+
+::
+
+    MailrouteError                 base of everything mailroute raises on purpose
+    ├── ConfigError                bad configuration: refuse to start (names key and line)
+    ├── DatabaseNotReady           schema missing or behind: run `mailroute db upgrade`
+    ├── TransientError             try again later (server away, 4xx, lock held)
+    │   ├── MailboxUnavailable     IMAP/Maildir cannot be reached or selected
+    │   └── SmtpTemporaryFailure   SMTP 4xx or connection trouble
+    └── PermanentError             retrying will not help
+        ├── LetterUnreadable       a letter the pure core cannot handle: quarantine it
+        └── SmtpPermanentFailure   SMTP 5xx: record as failed, do not retry
+
+Library errors (imaplib, socket, aiosmtplib, SQLAlchemy) are mapped to these at
+the IO edges with ``raise ... from``, so the daemon decides by class, not by
+inspecting foreign exception types.
+"""
+
+from __future__ import annotations
+
+
+class MailrouteError(Exception):
+    """Base class for every error mailroute raises deliberately."""
+
+
+class ConfigError(MailrouteError):
+    """The configuration is invalid; the message names the key and, if known, the line."""
+
+
+class DatabaseNotReady(MailrouteError):
+    """The database schema is absent or older than this version of mailroute."""
+
+
+class TransientError(MailrouteError):
+    """A failure that may go away by itself; the operation is retried with backoff."""
+
+
+class MailboxUnavailable(TransientError):
+    """The mailbox server cannot be reached, refused the login, or lost the connection."""
+
+
+class SmtpTemporaryFailure(TransientError):
+    """The SMTP server answered 4xx or could not be reached; the reply stays queued."""
+
+
+class PermanentError(MailrouteError):
+    """A failure that will repeat on every attempt; the item is parked, not retried."""
+
+
+class LetterUnreadable(PermanentError):
+    """The pure core could not make sense of a letter; it goes to quarantine."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class SmtpPermanentFailure(PermanentError):
+    """The SMTP server rejected a reply with a 5xx code."""
