@@ -86,12 +86,12 @@ class _Connection(Section):
     @classmethod
     def _insecure_only_to_loopback(cls, security: str, info: ValidationInfo) -> str:
         host = info.data.get("host", "")
-        if security == "none" and host and not info.data.get("allow_insecure"):
-            if not _is_loopback(host):
-                raise ValueError(
-                    f'"none" sends the password in clear to {host}; '
-                    "use ssl or starttls, or set allow_insecure = true"
-                )
+        insecure = security == "none" and not info.data.get("allow_insecure")
+        if insecure and host and not _is_loopback(host):
+            raise ValueError(
+                f'"none" sends the password in clear to {host}; '
+                "use ssl or starttls, or set allow_insecure = true"
+            )
         return security
 
     def effective_port(self) -> int:
@@ -185,7 +185,8 @@ class BusinessHoursConfig(Section):
     )
     calendar: str = Field(
         "RU",
-        description='Public-holiday calendar (country code for the `holidays` library); "" for none.',
+        description='Public-holiday calendar: a country code for the `holidays` library, '
+        '"" for none.',
     )
     extra_holidays: list[date] = Field(
         default_factory=list, description="Extra days off (corrections, company holidays)."

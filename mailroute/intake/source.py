@@ -1,0 +1,60 @@
+"""The interface every mail source offers to the intake loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mailroute.config import MailboxConfig
+
+
+@dataclass(frozen=True)
+class FetchedLetter:
+    """One letter as the server holds it."""
+
+    uid: str
+    raw: bytes
+    received_at: datetime | None
+
+
+class MailSource(Protocol):
+    """A folder of new letters, and folders to file them into once they are saved.
+
+    ``name`` identifies the mailbox in the database; with ``uidvalidity`` and a
+    letter's ``uid`` it is the key that makes fetching idempotent.
+    """
+
+    name: str
+
+    def open(self) -> int:
+        """Connect and select the intake folder; returns its UIDVALIDITY."""
+
+    def list_uids(self) -> list[str]:
+        """UIDs of all letters in the intake folder, in arrival order."""
+
+    def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter]:
+        """The raw bytes of these letters, without marking them seen."""
+
+    def file(self, uids: Sequence[str], folder: str) -> None:
+        """Move these letters to ``folder``, creating it if needed."""
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Block until something may have arrived, ``timeout`` passes, or ``stop`` is set."""
+
+    def close(self) -> None:
+        """Log out and release the connection; safe to call twice."""
+
+
+def open_source(config: MailboxConfig) -> MailSource:
+    """The source the config describes: a Maildir path, else IMAP."""
+    if config.maildir:
+        from mailroute.intake.maildir import MaildirSource
+
+        return MaildirSource(config)
+    from mailroute.intake.imap import ImapSource
+
+    return ImapSource(config)

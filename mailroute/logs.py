@@ -1,0 +1,53 @@
+"""Log lines for people who tail them: one line per event, key=value, secrets redacted.
+
+Stable ids come first (``msgid= uid= request=``) so ``grep request=SD-000123``
+finds a request's whole story. ``format = "json"`` gives one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+KEY_ORDER = ["event", "msgid", "uid", "letter", "request", "outbox"]
+SECRET_KEYS = ("password", "passwd", "secret", "token", "authorization")
+
+
+def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace the value of any key that looks like a credential."""
+    for key in event:
+        if any(word in key.lower() for word in SECRET_KEYS):
+            event[key] = "********"
+    return event
+
+
+def configure(level: str = "info", fmt: str = "keyvalue", stream: TextIO | None = None) -> None:
+    """Route structlog to ``stream`` (stderr, which journald collects)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if fmt == "json"
+        else structlog.processors.LogfmtRenderer(key_order=KEY_ORDER, drop_missing=True)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        redact,
+        structlog.processors.format_exc_info,
+    ]
+    if stream is not None and not stream.isatty() and fmt != "json":
+        processors.insert(0, structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"))
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "mailroute") -> Any:
+    """A logger; call ``configure`` first in entry points."""
+    return structlog.get_logger(name)

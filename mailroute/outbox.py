@@ -1,0 +1,259 @@
+"""Delivering queued replies over SMTP (aiosmtplib): 4xx retried with backoff, 5xx failed.
+
+Each reply is claimed for a short lease before it is sent, so two instances
+never send the same row at once, and a claim left by a crashed process expires.
+Delivery is at-least-once: a crash after the server accepted a reply and before
+it was marked sent means it is sent again after the lease; its Message-ID is the
+same both times, so the recipient's client shows one letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+import aiosmtplib
+from sqlalchemy import or_, select, update
+
+from mailroute import logs
+from mailroute.config import RepliesConfig, SmtpConfig
+from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure
+from mailroute.store import Store
+from mailroute.store.models import OutboxItem
+
+LEASE = timedelta(minutes=5)
+BATCH = 50
+log = logs.get("mailroute.outbox")
+
+
+@dataclass
+class DeliveryReport:
+    """What one outbox run did."""
+
+    sent: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> int:
+        return len(self.sent) + len(self.retried) + len(self.failed)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A reply taken from the outbox for this run."""
+
+    id: int
+    sender: str
+    recipient: str
+    raw: bytes
+    message_id: str
+    request: str | None
+    attempts: int
+    created_at: datetime
+
+
+def deliver_due(
+    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime
+) -> DeliveryReport:
+    """Send every reply that is due now; blocks until done (runs its own event loop)."""
+    return asyncio.run(deliver_due_async(store, smtp, replies, now))
+
+
+async def deliver_due_async(
+    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime
+) -> DeliveryReport:
+    report = DeliveryReport()
+    while True:
+        claimed = claim_due(store, now)
+        if not claimed:
+            return report
+        await _send_claimed(store, smtp, replies, claimed, now, report)
+        if len(claimed) < BATCH:
+            return report
+
+
+def claim_due(store: Store, now: datetime, limit: int = BATCH) -> list[Claimed]:
+    """Lease the due replies to this process; others skip them until the lease ends."""
+    with store.transaction() as session:
+        query = (
+            select(OutboxItem)
+            .where(
+                OutboxItem.state == "pending",
+                OutboxItem.not_before <= now,
+                or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until <= now),
+            )
+            .order_by(OutboxItem.not_before, OutboxItem.id)
+            .limit(limit)
+        )
+        if not store.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        items = list(session.scalars(query))
+        for item in items:
+            item.claimed_until = now + LEASE
+        return [
+            Claimed(
+                id=item.id,
+                sender=item.sender,
+                recipient=item.recipient,
+                raw=item.raw,
+                message_id=item.message_id,
+                request=item.request.number if item.request else None,
+                attempts=item.attempts,
+                created_at=item.created_at,
+            )
+            for item in items
+        ]
+
+
+async def _send_claimed(
+    store: Store,
+    smtp: SmtpConfig,
+    replies: RepliesConfig,
+    claimed: Sequence[Claimed],
+    now: datetime,
+    report: DeliveryReport,
+) -> None:
+    try:
+        client = await _connect(smtp)
+    except SmtpTemporaryFailure as exc:
+        for item in claimed:
+            _record_retry(store, replies, item, now, str(exc), report)
+        return
+    try:
+        for item in claimed:
+            await _send_one(store, smtp, replies, client, item, now, report)
+    finally:
+        await _quit(client)
+
+
+async def _send_one(
+    store: Store,
+    smtp: SmtpConfig,
+    replies: RepliesConfig,
+    client: aiosmtplib.SMTP,
+    item: Claimed,
+    now: datetime,
+    report: DeliveryReport,
+) -> None:
+    message = b"Date: " + format_datetime(now).encode() + b"\r\n" + item.raw
+    try:
+        await asyncio.wait_for(
+            _sendmail(client, item.sender, item.recipient, message), smtp.timeout * 2
+        )
+    except SmtpPermanentFailure as exc:
+        _record_failure(store, item, now, str(exc), report)
+    except SmtpTemporaryFailure as exc:
+        _record_retry(store, replies, item, now, str(exc), report)
+    except TimeoutError:
+        _record_retry(store, replies, item, now, "SMTP send timed out", report)
+    else:
+        _record_sent(store, item, now, report)
+
+
+async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
+    context = ssl.create_default_context(cafile=smtp.ca_file)
+    if not smtp.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    client = aiosmtplib.SMTP(
+        hostname=smtp.host,
+        port=smtp.effective_port(),
+        use_tls=smtp.security == "ssl",
+        start_tls=smtp.security == "starttls",  # explicit: never silently skip STARTTLS
+        tls_context=context if smtp.security != "none" else None,
+        timeout=smtp.timeout,
+    )
+    try:
+        await asyncio.wait_for(client.connect(), smtp.timeout * 2)
+        if smtp.username:
+            await client.login(smtp.username, smtp.password.get_secret_value())
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        await _quit(client)
+        raise SmtpTemporaryFailure(f"SMTP login refused: {exc.code} {exc.message}") from exc
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        await _quit(client)
+        raise SmtpTemporaryFailure(f"cannot connect to SMTP {smtp.host}: {exc}") from exc
+    return client
+
+
+async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, raw: bytes) -> None:
+    try:
+        await client.sendmail(sender, [recipient], raw)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        code = min((r.code for r in exc.recipients), default=451)
+        raise _by_code(code, "; ".join(f"{r.code} {r.message}" for r in exc.recipients)) from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        raise _by_code(exc.code, f"{exc.code} {exc.message}") from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise SmtpTemporaryFailure(f"SMTP connection failed: {exc}") from exc
+
+
+def _by_code(code: int, text: str) -> SmtpTemporaryFailure | SmtpPermanentFailure:
+    if 500 <= code < 600:
+        return SmtpPermanentFailure(text)
+    return SmtpTemporaryFailure(text)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await asyncio.wait_for(client.quit(), 5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+# ---------------------------------------------------------------------- bookkeeping
+
+
+def backoff(attempts: int, replies: RepliesConfig) -> timedelta:
+    """Exponential delay after the n-th failed attempt, capped at ``retry_max``."""
+    seconds = replies.retry_initial * (2 ** max(attempts - 1, 0))
+    return timedelta(seconds=min(seconds, replies.retry_max))
+
+
+def _record_sent(store: Store, item: Claimed, now: datetime, report: DeliveryReport) -> None:
+    _update(store, item.id, state="sent", sent_at=now, claimed_until=None,
+            attempts=item.attempts + 1, last_error=None)
+    report.sent.append(item.id)
+    log.info("reply sent", msgid=item.message_id, request=item.request, outbox=item.id,
+             to=item.recipient, attempt=item.attempts + 1)
+
+
+def _record_retry(
+    store: Store,
+    replies: RepliesConfig,
+    item: Claimed,
+    now: datetime,
+    error: str,
+    report: DeliveryReport,
+) -> None:
+    attempts = item.attempts + 1
+    if now - item.created_at > timedelta(hours=replies.retry_deadline_hours):
+        _record_failure(store, item, now, f"gave up after {attempts} attempts: {error}", report)
+        return
+    delay = backoff(attempts, replies)
+    _update(store, item.id, attempts=attempts, last_error=error, claimed_until=None,
+            not_before=now + delay)
+    report.retried.append(item.id)
+    log.warning("reply retry", msgid=item.message_id, request=item.request, outbox=item.id,
+                attempt=attempts, retry_in=int(delay.total_seconds()), error=error)
+
+
+def _record_failure(
+    store: Store, item: Claimed, now: datetime, error: str, report: DeliveryReport
+) -> None:
+    _update(store, item.id, state="failed", attempts=item.attempts + 1, last_error=error,
+            claimed_until=None)
+    report.failed.append(item.id)
+    log.error("reply failed", msgid=item.message_id, request=item.request, outbox=item.id,
+              to=item.recipient, error=error)
+
+
+def _update(store: Store, item_id: int, **values: object) -> None:
+    with store.transaction() as session:
+        session.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(**values))

@@ -1,0 +1,215 @@
+"""The tables. Schema changes go through alembic (``migrations/``), never ``create_all``.
+
+One row per thing that happened: a fetched letter (``letters``, raw bytes kept
+forever), a request (``requests``) with its history (``request_events``), the
+replies waiting or sent (``outbox``), attachment metadata (``attachments``) and
+content (``blobs``, content-addressed), request-number counters (``counters``)
+and the last known state of each mailbox (``mailboxes``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite forgets the zone; this restores it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; pass an aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Letter(Base):
+    """A letter as fetched: raw bytes saved before anything is done on the server."""
+
+    __tablename__ = "letters"
+    __table_args__ = (
+        UniqueConstraint("mailbox", "uidvalidity", "uid"),
+        Index("ix_letters_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime]
+    fetched_at: Mapped[datetime]
+    # pending -> processed | follow_up | ignored | duplicate | quarantined
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    sender: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    ignore_reason: Mapped[str | None] = mapped_column(String(40))
+    stage: Mapped[str | None] = mapped_column(String(40))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    filed_to: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    analysis: Mapped[dict[str, Any] | None]
+
+    request: Mapped[Request | None] = relationship(back_populates="letters")
+
+
+class Request(Base):
+    """A registered request (ticket): what the customer asked and what we know."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(20), unique=True)
+    status: Mapped[str] = mapped_column(String(30))
+    request_type: Mapped[str] = mapped_column(String(30))
+    priority: Mapped[str] = mapped_column(String(20))
+    queue: Mapped[str | None] = mapped_column(String(100))
+    organization: Mapped[str | None] = mapped_column(Text)
+    registration_number: Mapped[str | None] = mapped_column(String(40))
+    requester: Mapped[str] = mapped_column(String(320), index=True)
+    requester_name: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    language: Mapped[str] = mapped_column(String(5))
+    missing: Mapped[list[str]] = mapped_column(JSON, default=list)
+    reasons: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    first_response_due: Mapped[datetime | None]
+    resolution_due: Mapped[datetime | None]
+
+    letters: Mapped[list[Letter]] = relationship(back_populates="request")
+    events: Mapped[list[RequestEvent]] = relationship(
+        back_populates="request", order_by="RequestEvent.id"
+    )
+    replies: Mapped[list[OutboxItem]] = relationship(
+        back_populates="request", order_by="OutboxItem.id"
+    )
+
+
+class RequestEvent(Base):
+    """The history of a request: created, follow-up, reply queued, status changed..."""
+
+    __tablename__ = "request_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    request: Mapped[Request] = relationship(back_populates="events")
+
+
+class OutboxItem(Base):
+    """A reply rendered and waiting for SMTP: the transactional outbox."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_state_due", "state", "not_before"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
+    kind: Mapped[str] = mapped_column(String(30))
+    sender: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # pending -> sent | failed
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+    request: Mapped[Request | None] = relationship(back_populates="replies")
+
+
+class AttachmentRecord(Base):
+    """Metadata of one attachment or inline image of a letter."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Blob(Base):
+    """Attachment content, stored once per SHA-256."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Counter(Base):
+    """Gapless sequences (request numbers), incremented under a row lock."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MailboxState(Base):
+    """What the daemon last saw of a mailbox: for re-sync and for `mailroute status`."""
+
+    __tablename__ = "mailboxes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_poll_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
