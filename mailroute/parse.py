@@ -1,0 +1,1317 @@
+"""Pure MIME parsing: raw letter bytes in, a `ParsedLetter` out.
+
+Real mail is messy: mislabelled charsets, raw 8-bit headers, broken base64,
+stub plain-text parts next to the real HTML body, forwarded letters nested in
+letters.  This module repairs what it can and writes down what it repaired in
+``ParsedLetter.defects``; it raises ``LetterUnreadable`` only when nothing
+useful can be made of the bytes or a resource limit is exceeded.
+
+The structure is split by the stdlib ``email`` feed parser with the ``compat32``
+policy (fast and tolerant); everything above the structure - header decoding,
+charsets, transfer encodings, body selection - is done here, so the behaviour
+does not depend on the policy's own (slower, stricter) header machinery.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email import utils as email_utils
+from email.feedparser import BytesFeedParser
+from email.message import Message
+from email.policy import compat32
+
+from mailroute.errors import LetterUnreadable
+
+__all__ = ["Address", "Attachment", "ParseLimits", "ParsedLetter", "parse"]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Address:
+    """One mailbox of an address header."""
+
+    name: str  # decoded display name, "" if none
+    email: str  # lower-cased addr-spec, "" if unparseable
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A non-body part of a letter (file, inline image, delivery report)."""
+
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool
+    content_id: str | None
+    content: bytes = field(repr=False, compare=False)
+
+
+class HeaderMap(Mapping[str, str]):
+    """Immutable, hashable mapping of lower-case header names to decoded values."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self._data = data
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._data) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"HeaderMap({self._data!r})"
+
+
+@dataclass(frozen=True)
+class ParsedLetter:
+    """Everything the rest of mailroute needs to know about one letter."""
+
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str | None
+    sender: Address | None
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    return_path: str | None
+    date: datetime | None
+    headers: Mapping[str, str]
+    content_type: str
+    text: str
+    html: bool
+    attachments: tuple[Attachment, ...]
+    forwarded: tuple[ParsedLetter, ...]
+    defects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Resource limits; exceeding one makes the letter unreadable (quarantined)."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_parts: int = 1000
+    max_depth: int = 30
+    max_header_bytes: int = 1024 * 1024
+
+
+# ---------------------------------------------------------------------- charsets
+
+GUESS_CHARSETS = ("utf-8", "cp1251", "koi8-r")
+
+_CHARSET_ALIASES = {
+    "utf8": "utf-8",
+    "utf-8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+    "x-unicode20utf8": "utf-8",
+    "win-1251": "cp1251",
+    "win1251": "cp1251",
+    "windows1251": "cp1251",
+    "windows-1251": "cp1251",
+    "cp-1251": "cp1251",
+    "cp1251": "cp1251",
+    "x-cp1251": "cp1251",
+    "x-win-1251": "cp1251",
+    "ansi-1251": "cp1251",
+    "koi8r": "koi8-r",
+    "koi8-r": "koi8-r",
+    "koi-8-r": "koi8-r",
+    "koi8": "koi8-r",
+    "x-koi8-r": "koi8-r",
+    "koi8-u": "koi8-u",
+    "cp-866": "cp866",
+    "ibm866": "cp866",
+    "x-ibm866": "cp866",
+    "dos-866": "cp866",
+    "x-mac-cyrillic": "mac-cyrillic",
+    "maccyrillic": "mac-cyrillic",
+    "x-mac-ukrainian": "mac-cyrillic",
+    "iso-8859-5": "iso8859-5",
+    "iso8859-5": "iso8859-5",
+    "us-ascii": "ascii",
+    "ascii": "ascii",
+    "ansi_x3.4-1968": "ascii",
+    "iso-8859-1": "cp1252",  # what senders labelled latin-1 almost always is
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "unknown-8bit": "",
+    "x-unknown": "",
+    "unknown": "",
+    "default": "",
+}
+
+# Typical Russian prose: these letters cover ~80% of Cyrillic letters.
+_FREQUENT_RU = frozenset("оеаинтсрвлкмдпуяыьгзбОЕАИНТСРВЛКМДПУЯЫЬГЗБ")
+
+
+def _codec_name(charset: str) -> str | None:
+    """Map a declared charset label to a Python codec name; None when unknown."""
+    label = charset.strip().strip("\"'").lower()
+    if "*" in label:  # RFC 2231 language suffix: utf-8*ru
+        label = label.split("*", 1)[0]
+    if label in _CHARSET_ALIASES:
+        return _CHARSET_ALIASES[label] or None
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def _russian_score(text: str) -> float:
+    """How much `text` looks like Russian prose (0..1); mojibake scores low."""
+    letters = 0
+    frequent = 0
+    lower = 0
+    for ch in text:
+        if "\u0400" <= ch <= "\u04ff":
+            letters += 1
+            if ch in _FREQUENT_RU:
+                frequent += 1
+            if ch.islower():
+                lower += 1
+    if letters == 0:
+        return 0.0
+    return (frequent / letters) * 0.7 + (lower / letters) * 0.3
+
+
+def _cyrillic_count(text: str) -> int:
+    return sum(1 for ch in text if "\u0400" <= ch <= "\u04ff")
+
+
+def _is_utf8_with_multibyte(data: bytes) -> bool:
+    """True when `data` is valid UTF-8 and contains non-ASCII (so it is UTF-8)."""
+    if data.isascii():
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _guess_decode(data: bytes) -> tuple[str, str]:
+    """Decode bytes of unknown charset; returns (text, codec).
+
+    UTF-8 is taken when valid (random 8-bit text is never valid UTF-8); between
+    cp1251 and koi8-r the letter-frequency score decides, with charset-normalizer
+    restricted to those two as a tie-breaker for text with too few letters.
+    """
+    if data.isascii():
+        return data.decode("ascii"), "ascii"
+    if _is_utf8_with_multibyte(data):
+        return data.decode("utf-8"), "utf-8"
+    as_1251 = data.decode("cp1251", "replace")
+    as_koi = data.decode("koi8-r", "replace")
+    s_1251, s_koi = _russian_score(as_1251), _russian_score(as_koi)
+    if _cyrillic_count(as_1251) >= 12 and abs(s_1251 - s_koi) > 0.08:
+        return (as_1251, "cp1251") if s_1251 >= s_koi else (as_koi, "koi8-r")
+    best = _normalizer_guess(data)
+    if best == "koi8-r":
+        return as_koi, "koi8-r"
+    if best == "cp1251" or s_1251 >= s_koi:
+        return as_1251, "cp1251"
+    return as_koi, "koi8-r"
+
+
+def _normalizer_guess(data: bytes) -> str | None:
+    """charset-normalizer restricted to the charsets Russian mail really uses."""
+    from charset_normalizer import from_bytes
+
+    try:
+        match = from_bytes(data, cp_isolation=["utf_8", "cp1251", "koi8_r"]).best()
+    except Exception:  # the guesser is a heuristic; never let it break parsing
+        return None
+    if match is None:
+        return None
+    return _codec_name(match.encoding)
+
+
+_MOJIBAKE_UTF8_AS_1251 = re.compile(
+    "[РС][\u0402\u0403\u201a\u0453\u201e\u2026\u2020\u2021\u20ac\u2030\u0409\u2039"
+    "\u040a\u040c\u040b\u040f\u0452\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u2122"
+    "\u0459\u203a\u045a\u045c\u045b\u045f\u00a0\u040e\u045e\u0408\u00a4\u0490\u00a6"
+    "\u00a7\u0401\u00a9\u0404\u00ab\u00ac\u00ad\u00ae\u0407\u00b0\u00b1\u0406\u0456"
+    "\u0491\u00b5\u00b6\u00b7\u0451\u2116\u0454\u00bb\u0458\u0405\u0455\u0457]"
+)
+_MOJIBAKE_UTF8_AS_LATIN = re.compile(
+    "[\u00d0\u00d1][\u0080-\u00bf\u0152\u0153\u0160\u0161"
+    "\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013\u2014"
+    "\u2018-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
+_LATIN_HIGH = re.compile("[\u00c0-\u00ff]")
+
+
+def _fix_mojibake(text: str) -> tuple[str, str] | None:
+    """Undo the usual double-decoding accidents; returns (fixed, description)."""
+    if _cyrillic_count(text) > 0 and len(_MOJIBAKE_UTF8_AS_1251.findall(text)) >= 3:
+        fixed = _try_recode(text, "cp1251", "utf-8")
+        if fixed is not None and _russian_score(fixed) > _russian_score(text):
+            return fixed, "UTF-8 text that had been decoded as cp1251"
+    if len(_MOJIBAKE_UTF8_AS_LATIN.findall(text)) >= 3:
+        for codec in ("cp1252", "latin-1"):
+            fixed = _try_recode(text, codec, "utf-8")
+            if fixed is not None:
+                return fixed, "UTF-8 text that had been decoded as latin-1"
+    high = len(_LATIN_HIGH.findall(text))
+    if high >= 8 and _cyrillic_count(text) == 0:
+        letters = sum(1 for ch in text if ch.isalpha())
+        if high > letters * 0.5:
+            for codec in ("cp1252", "latin-1"):
+                fixed = _try_recode(text, codec, "cp1251")
+                if fixed is not None and _russian_score(fixed) > 0.5:
+                    return fixed, "cp1251 text that had been decoded as latin-1"
+    return None
+
+
+def _try_recode(text: str, wrong: str, right: str) -> str | None:
+    """Re-encode with the codec that was wrongly used and decode with the right one."""
+    try:
+        return text.encode(wrong).decode(right)
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return None
+
+
+def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
+    """Decode `data` declared as `charset`, repairing mislabels; notes go to `defects`."""
+    codec = _codec_name(charset) if charset else None
+    if charset and codec is None:
+        text, guessed = _guess_decode(data)
+        if not data.isascii():
+            defects.append(f"{what}: unknown charset {charset.strip()!r}, guessed {guessed}")
+        return text
+    if codec is None or codec == "ascii":
+        if data.isascii():
+            return data.decode("ascii")
+        text, guessed = _guess_decode(data)
+        label = "declared us-ascii" if codec else "no charset declared"
+        defects.append(f"{what}: {label} but 8-bit content, guessed {guessed}")
+        return text
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        text, guessed = _guess_decode(data)
+        defects.append(f"{what}: declared charset {charset} failed, guessed {guessed}")
+        return text
+    except LookupError:  # pragma: no cover - codec_name already looked it up
+        return data.decode("utf-8", "replace")
+    return _check_declared(data, text, codec, charset or codec, what, defects)
+
+
+def _check_declared(
+    data: bytes, text: str, codec: str, charset: str, what: str, defects: list[str]
+) -> str:
+    """A declared charset decoded without error; catch the ones that still lie."""
+    if data.isascii():
+        return text
+    if codec != "utf-8" and _is_utf8_with_multibyte(data):
+        defects.append(f"{what}: declared charset {charset} but content is utf-8")
+        return data.decode("utf-8")
+    if codec in ("cp1251", "koi8-r"):
+        other = "koi8-r" if codec == "cp1251" else "cp1251"
+        alt = data.decode(other, "replace")
+        if _cyrillic_count(text) >= 12 and _russian_score(alt) > _russian_score(text) + 0.15:
+            defects.append(f"{what}: declared charset {charset} but content is {other}")
+            return alt
+        return text
+    fixed = _fix_mojibake(text)
+    if fixed is not None:
+        defects.append(f"{what}: {fixed[1]}, repaired")
+        return fixed[0]
+    return text
+
+
+# ------------------------------------------------------------------ header words
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*?)\?=")
+_WSP_ONLY = re.compile(r"[ \t\r\n]*")
+_WSP_RUN = re.compile(r"\s+")
+_FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+
+
+def _q_decode(payload: str) -> bytes:
+    """RFC 2047 Q: '_' is space, =XX hex; stray '=' stays as is."""
+    raw = payload.replace("_", " ").encode("ascii", "surrogateescape")
+    return binascii.a2b_qp(raw)
+
+
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]+")
+
+
+def b64_decode(payload: bytes) -> bytes:
+    """Base64 that tolerates junk characters and broken or missing padding."""
+    cleaned = _B64_JUNK.sub(b"", payload)
+    rest = len(cleaned) % 4
+    if rest == 1:
+        cleaned = cleaned[:-1]
+    elif rest:
+        cleaned += b"=" * (4 - rest)
+    return binascii.a2b_base64(cleaned)
+
+
+def _word_bytes(enc: str, payload: str) -> bytes | None:
+    """Bytes of one encoded word, None when it cannot be decoded at all."""
+    if enc in "qQ":
+        return _q_decode(payload)
+    try:
+        return b64_decode(payload.encode("ascii", "surrogateescape"))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _raw_to_text(raw: str, defects: list[str], what: str) -> str:
+    """Text of header bytes carried as surrogate escapes: utf-8, else guessed."""
+    if raw.isascii():
+        return raw
+    data = raw.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, guessed = _guess_decode(data)
+        defects.append(f"{what}: raw 8-bit header, guessed {guessed}")
+        return text
+
+
+def decode_header(raw: str, defects: list[str], what: str = "header") -> str:
+    """Decode an unfolded header value: RFC 2047 words, raw 8-bit, mixed text.
+
+    Adjacent encoded words in the same charset are joined as bytes before
+    decoding, so a multibyte character split across two words survives.
+    """
+    out: list[str] = []
+    pending: list[bytes] = []
+    pending_charset = ""
+    pos = 0
+
+    def flush() -> None:
+        nonlocal pending_charset
+        if pending:
+            out.append(decode_bytes(b"".join(pending), pending_charset, what, defects))
+            pending.clear()
+        pending_charset = ""
+
+    for match in _ENCODED_WORD.finditer(raw):
+        gap = raw[pos : match.start()]
+        charset, enc, payload = match.group(1), match.group(2), match.group(3)
+        data = _word_bytes(enc, payload)
+        if data is None:
+            flush()
+            out.append(_raw_to_text(gap, defects, what))
+            out.append(match.group(0))
+            defects.append(f"{what}: broken encoded word left as is")
+            pos = match.end()
+            continue
+        joinable = pending and _WSP_ONLY.fullmatch(gap) is not None
+        if joinable and charset.lower() == pending_charset.lower():
+            pending.append(data)
+        else:
+            if not joinable:
+                flush()
+                out.append(_raw_to_text(gap, defects, what))
+            else:
+                flush()
+            pending_charset = charset
+            pending.append(data)
+        pos = match.end()
+    flush()
+    out.append(_raw_to_text(raw[pos:], defects, what))
+    return "".join(out)
+
+
+def unfold(value: str) -> str:
+    """Remove header folding (CRLF before whitespace) and stray line breaks."""
+    return _FOLD.sub("", value).replace("\r", " ").replace("\n", " ")
+
+
+def collapse(text: str) -> str:
+    """Single spaces, no leading/trailing whitespace, no control characters."""
+    return _WSP_RUN.sub(" ", _strip_controls(text)).strip()
+
+
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _strip_controls(text: str) -> str:
+    return _CONTROLS.sub("", text)
+
+
+# --------------------------------------------------------------------- addresses
+
+_ANGLE_ADDR = re.compile(r"<([^<>]*)>\s*$")
+_BARE_EMAIL = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
+_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def _split_addresses(value: str) -> list[str]:
+    """Split an address list on commas outside quotes, angle brackets and comments."""
+    items: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    angle = 0
+    comment = 0
+    escape = False
+    for ch in value:
+        if escape:
+            buf.append(ch)
+            escape = False
+            continue
+        if ch == "\\" and (quoted or comment):
+            escape = True
+        elif ch == '"' and not comment:
+            quoted = not quoted
+        elif not quoted:
+            if ch == "(":
+                comment += 1
+            elif ch == ")" and comment:
+                comment -= 1
+            elif ch == "<" and not comment:
+                angle += 1
+            elif ch == ">" and angle:
+                angle -= 1
+            elif ch in ",;" and not angle and not comment:
+                items.append("".join(buf))
+                buf = []
+                continue
+        buf.append(ch)
+    items.append("".join(buf))
+    return [item for item in (i.strip() for i in items) if item]
+
+
+def _clean_name(name: str) -> str:
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1]
+    elif name.startswith('"'):
+        name = name[1:]
+    name = name.replace('\\"', '"').replace("\\\\", "\\").strip().strip('"').strip()
+    if name.startswith("'") and name.endswith("'") and len(name) >= 2:
+        name = name[1:-1]
+    return collapse(name)
+
+
+def _clean_email(addr: str) -> str:
+    addr = addr.strip().strip("'\"").strip()
+    if addr.lower().startswith("mailto:"):
+        addr = addr[7:]
+    addr = "".join(addr.split()).lower()
+    return addr if _EMAIL_SHAPE.fullmatch(addr) else ""
+
+
+def parse_address(item: str, defects: list[str], what: str) -> Address | None:
+    """One mailbox; tolerant of unbalanced quotes and names that hold '<' or '@'."""
+    item = item.strip()
+    if ":" in item and "<" not in item.split(":", 1)[0] and '"' not in item.split(":", 1)[0]:
+        head, rest = item.split(":", 1)
+        if "@" not in head:  # group syntax "team: a@b" / "undisclosed-recipients:"
+            item = rest.strip()
+    if not item:
+        return None
+    match = _ANGLE_ADDR.search(item)
+    if match:
+        email = _clean_email(match.group(1))
+        name = item[: match.start()]
+    else:
+        comment = re.search(r"\(([^()]*)\)", item)
+        bare = item if comment is None else item[: comment.start()] + item[comment.end() :]
+        found = _BARE_EMAIL.search(bare)
+        email = _clean_email(found.group(0)) if found else ""
+        if found:
+            name = comment.group(1) if comment else bare.replace(found.group(0), "")
+        else:
+            name = item
+    name = _clean_name(decode_header(name, defects, what))
+    if not email:
+        found = _BARE_EMAIL.search(item)
+        if found:
+            email = _clean_email(found.group(0))
+    if email and name.lower() == email:
+        name = ""
+    if not name and not email:
+        return None
+    return Address(name=name, email=email)
+
+
+def parse_address_list(raw: str, defects: list[str], what: str) -> tuple[Address, ...]:
+    """All mailboxes of an address header (raw 8-bit decoded first, 2047 per name)."""
+    value = unfold(_raw_to_text(raw, defects, what))
+    out: list[Address] = []
+    for item in _split_addresses(value):
+        address = parse_address(item, defects, what)
+        if address is not None:
+            out.append(address)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- ids and dates
+
+_MSGID = re.compile(r"<([^<>]*)>")
+
+
+def _clean_id(inner: str) -> str | None:
+    inner = "".join(inner.split())
+    return f"<{inner}>" if inner else None
+
+
+def parse_message_id(raw: str) -> str | None:
+    """The first "<...>" id; a bare token is wrapped; blank gives None."""
+    value = unfold(raw).strip()
+    match = _MSGID.search(value)
+    if match:
+        return _clean_id(match.group(1))
+    token = value.split()[0] if value.split() else ""
+    token = token.strip("<>")
+    return f"<{token}>" if token else None
+
+
+def parse_id_list(raw: str) -> tuple[str, ...]:
+    """All "<...>" ids in order, tolerating junk between them; no duplicates."""
+    value = unfold(raw)
+    ids: list[str] = []
+    found = [m.group(1) for m in _MSGID.finditer(value)]
+    if not found:
+        found = [t for t in re.split(r"[\s,]+", value) if "@" in t]
+    for inner in found:
+        cleaned = _clean_id(inner)
+        if cleaned and cleaned not in ids:
+            ids.append(cleaned)
+    return tuple(ids)
+
+
+_RU_MONTHS = {
+    "янв": "Jan", "фев": "Feb", "мар": "Mar", "апр": "Apr", "мая": "May", "май": "May",
+    "июн": "Jun", "июл": "Jul", "авг": "Aug", "сен": "Sep", "окт": "Oct", "ноя": "Nov",
+    "дек": "Dec",
+}  # fmt: skip
+_RU_MONTH_RE = re.compile("(" + "|".join(_RU_MONTHS) + r")[а-я]*\.?", re.IGNORECASE)
+
+
+def parse_date(raw: str, defects: list[str]) -> datetime | None:
+    """Aware datetime from a Date header; UTC assumed when no zone is given."""
+    value = collapse(unfold(raw))
+    if not value:
+        return None
+    value = _RU_MONTH_RE.sub(lambda m: _RU_MONTHS[m.group(1).lower()[:3]], value)
+    value = re.sub(r"^[^\d,]*,\s*", "", value)  # weekday in any language
+    parsed = email_utils.parsedate_tz(value)
+    if parsed is None:
+        defects.append(f"Date header unparseable: {value[:80]!r}")
+        return None
+    year, month, day, hour, minute, second = parsed[:6]
+    offset = parsed[9]
+    try:
+        tz = UTC if offset is None else timezone(timedelta(seconds=offset))
+        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except (ValueError, OverflowError):
+        defects.append(f"Date header out of range: {value[:80]!r}")
+        return None
+
+
+# -------------------------------------------------------------------- parameters
+
+_PARAM_2231 = re.compile(r"^([^*]+)\*(\d+)?(\*)?$")
+
+
+def _split_params(value: str) -> list[str]:
+    """Split a structured header on ';' outside quotes."""
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    escape = False
+    for ch in value:
+        if escape:
+            buf.append(ch)
+            escape = False
+            continue
+        if ch == "\\" and quoted:
+            escape = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    parts.append("".join(buf))
+    return parts
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    elif value.startswith('"'):
+        value = value[1:]
+    return value
+
+
+def parse_structured(raw: str, defects: list[str], what: str) -> tuple[str, dict[str, str]]:
+    """Value and parameters of Content-Type / Content-Disposition (RFC 2231, 2047)."""
+    pieces = _split_params(unfold(raw))
+    main = pieces[0].strip().lower()
+    simple: dict[str, str] = {}
+    continued: dict[str, dict[int, tuple[str, bool]]] = {}
+    for piece in pieces[1:]:
+        if "=" not in piece:
+            continue
+        key, _, val = piece.partition("=")
+        key = key.strip().lower()
+        match = _PARAM_2231.match(key)
+        if match:
+            name, index, star = match.group(1), match.group(2), match.group(3)
+            continued.setdefault(name, {})[int(index or 0)] = (_unquote(val), bool(star))
+        elif key and key not in simple:
+            simple[key] = _unquote(val)
+    params = {k: decode_header(v, defects, f"{what} {k}") for k, v in simple.items()}
+    for name, sections in continued.items():
+        params[name] = _join_2231(sections, defects, f"{what} {name}")
+    return main, params
+
+
+def _join_2231(sections: dict[int, tuple[str, bool]], defects: list[str], what: str) -> str:
+    """Join RFC 2231 continuations; the charset of section 0 decodes encoded ones."""
+    charset = ""
+    data = bytearray()
+    for index in sorted(sections):
+        value, encoded = sections[index]
+        if encoded:
+            if index == sorted(sections)[0] and value.count("'") >= 2:
+                charset, _lang, value = value.split("'", 2)
+            data += _percent_decode(value)
+        else:
+            data += value.encode("utf-8", "surrogateescape")
+    return decode_bytes(bytes(data), charset or "utf-8", what, defects)
+
+
+def _percent_decode(value: str) -> bytes:
+    out = bytearray()
+    raw = value.encode("utf-8", "surrogateescape")
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x25 and i + 2 < len(raw) + 0 and _is_hex(raw[i + 1 : i + 3]):
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+def _is_hex(pair: bytes) -> bool:
+    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+
+
+# ---------------------------------------------------------------------- filenames
+
+_RESERVED_NAMES = frozenset(
+    ["con", "prn", "aux", "nul", "clock$", "conin$", "conout$"]
+    + [f"com{i}" for i in range(10)]
+    + [f"lpt{i}" for i in range(10)]
+)
+_UNSAFE_CHARS = re.compile(r'[<>:"|?*\\/]')
+_EXTENSIONS = {
+    "image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/pjpeg": ".jpg",
+    "image/gif": ".gif", "image/bmp": ".bmp", "image/tiff": ".tif", "image/webp": ".webp",
+    "image/svg+xml": ".svg", "image/heic": ".heic", "application/pdf": ".pdf",
+    "application/zip": ".zip", "application/x-zip-compressed": ".zip",
+    "application/x-rar-compressed": ".rar", "application/vnd.rar": ".rar",
+    "application/x-7z-compressed": ".7z", "application/msword": ".doc",
+    "application/vnd.ms-excel": ".xls", "application/rtf": ".rtf", "text/rtf": ".rtf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/vnd.oasis.opendocument.text": ".odt",
+    "application/vnd.oasis.opendocument.spreadsheet": ".ods",
+    "application/xml": ".xml", "text/xml": ".xml", "application/json": ".json",
+    "text/plain": ".txt", "text/html": ".html", "text/csv": ".csv", "text/calendar": ".ics",
+    "text/x-vcard": ".vcf", "text/vcard": ".vcf", "message/rfc822": ".eml",
+    "message/delivery-status": ".txt", "message/disposition-notification": ".txt",
+    "text/rfc822-headers": ".txt", "application/ms-tnef": ".dat",
+    "application/pkcs7-signature": ".p7s", "application/x-pkcs7-signature": ".p7s",
+    "application/pgp-signature": ".asc", "application/octet-stream": ".bin",
+}  # fmt: skip
+MAX_FILENAME = 150
+
+
+def guess_extension(content_type: str) -> str:
+    """File extension for a content type (own table: `mimetypes` reads system files)."""
+    return _EXTENSIONS.get(content_type, ".bin")
+
+
+def sanitize_filename(name: str, content_type: str, index: int) -> str:
+    """A filename safe to show and to store: no paths, controls, dot-files or DOS devices."""
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(
+        ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")
+    )
+    name = _UNSAFE_CHARS.sub("_", name)
+    name = _WSP_RUN.sub(" ", name).strip().lstrip(".").strip().rstrip(". ")
+    if not name or not name.strip("._- "):
+        return f"attachment-{index}{guess_extension(content_type)}"
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 16 or not stem:
+        stem, ext = name, ""
+    if stem.split(".")[0].strip().lower() in _RESERVED_NAMES:
+        stem = "_" + stem
+    suffix = f".{ext}" if ext else ""
+    stem = stem[: MAX_FILENAME - len(suffix)].rstrip(". ") or f"attachment-{index}"
+    return stem + suffix
+
+
+# -------------------------------------------------------------------------- text
+
+_FLOWED_QUOTE = re.compile(r"^(>+)")
+
+
+def unflow(text: str, delsp: bool) -> str:
+    """RFC 3676 format=flowed: join soft-broken lines, keep quote depth markers."""
+    out: list[str] = []
+    buf = ""
+    buf_depth = -1
+    open_para = False
+    for line in text.split("\n"):
+        match = _FLOWED_QUOTE.match(line)
+        depth = len(match.group(1)) if match else 0
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing
+        if open_para and depth != buf_depth:
+            out.append(_quote_prefix(buf_depth) + buf)
+            buf, open_para = "", False
+        flowed = content.endswith(" ") and content != "-- "
+        if flowed:
+            piece = content[:-1] if delsp else content
+            buf = buf + piece if open_para else piece
+            buf_depth, open_para = depth, True
+            continue
+        full = buf + content if open_para else content
+        out.append(_quote_prefix(depth) + full)
+        buf, open_para = "", False
+    if open_para:
+        out.append(_quote_prefix(buf_depth) + buf)
+    return "\n".join(out)
+
+
+def _quote_prefix(depth: int) -> str:
+    return ">" * depth + " " if depth else ""
+
+
+_TRAILING_WS = re.compile(r"[ \t\u00a0\u200b]+$", re.MULTILINE)
+_MANY_BLANK = re.compile(r"\n{3,}")
+
+
+def tidy_text(text: str) -> str:
+    """Newlines as "\\n", no trailing spaces, no NULs or other controls, no edge blanks."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\ufeff", "").replace("\u00a0", " ").replace("\u200b", "")
+    text = _strip_controls(text.replace("\f", "\n").replace("\x00", ""))
+    text = _TRAILING_WS.sub("", text)
+    text = _MANY_BLANK.sub("\n\n", text)
+    return text.strip("\n")
+
+
+_HTML_DROP = re.compile(
+    r"<(style|script|head|title)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
+)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_ENTITY = re.compile(r"&(#?\w+);?")
+
+
+def html_estimate(html: str) -> str:
+    """Cheap tag-stripped text of HTML, only to compare lengths of alternatives."""
+    text = _HTML_DROP.sub(" ", html)
+    text = _HTML_TAG.sub(" ", text)
+    return _HTML_ENTITY.sub(" ", text)
+
+
+def html_to_text(html: str, defects: list[str], what: str) -> str:
+    """Readable text of HTML via inscriptis; blockquotes become '>'-prefixed lines."""
+    from inscriptis import get_annotated_text
+    from inscriptis.model.config import ParserConfig
+
+    cleaned = _strip_controls(_HTML_DROP.sub("", html))
+    if not cleaned.strip():
+        return ""
+    try:
+        result = get_annotated_text(
+            cleaned, ParserConfig(annotation_rules={"blockquote": ["quote"]})
+        )
+    except Exception as exc:  # lxml rejects some garbage; fall back to stripping tags
+        defects.append(f"{what}: HTML not parseable ({type(exc).__name__}), tags stripped")
+        return _HTML_TAG.sub(" ", cleaned)
+    text = str(result.get("text", ""))
+    spans = [(int(s), int(e)) for s, e, _label in result.get("label", [])]
+    return _quote_lines(text, spans)
+
+
+def _quote_lines(text: str, spans: list[tuple[int, int]]) -> str:
+    """Prefix each line with one '>' per blockquote span covering it."""
+    if not spans:
+        return "\n".join(line.strip() for line in text.split("\n"))
+    out: list[str] = []
+    pos = 0
+    for line in text.split("\n"):
+        start, end = pos, pos + len(line)
+        depth = sum(1 for s, e in spans if s < end and e > start) if line.strip() else 0
+        stripped = line.strip()
+        out.append((">" * depth + " " + stripped) if depth else stripped)
+        pos = end + 1
+    return "\n".join(out)
+
+
+# -------------------------------------------------------------------------- walk
+
+_STUB_MARKERS = (
+    "html format", "html-format", "формате html", "формат html", "для просмотра",
+    "to view this", "view this message", "не поддерживает html", "does not support html",
+    "html version", "html-верси", "html message", "html-сообщ", "enable html",
+)  # fmt: skip
+
+
+@dataclass
+class _Piece:
+    """One body candidate: decoded source text and whether it is HTML."""
+
+    source: str
+    is_html: bool
+    flowed: bool = False
+    delsp: bool = False
+    what: str = ""
+
+
+@dataclass
+class _Context:
+    """Mutable state of one parse: counters shared by nested letters, collected notes."""
+
+    limits: ParseLimits
+    parts: int = 0
+    defects: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    forwarded: list[ParsedLetter] = field(default_factory=list)
+    cids: set[str] = field(default_factory=set)
+
+
+class _PartInfo:
+    """Decoded MIME headers of one part, looked up once."""
+
+    __slots__ = ("content_id", "content_type", "cte", "disposition", "filename", "params")
+
+    def __init__(self, part: Message, defects: list[str], what: str) -> None:
+        raw = _first_raw(part, "content-type")
+        params: dict[str, str] = {}
+        if raw is None:
+            ctype = ""
+        else:
+            ctype, params = parse_structured(raw, defects, what)
+        if "/" not in ctype or " " in ctype:
+            if raw is not None and raw.strip():
+                defects.append(f"{what}: malformed Content-Type {raw.strip()[:60]!r}")
+            ctype = "message/rfc822" if _is_digest_child(part) else "text/plain"
+        self.content_type = ctype
+        self.params = params
+        disp_raw = _first_raw(part, "content-disposition")
+        disp, dparams = ("", {}) if disp_raw is None else parse_structured(disp_raw, defects, what)
+        self.disposition = disp
+        self.filename = dparams.get("filename") or params.get("name") or ""
+        cte_raw = _first_raw(part, "content-transfer-encoding")
+        self.cte = collapse(cte_raw).lower() if cte_raw else ""
+        cid_raw = _first_raw(part, "content-id")
+        self.content_id = parse_message_id(cid_raw) if cid_raw else None
+
+
+def _is_digest_child(part: Message) -> bool:
+    return part.get_default_type() == "message/rfc822"
+
+
+def _first_raw(part: Message, name: str) -> str | None:
+    """Raw (undecoded, folded) value of the first occurrence of header `name`."""
+    for key, value in part.raw_items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The still-encoded payload as the original bytes.
+
+    Read from the instance directly: compat32 ``get_payload()`` would decode
+    8-bit text with the declared charset, losing the bytes we want to judge.
+    """
+    payload = part.__dict__.get("_payload")
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode("ascii", "surrogateescape")
+    if isinstance(payload, list):  # message/delivery-status: header blocks
+        return b"\n".join(_message_bytes(m) for m in payload if isinstance(m, Message))
+    return b""
+
+
+def _message_bytes(msg: Message) -> bytes:
+    """Serialise a parsed sub-message back to bytes (headers as received)."""
+    lines = [f"{k}: {v}" for k, v in msg.raw_items()]
+    head = "\n".join(lines).encode("ascii", "surrogateescape")
+    body = _payload_bytes(msg)
+    return head + b"\n\n" + body if body else head + b"\n"
+
+
+def decode_transfer(data: bytes, cte: str, defects: list[str], what: str) -> bytes:
+    """Undo Content-Transfer-Encoding, tolerating broken base64 and unknown labels."""
+    if cte in ("", "7bit", "8bit", "binary"):
+        return data
+    if cte == "base64":
+        try:
+            return b64_decode(data)
+        except (binascii.Error, ValueError):
+            defects.append(f"{what}: base64 body undecodable, kept as is")
+            return data
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(data)
+    if cte in ("x-uuencode", "uuencode", "x-uue"):
+        defects.append(f"{what}: uuencoded body kept as is")
+        return data
+    defects.append(f"{what}: unknown transfer encoding {cte!r}, kept as is")
+    return data
+
+
+_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?([\w-]+)", re.IGNORECASE)
+
+
+def _text_of_part(part: Message, info: _PartInfo, ctx: _Context, what: str) -> str:
+    """Decoded text of a text/* leaf part."""
+    data = decode_transfer(_payload_bytes(part), info.cte, ctx.defects, what)
+    charset = info.params.get("charset", "")
+    if not charset and info.content_type == "text/html":
+        meta = _META_CHARSET.search(data[:4096])
+        if meta:
+            charset = meta.group(1).decode("ascii", "replace")
+    text = decode_bytes(data, charset or None, what, ctx.defects)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _is_body_text(info: _PartInfo) -> bool:
+    """text/plain or text/html that is not marked or named as a file."""
+    if info.content_type not in ("text/plain", "text/html"):
+        return False
+    return info.disposition != "attachment" and not info.filename
+
+
+def _walk(part: Message, path: str, depth: int, ctx: _Context) -> list[_Piece]:
+    """Collect body pieces of `part`; attachments and forwarded letters go to `ctx`."""
+    ctx.parts += 1
+    if ctx.parts > ctx.limits.max_parts:
+        raise LetterUnreadable(
+            "parse",
+            f"letter has more than {ctx.limits.max_parts} MIME parts; "
+            f"limit is {ctx.limits.max_parts}",
+        )
+    if depth > ctx.limits.max_depth:
+        raise LetterUnreadable(
+            "parse",
+            f"MIME nesting deeper than {ctx.limits.max_depth}; limit is {ctx.limits.max_depth}",
+        )
+    what = f"part {path}"
+    _note_parser_defects(part, what, ctx)
+    info = _PartInfo(part, ctx.defects, what)
+    ctype = info.content_type
+    if ctype in ("message/rfc822", "message/global"):
+        _forward_from_payload(part, info, depth, ctx, what)
+        return []
+    if ctype.startswith("multipart/") and part.is_multipart():
+        return _walk_multipart(part, info, path, depth, ctx)
+    if ctype.startswith("multipart/"):
+        ctx.defects.append(f"{what}: {ctype} without usable boundary, read as text")
+        return [_Piece(_text_of_part(part, info, ctx, what), False, what=what)]
+    if ctype == "text/rfc822-headers":
+        _forward_headers(part, info, depth, ctx, what)
+        return []
+    if _is_body_text(info):
+        text = _text_of_part(part, info, ctx, what)
+        if ctype == "text/html":
+            ctx.cids.update(m.lower() for m in re.findall(r"cid:([^\"'\s>)]+)", text, re.I))
+            return [_Piece(text, True, what=what)]
+        fmt = info.params.get("format", "").lower()
+        delsp = info.params.get("delsp", "").lower() == "yes"
+        return [_Piece(text, False, flowed=fmt == "flowed", delsp=delsp, what=what)]
+    _add_attachment(part, info, ctx, what)
+    return []
+
+
+def _walk_multipart(
+    part: Message, info: _PartInfo, path: str, depth: int, ctx: _Context
+) -> list[_Piece]:
+    """Dispatch on the multipart subtype."""
+    payload = part.get_payload()
+    children = [c for c in payload if isinstance(c, Message)] if isinstance(payload, list) else []
+    prefix = "" if path == "" else path + "."
+    paths = [f"{prefix}{i + 1}" for i in range(len(children))]
+    if info.content_type == "multipart/alternative":
+        candidates = [_walk(c, p, depth + 1, ctx) for c, p in zip(children, paths, strict=True)]
+        return _choose_alternative([c for c in candidates if c])
+    if info.content_type == "multipart/related":
+        root = _related_root(children, info.params.get("start"))
+        pieces: list[_Piece] = []
+        for index, (child, child_path) in enumerate(zip(children, paths, strict=True)):
+            got = _walk(child, child_path, depth + 1, ctx)
+            if index == root:
+                pieces = got
+        return pieces
+    pieces = []
+    for child, child_path in zip(children, paths, strict=True):
+        pieces.extend(_walk(child, child_path, depth + 1, ctx))
+    return pieces
+
+
+def _related_root(children: list[Message], start: str | None) -> int:
+    """Index of the root of multipart/related: the `start` parameter, else the first."""
+    if start:
+        wanted = parse_message_id(start)
+        for index, child in enumerate(children):
+            cid = _first_raw(child, "content-id")
+            if cid and parse_message_id(cid) == wanted:
+                return index
+    return 0
+
+
+def _choose_alternative(candidates: list[list[_Piece]]) -> list[_Piece]:
+    """Plain text normally; HTML when the plain part is empty, a stub or truncated."""
+    if not candidates:
+        return []
+    plain = next((c for c in candidates if not any(p.is_html for p in c)), None)
+    html = next((c for c in reversed(candidates) if any(p.is_html for p in c)), None)
+    if plain is None or html is None:
+        return candidates[-1] if plain is None else plain
+    plain_text = " ".join(p.source for p in plain)
+    plain_words = len(plain_text.split())
+    html_words = len(" ".join(html_estimate(p.source) for p in html).split())
+    if plain_words == 0:
+        return html
+    lowered = plain_text.lower()
+    if plain_words < 40 and html_words > plain_words and any(m in lowered for m in _STUB_MARKERS):
+        return html
+    if html_words >= 30 and plain_words < html_words * 0.5:
+        return html
+    return plain
+
+
+def _note_parser_defects(part: Message, what: str, ctx: _Context) -> None:
+    """Translate the feed parser's defect objects into readable notes."""
+    for defect in getattr(part, "defects", ()):
+        name = type(defect).__name__
+        note = _DEFECT_NOTES.get(name, name)
+        ctx.defects.append(f"{what}: {note}")
+
+
+_DEFECT_NOTES = {
+    "CloseBoundaryNotFoundDefect": "missing end boundary",
+    "StartBoundaryNotFoundDefect": "start boundary never found",
+    "NoBoundaryInMultipartDefect": "multipart without boundary parameter",
+    "FirstHeaderLineIsContinuationDefect": "first header line is a continuation",
+    "MisplacedEnvelopeHeaderDefect": "envelope 'From ' line inside headers",
+    "MissingHeaderBodySeparatorDefect": "no blank line between headers and body",
+    "MultipartInvariantViolationDefect": "multipart content type but single-part body",
+    "InvalidMultipartContentTransferEncodingDefect": "multipart with encoded transfer encoding",
+}
+
+
+def _add_attachment(part: Message, info: _PartInfo, ctx: _Context, what: str) -> None:
+    """Record a leaf part as an attachment."""
+    content = decode_transfer(_payload_bytes(part), info.cte, ctx.defects, what)
+    index = len(ctx.attachments) + 1
+    filename = sanitize_filename(info.filename, info.content_type, index)
+    cid = info.content_id
+    inline = info.disposition == "inline" or (cid is not None and info.disposition != "attachment")
+    ctx.attachments.append(
+        Attachment(
+            filename=filename,
+            content_type=info.content_type,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            inline=inline,
+            content_id=cid,
+            content=content,
+        )
+    )
+
+
+def _forward_from_payload(
+    part: Message, info: _PartInfo, depth: int, ctx: _Context, what: str
+) -> None:
+    """message/rfc822: parse the enclosed letter recursively into `forwarded`."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        if info.cte in ("base64", "quoted-printable"):
+            raw = decode_transfer(_message_bytes(payload[0]), info.cte, ctx.defects, what)
+            inner = _feed(raw)
+        else:
+            inner = payload[0]
+    else:
+        raw = decode_transfer(_payload_bytes(part), info.cte, ctx.defects, what)
+        inner = _feed(raw)
+    ctx.forwarded.append(_letter(inner, depth + 1, ctx.limits, ctx))
+
+
+def _forward_headers(part: Message, info: _PartInfo, depth: int, ctx: _Context, what: str) -> None:
+    """text/rfc822-headers: the returned letter's headers, as a body-less letter."""
+    raw = decode_transfer(_payload_bytes(part), info.cte, ctx.defects, what)
+    ctx.forwarded.append(_letter(_feed(raw), depth + 1, ctx.limits, ctx))
+
+
+# ------------------------------------------------------------------------ letter
+
+
+def _feed(raw: bytes) -> Message:
+    parser = BytesFeedParser(policy=compat32)
+    parser.feed(raw)
+    msg = parser.close()
+    assert isinstance(msg, Message)
+    return msg
+
+
+def _header_map(msg: Message, defects: list[str]) -> HeaderMap:
+    """Lower-case name -> decoded, unfolded value of its first occurrence."""
+    out: dict[str, str] = {}
+    for key, value in msg.raw_items():
+        name = key.strip().lower()
+        if name not in out:
+            out[name] = collapse(decode_header(unfold(str(value)), defects, f"header {name}"))
+    return HeaderMap(out)
+
+
+def _letter(msg: Message, depth: int, limits: ParseLimits, parent: _Context | None) -> ParsedLetter:
+    """Build a ParsedLetter from a parsed message tree (also for forwarded letters)."""
+    ctx = _Context(limits=limits)
+    if parent is not None:
+        ctx.parts = parent.parts
+    defects = ctx.defects
+    raw: dict[str, str] = {}
+    for key, value in msg.raw_items():
+        raw.setdefault(key.strip().lower(), str(value))
+    headers = _header_map(msg, defects)
+    pieces = _walk(msg, "", depth, ctx)
+    if parent is not None:
+        parent.parts = ctx.parts
+    text, from_html = _render(pieces, ctx)
+    top = _PartInfo(msg, [], "top")
+    sender_list = parse_address_list(raw["from"], defects, "From") if "from" in raw else ()
+    subject = None
+    if "subject" in raw:
+        subject = collapse(decode_header(unfold(raw["subject"]), defects, "Subject"))
+    return_path = None
+    if "return-path" in raw:
+        rp = collapse(unfold(raw["return-path"])).strip()
+        inner = rp[1:-1] if rp.startswith("<") and rp.endswith(">") else rp
+        return_path = "".join(inner.split()).lower()
+    attachments = tuple(_mark_referenced(a, ctx.cids) for a in ctx.attachments)
+    return ParsedLetter(
+        message_id=parse_message_id(raw["message-id"]) if "message-id" in raw else None,
+        in_reply_to=parse_id_list(raw.get("in-reply-to", "")),
+        references=parse_id_list(raw.get("references", "")),
+        subject=subject,
+        sender=sender_list[0] if sender_list else None,
+        reply_to=parse_address_list(raw.get("reply-to", ""), defects, "Reply-To"),
+        to=parse_address_list(raw.get("to", ""), defects, "To"),
+        cc=parse_address_list(raw.get("cc", ""), defects, "Cc"),
+        return_path=return_path,
+        date=parse_date(raw["date"], defects) if "date" in raw else None,
+        headers=headers,
+        content_type=top.content_type,
+        text=text,
+        html=from_html,
+        attachments=attachments,
+        forwarded=tuple(ctx.forwarded),
+        defects=tuple(dict.fromkeys(defects)),
+    )
+
+
+def _mark_referenced(att: Attachment, cids: set[str]) -> Attachment:
+    """An attachment referenced as cid: from the HTML is an inline image."""
+    if att.inline or att.content_id is None:
+        return att
+    if att.content_id[1:-1].lower() in cids:
+        return Attachment(
+            att.filename,
+            att.content_type,
+            att.size,
+            att.sha256,
+            True,
+            att.content_id,
+            att.content,
+        )
+    return att
+
+
+def _render(pieces: list[_Piece], ctx: _Context) -> tuple[str, bool]:
+    """Turn the chosen body pieces into the final text."""
+    texts: list[str] = []
+    from_html = False
+    for piece in pieces:
+        if piece.is_html:
+            from_html = True
+            texts.append(html_to_text(piece.source, ctx.defects, piece.what))
+        elif piece.flowed:
+            texts.append(unflow(piece.source, piece.delsp))
+        else:
+            texts.append(piece.source)
+    return tidy_text("\n\n".join(tidy_text(t) for t in texts if t.strip())), from_html
+
+
+def _header_block_size(raw: bytes) -> int:
+    """Bytes before the first blank line (the whole letter when there is none)."""
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n"), raw.find(b"\r\r")) if i >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def _check_limits(raw: bytes, limits: ParseLimits) -> None:
+    if len(raw) > limits.max_bytes:
+        raise LetterUnreadable("parse", f"letter is {len(raw)} bytes; limit is {limits.max_bytes}")
+    header_bytes = _header_block_size(raw)
+    if header_bytes > limits.max_header_bytes:
+        raise LetterUnreadable(
+            "parse", f"header section is {header_bytes} bytes; limit is {limits.max_header_bytes}"
+        )
+
+
+def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedLetter:
+    """Parse one letter; raises only LetterUnreadable (quarantine), never anything else."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise LetterUnreadable("parse", f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    _check_limits(raw, limits)
+    if not raw.strip():
+        raise LetterUnreadable("parse", "letter is empty")
+    try:
+        msg = _feed(raw)
+        if not msg.keys():
+            raise LetterUnreadable("parse", "no header fields found")
+        return _letter(msg, 0, limits, None)
+    except LetterUnreadable:
+        raise
+    except RecursionError as exc:
+        raise LetterUnreadable("parse", "MIME structure nested too deeply") from exc
+    except Exception as exc:  # the contract: quarantine, never crash the daemon
+        raise LetterUnreadable("parse", f"internal error {type(exc).__name__}: {exc}") from exc
