@@ -52,10 +52,11 @@ class ImapSource:
 
     # ----------------------------------------------------------------- connection
 
-    def open(self) -> int:
-        self.close()
-        with _mapped("connect"):
-            self._client = self._connect()
+    def select(self) -> int:
+        if self._client is None:
+            with _mapped("connect"):
+                self._client = self._connect()
+        with _mapped(f"select {self.config.folder}"):
             selected = self._client.select_folder(self.config.folder)
         return int(selected[b"UIDVALIDITY"])
 

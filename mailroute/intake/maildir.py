@@ -27,7 +27,7 @@ class MaildirSource:
         self.path = Path(config.maildir or "").expanduser()
         self.name = f"maildir:{self.path.resolve()}"
 
-    def open(self) -> int:
+    def select(self) -> int:
         if not (self.path / "cur").is_dir() or not (self.path / "new").is_dir():
             raise MailboxUnavailable(f"{self.path} is not a Maildir (needs cur/ and new/)")
         return UIDVALIDITY

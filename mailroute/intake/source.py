@@ -30,8 +30,8 @@ class MailSource(Protocol):
 
     name: str
 
-    def open(self) -> int:
-        """Connect and select the intake folder; returns its UIDVALIDITY."""
+    def select(self) -> int:
+        """(Re)select the intake folder, connecting if needed; returns its UIDVALIDITY."""
 
     def list_uids(self) -> list[str]:
         """UIDs of all letters in the intake folder, in arrival order."""

@@ -135,6 +135,13 @@ def letters_to_file(session: Session, mailbox: str, uidvalidity: int) -> list[Le
     )
 
 
+def letter_states(session: Session, letter_ids: Sequence[int]) -> dict[int, str]:
+    if not letter_ids:
+        return {}
+    rows = session.execute(select(Letter.id, Letter.state).where(Letter.id.in_(letter_ids)))
+    return {letter_id: state for letter_id, state in rows}
+
+
 def mark_filed(session: Session, letter_ids: Iterable[int], folder: str) -> None:
     ids = list(letter_ids)
     if ids:

@@ -1,0 +1,254 @@
+"""The ``mailroute`` command. The only place that prints for people or exits.
+
+Exit codes: 0 success, 1 failure, 2 bad configuration or usage, 3 database not
+ready (run ``mailroute db upgrade``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailroute import __version__, logs
+from mailroute import config as config_module
+from mailroute.config import Config
+from mailroute.errors import ConfigError, DatabaseNotReady, MailrouteError
+
+EXIT_FAILURE, EXIT_CONFIG, EXIT_DATABASE = 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"mailroute: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DatabaseNotReady as exc:
+        print(f"mailroute: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    except MailrouteError as exc:
+        print(f"mailroute: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $MAILROUTE_CONFIG, then /etc/mailroute/config.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mailroute",
+        description="Turn a ServiceDesk mailbox into a ticket registry.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mailroute {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument("--once", action="store_true", help="drain the mailbox, send due replies, exit")
+    run.set_defaults(handler=cmd_run)
+
+    db = commands.add_parser("db", parents=[common], help="database schema")
+    db_commands = db.add_subparsers(title="db commands", metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", parents=[common], help="apply migrations")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate and print the effective config"
+    )
+    check.set_defaults(handler=cmd_check_config)
+
+    explain = commands.add_parser(
+        "explain", parents=[common], help="what letters would become (touches nothing)"
+    )
+    explain.add_argument("files", nargs="+", metavar="FILE.eml")
+    explain.add_argument("--json", action="store_true", help="one JSON object per line")
+    explain.add_argument(
+        "--received-at", metavar="ISO8601", type=_aware_datetime,
+        help="pretend the letter arrived at this moment (for SLA figures)",
+    )
+    explain.set_defaults(handler=cmd_explain)
+
+    tickets = commands.add_parser("tickets", parents=[common], help="registered requests")
+    ticket_commands = tickets.add_subparsers(title="tickets commands", metavar="ACTION")
+    listing = ticket_commands.add_parser("list", parents=[common], help="list requests")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=None)
+    listing.set_defaults(handler=cmd_tickets_list)
+    show = ticket_commands.add_parser("show", parents=[common], help="one request in full")
+    show.add_argument("number")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_tickets_show)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the real pipeline on bundled sample letters"
+    )
+    demo.add_argument("--keep", metavar="DIR", help="keep the demo's Maildir and database here")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _aware_datetime(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from exc
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-11-21T23:40:00+03:00")
+    return moment
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path = config_module.resolve_path(getattr(args, "config", None))
+    config = config_module.load(path)
+    logs.configure(config.logging.level, config.logging.format)
+    return config
+
+
+def open_store(config: Config, *, require_current: bool = True) -> Any:
+    from mailroute.store import Store
+
+    store = Store(config.database.url)
+    if require_current:
+        store.require_current()
+    return store
+
+
+# ------------------------------------------------------------------------ commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mailroute.daemon import Daemon
+
+    config = load_config(args)
+    if not (config.mailbox.host or config.mailbox.maildir):
+        raise ConfigError("mailbox.host: set the IMAP server (or mailbox.maildir) to run")
+    store = open_store(config)
+    daemon = Daemon(config, store, config_path=config.source)
+    if args.once:
+        report = daemon.run_once()
+        print(_run_summary(report), file=sys.stderr)
+        return 0
+    daemon.run_forever()
+    return 0
+
+
+def _run_summary(report: Any) -> str:
+    drained, delivery = report.drain, report.delivery
+    states = ", ".join(
+        f"{state}={drained.count(state)}"
+        for state in ("processed", "follow_up", "ignored", "duplicate", "quarantined")
+    )
+    return (
+        f"mailroute: fetched {drained.fetched} letter(s): {states}; replies sent "
+        f"{len(delivery.sent)}, retrying {len(delivery.retried)}, failed {len(delivery.failed)}"
+    )
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    store = open_store(config, require_current=False)
+    revision = store.upgrade()
+    print(f"database at revision {revision}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    print(f"# {config.source or 'built-in defaults (no config file)'}: valid")
+    print(json.dumps(config_module.masked(config), ensure_ascii=False, indent=2, default=str))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mailroute.explain import explain_file
+
+    config = load_config(args)
+    failures = 0
+    for name in args.files:
+        result = explain_file(Path(name), config, args.received_at or datetime.now(UTC))
+        failures += "error" in result
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False, default=str))
+        else:
+            print(_explain_text(name, result))
+    return EXIT_FAILURE if failures else 0
+
+
+def _explain_text(name: str, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{name}: cannot explain: {result['error']}"
+    lines = [f"{name}:"]
+    for key in ("action", "ignore_reason", "request_type", "priority", "organization",
+                "registration_number", "missing", "reply", "language", "queue"):
+        value = result.get(key)
+        if value not in (None, [], ""):
+            lines.append(f"  {key:20} {value if not isinstance(value, list) else ', '.join(value)}")
+    for reason in result.get("reasons", []):
+        lines.append(f"  because {reason['rule']}: {reason['sets']} ({reason['detail']})")
+    return "\n".join(lines)
+
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    from mailroute.tickets import list_rows
+
+    config = load_config(args)
+    rows = list_rows(open_store(config), args.limit)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for row in rows:
+        print(
+            f"{row['number']}  {row['status']:<18} {row['request_type']:<16} "
+            f"{row['priority']:<8} {row['messages']:>3} msg  {row['requester']}  "
+            f"{row['subject'] or ''}"
+        )
+    if not rows:
+        print("no requests yet")
+    return 0
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    from mailroute.tickets import show_request
+
+    config = load_config(args)
+    detail = show_request(open_store(config), args.number)
+    if detail is None:
+        print(f"mailroute: no request {args.number}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(detail, ensure_ascii=False, indent=2))
+        return 0
+    for key, value in detail.items():
+        if key in ("events", "letters", "replies"):
+            print(f"{key}:")
+            for item in value:
+                print("  " + "  ".join(f"{k}={v}" for k, v in item.items()))
+        else:
+            print(f"{key:20} {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mailroute.demo import run_demo
+
+    return run_demo(sys.stdout, keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

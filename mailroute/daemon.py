@@ -1,0 +1,203 @@
+"""Wiring: the intake loop, the outbox job, signals. No business logic lives here.
+
+Threads: the intake loop runs in its own thread (IMAP IDLE blocks); the outbox
+and housekeeping jobs run on an APScheduler ``BackgroundScheduler`` with its
+in-memory job store (durable state is in mailroute's own tables, so several
+instances never share a job store and never run a job twice). The main thread
+only waits for signals: SIGTERM/SIGINT stop after the letter in hand, SIGHUP
+reloads the configuration.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from mailroute import config as config_module
+from mailroute import logs
+from mailroute.config import Config
+from mailroute.errors import ConfigError, MailrouteError, TransientError
+from mailroute.intake import MailSource, open_source
+from mailroute.intake.drain import DrainReport, drain
+from mailroute.outbox import DeliveryReport, deliver_due
+from mailroute.process import Pipeline
+from mailroute.store import Store
+
+log = logs.get("mailroute.daemon")
+Clock = Callable[[], datetime]
+MAX_BACKOFF = 300.0
+STOP_GRACE = 8.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RunReport:
+    """What ``run --once`` did."""
+
+    drain: DrainReport
+    delivery: DeliveryReport
+
+
+@dataclass
+class Daemon:
+    """One mailroute instance: a mailbox, a database, an SMTP server."""
+
+    config: Config
+    store: Store
+    source_factory: Callable[[Any], MailSource] = open_source
+    clock: Clock = utc_now
+    config_path: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.pipeline = Pipeline.from_config(self.config)
+        self._source: MailSource | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._failing: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- one pass
+
+    def run_once(self) -> RunReport:
+        """Drain the folder, send the replies that are due, return what happened."""
+        source = self.source_factory(self.config.mailbox)
+        try:
+            report = drain(source, self.store, self.pipeline, self.config.mailbox, self.clock)
+        finally:
+            source.close()
+        delivery = self.send_due()
+        return RunReport(report, delivery)
+
+    def send_due(self) -> DeliveryReport:
+        return deliver_due(self.store, self.config.smtp, self.config.replies, self.clock())
+
+    # ----------------------------------------------------------------- forever
+
+    def run_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT; returns after a clean stop."""
+        self._install_signals()
+        self._scheduler = self._start_scheduler()
+        intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        intake.start()
+        log.info("daemon started", mailbox=self.config.mailbox.folder, db=self._db_label())
+        try:
+            while not self.stop.wait(1.0):
+                pass
+        finally:
+            log.info("daemon stopping")
+            intake.join(STOP_GRACE)
+            self._scheduler.shutdown(wait=True)
+            if self._source is not None:
+                self._source.close()
+            log.info("daemon stopped")
+
+    def _start_scheduler(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+            timezone=UTC,
+        )
+        scheduler.add_job(
+            self._outbox_job,
+            "interval",
+            seconds=self.config.replies.send_interval,
+            id="outbox",
+            next_run_time=self.clock(),
+        )
+        scheduler.start()
+        return scheduler
+
+    def _outbox_job(self) -> None:
+        try:
+            self.send_due()
+            self._recovered("outbox")
+        except TransientError as exc:
+            self._failed("outbox", str(exc))
+
+    def _wake_outbox(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
+
+    def _intake_loop(self) -> None:
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                if self._source is None:
+                    self._source = self.source_factory(self.config.mailbox)
+                report = drain(
+                    self._source, self.store, self.pipeline, self.config.mailbox, self.clock,
+                    self.stop,
+                )
+                self._recovered("intake")
+                delay = 1.0
+                if any(outcome.reply for outcome in report.outcomes):
+                    self._wake_outbox()
+                self._source.wait(self.config.mailbox.idle_timeout, self.stop)
+            except TransientError as exc:
+                self._failed("intake", str(exc))
+                self._drop_source()
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+            except MailrouteError as exc:
+                log.error("intake stopped", error=str(exc))
+                self.stop.set()
+
+    def _drop_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+
+    # ------------------------------------------------------ errors, logged once
+
+    def _failed(self, part: str, error: str) -> None:
+        """Log a failure when it starts, not on every retry."""
+        if self._failing.get(part) != error:
+            log.error("connection lost" if part == "intake" else f"{part} failing",
+                      part=part, error=error)
+        self._failing[part] = error
+
+    def _recovered(self, part: str) -> None:
+        if self._failing.pop(part, None) is not None:
+            log.info("connection restored" if part == "intake" else f"{part} recovered",
+                     part=part)
+
+    # ----------------------------------------------------------------- signals
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the config; keep the old one if the new one is invalid."""
+        try:
+            fresh = config_module.load(self.config_path)
+            pipeline = Pipeline.from_config(fresh)
+        except (ConfigError, ValueError) as exc:
+            log.error("config reload rejected", error=str(exc).replace("\n", " "))
+            return False
+        self.config, self.pipeline = fresh, pipeline
+        log.info("config reloaded", source=self.config_path)
+        return True
+
+    def _db_label(self) -> str:
+        return self.store.engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,383 @@
+"""One saved letter → pure stages → request, follow-up or ignore record + outbox row.
+
+Each letter is one transaction. A failure inside a pure stage (parse, analyze,
+compose) is the letter's fault: it is quarantined with the stage and the
+traceback, and the queue moves on. A database failure is nobody's fault: it
+propagates as TransientError and the letter stays pending for the next round.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import make_msgid
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from mailroute import logs
+from mailroute.analysis import Analysis, AnalysisContext, analyze
+from mailroute.compose import Draft, Identity, ReplyFacts, Templates, Thread, compose
+from mailroute.config import Config
+from mailroute.errors import LetterUnreadable, TransientError
+from mailroute.hours import BusinessCalendar
+from mailroute.parse import ParsedLetter, ParseLimits, parse
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Letter, OutboxItem, Request
+
+log = logs.get("mailroute.process")
+TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
+PUBLIC_MAIL_DOMAINS = frozenset(
+    ["gmail.com", "googlemail.com", "yandex.ru", "ya.ru", "yandex.com", "mail.ru", "bk.ru", "inbox.ru", "list.ru", "rambler.ru", "outlook.com", "hotmail.com", "live.com", "yahoo.com", "icloud.com", "me.com", "proton.me", "protonmail.com", "gmx.de", "gmx.net", "aol.com"]
+)
+HOURS_TEXT = {
+    "ru": "по рабочим дням с {open} до {close} ({zone})",
+    "en": "on working days from {open} to {close} ({zone})",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one letter."""
+
+    letter_id: int
+    state: str
+    request: str | None = None
+    reply: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything processing needs, built once from the config (and again on reload)."""
+
+    context: AnalysisContext
+    calendar: BusinessCalendar
+    templates: Templates
+    identity: Identity
+    window: str
+    replies_enabled: bool
+    limits: ParseLimits
+
+    @classmethod
+    def from_config(cls, config: Config) -> Pipeline:
+        return cls(
+            context=AnalysisContext.from_config(config),
+            calendar=BusinessCalendar.from_config(config.business_hours),
+            templates=Templates.load(config.replies.templates_dir),
+            identity=Identity(config.smtp.from_address, config.smtp.from_name),
+            window=config.replies.window,
+            replies_enabled=config.replies.enabled,
+            limits=ParseLimits(),
+        )
+
+    def hours_text(self, language: str) -> str:
+        cal = self.calendar
+        zone = str(cal.zone)
+        if zone == "Europe/Moscow":
+            zone = "МСК" if language == "ru" else "Moscow time"
+        pattern = HOURS_TEXT.get(language, HOURS_TEXT["en"])
+        return pattern.format(open=f"{cal.open:%H:%M}", close=f"{cal.close:%H:%M}", zone=zone)
+
+    def send_time(self, now: datetime) -> datetime:
+        """When a reply composed now may go out."""
+        return now if self.window == "always" else self.calendar.next_opening(now)
+
+
+def process_pending(
+    store: Store, pipeline: Pipeline, clock: Callable[[], datetime], limit: int = 1000
+) -> list[Outcome]:
+    """Process every saved letter still pending, oldest first."""
+    with store.transaction() as session:
+        ids = repo.pending_letter_ids(session, limit)
+    outcomes = []
+    for letter_id in ids:
+        outcome = process_letter(store, pipeline, letter_id, clock())
+        if outcome is not None:
+            outcomes.append(outcome)
+    return outcomes
+
+
+def process_letter(
+    store: Store, pipeline: Pipeline, letter_id: int, now: datetime
+) -> Outcome | None:
+    """Decide one letter in one transaction; None if another worker already did."""
+    with store.transaction() as session:
+        letter = repo.lock_letter(session, letter_id)
+        if letter is None or letter.state != "pending":
+            return None
+        letter.attempts += 1
+        try:
+            with session.begin_nested():  # a quarantine undoes any half-made request
+                outcome = _decide(session, pipeline, letter, now)
+        except _Unprocessable as fault:
+            outcome = _quarantine(letter, fault.stage, fault.reason, fault.trace)
+    _log(outcome, letter)
+    return outcome
+
+
+class _Unprocessable(Exception):
+    """Raised inside the savepoint so that everything the letter did is rolled back."""
+
+    def __init__(self, stage: str, reason: str, trace: str | None = None) -> None:
+        super().__init__(reason)
+        self.stage, self.reason, self.trace = stage, reason, trace
+
+
+def _decide(session: Session, pipeline: Pipeline, letter: Letter, now: datetime) -> Outcome:
+    stage = "parse"
+    try:
+        parsed = parse(letter.raw, pipeline.limits)
+        _describe_letter(letter, parsed)
+        earlier = parsed.message_id and repo.processed_with_message_id(
+            session, parsed.message_id, letter.id
+        )
+        if earlier:
+            letter.state = "duplicate"
+            letter.request_id = earlier.request_id
+            return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier.id}")
+        stage = "analyze"
+        analysis = analyze(parsed, pipeline.context)
+        letter.analysis = analysis.as_dict()
+        _store_attachments(session, letter, parsed)
+        if analysis.action == "ignore":
+            letter.state = "ignored"
+            letter.ignore_reason = analysis.ignore_reason
+            return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
+        stage = "thread"
+        request = _find_thread(session, parsed)
+        stage = "compose"
+        if request is not None:
+            return _follow_up(session, pipeline, letter, parsed, analysis, request, now)
+        return _new_request(session, pipeline, letter, parsed, analysis, now)
+    except LetterUnreadable as exc:
+        raise _Unprocessable(exc.stage, exc.reason) from exc
+    except (SQLAlchemyError, TransientError):
+        raise  # the database's trouble, not the letter's: retry later
+    except Exception as exc:  # a bug meeting an odd letter must not stop the queue
+        reason = f"{type(exc).__name__}: {exc}"
+        raise _Unprocessable(stage, reason, traceback.format_exc()) from exc
+
+
+def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
+    letter.message_id = parsed.message_id
+    letter.sender = parsed.sender.email if parsed.sender else None
+    letter.subject = parsed.subject
+
+
+def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = None) -> Outcome:
+    letter.state = "quarantined"
+    letter.stage = stage
+    letter.error = reason if trace is None else f"{reason}\n{trace}"
+    return Outcome(letter.id, "quarantined", detail=f"{stage}: {reason}")
+
+
+def _store_attachments(session: Session, letter: Letter, parsed: ParsedLetter) -> None:
+    for item in parsed.attachments:
+        repo.add_attachment(
+            session,
+            letter,
+            filename=item.filename,
+            content_type=item.content_type,
+            content=item.content,
+            sha256=item.sha256,
+            inline=item.inline,
+        )
+
+
+# ---------------------------------------------------------------------------- threads
+
+
+def _find_thread(session: Session, parsed: ParsedLetter) -> Request | None:
+    """The request this letter continues, or None for a new one.
+
+    A reference to one of our Message-IDs is proof enough (only recipients of
+    the thread know them). A ``[SD-…]`` token alone is not: anyone can type it,
+    so it attaches only when the sender already belongs to the request.
+    """
+    by_reference = repo.request_by_message_ids(
+        session, [*parsed.in_reply_to, *reversed(parsed.references)]
+    )
+    if by_reference is not None:
+        return by_reference
+    match = TOKEN.search(parsed.subject or "")
+    if not match:
+        return None
+    request = repo.request_by_number(session, match.group(1))
+    sender = parsed.sender.email if parsed.sender else ""
+    if request is None:
+        return None
+    if not _belongs_to(request, sender):
+        log.warning(
+            "token from stranger",
+            msgid=parsed.message_id,
+            request=request.number,
+            sender=sender,
+            action="new request",
+        )
+        return None
+    return request
+
+
+def _belongs_to(request: Request, sender: str) -> bool:
+    if not sender:
+        return False
+    participants = {request.requester, *(x.sender for x in request.letters if x.sender)}
+    if sender in participants:
+        return True
+    domain = _domain(sender)
+    return domain == _domain(request.requester) and domain not in PUBLIC_MAIL_DOMAINS
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _new_request(
+    session: Session,
+    pipeline: Pipeline,
+    letter: Letter,
+    parsed: ParsedLetter,
+    analysis: Analysis,
+    now: datetime,
+) -> Outcome:
+    requester = parsed.sender.email if parsed.sender else ""
+    request = Request(
+        number=repo.next_request_number(session),
+        status="awaiting_customer" if analysis.missing else "new",
+        request_type=analysis.request_type or "service_request",
+        priority=analysis.priority or "normal",
+        queue=analysis.queue,
+        organization=analysis.organization,
+        registration_number=analysis.registration_number,
+        requester=requester,
+        requester_name=parsed.sender.name if parsed.sender else None,
+        subject=parsed.subject,
+        language=analysis.language,
+        missing=list(analysis.missing),
+        reasons=[r.__dict__ for r in analysis.reasons],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(request)
+    session.flush()
+    letter.request_id = request.id
+    letter.state = "processed"
+    repo.add_event(session, request, "created", now, letter=letter.id, status=request.status)
+    reply = _queue_reply(session, pipeline, request, letter, parsed, analysis.reply, now)
+    return Outcome(letter.id, "processed", request.number, reply)
+
+
+def _follow_up(
+    session: Session,
+    pipeline: Pipeline,
+    letter: Letter,
+    parsed: ParsedLetter,
+    analysis: Analysis,
+    request: Request,
+    now: datetime,
+) -> Outcome:
+    """Attach to the request; fill in what a clarification asked for."""
+    letter.request_id = request.id
+    letter.state = "follow_up"
+    request.updated_at = now
+    supplied = _supplied(request, analysis)
+    repo.add_event(session, request, "follow_up", now, letter=letter.id, supplied=supplied)
+    if not request.missing or not supplied:
+        return Outcome(letter.id, "follow_up", request.number)
+    request.missing = [item for item in request.missing if item not in supplied]
+    if request.missing:
+        return Outcome(letter.id, "follow_up", request.number, detail="still missing")
+    request.status = "new"
+    repo.add_event(session, request, "status", now, old="awaiting_customer", new="new")
+    reply = _queue_reply(session, pipeline, request, letter, parsed, "acknowledgement", now)
+    return Outcome(letter.id, "follow_up", request.number, reply)
+
+
+def _supplied(request: Request, analysis: Analysis) -> list[str]:
+    """Which of the request's missing items this follow-up provides (and copy them over)."""
+    supplied = []
+    if "organization" in request.missing and analysis.organization:
+        request.organization = analysis.organization
+        supplied.append("organization")
+    if "registration_number" in request.missing and analysis.registration_number:
+        request.registration_number = analysis.registration_number
+        supplied.append("registration_number")
+    if "description" in request.missing and "description" not in analysis.missing:
+        supplied.append("description")
+    return supplied
+
+
+def _queue_reply(
+    session: Session,
+    pipeline: Pipeline,
+    request: Request,
+    letter: Letter,
+    parsed: ParsedLetter,
+    kind: str,
+    now: datetime,
+) -> str | None:
+    if kind not in ("acknowledgement", "clarification") or not pipeline.replies_enabled:
+        return None
+    if not request.requester:
+        return None
+    draft = _draft(pipeline, request, parsed, kind)
+    item = OutboxItem(
+        request_id=request.id,
+        letter_id=letter.id,
+        kind=kind,
+        sender=draft.sender,
+        recipient=draft.recipient,
+        message_id=draft.message_id,
+        subject=draft.subject,
+        raw=draft.raw,
+        state="pending",
+        attempts=0,
+        not_before=pipeline.send_time(now),
+        created_at=now,
+    )
+    session.add(item)
+    session.flush()
+    repo.add_event(session, request, "reply_queued", now, kind=kind, outbox=item.id)
+    return kind
+
+
+def _draft(pipeline: Pipeline, request: Request, parsed: ParsedLetter, kind: str) -> Draft:
+    facts = ReplyFacts(
+        number=request.number,
+        request_type=request.request_type,
+        priority=request.priority,
+        language=request.language,
+        subject=request.subject,
+        missing=tuple(request.missing),
+        first_response_due=request.first_response_due,
+        hours=pipeline.hours_text(request.language),
+    )
+    thread = Thread(
+        recipient=request.requester,
+        recipient_name=parsed.sender.name if parsed.sender else "",
+        message_id=parsed.message_id,
+        references=parsed.references,
+    )
+    domain = _domain(pipeline.identity.address) or "mailroute.invalid"
+    message_id = make_msgid(idstring=request.number, domain=domain)
+    return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
+
+
+def _log(outcome: Outcome, letter: Letter) -> None:
+    fields = {"msgid": letter.message_id, "uid": letter.uid, "letter": letter.id}
+    if outcome.state == "quarantined":
+        log.error("letter quarantined", **fields, error=outcome.detail)
+    elif outcome.state == "processed":
+        log.info("request created", **fields, request=outcome.request, reply=outcome.reply)
+    elif outcome.state == "follow_up":
+        log.info("follow-up attached", **fields, request=outcome.request, reply=outcome.reply)
+    else:
+        log.info(f"letter {outcome.state}", **fields, reason=outcome.detail)

@@ -1,0 +1,68 @@
+"""Read models for `mailroute tickets`: requests as plain, JSON-ready dicts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Request
+
+
+def list_rows(store: Store, limit: int | None = None) -> list[dict[str, Any]]:
+    """Requests newest first, with the fields of `tickets list --json`."""
+    with store.transaction() as session:
+        return [_summary(request, count) for request, count in repo.list_requests(session, limit)]
+
+
+def show_request(store: Store, number: str) -> dict[str, Any] | None:
+    """One request with its letters, replies and history."""
+    with store.transaction() as session:
+        request = repo.request_by_number(session, number)
+        if request is None:
+            return None
+        detail = _summary(request, len(request.letters) + len(request.replies))
+        detail |= {
+            "requester_name": request.requester_name,
+            "queue": request.queue,
+            "language": request.language,
+            "missing": list(request.missing),
+            "reasons": list(request.reasons),
+            "letters": [
+                {"id": x.id, "state": x.state, "from": x.sender, "message_id": x.message_id,
+                 "received_at": _iso(x.received_at)}
+                for x in request.letters
+            ],
+            "replies": [
+                {"id": x.id, "kind": x.kind, "state": x.state, "to": x.recipient,
+                 "message_id": x.message_id, "not_before": _iso(x.not_before),
+                 "sent_at": _iso(x.sent_at), "attempts": x.attempts, "error": x.last_error}
+                for x in request.replies
+            ],
+            "events": [
+                {"at": _iso(x.at), "kind": x.kind, **x.detail} for x in request.events
+            ],
+        }
+        return detail
+
+
+def _summary(request: Request, messages: int) -> dict[str, Any]:
+    return {
+        "number": request.number,
+        "status": request.status,
+        "request_type": request.request_type,
+        "priority": request.priority,
+        "organization": request.organization,
+        "registration_number": request.registration_number,
+        "requester": request.requester,
+        "subject": request.subject,
+        "created_at": _iso(request.created_at),
+        "messages": messages,
+        "first_response_due": _iso(request.first_response_due),
+        "resolution_due": _iso(request.resolution_due),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
