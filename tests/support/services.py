@@ -8,6 +8,7 @@ same condition fails the test instead.
 from __future__ import annotations
 
 import os
+import socket
 from typing import NoReturn
 
 import pytest
@@ -28,3 +29,11 @@ def require_service(name: str, reason: str) -> NoReturn:
             pytrace=False,
         )
     pytest.skip(f"{name} unavailable: {reason}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (servers bind with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
