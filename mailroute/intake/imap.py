@@ -71,9 +71,14 @@ class ImapSource:
             timeout=cfg.timeout,
         )
         client.normalise_times = False
-        if cfg.security == "starttls":
-            client.starttls(context)
-        client.login(cfg.username, cfg.password.get_secret_value())
+        try:
+            if cfg.security == "starttls":
+                client.starttls(context)
+            client.login(cfg.username, cfg.password.get_secret_value())
+        except BaseException:
+            with suppress(*_ERRORS):
+                client.shutdown()
+            raise
         return client
 
     def close(self) -> None:

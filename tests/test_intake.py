@@ -1,0 +1,113 @@
+"""Mail sources: IMAP against a real Dovecot, and a local Maildir."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support.dovecot import ImapAccount
+
+from mailroute.config import MailboxConfig
+from mailroute.errors import MailboxUnavailable
+from mailroute.intake.imap import ImapSource
+from mailroute.intake.maildir import MaildirSource
+
+LETTER = b"From: a@b.example\r\nSubject: one\r\nMessage-ID: <1@b>\r\n\r\nbody\r\n"
+
+
+def imap_config(account: ImapAccount, **extra: object) -> MailboxConfig:
+    return MailboxConfig(host=account.host, port=account.port, security="none",
+                         username=account.username, password=account.password,
+                         **extra)  # type: ignore[arg-type]
+
+
+def test_imap_fetch_is_byte_exact_and_does_not_mark_seen(imap_account: ImapAccount) -> None:
+    imap_account.append(LETTER)
+    imap_account.append(LETTER.replace(b"one", b"two"))
+    source = ImapSource(imap_config(imap_account))
+    try:
+        validity = source.select()
+        uids = source.list_uids()
+        fetched = list(source.fetch(uids))
+    finally:
+        source.close()
+    assert validity > 0
+    assert [f.raw for f in fetched] == imap_account.messages()
+    assert all(f.received_at is not None and f.received_at.tzinfo for f in fetched)
+    assert all(b"\\Seen" not in flags for flags in imap_account.flags().values())
+
+
+def test_imap_file_moves_and_creates_folder(imap_account: ImapAccount) -> None:
+    imap_account.append(LETTER)
+    source = ImapSource(imap_config(imap_account))
+    try:
+        source.select()
+        source.file(source.list_uids(), "Processed")
+    finally:
+        source.close()
+    assert imap_account.uids() == []
+    assert imap_account.messages("Processed") == [LETTER]
+
+
+def test_imap_idle_wakes_on_new_mail(imap_account: ImapAccount) -> None:
+    source = ImapSource(imap_config(imap_account, idle_timeout=20))
+    stop = threading.Event()
+    try:
+        source.select()
+        threading.Timer(0.5, imap_account.append, args=(LETTER,)).start()
+        started = time.monotonic()
+        source.wait(20, stop)
+        waited = time.monotonic() - started
+    finally:
+        source.close()
+    assert waited < 10  # woken by EXISTS, not by the 20 s timeout
+
+
+def test_imap_stop_interrupts_idle(imap_account: ImapAccount) -> None:
+    source = ImapSource(imap_config(imap_account, idle_timeout=60))
+    stop = threading.Event()
+    try:
+        source.select()
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        source.wait(60, stop)
+        assert time.monotonic() - started < 5
+    finally:
+        source.close()
+
+
+def test_imap_bad_login_is_mailbox_unavailable(imap_account: ImapAccount) -> None:
+    config = imap_config(imap_account)
+    config.password = type(config.password)("wrong")
+    source = ImapSource(config)
+    with pytest.raises(MailboxUnavailable, match="IMAP connect failed"):
+        source.select()
+
+
+def test_imap_unreachable_is_mailbox_unavailable() -> None:
+    source = ImapSource(MailboxConfig(host="127.0.0.1", port=1, security="none", timeout=2))
+    with pytest.raises(MailboxUnavailable):
+        source.select()
+
+
+def test_maildir_list_fetch_file(tmp_path: Path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "new" / "100.a.host").write_bytes(LETTER)
+    (tmp_path / "cur" / "200.b.host:2,S").write_bytes(LETTER + b"2")
+    source = MaildirSource(MailboxConfig(maildir=str(tmp_path)))
+    assert source.select() == 1
+    uids = source.list_uids()
+    assert sorted(uids) == ["100.a.host", "200.b.host"]
+    assert [f.raw for f in source.fetch(["100.a.host"])] == [LETTER]
+    source.file(["100.a.host"], "Processed")
+    assert source.list_uids() == ["200.b.host"]
+    assert (tmp_path / ".Processed" / "cur" / "100.a.host:2,S").read_bytes() == LETTER
+    assert (tmp_path / ".Processed" / "maildirfolder").exists()
+
+
+def test_maildir_missing_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(MailboxUnavailable, match="not a Maildir"):
+        MaildirSource(MailboxConfig(maildir=str(tmp_path / "nope"))).select()
