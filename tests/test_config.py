@@ -109,3 +109,19 @@ def test_masked_hides_secrets(tmp_path: Path) -> None:
 def test_resolve_path_order(tmp_path: Path) -> None:
     assert config.resolve_path("x.toml", environ={"MAILROUTE_CONFIG": "y.toml"}) == Path("x.toml")
     assert config.resolve_path(None, environ={"MAILROUTE_CONFIG": "y.toml"}) == Path("y.toml")
+
+
+def test_example_documents_every_key() -> None:
+    """Each field of each section appears in config.example.toml (set or commented)."""
+    text = (Path(__file__).resolve().parents[1] / "config.example.toml").read_text("utf-8")
+    undocumented = []
+    for name, field in config.Config.model_fields.items():
+        model = field.annotation
+        if name == "source" or not isinstance(model, type):
+            continue
+        if f"[{name}]" not in text:
+            undocumented.append(f"[{name}]")
+        for key in getattr(model, "model_fields", {}):
+            if f"\n{key} =" not in text and f"\n# {key} =" not in text:
+                undocumented.append(f"{name}.{key}")
+    assert undocumented == []
