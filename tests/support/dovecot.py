@@ -26,6 +26,7 @@ as that user instead.
 from __future__ import annotations
 
 import contextlib
+import grp
 import itertools
 import os
 import pwd
@@ -310,6 +311,7 @@ class DovecotServer:
             )
         )
         internal_user = "dovecot" if as_root else mail_user.pw_name
+        internal_group = "dovecot" if as_root else grp.getgrgid(mail_user.pw_gid).gr_name
         login_user = "dovenull" if as_root else mail_user.pw_name
         self.config_file.write_text(
             _CONFIG_TEMPLATE.format(
@@ -324,6 +326,7 @@ class DovecotServer:
                 gid=mail_user.pw_gid,
                 first_valid_uid=min(mail_user.pw_uid, 500) or 1,
                 internal_user=internal_user,
+                internal_group=internal_group,
                 login_user=login_user,
                 no_chroot=no_chroot,
             )
@@ -448,6 +451,7 @@ instance_name = mailroute-test-{port}
 log_path = {log}
 info_log_path = {log}
 default_internal_user = {internal_user}
+default_internal_group = {internal_group}
 default_login_user = {login_user}
 first_valid_uid = {first_valid_uid}
 

@@ -99,6 +99,7 @@ class SmtpSink:
         self._received: list[ReceivedMail] = []
         self._condition = threading.Condition()
         self._controller: Controller | None = None
+        self._started_once = False
         self.certificate = certificate
         if tls and certificate is None:
             if cert_dir is None:
@@ -118,9 +119,26 @@ class SmtpSink:
         return self._controller is not None
 
     def start(self) -> None:
-        """Listen (again) on ``self.port``; no-op while running."""
+        """Listen (again) on ``self.port``; no-op while running.
+
+        If the port was grabbed by someone else between ``free_port()`` and the very first
+        start, another port is tried; after that the port must stay (outage tests).
+        """
         if self._controller is not None:
             return
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            try:
+                self._controller = self._start_controller()
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+            else:
+                self._started_once = True
+                return
+
+    def _start_controller(self) -> Controller:
         tls_context = self.certificate.server_context() if self.tls and self.certificate else None
         controller = Controller(
             _RecordingHandler(self),
@@ -141,7 +159,7 @@ class SmtpSink:
             if not controller.loop.is_closed():
                 controller.loop.close()
             raise
-        self._controller = controller
+        return controller
 
     def stop(self) -> None:
         """Stop listening; connected clients are dropped. Recorded mail is kept."""
