@@ -264,6 +264,195 @@ class LoggingConfig(Section):
     )
 
 
+RequestType = Literal["incident", "service_request", "change_request", "improvement"]
+PriorityName = Literal["critical", "normal", "low"]
+RULE_FIELDS = ("subject", "first_line", "own_text", "signature", "text", "sender")
+
+
+class RuleSets(Section):
+    """What a classification rule decides when it matches."""
+
+    request_type: RequestType | None = Field(
+        None, description="Votes for (or, for a marker, fixes) this request type."
+    )
+    priority: PriorityName | None = Field(
+        None,
+        description='"critical" marks an incident urgent; "normal" vetoes critical '
+        '("не срочно"); types other than incident ignore it.',
+    )
+    weight: float = Field(1.0, ge=0, description="Votes a matching type rule adds.")
+
+    @model_validator(mode="after")
+    def _decides_something(self) -> RuleSets:
+        if self.request_type is None and self.priority is None:
+            raise ValueError("sets needs request_type or priority")
+        return self
+
+
+class ClassificationRule(Section):
+    """One classification rule; the schema of rules.toml and of [[classification.rules]]."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9:._-]*$", description='Stable name, e.g. "type:error-words".'
+    )
+    fields: list[str] = Field(
+        default_factory=lambda: ["subject", "own_text"],
+        description="Where to look: subject, first_line (first line after the greeting), "
+        "own_text, signature, text (whole body), sender (e-mail), header:NAME.",
+    )
+    words: list[str] = Field(
+        default_factory=list,
+        description='Word forms: "срочно" (this form), "ошибк*" (stem: any ending).',
+    )
+    phrases: list[str] = Field(
+        default_factory=list,
+        description='Word sequences of such forms; "..." skips up to three words.',
+    )
+    regex: str | None = Field(None, description="A Python regular expression (case-insensitive).")
+    unless: list[str] = Field(
+        default_factory=list,
+        description='Phrases that cancel a match they cover ("ошибк* в документац*").',
+    )
+    negatable: bool = Field(
+        False, description='A negation just before ("не", "not") or "нет" after cancels it.'
+    )
+    marker: bool = Field(
+        False, description="An explicit marker: fixes request_type, beating all votes."
+    )
+    sets: RuleSets
+    note: str = Field("", description="Why the rule exists (for people).")
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: list[str]) -> list[str]:
+        for name in fields:
+            if name not in RULE_FIELDS and not re.fullmatch(r"header:[\w-]+", name):
+                raise ValueError(f"unknown field {name!r}")
+        return [name.lower() for name in fields]
+
+    @field_validator("words", "phrases", "unless")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        from mailroute.words import Pattern
+
+        for source in patterns:
+            Pattern.compile(source)
+        return patterns
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression: {exc}") from None
+        return regex
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ClassificationRule:
+        if not (self.words or self.phrases or self.regex):
+            raise ValueError("a rule needs words, phrases or regex")
+        if self.marker and self.sets.request_type is None:
+            raise ValueError("a marker rule must set request_type")
+        return self
+
+
+class ClassificationConfig(Section):
+    """Admin rules added to (or replacing, by name) the built-in rules.toml."""
+
+    rules: list[ClassificationRule] = Field(
+        default_factory=list, description="Extra rules; one named like a built-in replaces it."
+    )
+    disabled: list[str] = Field(default_factory=list, description="Names of rules to switch off.")
+    default_request_type: RequestType = Field(
+        "service_request", description="Type when no rule votes."
+    )
+    vendor_names: list[str] = Field(
+        default_factory=list,
+        description="The vendor's own organization names: never taken as the customer's.",
+    )
+
+
+class RoutingRule(Section):
+    """Letters matching every given condition go to ``queue``; empty conditions match all."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9:._-]*$", description="Stable name.")
+    request_type: list[RequestType] = Field(default_factory=list, description="Any of these types.")
+    priority: list[PriorityName] = Field(default_factory=list, description="Any of these.")
+    organization: list[str] = Field(
+        default_factory=list, description="Any of these organizations (quotes and case ignored)."
+    )
+    sender_domain: list[str] = Field(
+        default_factory=list, description="Sender's domain or a parent domain of it."
+    )
+    words: list[str] = Field(
+        default_factory=list, description="Any of these word forms in the subject or own text."
+    )
+    tier: list[str] = Field(
+        default_factory=list, description="Support tier of the customer in the registry."
+    )
+    queue: str = Field(..., min_length=1, description="Queue the letter goes to.")
+
+    @field_validator("words")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        from mailroute.words import Pattern
+
+        for source in patterns:
+            Pattern.compile(source)
+        return patterns
+
+
+class RoutingConfig(Section):
+    """Which queue a ticket lands in: the first matching rule, else the default."""
+
+    default_queue: str = Field("first-line", min_length=1, description="Queue when no rule hits.")
+    rules: list[RoutingRule] = Field(default_factory=list, description="Tried in order.")
+
+
+class RegistryOrganization(Section):
+    """A customer under contract."""
+
+    name: str = Field(..., min_length=1, description="Organization name with its legal form.")
+    registration_numbers: list[str] = Field(
+        default_factory=list, description="Licence registration numbers (spaces, dashes ignored)."
+    )
+    domains: list[str] = Field(default_factory=list, description="E-mail domains of its staff.")
+    tier: str = Field("standard", description="Support tier, for routing.")
+
+    @field_validator("registration_numbers")
+    @classmethod
+    def _digits(cls, numbers: list[str]) -> list[str]:
+        cleaned = [re.sub(r"[\s-]", "", str(n)) for n in numbers]
+        for number in cleaned:
+            if not number.isdigit():
+                raise ValueError(f"{number!r} is not a number of digits")
+        return cleaned
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, domains: list[str]) -> list[str]:
+        return [d.strip().lower().lstrip("@") for d in domains if d.strip()]
+
+
+class RegistryConfig(Section):
+    """Optional customer registry; without one, numbers and names are taken as written."""
+
+    csv: str | None = Field(
+        None,
+        description="CSV file of customers (name, registration_numbers, domains, tier; "
+        "several values separated by ';'), relative to the config file.",
+    )
+    organizations: list[RegistryOrganization] = Field(
+        default_factory=list, description="Customers listed in the config itself."
+    )
+
+    def configured(self) -> bool:
+        """Whether a registry is in use at all."""
+        return bool(self.csv or self.organizations)
+
+
 class Config(BaseModel):
     """The whole configuration; every section has working defaults."""
 
@@ -275,6 +464,9 @@ class Config(BaseModel):
     business_hours: BusinessHoursConfig = Field(default_factory=BusinessHoursConfig)  # type: ignore[arg-type]
     replies: RepliesConfig = Field(default_factory=RepliesConfig)  # type: ignore[arg-type]
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # type: ignore[arg-type]
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)  # type: ignore[arg-type]
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)  # type: ignore[arg-type]
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
 
     source: Annotated[str | None, Field(exclude=True)] = None
 
@@ -308,6 +500,7 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> C
     except ValidationError as exc:
         raise ConfigError(_describe(exc, text, str(path) if path else None, origins)) from None
     _read_password_files(config, path)
+    _read_registry_csv(config, path)
     config.source = str(path) if path else None
     return config
 
@@ -392,6 +585,18 @@ def _read_password_files(config: Config, path: str | Path | None) -> None:
                 f"{name}.password_file: cannot read {file}: {exc.strerror}"
             ) from None
         section.password = SecretStr(secret)
+
+
+def _read_registry_csv(config: Config, path: str | Path | None) -> None:
+    """Append the customers of ``registry.csv`` (relative to the config file)."""
+    if not config.registry.csv:
+        return
+    from mailroute.registry import read_csv
+
+    file = Path(os.path.expandvars(config.registry.csv))
+    if not file.is_absolute() and path is not None:
+        file = Path(path).parent / file
+    config.registry.organizations.extend(read_csv(file))
 
 
 def _credential_path(value: str, config_path: str | Path | None) -> Path:

@@ -1,0 +1,96 @@
+"""Word-form matching shared by the classification and routing rules.
+
+Rules are written by people, not by regex experts, so a rule lists words the way a
+person would: ``"ошибк*"`` (any word starting with the stem, which covers Russian
+endings: ошибка, ошибки, ошибкой), ``"срочно"`` (exactly this form), or phrases of
+such words: ``"не можем отгрузить"``, ``"база ... не открывается"`` (``...`` stands for
+up to three other words). Matching works on tokens, so punctuation, line breaks
+and case do not matter, and ``"досрочный"`` never matches the stem ``"срочн*"``.
+
+Pure: no IO.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"[0-9a-zа-я]+")
+GAP = "..."
+MAX_GAP = 3
+NEGATIONS = frozenset({"не", "нет", "ни", "без", "not", "no", "never", "nothing", "without"})
+
+
+def fold(text: str) -> str:
+    """Case-folded text with ё spelled е: the form every comparison uses."""
+    return text.casefold().replace("ё", "е")
+
+
+def tokens(text: str) -> list[str]:
+    """The words of ``text``, folded; digits count as words (``1с`` is one)."""
+    return _TOKEN.findall(fold(text))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One word or phrase of a rule; each part is a word, a ``stem*`` or ``...``."""
+
+    source: str
+    parts: tuple[str, ...]
+
+    @classmethod
+    def compile(cls, source: str) -> Pattern:
+        parts: list[str] = []
+        for raw in fold(source).split():
+            if raw == GAP:
+                parts.append(GAP)
+                continue
+            stem = raw.endswith("*")
+            word = "".join(_TOKEN.findall(raw.rstrip("*")))
+            if word:
+                parts.append(word + ("*" if stem else ""))
+        if not parts or parts[0] == GAP or parts[-1] == GAP:
+            raise ValueError(f"{source!r} has no words to match")
+        return cls(source, tuple(parts))
+
+    def spans(self, words: list[str]) -> list[tuple[int, int]]:
+        """Every (start, end) token span where the pattern matches."""
+        found = []
+        for start in range(len(words)):
+            end = _match_from(self.parts, words, start)
+            if end is not None:
+                found.append((start, end))
+        return found
+
+
+def _word_matches(part: str, word: str) -> bool:
+    if part.endswith("*"):
+        return word.startswith(part[:-1])
+    return word == part
+
+
+def _match_from(parts: tuple[str, ...], words: list[str], start: int) -> int | None:
+    """End index of a match of ``parts`` starting exactly at ``start``, or None."""
+    if not parts:
+        return start
+    part, rest = parts[0], parts[1:]
+    if part == GAP:
+        for skip in range(MAX_GAP + 1):
+            end = _match_from(rest, words, start + skip)
+            if end is not None:
+                return end
+        return None
+    if start < len(words) and _word_matches(part, words[start]):
+        return _match_from(rest, words, start + 1)
+    return None
+
+
+def negated(words: list[str], span: tuple[int, int]) -> bool:
+    """True when a negation stands within two words before the span or right after it.
+
+    "не срочно", "не очень срочно", "not urgent", "срочности нет".
+    """
+    start, end = span
+    before = words[max(0, start - 2) : start]
+    after = words[end : end + 1]
+    return any(w in NEGATIONS for w in before) or after == ["нет"]
