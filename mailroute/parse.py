@@ -17,8 +17,10 @@ from __future__ import annotations
 import binascii
 import codecs
 import hashlib
+import math
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -166,8 +168,25 @@ _CHARSET_ALIASES = {
     "default": "",
 }
 
-# Typical Russian prose: these letters cover ~80% of Cyrillic letters.
-_FREQUENT_RU = frozenset("оеаинтсрвлкмдпуяыьгзбОЕАИНТСРВЛКМДПУЯЫЬГЗБ")
+# Letter frequencies of Russian prose (percent).  Text decoded with the wrong
+# Cyrillic charset scrambles letters into rare ones and inverts letter case, so
+# the mean log-frequency separates right from wrong even on one short word.
+_RU_PERCENT = {
+    "о": 10.97, "е": 8.45, "а": 8.01, "и": 7.35, "н": 6.70, "т": 6.26, "с": 5.47, "р": 4.73,
+    "в": 4.54, "л": 4.40, "к": 3.49, "м": 3.21, "д": 2.98, "п": 2.81, "у": 2.62, "я": 2.01,
+    "ы": 1.90, "ь": 1.74, "г": 1.70, "з": 1.65, "б": 1.59, "ч": 1.44, "й": 1.21, "х": 0.97,
+    "ж": 0.94, "ш": 0.73, "ю": 0.64, "ц": 0.48, "щ": 0.36, "э": 0.32, "ф": 0.26, "ъ": 0.04,
+    "ё": 0.20,
+}  # fmt: skip
+_RU_LOGP = {
+    **{k: math.log(v) for k, v in _RU_PERCENT.items()},
+    **{k.upper(): math.log(v) for k, v in _RU_PERCENT.items()},
+}
+_NON_RUSSIAN_LOGP = -4.0  # Ђ, Ѓ, і...: what cp1251 bytes look like in other charsets
+_INVERTED_CASE = re.compile(r"(?<!\w)[а-яё][А-ЯЁ]{2,}")
+_CAPITALIZED = re.compile(r"(?<!\w)[А-ЯЁ][а-яё]{2,}")
+_CYRILLIC = re.compile("[\u0400-\u04ff]")
+_SCORE_SAMPLE = 2000
 
 
 def _codec_name(charset: str) -> str | None:
@@ -179,29 +198,33 @@ def _codec_name(charset: str) -> str | None:
         return _CHARSET_ALIASES[label] or None
     try:
         return codecs.lookup(label).name
-    except LookupError:
+    except (LookupError, ValueError):
         return None
 
 
 def _russian_score(text: str) -> float:
-    """How much `text` looks like Russian prose (0..1); mojibake scores low."""
+    """Mean log-frequency of the Cyrillic letters, with a bonus for sane capitalisation.
+
+    Russian prose scores about 2.0, cp1251/koi8-r mojibake about 0.4; 0.0 when
+    there are no Cyrillic letters at all.
+    """
+    sample = text[:_SCORE_SAMPLE]
+    total = 0.0
     letters = 0
-    frequent = 0
-    lower = 0
-    for ch in text:
+    for ch, count in Counter(sample).items():
         if "\u0400" <= ch <= "\u04ff":
-            letters += 1
-            if ch in _FREQUENT_RU:
-                frequent += 1
-            if ch.islower():
-                lower += 1
+            total += _RU_LOGP.get(ch, _NON_RUSSIAN_LOGP) * count
+            letters += count
     if letters == 0:
         return 0.0
-    return (frequent / letters) * 0.7 + (lower / letters) * 0.3
+    inverted = len(_INVERTED_CASE.findall(sample))
+    capitalized = len(_CAPITALIZED.findall(sample))
+    return total / letters + 0.5 * (capitalized - inverted) / max(1, capitalized + inverted)
 
 
 def _cyrillic_count(text: str) -> int:
-    return sum(1 for ch in text if "\u0400" <= ch <= "\u04ff")
+    """Cyrillic letters in the scored sample (enough for every threshold used)."""
+    return len(_CYRILLIC.findall(text, 0, _SCORE_SAMPLE))
 
 
 def _is_utf8_with_multibyte(data: bytes) -> bool:
@@ -218,9 +241,10 @@ def _is_utf8_with_multibyte(data: bytes) -> bool:
 def _guess_decode(data: bytes) -> tuple[str, str]:
     """Decode bytes of unknown charset; returns (text, codec).
 
-    UTF-8 is taken when valid (random 8-bit text is never valid UTF-8); between
-    cp1251 and koi8-r the letter-frequency score decides, with charset-normalizer
-    restricted to those two as a tie-breaker for text with too few letters.
+    UTF-8 is taken when valid (8-bit text in another charset practically never
+    is).  Between cp1251 and koi8-r the letter-frequency score decides; when it
+    cannot (too few letters), charset-normalizer restricted to the charsets
+    Russian mail really uses breaks the tie.
     """
     if data.isascii():
         return data.decode("ascii"), "ascii"
@@ -229,14 +253,11 @@ def _guess_decode(data: bytes) -> tuple[str, str]:
     as_1251 = data.decode("cp1251", "replace")
     as_koi = data.decode("koi8-r", "replace")
     s_1251, s_koi = _russian_score(as_1251), _russian_score(as_koi)
-    if _cyrillic_count(as_1251) >= 12 and abs(s_1251 - s_koi) > 0.08:
-        return (as_1251, "cp1251") if s_1251 >= s_koi else (as_koi, "koi8-r")
-    best = _normalizer_guess(data)
-    if best == "koi8-r":
+    if abs(s_1251 - s_koi) >= 0.2 and max(_cyrillic_count(as_1251), _cyrillic_count(as_koi)) >= 2:
+        return (as_1251, "cp1251") if s_1251 > s_koi else (as_koi, "koi8-r")
+    if _normalizer_guess(data) == "koi8-r":
         return as_koi, "koi8-r"
-    if best == "cp1251" or s_1251 >= s_koi:
-        return as_1251, "cp1251"
-    return as_koi, "koi8-r"
+    return as_1251, "cp1251"
 
 
 def _normalizer_guess(data: bytes) -> str | None:
@@ -268,33 +289,52 @@ _LATIN_HIGH = re.compile("[\u00c0-\u00ff]")
 
 
 def _fix_mojibake(text: str) -> tuple[str, str] | None:
-    """Undo the usual double-decoding accidents; returns (fixed, description)."""
-    if _cyrillic_count(text) > 0 and len(_MOJIBAKE_UTF8_AS_1251.findall(text)) >= 3:
-        fixed = _try_recode(text, "cp1251", "utf-8")
-        if fixed is not None and _russian_score(fixed) > _russian_score(text):
+    """Undo the usual double-decoding accidents; returns (fixed, description).
+
+    Only a repair that turns the text into clearly better Russian is accepted,
+    so genuine Latin-1 text (German, French) is left alone.
+    """
+    before = _russian_score(text)
+    if before and len(_MOJIBAKE_UTF8_AS_1251.findall(text, 0, _SCORE_SAMPLE)) >= 3:
+        fixed = _recode(text, "cp1251", "utf-8")
+        if _russian_score(fixed) > before + 0.5:
             return fixed, "UTF-8 text that had been decoded as cp1251"
-    if len(_MOJIBAKE_UTF8_AS_LATIN.findall(text)) >= 3:
-        for codec in ("cp1252", "latin-1"):
-            fixed = _try_recode(text, codec, "utf-8")
-            if fixed is not None:
-                return fixed, "UTF-8 text that had been decoded as latin-1"
-    high = len(_LATIN_HIGH.findall(text))
-    if high >= 8 and _cyrillic_count(text) == 0:
-        letters = sum(1 for ch in text if ch.isalpha())
-        if high > letters * 0.5:
-            for codec in ("cp1252", "latin-1"):
-                fixed = _try_recode(text, codec, "cp1251")
-                if fixed is not None and _russian_score(fixed) > 0.5:
-                    return fixed, "cp1251 text that had been decoded as latin-1"
+    if len(_MOJIBAKE_UTF8_AS_LATIN.findall(text, 0, _SCORE_SAMPLE)) >= 3:
+        fixed = _recode(text, "cp1252", "utf-8")
+        if _russian_score(fixed) > max(before, 1.2) or _is_cleaner(fixed, text):
+            return fixed, "UTF-8 text that had been decoded as latin-1"
+    if before == 0 and len(_LATIN_HIGH.findall(text, 0, _SCORE_SAMPLE)) >= 8:
+        fixed = _recode(text, "cp1252", "cp1251")
+        if _russian_score(fixed) > 1.5:
+            return fixed, "cp1251 text that had been decoded as latin-1"
     return None
 
 
-def _try_recode(text: str, wrong: str, right: str) -> str | None:
-    """Re-encode with the codec that was wrongly used and decode with the right one."""
+def _recode(text: str, wrong: str, right: str) -> str:
+    """Re-encode with the single-byte codec that was wrongly used, decode with the right one.
+
+    Characters the wrong codec cannot encode (C1 controls from latin-1, U+FFFD)
+    become their latin-1 byte or '?', so one lost byte does not stop the repair.
+    """
     try:
-        return text.encode(wrong).decode(right)
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return None
+        data = text.encode(wrong)
+    except UnicodeEncodeError:
+        out = bytearray()
+        for ch in text:
+            try:
+                out += ch.encode(wrong)
+            except UnicodeEncodeError:
+                out += bytes([ord(ch)]) if ord(ch) < 256 else b"?"
+        data = bytes(out)
+    return data.decode(right, "replace")
+
+
+def _is_cleaner(fixed: str, text: str) -> bool:
+    """Non-Russian repair check: fewer accented Latin letters and few U+FFFD."""
+    return (
+        fixed.count("\ufffd") * 20 < len(fixed)
+        and len(_LATIN_HIGH.findall(fixed)) * 2 < len(_LATIN_HIGH.findall(text))
+    )
 
 
 def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
@@ -335,7 +375,7 @@ def _check_declared(
     if codec in ("cp1251", "koi8-r"):
         other = "koi8-r" if codec == "cp1251" else "cp1251"
         alt = data.decode(other, "replace")
-        if _cyrillic_count(text) >= 12 and _russian_score(alt) > _russian_score(text) + 0.15:
+        if _cyrillic_count(text) >= 8 and _russian_score(alt) > _russian_score(text) + 0.8:
             defects.append(f"{what}: declared charset {charset} but content is {other}")
             return alt
         return text
@@ -356,7 +396,7 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
 
 def _q_decode(payload: str) -> bytes:
     """RFC 2047 Q: '_' is space, =XX hex; stray '=' stays as is."""
-    raw = payload.replace("_", " ").encode("ascii", "surrogateescape")
+    raw = payload.replace("_", " ").encode("utf-8", "surrogateescape")
     return binascii.a2b_qp(raw)
 
 
@@ -374,10 +414,15 @@ def b64_decode(payload: bytes) -> bytes:
     return binascii.a2b_base64(cleaned)
 
 
+_B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,3}")
+
+
 def _word_bytes(enc: str, payload: str) -> bytes | None:
     """Bytes of one encoded word, None when it cannot be decoded at all."""
     if enc in "qQ":
         return _q_decode(payload)
+    if _B64_WORD.fullmatch(payload) is None:
+        return None
     try:
         return b64_decode(payload.encode("ascii", "surrogateescape"))
     except (binascii.Error, ValueError):
@@ -403,6 +448,8 @@ def decode_header(raw: str, defects: list[str], what: str = "header") -> str:
     Adjacent encoded words in the same charset are joined as bytes before
     decoding, so a multibyte character split across two words survives.
     """
+    if "=?" not in raw:
+        return _raw_to_text(raw, defects, what)
     out: list[str] = []
     pending: list[bytes] = []
     pending_charset = ""
@@ -422,7 +469,7 @@ def decode_header(raw: str, defects: list[str], what: str = "header") -> str:
         if data is None:
             flush()
             out.append(_raw_to_text(gap, defects, what))
-            out.append(match.group(0))
+            out.append(_raw_to_text(match.group(0), defects, what))
             defects.append(f"{what}: broken encoded word left as is")
             pos = match.end()
             continue
@@ -440,7 +487,16 @@ def decode_header(raw: str, defects: list[str], what: str = "header") -> str:
         pos = match.end()
     flush()
     out.append(_raw_to_text(raw[pos:], defects, what))
-    return "".join(out)
+    return scrub("".join(out))
+
+
+def scrub(text: str) -> str:
+    """Replace lone surrogates (undecodable raw bytes) so the text is valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def unfold(value: str) -> str:
@@ -560,11 +616,31 @@ def parse_address_list(raw: str, defects: list[str], what: str) -> tuple[Address
     """All mailboxes of an address header (raw 8-bit decoded first, 2047 per name)."""
     value = unfold(_raw_to_text(raw, defects, what))
     out: list[Address] = []
-    for item in _split_addresses(value):
+    for item in _merge_unquoted_commas(_split_addresses(value)):
         address = parse_address(item, defects, what)
         if address is not None:
             out.append(address)
     return tuple(out)
+
+
+def _merge_unquoted_commas(items: list[str]) -> list[str]:
+    """Glue "Ivanov, Ivan <i@x.ru>" back together: a piece without any address
+    is the first half of a display name with an unquoted comma."""
+    merged: list[str] = []
+    carry = ""
+    for item in items:
+        if "@" not in item and "<" not in item and ":" not in item:
+            carry = f"{carry}, {item}" if carry else item
+            continue
+        if carry and not _ANGLE_ADDR.match(item.strip()) and "<" in item:
+            item = f"{carry}, {item}"
+        elif carry:
+            merged.append(carry)
+        carry = ""
+        merged.append(item)
+    if carry:
+        merged.append(carry)
+    return merged
 
 
 # ---------------------------------------------------------------- ids and dates
@@ -633,7 +709,7 @@ def parse_date(raw: str, defects: list[str]) -> datetime | None:
 
 # -------------------------------------------------------------------- parameters
 
-_PARAM_2231 = re.compile(r"^([^*]+)\*(\d+)?(\*)?$")
+_PARAM_2231 = re.compile(r"^([^*]+)(?:\*(\d+))?(\*)?$")
 
 
 def _split_params(value: str) -> list[str]:
@@ -672,7 +748,12 @@ def _unquote(value: str) -> str:
 def parse_structured(raw: str, defects: list[str], what: str) -> tuple[str, dict[str, str]]:
     """Value and parameters of Content-Type / Content-Disposition (RFC 2231, 2047)."""
     pieces = _split_params(unfold(raw))
-    main = pieces[0].strip().lower()
+    head = pieces[0].strip()
+    if " " in head or "\t" in head:  # "text/plain charset=utf-8": a lost ';'
+        head, _, rest = head.replace("\t", " ").partition(" ")
+        pieces.insert(1, rest)
+        defects.append(f"{what}: missing ';' in {collapse(raw)[:60]!r}")
+    main = head.lower()
     simple: dict[str, str] = {}
     continued: dict[str, dict[int, tuple[str, bool]]] = {}
     for piece in pieces[1:]:
@@ -680,7 +761,7 @@ def parse_structured(raw: str, defects: list[str], what: str) -> tuple[str, dict
             continue
         key, _, val = piece.partition("=")
         key = key.strip().lower()
-        match = _PARAM_2231.match(key)
+        match = _PARAM_2231.match(key) if "*" in key else None
         if match:
             name, index, star = match.group(1), match.group(2), match.group(3)
             continued.setdefault(name, {})[int(index or 0)] = (_unquote(val), bool(star))
@@ -834,36 +915,88 @@ def tidy_text(text: str) -> str:
     return text.strip("\n")
 
 
-_HTML_DROP = re.compile(
-    r"<(style|script|head|title)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL
-)
-_HTML_TAG = re.compile(r"<[^>]*>")
-_HTML_ENTITY = re.compile(r"&(#?\w+);?")
+_INVISIBLE_START = re.compile(r"<!--|<(style|script|head|title|xml)\b", re.IGNORECASE)
+_INVISIBLE_END = {
+    name: re.compile(rf"</{name}\s*>", re.IGNORECASE)
+    for name in ("style", "script", "head", "title", "xml")
+}
+_HTML_TAG = re.compile(r"<[^<>]{0,2000}>")
+_HTML_ENTITY = re.compile(r"&(#?\w{1,10});?")
+_MSO_PARAGRAPH = re.compile(r"<p(?=[\s>])(?=[^<>]{0,400}?\bclass=[\"']?Mso)", re.IGNORECASE)
+_NBSP = re.compile(r"&nbsp;?|&#160;|&#x0*a0;|\u00a0", re.IGNORECASE)
+_NBSP_MARK = "\ue000"  # private-use stand-in: inscriptis would swallow a lone &nbsp;
+
+
+def drop_invisible(html: str) -> str:
+    """Remove comments and style/script/head/title/xml elements.
+
+    A search loop rather than one regex with a lazy body: an unterminated
+    comment would otherwise be rescanned for every later '<!--' (quadratic).
+    """
+    out: list[str] = []
+    pos = 0
+    while True:
+        match = _INVISIBLE_START.search(html, pos)
+        if match is None:
+            out.append(html[pos:])
+            break
+        out.append(html[pos : match.start()])
+        name = match.group(1)
+        if name is None:
+            end = html.find("-->", match.end())
+            stop = end + 3 if end >= 0 else -1
+        else:
+            close = _INVISIBLE_END[name.lower()].search(html, match.end())
+            stop = close.end() if close else -1
+        if stop < 0:  # unterminated: browsers hide the rest too
+            break
+        pos = stop
+    return "".join(out)
 
 
 def html_estimate(html: str) -> str:
     """Cheap tag-stripped text of HTML, only to compare lengths of alternatives."""
-    text = _HTML_DROP.sub(" ", html)
-    text = _HTML_TAG.sub(" ", text)
+    text = _HTML_TAG.sub(" ", drop_invisible(html))
     return _HTML_ENTITY.sub(" ", text)
 
 
-def html_to_text(html: str, defects: list[str], what: str) -> str:
-    """Readable text of HTML via inscriptis; blockquotes become '>'-prefixed lines."""
-    from inscriptis import get_annotated_text
-    from inscriptis.model.config import ParserConfig
+_INSCRIPTIS_CONFIG: list[object] = []
 
-    cleaned = _strip_controls(_HTML_DROP.sub("", html))
+
+def _inscriptis_config() -> object:
+    """One shared ParserConfig: building it deep-copies the CSS profile (slow)."""
+    if not _INSCRIPTIS_CONFIG:
+        from inscriptis.css_profiles import CSS_PROFILES
+        from inscriptis.model.config import ParserConfig
+
+        _INSCRIPTIS_CONFIG.append(
+            ParserConfig(
+                css=CSS_PROFILES["strict"],
+                annotation_rules={"blockquote": ["quote"]},
+            )
+        )
+    return _INSCRIPTIS_CONFIG[0]
+
+
+def html_to_text(html: str, defects: list[str], what: str) -> str:
+    """Readable text of HTML via inscriptis; blockquotes become '>'-prefixed lines.
+
+    Outlook's ``MsoNormal`` paragraphs get zero margins (as Outlook renders
+    them) and ``&nbsp;`` survives as a space, so blank-line paragraphs stay.
+    """
+    from inscriptis import get_annotated_text
+
+    cleaned = _strip_controls(drop_invisible(html))
+    cleaned = _MSO_PARAGRAPH.sub('<p style="margin-top:0em;margin-bottom:0em"', cleaned)
+    cleaned = _NBSP.sub(_NBSP_MARK, cleaned)
     if not cleaned.strip():
         return ""
     try:
-        result = get_annotated_text(
-            cleaned, ParserConfig(annotation_rules={"blockquote": ["quote"]})
-        )
+        result = get_annotated_text(cleaned, _inscriptis_config())
     except Exception as exc:  # lxml rejects some garbage; fall back to stripping tags
         defects.append(f"{what}: HTML not parseable ({type(exc).__name__}), tags stripped")
-        return _HTML_TAG.sub(" ", cleaned)
-    text = str(result.get("text", ""))
+        return _HTML_TAG.sub(" ", cleaned).replace(_NBSP_MARK, " ")
+    text = str(result.get("text", "")).replace(_NBSP_MARK, " ")
     spans = [(int(s), int(e)) for s, e, _label in result.get("label", [])]
     return _quote_lines(text, spans)
 
@@ -921,7 +1054,7 @@ class _PartInfo:
     __slots__ = ("content_id", "content_type", "cte", "disposition", "filename", "params")
 
     def __init__(self, part: Message, defects: list[str], what: str) -> None:
-        raw = _first_raw(part, "content-type")
+        raw = _first_header(part, "content-type", defects, what)
         params: dict[str, str] = {}
         if raw is None:
             ctype = ""
@@ -933,13 +1066,13 @@ class _PartInfo:
             ctype = "message/rfc822" if _is_digest_child(part) else "text/plain"
         self.content_type = ctype
         self.params = params
-        disp_raw = _first_raw(part, "content-disposition")
+        disp_raw = _first_header(part, "content-disposition", defects, what)
         disp, dparams = ("", {}) if disp_raw is None else parse_structured(disp_raw, defects, what)
         self.disposition = disp
         self.filename = dparams.get("filename") or params.get("name") or ""
-        cte_raw = _first_raw(part, "content-transfer-encoding")
-        self.cte = collapse(cte_raw).lower() if cte_raw else ""
-        cid_raw = _first_raw(part, "content-id")
+        cte_raw = _first_header(part, "content-transfer-encoding", defects, what)
+        self.cte = collapse(cte_raw).split(";")[0].strip().lower() if cte_raw else ""
+        cid_raw = _first_header(part, "content-id", defects, what)
         self.content_id = parse_message_id(cid_raw) if cid_raw else None
 
 
@@ -947,11 +1080,11 @@ def _is_digest_child(part: Message) -> bool:
     return part.get_default_type() == "message/rfc822"
 
 
-def _first_raw(part: Message, name: str) -> str | None:
-    """Raw (undecoded, folded) value of the first occurrence of header `name`."""
+def _first_header(part: Message, name: str, defects: list[str], what: str) -> str | None:
+    """Folded value of the first header `name`, raw 8-bit bytes decoded (no RFC 2047)."""
     for key, value in part.raw_items():
-        if key.lower() == name:
-            return str(value)
+        if key.strip().lower() == name:
+            return _raw_to_text(str(value), defects, what)
     return None
 
 
@@ -990,7 +1123,7 @@ def decode_transfer(data: bytes, cte: str, defects: list[str], what: str) -> byt
             defects.append(f"{what}: base64 body undecodable, kept as is")
             return data
     if cte == "quoted-printable":
-        return binascii.a2b_qp(data)
+        return binascii.a2b_qp(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
     if cte in ("x-uuencode", "uuencode", "x-uue"):
         defects.append(f"{what}: uuencoded body kept as is")
         return data
@@ -1013,11 +1146,16 @@ def _text_of_part(part: Message, info: _PartInfo, ctx: _Context, what: str) -> s
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _is_body_text(info: _PartInfo) -> bool:
-    """text/plain or text/html that is not marked or named as a file."""
+def _is_body_text(info: _PartInfo, top: bool) -> bool:
+    """text/plain or text/html that is not marked or named as a file.
+
+    A single-part letter's text is its body even when the sender named it.
+    """
     if info.content_type not in ("text/plain", "text/html"):
         return False
-    return info.disposition != "attachment" and not info.filename
+    if info.disposition == "attachment":
+        return False
+    return top or not info.filename
 
 
 def _walk(part: Message, path: str, depth: int, ctx: _Context) -> list[_Piece]:
@@ -1032,9 +1170,9 @@ def _walk(part: Message, path: str, depth: int, ctx: _Context) -> list[_Piece]:
     if depth > ctx.limits.max_depth:
         raise LetterUnreadable(
             "parse",
-            f"MIME nesting deeper than {ctx.limits.max_depth}; limit is {ctx.limits.max_depth}",
+            f"MIME parts nested {depth} deep; limit is {ctx.limits.max_depth}",
         )
-    what = f"part {path}"
+    what = f"part {path}" if path else "body"
     _note_parser_defects(part, what, ctx)
     info = _PartInfo(part, ctx.defects, what)
     ctype = info.content_type
@@ -1044,12 +1182,17 @@ def _walk(part: Message, path: str, depth: int, ctx: _Context) -> list[_Piece]:
     if ctype.startswith("multipart/") and part.is_multipart():
         return _walk_multipart(part, info, path, depth, ctx)
     if ctype.startswith("multipart/"):
+        repaired = _rebound(part, ctype)
+        if repaired is not None:
+            ctx.defects.append(f"{what}: declared boundary not used, found it in the body")
+            ctx.parts -= 1  # the same part, walked again
+            return _walk(repaired, path, depth, ctx)
         ctx.defects.append(f"{what}: {ctype} without usable boundary, read as text")
         return [_Piece(_text_of_part(part, info, ctx, what), False, what=what)]
     if ctype == "text/rfc822-headers":
         _forward_headers(part, info, depth, ctx, what)
         return []
-    if _is_body_text(info):
+    if _is_body_text(info, top=path == ""):
         text = _text_of_part(part, info, ctx, what)
         if ctype == "text/html":
             ctx.cids.update(m.lower() for m in re.findall(r"cid:([^\"'\s>)]+)", text, re.I))
@@ -1059,6 +1202,28 @@ def _walk(part: Message, path: str, depth: int, ctx: _Context) -> list[_Piece]:
         return [_Piece(text, False, flowed=fmt == "flowed", delsp=delsp, what=what)]
     _add_attachment(part, info, ctx, what)
     return []
+
+
+_SNIFF_BOUNDARY = re.compile(rb"^--([!-~][ -~]{0,198}[!-~])[ \t]*\r?\n[\w-]{1,60}:", re.MULTILINE)
+
+
+def _rebound(part: Message, ctype: str) -> Message | None:
+    """Re-split a multipart whose boundary is missing or wrong, using the first
+    delimiter-looking line of its body; None when there is none."""
+    data = _payload_bytes(part)
+    match = _SNIFF_BOUNDARY.search(data)
+    if match is None:
+        return None
+    boundary = match.group(1).replace(b'"', b"")
+    head = b"Content-Type: " + ctype.encode("ascii", "replace")
+    head += b'; boundary="' + boundary + b'"\r\n\r\n'
+    repaired = _feed(head + data)
+    if not repaired.is_multipart():
+        return None
+    for key, value in part.raw_items():  # keep the other headers (Content-ID etc.)
+        if key.lower() != "content-type":
+            repaired[key] = value
+    return repaired
 
 
 def _walk_multipart(
@@ -1091,7 +1256,7 @@ def _related_root(children: list[Message], start: str | None) -> int:
     if start:
         wanted = parse_message_id(start)
         for index, child in enumerate(children):
-            cid = _first_raw(child, "content-id")
+            cid = _first_header(child, "content-id", [], "")
             if cid and parse_message_id(cid) == wanted:
                 return index
     return 0
@@ -1123,7 +1288,8 @@ def _note_parser_defects(part: Message, what: str, ctx: _Context) -> None:
     for defect in getattr(part, "defects", ()):
         name = type(defect).__name__
         note = _DEFECT_NOTES.get(name, name)
-        ctx.defects.append(f"{what}: {note}")
+        if note:
+            ctx.defects.append(f"{what}: {note}")
 
 
 _DEFECT_NOTES = {
@@ -1133,7 +1299,7 @@ _DEFECT_NOTES = {
     "FirstHeaderLineIsContinuationDefect": "first header line is a continuation",
     "MisplacedEnvelopeHeaderDefect": "envelope 'From ' line inside headers",
     "MissingHeaderBodySeparatorDefect": "no blank line between headers and body",
-    "MultipartInvariantViolationDefect": "multipart content type but single-part body",
+    "MultipartInvariantViolationDefect": "",  # always accompanies one of the above
     "InvalidMultipartContentTransferEncodingDefect": "multipart with encoded transfer encoding",
 }
 
@@ -1196,7 +1362,7 @@ def _header_map(msg: Message, defects: list[str]) -> HeaderMap:
     """Lower-case name -> decoded, unfolded value of its first occurrence."""
     out: dict[str, str] = {}
     for key, value in msg.raw_items():
-        name = key.strip().lower()
+        name = collapse(_raw_to_text(key, defects, "header name")).lower()
         if name not in out:
             out[name] = collapse(decode_header(unfold(str(value)), defects, f"header {name}"))
     return HeaderMap(out)
@@ -1209,8 +1375,11 @@ def _letter(msg: Message, depth: int, limits: ParseLimits, parent: _Context | No
         ctx.parts = parent.parts
     defects = ctx.defects
     raw: dict[str, str] = {}
+    noted_by_header_map: list[str] = []
     for key, value in msg.raw_items():
-        raw.setdefault(key.strip().lower(), str(value))
+        name = _raw_to_text(key, noted_by_header_map, "").strip().lower()
+        if name not in raw:
+            raw[name] = _raw_to_text(str(value), noted_by_header_map, "")
     headers = _header_map(msg, defects)
     pieces = _walk(msg, "", depth, ctx)
     if parent is not None:
@@ -1244,7 +1413,7 @@ def _letter(msg: Message, depth: int, limits: ParseLimits, parent: _Context | No
         html=from_html,
         attachments=attachments,
         forwarded=tuple(ctx.forwarded),
-        defects=tuple(dict.fromkeys(defects)),
+        defects=tuple(dict.fromkeys(scrub(d) for d in defects)),
     )
 
 
@@ -1286,6 +1455,26 @@ def _header_block_size(raw: bytes) -> int:
     return min(ends) if ends else len(raw)
 
 
+_BOUNDARY_PARAM = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
+_DASH_LINE = re.compile(rb"^--([^\r\n]{1,210})", re.MULTILINE)
+
+
+def count_parts(raw: bytes) -> int:
+    """Number of MIME parts, counted from delimiter lines without parsing.
+
+    Lets a letter with a hundred thousand tiny parts be refused before the feed
+    parser builds a Message object for each of them.
+    """
+    boundaries = {a or b for a, b in _BOUNDARY_PARAM.findall(raw)}
+    if not boundaries:
+        return 1
+    count = 1
+    for match in _DASH_LINE.finditer(raw):
+        if match.group(1).rstrip() in boundaries:
+            count += 1
+    return count
+
+
 def _check_limits(raw: bytes, limits: ParseLimits) -> None:
     if len(raw) > limits.max_bytes:
         raise LetterUnreadable("parse", f"letter is {len(raw)} bytes; limit is {limits.max_bytes}")
@@ -1293,6 +1482,11 @@ def _check_limits(raw: bytes, limits: ParseLimits) -> None:
     if header_bytes > limits.max_header_bytes:
         raise LetterUnreadable(
             "parse", f"header section is {header_bytes} bytes; limit is {limits.max_header_bytes}"
+        )
+    parts = count_parts(raw)
+    if parts > limits.max_parts:
+        raise LetterUnreadable(
+            "parse", f"letter has {parts} MIME parts; limit is {limits.max_parts}"
         )
 
 
