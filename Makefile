@@ -17,11 +17,11 @@ demo: install
 	$(BIN)/mailroute demo
 
 test: install
-	$(BIN)/ruff check mailroute tests bench
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check mailroute tests bench
+	$(BIN)/ruff check
 	$(BIN)/mypy mailroute
 
 clean:

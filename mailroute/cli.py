@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="run the daemon")
-    run.add_argument("--once", action="store_true", help="drain the mailbox, send due replies, exit")
+    run.add_argument(
+        "--once", action="store_true", help="drain the mailbox, send due replies, exit"
+    )
     run.set_defaults(handler=cmd_run)
 
     db = commands.add_parser("db", parents=[common], help="database schema")

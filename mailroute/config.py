@@ -253,6 +253,12 @@ class RepliesConfig(Section):
     retry_deadline_hours: float = Field(
         48.0, gt=0, description="Give up (mark failed) on a reply still undelivered after this."
     )
+    claim_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a reply taken for sending stays reserved to one instance; "
+        "a crashed instance's replies are sent by another after this.",
+    )
 
 
 class LoggingConfig(Section):

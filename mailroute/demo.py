@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from aiosmtpd.controller import Controller
 
+from mailroute import logs
 from mailroute.config import Config
 from mailroute.daemon import Daemon
 from mailroute.store import Store
@@ -41,6 +42,7 @@ class _Capture:
 
 def run_demo(out: TextIO, keep: str | None = None) -> int:
     """Run one pass over the samples and print the requests and replies."""
+    logs.configure("warning")
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mailroute-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     capture = _Capture()

@@ -25,8 +25,7 @@ from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure
 from mailroute.store import Store
 from mailroute.store.models import OutboxItem
 
-LEASE = timedelta(minutes=5)
-BATCH = 50
+BATCH = 10  # replies claimed at a time: a crash strands at most this many for a lease
 log = logs.get("mailroute.outbox")
 
 
@@ -69,7 +68,7 @@ async def deliver_due_async(
 ) -> DeliveryReport:
     report = DeliveryReport()
     while True:
-        claimed = claim_due(store, now)
+        claimed = claim_due(store, now, timedelta(seconds=replies.claim_timeout))
         if not claimed:
             return report
         await _send_claimed(store, smtp, replies, claimed, now, report)
@@ -77,7 +76,9 @@ async def deliver_due_async(
             return report
 
 
-def claim_due(store: Store, now: datetime, limit: int = BATCH) -> list[Claimed]:
+def claim_due(
+    store: Store, now: datetime, lease: timedelta, limit: int = BATCH
+) -> list[Claimed]:
     """Lease the due replies to this process; others skip them until the lease ends."""
     with store.transaction() as session:
         query = (
@@ -94,7 +95,7 @@ def claim_due(store: Store, now: datetime, limit: int = BATCH) -> list[Claimed]:
             query = query.with_for_update(skip_locked=True)
         items = list(session.scalars(query))
         for item in items:
-            item.claimed_until = now + LEASE
+            item.claimed_until = now + lease
         return [
             Claimed(
                 id=item.id,

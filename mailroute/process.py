@@ -345,7 +345,7 @@ def _queue_reply(
     )
     session.add(item)
     session.flush()
-    repo.add_event(session, request, "reply_queued", now, kind=kind, outbox=item.id)
+    repo.add_event(session, request, "reply_queued", now, reply=kind, outbox=item.id)
     return kind
 
 

@@ -114,9 +114,11 @@ def test_claimed_reply_is_not_sent_twice(store: Store, smtp_sink: SmtpSink) -> N
     from mailroute.outbox import claim_due
 
     reply = queue(store)
-    assert [c.id for c in claim_due(store, NOW)] == [reply]
-    assert claim_due(store, NOW) == []  # leased to the first claimant
-    assert [c.id for c in claim_due(store, NOW + timedelta(minutes=6))] == [reply]
+    lease = timedelta(seconds=120)
+    assert [c.id for c in claim_due(store, NOW, lease)] == [reply]
+    assert claim_due(store, NOW, lease) == []  # leased to the first claimant
+    assert claim_due(store, NOW + timedelta(seconds=119), lease) == []
+    assert [c.id for c in claim_due(store, NOW + timedelta(seconds=121), lease)] == [reply]
 
 
 def test_backoff_grows_and_caps() -> None:
