@@ -32,11 +32,29 @@ from mailroute.store.models import Letter, OutboxItem, Request
 log = logs.get("mailroute.process")
 TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
 PUBLIC_MAIL_DOMAINS = frozenset(  # a shared domain says nothing about the organization
-    (
-        "gmail.com googlemail.com yandex.ru ya.ru yandex.com mail.ru bk.ru inbox.ru list.ru "
-        "rambler.ru outlook.com hotmail.com live.com yahoo.com icloud.com me.com proton.me "
-        "protonmail.com gmx.de gmx.net aol.com"
-    ).split()
+    [
+        "gmail.com",
+        "googlemail.com",
+        "yandex.ru",
+        "ya.ru",
+        "yandex.com",
+        "mail.ru",
+        "bk.ru",
+        "inbox.ru",
+        "list.ru",
+        "rambler.ru",
+        "outlook.com",
+        "hotmail.com",
+        "live.com",
+        "yahoo.com",
+        "icloud.com",
+        "me.com",
+        "proton.me",
+        "protonmail.com",
+        "gmx.de",
+        "gmx.net",
+        "aol.com",
+    ]
 )
 HOURS_TEXT = {
     "ru": "по рабочим дням с {open} до {close} ({zone})",
