@@ -178,12 +178,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mailroute.explain import explain_file
+    from mailroute.explain import Explainer
 
-    config = load_config(args)
+    explainer = Explainer.from_config(load_config(args))
     failures = 0
     for name in args.files:
-        result = explain_file(Path(name), config, args.received_at or datetime.now(UTC))
+        result = explainer.explain_file(Path(name), args.received_at or datetime.now(UTC))
         failures += "error" in result
         if args.json:
             print(json.dumps(result, ensure_ascii=False, default=str))

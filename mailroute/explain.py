@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +13,27 @@ from mailroute.errors import LetterUnreadable
 from mailroute.parse import parse
 
 
-def explain_file(path: Path, config: Config, received_at: datetime) -> dict[str, Any]:
-    """The explain JSON for one file; ``{"file", "error"}`` when it cannot be read."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
-    return explain_bytes(raw, config, received_at) | {"file": str(path)}
+@dataclass(frozen=True)
+class Explainer:
+    """The pure pipeline, built once for many files."""
 
+    context: AnalysisContext
 
-def explain_bytes(raw: bytes, config: Config, received_at: datetime) -> dict[str, Any]:
-    try:
-        letter = parse(raw)
-    except LetterUnreadable as exc:
-        return {"error": str(exc), "action": "quarantine"}
-    return analyze(letter, _context(config)).as_dict()
+    @classmethod
+    def from_config(cls, config: Config) -> Explainer:
+        return cls(AnalysisContext.from_config(config))
 
+    def explain_file(self, path: Path, received_at: datetime) -> dict[str, Any]:
+        """The explain JSON for one file; with an ``error`` key when it cannot be read."""
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            return {"file": str(path), "error": f"cannot read: {exc.strerror}"}
+        return self.explain_bytes(raw, received_at) | {"file": str(path)}
 
-@lru_cache(maxsize=4)
-def _context(config: Config) -> AnalysisContext:
-    return AnalysisContext.from_config(config)
+    def explain_bytes(self, raw: bytes, received_at: datetime) -> dict[str, Any]:
+        try:
+            letter = parse(raw)
+        except LetterUnreadable as exc:
+            return {"error": str(exc), "action": "quarantine"}
+        return analyze(letter, self.context).as_dict()
