@@ -44,6 +44,19 @@ _FILLER = tokens(
     "and to it this find we our i me us for with"
 )
 _FILLER_SET = frozenset(_FILLER)
+# Covering notes of a forward or a reminder: they point at the request, not state it.
+_COVERING_NOTE = re.compile(
+    r"(?:повторно|ещ[её] раз|снова)\s+(?:направля|отправля|пересыла|пиш|высыла)\w*|"
+    r"(?:пересылаю|направляю|отправляю|высылаю)(?:\s+(?:вам|повторно|письмо|сообщение|ниже))*|"
+    r"ответа?\s+(?:пока\s+|до сих пор\s+|так и\s+|всё ещё\s+|все еще\s+)?(?:не|нет)"
+    r"(?:\s+(?:получили|получил\w*|было|пришло|пришел|поступило|последовало))?|"
+    r"напомина\w*|жд[её]м\s+(?:вашего\s+)?ответа|см\.?\s+ниже|"
+    r"(?:resending|forwarding|re-sending|sending again)(?:\s+(?:this|it|the message|below))*|"
+    r"(?:still\s+)?(?:no|waiting for (?:an?|your)?)\s*(?:reply|answer|response)(?:\s+yet)?|"
+    r"(?:please\s+)?see\s+(?:the\s+)?(?:below|attached|forwarded(?:\s+message)?)|fyi|"
+    r"as discussed|as promised",
+    re.IGNORECASE,
+)
 _NOISE = re.compile(
     r"\[cid:[^\]]*\]|\S+@\S+|(?:https?://|www\.)\S+|\+?\d[\d\s()\-–]{6,}\d|"
     r"(?:инн|кпп|огрн|окпо|бик|р/с|к/с)\s*[:№]?\s*\d+",
@@ -247,6 +260,7 @@ def has_description(own: str) -> bool:
     text = _blank_spans(own, extract.organization_spans(own))
     text = _blank_spans(text, extract.registration_spans(text))
     text = _NOISE.sub(" ", text)
+    text = _COVERING_NOTE.sub(" ", text)
     words = [w for w in tokens(text) if _is_content_word(w)]
     return len(words) >= MIN_DESCRIPTION_WORDS
 
