@@ -2,8 +2,8 @@
 
 The customer's own words decide; Russian text full of English product names
 ("обновили IFRS 16 module") is still Russian, so Cyrillic needs only a
-minority share of the letters to win. Too few letters to judge: the subject, then
-the whole text, then the default.
+minority share of the letters to win; quoted program messages do not count.
+Too few letters to judge: the subject, then the whole text, then the default.
 
 Pure: no IO.
 """
@@ -21,7 +21,16 @@ MIN_LETTERS = 12
 RUSSIAN_SHARE = 0.35
 
 
+_QUOTED = re.compile(r"«[^»\n]*»|\"[^\"\n]*\"|“[^”\n]*”|„[^“”\n]*[“”]")
+
+
 def _verdict(text: str) -> Language | None:
+    """Quoted program messages ("Ошибка: …" in an English letter) do not vote."""
+    unquoted = _QUOTED.sub(" ", text)
+    return _share(unquoted) or _share(text)
+
+
+def _share(text: str) -> Language | None:
     cyrillic = len(_CYRILLIC.findall(text))
     latin = len(_LATIN.findall(text))
     if cyrillic + latin < MIN_LETTERS:

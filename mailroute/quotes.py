@@ -182,6 +182,9 @@ def _greeting_ok(matched: str, line: str) -> bool:
     if tail and not re.search(r"[!,.:]\s*$", matched):
         return False
     words = re.findall(r"[^\s,!.:]+", matched)
+    if re.match(r"\s*(?:уважаем|дорог|dear)", matched, re.IGNORECASE):
+        # "Уважаемые коллеги!" but not "Дорогая программа не запускается."
+        return len(words) <= 5 and bool(re.search(r"[!,:]\s*$", matched))
     return len(words) <= 7
 
 

@@ -102,7 +102,7 @@ def _rows(reader: csv.DictReader[str], path: Path) -> Iterable[RegistryOrganizat
         data: dict[str, object] = {}
         for column, value in row.items():
             key = columns.get(column)
-            if key is None or value is None:
+            if key is None or value is None or not value.strip():
                 continue
             data[key] = value.strip() if key in ("name", "tier") else _values(value)
         if not data.get("name"):
