@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,9 +29,11 @@ from mailroute.config import Config
 from mailroute.errors import ConfigError, MailrouteError, TransientError
 from mailroute.intake import MailSource, open_source
 from mailroute.intake.drain import DrainReport, drain
-from mailroute.outbox import DeliveryReport, deliver_due
+from mailroute.outbox import DeliveryReport, check_reachable, deliver_due
 from mailroute.process import Pipeline
 from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.systemd import Notifier
 
 log = logs.get("mailroute.daemon")
 Clock = Callable[[], datetime]
@@ -66,6 +69,9 @@ class Daemon:
         self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._failing: dict[str, str] = {}
+        self._notifier = Notifier()
+        self._ready = threading.Event()
+        self._heartbeat = time.monotonic()
 
     # ---------------------------------------------------------------- one pass
 
@@ -92,15 +98,42 @@ class Daemon:
         intake.start()
         log.info("daemon started", mailbox=self.config.mailbox.folder, db=self._db_label())
         try:
-            while not self.stop.wait(1.0):
-                pass
+            self._serve(intake)
         finally:
             log.info("daemon stopping")
+            self._notifier.stopping()
             intake.join(STOP_GRACE)
             self._scheduler.shutdown(wait=True)
             if self._source is not None:
                 self._source.close()
+            self._notifier.close()
             log.info("daemon stopped")
+
+    def _serve(self, intake: threading.Thread) -> None:
+        """Wait for a stop; meanwhile tell systemd we are alive while intake is."""
+        interval = self._notifier.ping_interval or 1.0
+        while not self.stop.wait(min(interval, 1.0)):
+            if self._ready.is_set() and intake.is_alive() and self._intake_fresh():
+                self._notifier.watchdog()
+
+    def _intake_fresh(self) -> bool:
+        """The intake loop came round recently (a hung IMAP call would stop it)."""
+        limit = self.config.mailbox.idle_timeout + 3 * self.config.mailbox.timeout + 60
+        return time.monotonic() - self._heartbeat < limit
+
+    def _announce_ready(self) -> None:
+        """READY=1 once the mailbox, the database and SMTP have all answered."""
+        if self._ready.is_set():
+            return
+        try:
+            check_reachable(self.config.smtp)
+        except TransientError as exc:
+            self._failed("smtp", str(exc))
+            return
+        self._recovered("smtp")
+        self._ready.set()
+        self._notifier.ready("mailbox, database and SMTP reached")
+        log.info("daemon ready")
 
     def _start_scheduler(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(
@@ -136,14 +169,18 @@ class Daemon:
             try:
                 if self._source is None:
                     self._source = self.source_factory(self.config.mailbox)
+                self._heartbeat = time.monotonic()
                 report = drain(
                     self._source, self.store, self.pipeline, self.config.mailbox, self.clock,
                     self.stop,
                 )
                 self._recovered("intake")
+                self._announce_ready()
                 delay = 1.0
                 if any(outcome.reply for outcome in report.outcomes):
                     self._wake_outbox()
+                self._publish_status()
+                self._heartbeat = time.monotonic()
                 self._source.wait(self.config.mailbox.idle_timeout, self.stop)
             except TransientError as exc:
                 self._failed("intake", str(exc))
@@ -153,6 +190,15 @@ class Daemon:
             except MailrouteError as exc:
                 log.error("intake stopped", error=str(exc))
                 self.stop.set()
+
+    def _publish_status(self) -> None:
+        with self.store.transaction() as session:
+            outbox = repo.outbox_counts(session)
+        polled = self.clock().strftime("%H:%M:%S")
+        self._notifier.status(
+            f"last poll {polled} UTC; outbox pending {outbox.get('pending', 0)}, "
+            f"failed {outbox.get('failed', 0)}"
+        )
 
     def _drop_source(self) -> None:
         source, self._source = self._source, None
@@ -189,15 +235,19 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the config; keep the old one if the new one is invalid."""
+        self._notifier.reloading("reloading configuration")
         try:
             fresh = config_module.load(self.config_path)
             pipeline = Pipeline.from_config(fresh)
         except (ConfigError, ValueError) as exc:
             log.error("config reload rejected", error=str(exc).replace("\n", " "))
             return False
-        self.config, self.pipeline = fresh, pipeline
-        log.info("config reloaded", source=self.config_path)
-        return True
+        else:
+            self.config, self.pipeline = fresh, pipeline
+            log.info("config reloaded", source=self.config_path)
+            return True
+        finally:
+            self._notifier.ready("configuration reloaded")
 
     def _db_label(self) -> str:
         return self.store.engine.url.render_as_string(hide_password=True)

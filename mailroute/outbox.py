@@ -156,6 +156,15 @@ async def _send_one(
         _record_sent(store, item, now, report)
 
 
+def check_reachable(smtp: SmtpConfig) -> None:
+    """Connect (and log in) once; raises SmtpTemporaryFailure when SMTP is unreachable."""
+
+    async def probe() -> None:
+        await _quit(await _connect(smtp))
+
+    asyncio.run(probe())
+
+
 async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
     context = ssl.create_default_context(cafile=smtp.ca_file)
     if not smtp.tls_verify:
