@@ -54,7 +54,10 @@ _COVERING_NOTE = re.compile(
     r"(?:resending|forwarding|re-sending|sending again)(?:\s+(?:this|it|the message|below))*|"
     r"(?:still\s+)?(?:no|waiting for (?:an?|your)?)\s*(?:reply|answer|response)(?:\s+yet)?|"
     r"(?:please\s+)?see\s+(?:the\s+)?(?:below|attached|forwarded(?:\s+message)?)|fyi|"
-    r"as discussed|as promised",
+    r"as discussed|as promised|"
+    r"(?:прошу|просим)\s+(?:зарегистрировать|принять|рассмотреть)(?:\s+(?:мо[её]|наш[ау]?))?\s+"
+    r"(?:обращение|заявку|запрос|письмо)|please (?:register|log|open) (?:this|my|our|a) "
+    r"(?:request|ticket|case)",
     re.IGNORECASE,
 )
 _NOISE = re.compile(

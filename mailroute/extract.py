@@ -52,7 +52,7 @@ Source = tuple[str, str]  # (name: "own text" | "signature" | "subject", text)
 
 _REG_PHRASE = re.compile(
     r"(?<![\w])(?:"
-    r"рег(?:истрационн(?:ый|ого|ому|ым|ом)|\.|\b)\s*(?:номер\w*|№|N(?=[\s\d.:])|No\b\.?|#)"
+    r"рег(?:истрационн(?:ый|ого|ому|ым|ом)|\.|\b)\s*(?:номер\w*|ном\b\.?|№|N(?=[\s\d.:])|No\b\.?|#)"
     r"|регномер\w*|рег\s*\.?\s*№|номер\s+регистрации"
     r"|(?:licen[cs]e\s+)?registration\s+(?:number|no\b\.?|num\b\.?|#|№)"
     r"|reg(?:\.|\b)\s*(?:number|no\b\.?|num\b\.?|#|№)|regno\b"
@@ -177,7 +177,9 @@ _OWN_CUE = re.compile(
     r"(?:\bмы\s*[,—–-]?|\bот имени|\bнаш\w* (?:организаци\w*|компани\w*|предприяти\w*|фирм\w*)"
     r"(?:\s*[,—–-])?|\bна нашу организацию|\bя из|\bработаю в|\bсотрудник\w*|\bпредставля\w*|"
     r"\bwe\s*(?:,|are)|\bon behalf of|\bour (?:company|organi[sz]ation|firm)(?:\s*,|\s+is)?|"
-    r"\bi (?:work|am) (?:at|for|with)|\bwe at)\s*$",
+    r"\bi (?:work|am) (?:at|for|with)|\bwe at|"
+    r"\bпиш(?:у|ем)\s+(?:вам\s+)?(?:от|из)|\bобраща(?:юсь|емся)\s+(?:от|из)|"
+    r"\b(?:это|this is|i am|i'm|my name is|меня зовут)\s+\w+(?:\s+\w+)?\s+(?:from|из))\s*$",
     re.IGNORECASE,
 )
 _PASSING_CUE = re.compile(

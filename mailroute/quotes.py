@@ -152,7 +152,7 @@ _GREETING_WORD = (
 )
 _NAME = r"(?:[A-ZА-ЯЁ][\w.-]*(?:\s+[A-ZА-ЯЁ][\w.-]*){0,2})"
 _GREETING = re.compile(
-    rf"^\s*(?i:{_GREETING_WORD})(?:[\s,]+(?:(?i:{_GREETING_WORD}|{_ADDRESSEE})|{_NAME}))*"
+    rf"^\s*(?:{_NAME}\s*,\s*)?(?i:{_GREETING_WORD})(?:[\s,]+(?:(?i:{_GREETING_WORD}|{_ADDRESSEE})|{_NAME}))*"
     rf"(?:\s*[!,.:]+|\s*$)"
 )
 
