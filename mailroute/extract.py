@@ -301,6 +301,13 @@ def _trim_sentence_words(text: str, start: int, end: int) -> int | None:
     return None
 
 
+def _drop_sentence_period(text: str, end: int) -> int:
+    """"…Builders Ltd. Our module…": the period ends the sentence, not the name."""
+    if end > 0 and text[end - 1] == "." and re.match(r"[ \t]+[A-ZА-ЯЁ]", text[end:]):
+        return end - 1
+    return end
+
+
 def _line_bounds(text: str, start: int, end: int) -> tuple[str, str]:
     line_start = text.rfind("\n", 0, start) + 1
     line_end = text.find("\n", end)
@@ -340,6 +347,7 @@ def candidates(sources: Sequence[Source], vendor: frozenset[str] = frozenset()) 
     found = []
     for source, text in sources:
         for start, end in _raw_candidates(text):
+            end = _drop_sentence_period(text, end)
             value = text[start:end].strip(" \t,;:")
             score, why = _score(text, source, start, end)
             if normalize_org(value) in vendor:
