@@ -66,7 +66,7 @@ def save_letter(
     The same bytes seen again under another key (a UIDVALIDITY change, a second
     copy in the folder) return the letter already stored instead of a new one.
     """
-    sha = hashlib.sha256(raw).hexdigest()
+    sha = fingerprint(raw)
     same = session.scalars(select(Letter).where(Letter.sha256 == sha).limit(1)).first()
     if same is not None:
         return same, False
@@ -86,6 +86,15 @@ def save_letter(
     session.add(letter)
     session.flush()
     return letter, True
+
+
+def fingerprint(raw: bytes) -> str:
+    """SHA-256 of the letter with line endings normalised.
+
+    Servers disagree on CRLF vs LF (an LF letter appended to Dovecot is served
+    with CRLF), so the same letter must hash the same however it was stored.
+    """
+    return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
 
 
 def pending_letter_ids(session: Session, limit: int = 1000) -> list[int]:

@@ -1,0 +1,86 @@
+"""The command line: exit codes, check-config, explain, tickets, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.configs import SAMPLES, write_config
+
+from mailroute.cli import main
+
+
+@pytest.fixture
+def maildir_config(tmp_path: Path, sqlite_url: str) -> Path:
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for order, sample in enumerate(sorted(SAMPLES.glob("*.eml"))):
+        (maildir / "new" / f"{1700000000 + order}.sample{order}.host").write_bytes(
+            sample.read_bytes())
+    return write_config(tmp_path / "config.toml", account=None, sink=None,
+                        database_url=sqlite_url, maildir=maildir,
+                        extra={"replies": {"enabled": False}})
+
+
+def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[smtp]\npassword = "hunter2"\n', encoding="utf-8")
+    assert main(["--config", str(config), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and '"password": "********"' in out and "hunter2" not in out
+
+
+def test_bad_config_exits_2_naming_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[mailbox]\nbatch_size = 0\n', encoding="utf-8")
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert "c.toml:2: mailbox.batch_size" in capsys.readouterr().err
+
+
+def test_explain_json_has_spec_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(path) for path in sorted(SAMPLES.glob("*.eml"))[:2]]
+    assert main(["explain", "--json", *files]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    for key in ("action", "ignore_reason", "request_type", "priority", "organization",
+                "registration_number", "missing", "reply", "language", "reasons", "queue"):
+        assert key in first
+    assert first["request_type"] == "incident" and first["priority"] == "critical"
+    assert any(reason["rule"] for reason in first["reasons"])
+
+
+def test_explain_unreadable_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(tmp_path / "absent.eml")]) == 1
+    assert "cannot read" in capsys.readouterr().out
+
+
+def test_run_once_then_tickets(maildir_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(maildir_config), "run", "--once"]) == 3  # not migrated
+    assert "mailroute db upgrade" in capsys.readouterr().err
+    assert main(["--config", str(maildir_config), "db", "upgrade"]) == 0
+    assert main(["--config", str(maildir_config), "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(maildir_config), "tickets", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [row["number"] for row in listed] == [f"SD-00000{n}" for n in (4, 3, 2, 1)]
+    for key in ("number", "status", "request_type", "priority", "organization",
+                "registration_number", "requester", "subject", "created_at", "messages"):
+        assert key in listed[0]
+    second = next(row for row in listed if row["number"] == "SD-000002")
+    assert second["messages"] == 2  # the letter and its follow-up (replies are disabled)
+    assert main(["--config", str(maildir_config), "tickets", "show", "sd-000002",
+                 "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [event["kind"] for event in shown["events"]][:2] == ["created", "follow_up"]
+    assert main(["--config", str(maildir_config), "tickets", "show", "SD-999999"]) == 1
+
+
+def test_demo_prints_requests_and_replies(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "SD-000004" in out
+    assert "Replies received by the demo SMTP server (5)" in out
+    assert "clarification" in out
