@@ -55,6 +55,9 @@ _COVERING_NOTE = re.compile(
     r"(?:still\s+)?(?:no|waiting for (?:an?|your)?)\s*(?:reply|answer|response)(?:\s+yet)?|"
     r"(?:please\s+)?see\s+(?:the\s+)?(?:below|attached|forwarded(?:\s+message)?)|fyi|"
     r"as discussed|as promised|"
+    r"(?:please\s+)?let (?:me|us) know if you need (?:anything|any|more|further)[\w ]*|"
+    r"if you need (?:any |more |further |additional )?(?:information|details|anything)[\w ]*|"
+    r"если (?:нужн\w*|понадоб\w*|потребу\w*)[^.!?\n]{0,40}(?:ещ[её]|дополнительн\w*)[^.!?\n]*|"
     r"(?:прошу|просим)\s+(?:зарегистрировать|принять|рассмотреть)(?:\s+(?:мо[её]|наш[ау]?))?\s+"
     r"(?:обращение|заявку|запрос|письмо)|please (?:register|log|open) (?:this|my|our|a) "
     r"(?:request|ticket|case)",

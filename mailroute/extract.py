@@ -151,6 +151,13 @@ _EN_SUFFIXED = re.compile(
     rf"(?<![\w-])(?P<name>{_CAP_WORD}(?:(?:[ \t]+|,[ \t]*|[ \t]*&[ \t]*)"
     rf"(?:{_CAP_WORD}|and|of|the|for|&)){{0,5}}),?[ \t]+(?P<suffix>{_EN_SUFFIX})(?![\w])"
 )
+# Short foreign suffixes ("AS", "AB", "SA") are words too: only a line of its own counts.
+_LINE_SUFFIXED = re.compile(
+    rf"^[ \t]*(?P<name>{_CAP_WORD}(?:[ \t]+(?:{_CAP_WORD}|and|of|&)){{0,5}}),?[ \t]+"
+    r"(?P<suffix>AS|ASA|AB|Oy|OY|Oyj|SA|S\.p\.A\.|SpA|NV|BV|KG|ApS|A/S|SARL|Kft|Sp\. z o\.o\.|"
+    r"s\.r\.o\.|d\.o\.o\.|Pte\.? Ltd\.?|e\.V\.)[ \t]*$",
+    re.MULTILINE,
+)
 _PERSON_TAIL = re.compile(
     r"[ \t]+[А-ЯЁA-Z][а-яёa-z-]+(?:[ \t]+(?:[А-ЯЁA-Z][а-яёa-z-]+|[А-ЯЁA-Z]\.[ \t]?"
     r"(?:[А-ЯЁA-Z]\.)?)){0,2}|[ \t]+[А-ЯЁA-Z][а-яёa-z-]+[ \t]+[А-ЯЁA-Z]\.[ \t]?(?:[А-ЯЁA-Z]\.)?"
@@ -275,10 +282,11 @@ def _raw_spans(text: str) -> Iterable[tuple[int, int]]:
         end = _name_after_form(text, form)
         if end is not None:
             yield form.start(), end
-    for match in _EN_SUFFIXED.finditer(text):
-        start = _trim_sentence_words(text, match.start("name"), match.end("name"))
-        if start is not None:
-            yield start, match.end()
+    for pattern in (_EN_SUFFIXED, _LINE_SUFFIXED):
+        for match in pattern.finditer(text):
+            start = _trim_sentence_words(text, match.start("name"), match.end("name"))
+            if start is not None:
+                yield start, match.end("suffix")
 
 
 def _raw_candidates(text: str) -> list[tuple[int, int]]:

@@ -64,6 +64,19 @@ def test_organization_on_its_own_line_in_the_signature(name: str) -> None:
     assert org(signature=f"Иванов Иван\n{name}\nрег. номер 800 123 456") == name
 
 
+def test_short_foreign_suffixes_only_on_a_line_of_their_own() -> None:
+    assert org(signature="Steven Clarke\nFjord Shipping AS\nRegistration number 8105-330-118") == (
+        "Fjord Shipping AS"
+    )
+    assert org(own="PLEASE HELP AS SOON AS POSSIBLE, THE SERVER IS DOWN") is None
+
+
+def test_a_sentence_period_is_not_part_of_the_name() -> None:
+    assert org(own="This is Tom from Hartley Builders Ltd. Our timesheets are wrong.") == (
+        "Hartley Builders Ltd"
+    )
+
+
 def test_organization_before_the_number_on_one_line() -> None:
     assert org(signature="ИП Шубин Никита Олегович, рег. номер 800 688 419") == (
         "ИП Шубин Никита Олегович"
