@@ -41,7 +41,9 @@ _FILLER = tokens(
     "ниже выше см смотрите посмотрите пожалуйста помогите помочь помощь спасибо заранее "
     "благодарю добрый доброе доброго день утро вечер здравствуйте привет коллеги уважением "
     "please see help thanks thank you hello hi dear below above here the a an is are in of "
-    "and to it this find we our i me us for with"
+    "and to it this find we our i me us for with мной мною позвоните перезвоните свяжитесь "
+    "связаться созвониться телефону телефон жду ждем ответа ответ ответе срочно очень call "
+    "contact reply answer asap urgent"
 )
 _FILLER_SET = frozenset(_FILLER)
 # Covering notes of a forward or a reminder: they point at the request, not state it.
@@ -358,7 +360,7 @@ def _domain_check(letter: ParsedLetter, customer: Customer) -> tuple[Reason, ...
 
 def _missing(subject: str | None, described: bool, who: _Identity) -> tuple[str, ...]:
     present = {
-        "subject": (subject or "").strip().casefold() not in BLANK_SUBJECTS,
+        "subject": clean_subject(subject).casefold() not in BLANK_SUBJECTS,
         "description": described,
         "organization": who.organization is not None,
         "registration_number": who.registration_number is not None,
@@ -370,7 +372,7 @@ def _missing_reasons(
     missing: tuple[str, ...], subject: str | None, described: bool
 ) -> tuple[Reason, ...]:
     why = {
-        "subject": "Subject header absent" if subject is None else "Subject is blank",
+        "subject": "Subject header absent" if subject is None else f"Subject {subject!r} is blank",
         "description": "nothing but greeting, signature, quotes or filler in the own text",
         "organization": "no organization with a legal form in own text, signature or subject",
         "registration_number": "no registration number phrase with digits",

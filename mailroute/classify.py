@@ -7,8 +7,9 @@ How the rules decide, in order:
    the markers' regexes anchor them at the start or end of the line, so the same
    words mid-sentence do not count.
 2. **Votes.** Every other matching type rule adds its ``weight`` to its type; the
-   type with most votes wins (ties: incident, change request, improvement, service
-   request); no votes at all: ``default_request_type``.
+   type with most votes wins (ties: incident, improvement — offered wording beats
+   neutral "доработать" —, change request, service request); no votes at all:
+   ``default_request_type``.
 3. **Priority.** Change requests and improvements are ``low``; service requests
    ``normal``; an incident is ``critical`` when a critical rule matches and no
    ``normal`` rule (a veto: "не к спеху") does.
@@ -32,7 +33,7 @@ from importlib import resources
 from mailroute.config import ClassificationConfig, ClassificationRule
 from mailroute.words import Pattern, negated, tokens
 
-TYPES = ("incident", "change_request", "improvement", "service_request")
+TYPES = ("incident", "improvement", "change_request", "service_request")
 LOW_TYPES = frozenset({"change_request", "improvement"})
 
 
