@@ -16,6 +16,7 @@ charset repair needs.  Only ``email.utils.parsedate_tz`` is borrowed.
 from __future__ import annotations
 
 import binascii
+import bisect
 import codecs
 import hashlib
 import math
@@ -520,8 +521,9 @@ def _strip_controls(text: str) -> str:
 # --------------------------------------------------------------------- addresses
 
 _ANGLE_ADDR = re.compile(r"<([^<>]*)>\s*$")
-_BARE_EMAIL = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
-_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+")
+# Possessive and anchored to token starts: a long run without '@' must not backtrack.
+_BARE_EMAIL = re.compile(r"(?<![^\s<>()\"',;:])[^\s<>()\"',;:@]++@[^\s<>()\"',;:@]++")
+_EMAIL_SHAPE = re.compile(r"[^@\s]++@[^@\s]++")
 
 
 def _split_addresses(value: str) -> list[str]:
@@ -628,19 +630,19 @@ def _merge_unquoted_commas(items: list[str]) -> list[str]:
     """Glue "Ivanov, Ivan <i@x.ru>" back together: a piece without any address
     is the first half of a display name with an unquoted comma."""
     merged: list[str] = []
-    carry = ""
+    carry: list[str] = []
     for item in items:
         if "@" not in item and "<" not in item and ":" not in item:
-            carry = f"{carry}, {item}" if carry else item
+            carry.append(item)
             continue
         if carry and not _ANGLE_ADDR.match(item.strip()) and "<" in item:
-            item = f"{carry}, {item}"
+            item = ", ".join([*carry, item])
         elif carry:
-            merged.append(carry)
-        carry = ""
+            merged.append(", ".join(carry))
+        carry = []
         merged.append(item)
     if carry:
-        merged.append(carry)
+        merged.append(", ".join(carry))
     return merged
 
 
@@ -875,29 +877,25 @@ _FLOWED_QUOTE = re.compile(r"^(>+)")
 def unflow(text: str, delsp: bool) -> str:
     """RFC 3676 format=flowed: join soft-broken lines, keep quote depth markers."""
     out: list[str] = []
-    buf = ""
+    buf: list[str] = []  # pieces of the open paragraph (joined once: linear time)
     buf_depth = -1
-    open_para = False
     for line in text.split("\n"):
         match = _FLOWED_QUOTE.match(line)
         depth = len(match.group(1)) if match else 0
         content = line[depth:]
         if content.startswith(" "):
             content = content[1:]  # space-stuffing
-        if open_para and depth != buf_depth:
-            out.append(_quote_prefix(buf_depth) + buf)
-            buf, open_para = "", False
-        flowed = content.endswith(" ") and content != "-- "
-        if flowed:
-            piece = content[:-1] if delsp else content
-            buf = buf + piece if open_para else piece
-            buf_depth, open_para = depth, True
+        if buf and depth != buf_depth:
+            out.append(_quote_prefix(buf_depth) + "".join(buf))
+            buf = []
+        if content.endswith(" ") and content != "-- ":  # soft break: paragraph goes on
+            buf.append(content[:-1] if delsp else content)
+            buf_depth = depth
             continue
-        full = buf + content if open_para else content
-        out.append(_quote_prefix(depth) + full)
-        buf, open_para = "", False
-    if open_para:
-        out.append(_quote_prefix(buf_depth) + buf)
+        out.append(_quote_prefix(depth) + "".join(buf) + content)
+        buf = []
+    if buf:
+        out.append(_quote_prefix(buf_depth) + "".join(buf))
     return "\n".join(out)
 
 
@@ -905,7 +903,6 @@ def _quote_prefix(depth: int) -> str:
     return ">" * depth + " " if depth else ""
 
 
-_TRAILING_WS = re.compile(r"[ \t\u00a0\u200b]+$", re.MULTILINE)
 _MANY_BLANK = re.compile(r"\n{3,}")
 
 
@@ -914,7 +911,7 @@ def tidy_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = text.replace("\ufeff", "").replace("\u00a0", " ").replace("\u200b", "")
     text = _strip_controls(text.replace("\f", "\n").replace("\x00", ""))
-    text = _TRAILING_WS.sub("", text)
+    text = "\n".join(line.rstrip() for line in text.split("\n"))  # a regex is quadratic here
     text = _MANY_BLANK.sub("\n\n", text)
     return text.strip("\n")
 
@@ -1007,16 +1004,29 @@ def html_to_text(html: str, defects: list[str], what: str) -> str:
 
 def _quote_lines(text: str, spans: list[tuple[int, int]]) -> str:
     """Prefix each line with one '>' per blockquote span covering it."""
+    lines = text.split("\n")
     if not spans:
-        return "\n".join(line.strip() for line in text.split("\n"))
-    out: list[str] = []
+        return "\n".join(line.strip() for line in lines)
+    starts: list[int] = []
+    ends: list[int] = []
     pos = 0
-    for line in text.split("\n"):
-        start, end = pos, pos + len(line)
-        depth = sum(1 for s, e in spans if s < end and e > start) if line.strip() else 0
+    for line in lines:
+        starts.append(pos)
+        ends.append(pos + len(line))
+        pos += len(line) + 1
+    change = [0] * (len(lines) + 1)  # difference array: spans x lines would be quadratic
+    for span_start, span_end in spans:
+        first = bisect.bisect_right(ends, span_start)
+        last = bisect.bisect_left(starts, span_end) - 1
+        if first <= last:
+            change[first] += 1
+            change[last + 1] -= 1
+    out: list[str] = []
+    depth = 0
+    for index, line in enumerate(lines):
+        depth += change[index]
         stripped = line.strip()
-        out.append((">" * depth + " " + stripped) if depth else stripped)
-        pos = end + 1
+        out.append(">" * depth + " " + stripped if depth and stripped else stripped)
     return "\n".join(out)
 
 
@@ -1176,25 +1186,25 @@ def _split_headers(data: bytes, what: str) -> tuple[list[tuple[str, str]], bytes
     block = data[: end.start()] if end else data
     body = data[end.end() :] if end else b""
     tokens = _LINE_SPLIT.split(block)
-    headers: list[tuple[str, str]] = []
+    fields: list[tuple[bytes, list[bytes]]] = []  # name, value lines (joined once: linear)
     offset = 0
     for index in range(0, len(tokens), 2):
         line = tokens[index]
         sep = tokens[index + 1] if index + 1 < len(tokens) else b""
         if line[:1] in (b" ", b"\t"):
-            if headers:
-                name, value = headers[-1]
-                headers[-1] = (name, value + "\r\n" + _ascii(line))
+            if fields:
+                fields[-1][1].append(line)
             elif line.strip():
                 defects.append(f"{what}: first header line is a continuation")
         elif match := _HEADER_NAME.match(line):
-            headers.append((_ascii(match.group(1)), _ascii(line[match.end() :].lstrip(b" \t"))))
+            fields.append((match.group(1), [line[match.end() :].lstrip(b" \t")]))
         elif not (index == 0 and line.startswith(b"From ")) and line:
-            if headers:
+            if fields:
                 defects.append(f"{what}: no blank line between headers and body")
             body = data[offset:]
             break
         offset += len(line) + len(sep)
+    headers = [(_ascii(name), _ascii(b"\r\n".join(lines))) for name, lines in fields]
     return headers, body, defects
 
 
