@@ -459,6 +459,58 @@ class RegistryConfig(Section):
         return bool(self.csv or self.organizations)
 
 
+class SlaTarget(Section):
+    """Targets for one priority, in business hours; omitted means no target."""
+
+    first_response: float | None = Field(
+        None, gt=0, description="Business hours until a specialist first responds."
+    )
+    resolution: float | None = Field(None, gt=0, description="Business hours until resolved.")
+
+
+def _target(first: float, resolution: float | None) -> SlaTarget:
+    return SlaTarget(first_response=first, resolution=resolution)
+
+
+class SlaConfig(Section):
+    """Service levels per priority, and per customer tier (from the registry)."""
+
+    critical: SlaTarget = Field(
+        default_factory=lambda: _target(1, 8), description="Targets for critical requests."
+    )
+    normal: SlaTarget = Field(
+        default_factory=lambda: _target(4, 24), description="Targets for normal requests."
+    )
+    low: SlaTarget = Field(
+        default_factory=lambda: _target(8, None), description="Targets for low requests."
+    )
+    tiers: dict[str, dict[Literal["critical", "normal", "low"], SlaTarget]] = Field(
+        default_factory=dict,
+        description="Per-tier overrides: [sla.tiers.gold] critical = { first_response = 0.5 }.",
+    )
+
+
+class WorkflowConfig(Section):
+    """How a request moves: clarification rounds, replies to closed requests, escalation."""
+
+    max_clarifications: int = Field(
+        2, ge=1, description="Clarifications sent before a request goes to `human_queue`."
+    )
+    human_queue: str = Field(
+        "human-review", description="Queue for requests still incomplete after the last round."
+    )
+    closed_reply: Literal["reopen", "new"] = Field(
+        "new",
+        description='A reply to a closed request: "reopen" it, or open a "new" one linked to it.',
+    )
+    escalation_address: str = Field(
+        "", description="Where SLA breaches are reported (once per breach); empty: log only."
+    )
+    escalation_interval: float = Field(
+        300.0, gt=0, description="Seconds between checks for breached requests."
+    )
+
+
 class Config(BaseModel):
     """The whole configuration; every section has working defaults."""
 
@@ -473,6 +525,8 @@ class Config(BaseModel):
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)  # type: ignore[arg-type]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)  # type: ignore[arg-type]
     registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
+    sla: SlaConfig = Field(default_factory=SlaConfig)  # type: ignore[arg-type]
+    workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)  # type: ignore[arg-type]
 
     source: Annotated[str | None, Field(exclude=True)] = None
 

@@ -158,6 +158,8 @@ class Daemon:
             self._recovered("outbox")
         except TransientError as exc:
             self._failed("outbox", str(exc))
+        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
+            log.exception("outbox error", error=f"{type(exc).__name__}: {exc}")
 
     def _wake_outbox(self) -> None:
         if self._scheduler is not None:
@@ -190,6 +192,11 @@ class Daemon:
             except MailrouteError as exc:
                 log.error("intake stopped", error=str(exc))
                 self.stop.set()
+            except Exception as exc:  # a bug must not end intake for good: log, back off
+                log.exception("intake error", error=f"{type(exc).__name__}: {exc}")
+                self._drop_source()
+                self.stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
 
     def _publish_status(self) -> None:
         with self.store.transaction() as session:

@@ -249,6 +249,9 @@ def _guess_decode(data: bytes) -> tuple[str, str]:
         return data.decode("ascii"), "ascii"
     if _is_utf8_with_multibyte(data):
         return data.decode("utf-8"), "utf-8"
+    mostly = _mostly_utf8(data)
+    if mostly is not None:
+        return mostly
     as_1251 = data.decode("cp1251", "replace")
     as_koi = data.decode("koi8-r", "replace")
     s_1251, s_koi = _russian_score(as_1251), _russian_score(as_koi)
@@ -257,6 +260,20 @@ def _guess_decode(data: bytes) -> tuple[str, str]:
     if _normalizer_guess(data) == "koi8-r":
         return as_koi, "koi8-r"
     return as_1251, "cp1251"
+
+
+def _mostly_utf8(data: bytes) -> tuple[str, str] | None:
+    """UTF-8 spoilt by a few bytes (a letter cut mid-character, one stray byte).
+
+    Decoding all of it as cp1251 would turn every Russian letter into mojibake
+    to save a handful; the bad bytes become U+FFFD instead.
+    """
+    text = data.decode("utf-8", "replace")
+    bad = text.count("\ufffd")
+    extra = len(text.encode("utf-8")) - len(text) - 2 * bad  # ~ one per Cyrillic letter
+    if extra >= 20 and bad * 50 <= extra:
+        return text, f"utf-8 ({bad} invalid bytes replaced)"
+    return None
 
 
 def _normalizer_guess(data: bytes) -> str | None:
@@ -361,6 +378,30 @@ def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]
     return _check_declared(data, text, codec, charset or codec, what, defects)
 
 
+_HIGH_BYTES = bytes(range(128, 256))
+_CYRILLIC_SINGLE_BYTE = frozenset(
+    ["cp1251", "koi8-r", "koi8-u", "iso8859-5", "cp866", "mac-cyrillic"]
+)
+
+
+def _check_cyrillic(
+    data: bytes, text: str, codec: str, charset: str, what: str, defects: list[str]
+) -> str:
+    """A Cyrillic single-byte label decodes anything; switch only to clearly better Russian."""
+    if len(data) - len(data.translate(None, _HIGH_BYTES)) < 8:
+        return text
+    best, best_text, best_score = codec, text, _russian_score(text) + 0.8  # the label's bonus
+    for other in ("cp1251", "koi8-r"):
+        if other != codec:
+            alt = data.decode(other, "replace")
+            alt_score = _russian_score(alt)
+            if alt_score > best_score:
+                best, best_text, best_score = other, alt, alt_score
+    if best != codec:
+        defects.append(f"{what}: declared charset {charset} but content is {best}")
+    return best_text
+
+
 def _check_declared(
     data: bytes, text: str, codec: str, charset: str, what: str, defects: list[str]
 ) -> str:
@@ -370,13 +411,8 @@ def _check_declared(
     if codec != "utf-8" and _is_utf8_with_multibyte(data):
         defects.append(f"{what}: declared charset {charset} but content is utf-8")
         return data.decode("utf-8")
-    if codec in ("cp1251", "koi8-r"):
-        other = "koi8-r" if codec == "cp1251" else "cp1251"
-        alt = data.decode(other, "replace")
-        if _cyrillic_count(text) >= 8 and _russian_score(alt) > _russian_score(text) + 0.8:
-            defects.append(f"{what}: declared charset {charset} but content is {other}")
-            return alt
-        return text
+    if codec in _CYRILLIC_SINGLE_BYTE:
+        return _check_cyrillic(data, text, codec, charset, what, defects)
     fixed = _fix_mojibake(text)
     if fixed is not None:
         defects.append(f"{what}: {fixed[1]}, repaired")
@@ -689,6 +725,16 @@ _RU_MONTHS = {
 _RU_MONTH_RE = re.compile("(" + "|".join(_RU_MONTHS) + r")[а-я]*\.?", re.IGNORECASE)
 
 
+# Zones parsedate_tz does not know but Russian servers write.
+_ZONE_OFFSETS = {
+    "MSK": "+0300", "MSD": "+0400", "SAMT": "+0400", "YEKT": "+0500", "OMST": "+0600",
+    "NOVT": "+0700", "KRAT": "+0700", "IRKT": "+0800", "YAKT": "+0900", "VLAT": "+1000",
+    "MAGT": "+1100", "PETT": "+1200", "EET": "+0200", "EEST": "+0300", "CET": "+0100",
+    "CEST": "+0200", "BST": "+0100", "IST": "+0530",
+}  # fmt: skip
+_ZONE_NAME = re.compile(r"(?<=\d )(" + "|".join(_ZONE_OFFSETS) + r")\b", re.IGNORECASE)
+
+
 def parse_date(raw: str, defects: list[str]) -> datetime | None:
     """Aware datetime from a Date header; UTC assumed when no zone is given."""
     value = collapse(unfold(raw))
@@ -696,12 +742,15 @@ def parse_date(raw: str, defects: list[str]) -> datetime | None:
         return None
     value = _RU_MONTH_RE.sub(lambda m: _RU_MONTHS[m.group(1).lower()[:3]], value)
     value = re.sub(r"^[^\d,]*,\s*", "", value)  # weekday in any language
+    value = _ZONE_NAME.sub(lambda m: _ZONE_OFFSETS[m.group(1).upper()], value)
     parsed = email_utils.parsedate_tz(value)
     if parsed is None:
         defects.append(f"Date header unparseable: {value[:80]!r}")
         return None
     year, month, day, hour, minute, second = parsed[:6]
     offset = parsed[9]
+    if offset is None:
+        defects.append(f"Date header has no time zone, UTC assumed: {value[:80]!r}")
     try:
         tz = UTC if offset is None else timezone(timedelta(seconds=offset))
         return datetime(year, month, day, hour, minute, second, tzinfo=tz)

@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session
 from mailroute import logs
 from mailroute.analysis import Analysis, AnalysisContext, analyze
 from mailroute.compose import Draft, Identity, ReplyFacts, Templates, Thread, compose
-from mailroute.config import Config
+from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.errors import LetterUnreadable, TransientError
 from mailroute.hours import BusinessCalendar
 from mailroute.parse import ParsedLetter, ParseLimits, parse
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, OutboxItem, Request
+from mailroute.workflow import reopen, set_status, start_clocks
 
 log = logs.get("mailroute.process")
 TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
@@ -84,6 +85,8 @@ class Pipeline:
     window: str
     replies_enabled: bool
     limits: ParseLimits
+    sla: SlaConfig
+    workflow: WorkflowConfig
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
@@ -95,7 +98,17 @@ class Pipeline:
             window=config.replies.window,
             replies_enabled=config.replies.enabled,
             limits=ParseLimits(),
+            sla=config.sla,
+            workflow=config.workflow,
         )
+
+    def tier_of(self, registration_number: str | None) -> str | None:
+        """The customer's support tier, when a registry knows the number."""
+        registry = self.context.registry
+        customer = (
+            registry.by_number(registration_number) if registry and registration_number else None
+        )
+        return customer.tier if customer else None
 
     def hours_text(self, language: str) -> str:
         cal = self.calendar
@@ -269,6 +282,7 @@ def _new_request(
     parsed: ParsedLetter,
     analysis: Analysis,
     now: datetime,
+    parent: Request | None = None,
 ) -> Outcome:
     requester = parsed.sender.email if parsed.sender else ""
     request = Request(
@@ -279,6 +293,7 @@ def _new_request(
         queue=analysis.queue,
         organization=analysis.organization,
         registration_number=analysis.registration_number,
+        tier=pipeline.tier_of(analysis.registration_number),
         requester=requester,
         requester_name=parsed.sender.name if parsed.sender else None,
         subject=parsed.subject,
@@ -287,13 +302,36 @@ def _new_request(
         reasons=[r.__dict__ for r in analysis.reasons],
         created_at=now,
         updated_at=now,
+        parent_id=parent.id if parent else None,
+        clarifications=0,
     )
+    if not analysis.missing:
+        start_clocks(request, letter.received_at, pipeline.calendar, pipeline.sla)
     session.add(request)
     session.flush()
     letter.request_id = request.id
     letter.state = "processed"
-    repo.add_event(session, request, "created", now, letter=letter.id, status=request.status)
-    reply = _queue_reply(session, pipeline, request, letter, parsed, analysis.reply, now)
+    repo.add_event(
+        session,
+        request,
+        "created",
+        now,
+        letter=letter.id,
+        status=request.status,
+        parent=parent.number if parent else None,
+    )
+    if parent is not None:
+        repo.add_event(session, parent, "continued", now, request=request.number)
+    reply = _queue_reply(
+        session,
+        pipeline,
+        request,
+        letter,
+        parsed,
+        analysis.reply,
+        now,
+        analysis.unknown_registration,
+    )
     return Outcome(letter.id, "processed", request.number, reply)
 
 
@@ -306,21 +344,74 @@ def _follow_up(
     request: Request,
     now: datetime,
 ) -> Outcome:
-    """Attach to the request; fill in what a clarification asked for."""
+    """Attach to the request; reopen it, or fill in what a clarification asked for."""
+    if request.status == "closed" and pipeline.workflow.closed_reply == "new":
+        return _new_request(session, pipeline, letter, parsed, analysis, now, parent=request)
     letter.request_id = request.id
     letter.state = "follow_up"
     request.updated_at = now
     supplied = _supplied(request, analysis)
     repo.add_event(session, request, "follow_up", now, letter=letter.id, supplied=supplied)
-    if not request.missing or not supplied:
+    if request.status in ("resolved", "closed"):
+        reopen(session, request, now, pipeline.calendar, pipeline.sla)
+        return Outcome(letter.id, "follow_up", request.number, detail="reopened")
+    if request.status != "awaiting_customer":
         return Outcome(letter.id, "follow_up", request.number)
     request.missing = [item for item in request.missing if item not in supplied]
-    if request.missing:
-        return Outcome(letter.id, "follow_up", request.number, detail="still missing")
-    request.status = "new"
-    repo.add_event(session, request, "status", now, old="awaiting_customer", new="new")
+    if not request.missing:
+        return _complete(session, pipeline, letter, parsed, request, now)
+    if request.clarifications < pipeline.workflow.max_clarifications:
+        reply = _queue_reply(
+            session,
+            pipeline,
+            request,
+            letter,
+            parsed,
+            "clarification",
+            now,
+            analysis.unknown_registration,
+        )
+        return Outcome(letter.id, "follow_up", request.number, reply, detail="still missing")
+    return _to_humans(session, pipeline, letter, request, now)
+
+
+def _complete(
+    session: Session,
+    pipeline: Pipeline,
+    letter: Letter,
+    parsed: ParsedLetter,
+    request: Request,
+    now: datetime,
+) -> Outcome:
+    """The customer supplied the last missing item: the SLA starts, we acknowledge."""
+    request.tier = pipeline.tier_of(request.registration_number)
+    set_status(session, request, "new", now, pipeline.calendar, reason="details complete")
+    start_clocks(request, now, pipeline.calendar, pipeline.sla)
     reply = _queue_reply(session, pipeline, request, letter, parsed, "acknowledgement", now)
-    return Outcome(letter.id, "follow_up", request.number, reply)
+    return Outcome(letter.id, "follow_up", request.number, reply, detail="complete")
+
+
+def _to_humans(
+    session: Session, pipeline: Pipeline, letter: Letter, request: Request, now: datetime
+) -> Outcome:
+    """Clarification rounds are used up: a person takes over, the SLA starts."""
+    request.queue = pipeline.workflow.human_queue
+    set_status(
+        session,
+        request,
+        "new",
+        now,
+        pipeline.calendar,
+        reason=f"still missing after {request.clarifications} clarifications",
+    )
+    start_clocks(request, now, pipeline.calendar, pipeline.sla)
+    log.warning(
+        "request needs a person",
+        request=request.number,
+        queue=request.queue,
+        missing=",".join(request.missing),
+    )
+    return Outcome(letter.id, "follow_up", request.number, detail="to human queue")
 
 
 def _supplied(request: Request, analysis: Analysis) -> list[str]:
@@ -334,7 +425,25 @@ def _supplied(request: Request, analysis: Analysis) -> list[str]:
         supplied.append("registration_number")
     if "description" in request.missing and "description" not in analysis.missing:
         supplied.append("description")
+    if "subject" in request.missing and _new_subject(analysis.letter.subject):
+        request.subject = _new_subject(analysis.letter.subject)
+        supplied.append("subject")
     return supplied
+
+
+def _new_subject(subject: str | None) -> str:
+    """A subject the customer wrote, not our reply's subject coming back with Re:."""
+    text = TOKEN.sub("", subject or "")
+    text = re.sub(
+        r"^\s*((re|fwd?|ответ|отв|пересл)\s*(\[\d+\])?\s*:\s*)+", "", text, flags=re.IGNORECASE
+    ).strip()
+    ours = (
+        "Требуются уточнения",
+        "More details needed",
+        "Обращение зарегистрировано",
+        "Request registered",
+    )
+    return "" if any(text.startswith(prefix) for prefix in ours) else text
 
 
 def _queue_reply(
@@ -345,12 +454,15 @@ def _queue_reply(
     parsed: ParsedLetter,
     kind: str,
     now: datetime,
+    unknown_registration: str | None = None,
 ) -> str | None:
-    if kind not in ("acknowledgement", "clarification") or not pipeline.replies_enabled:
+    if kind not in ("acknowledgement", "clarification") or not request.requester:
         return None
-    if not request.requester:
+    if kind == "clarification":
+        request.clarifications += 1
+    if not pipeline.replies_enabled:
         return None
-    draft = _draft(pipeline, request, parsed, kind)
+    draft = _draft(pipeline, request, parsed, kind, unknown_registration)
     item = OutboxItem(
         request_id=request.id,
         letter_id=letter.id,
@@ -371,7 +483,13 @@ def _queue_reply(
     return kind
 
 
-def _draft(pipeline: Pipeline, request: Request, parsed: ParsedLetter, kind: str) -> Draft:
+def _draft(
+    pipeline: Pipeline,
+    request: Request,
+    parsed: ParsedLetter,
+    kind: str,
+    unknown_registration: str | None = None,
+) -> Draft:
     facts = ReplyFacts(
         number=request.number,
         request_type=request.request_type,
@@ -379,7 +497,8 @@ def _draft(pipeline: Pipeline, request: Request, parsed: ParsedLetter, kind: str
         language=request.language,
         subject=request.subject,
         missing=tuple(request.missing),
-        first_response_due=request.first_response_due,
+        unknown_registration=unknown_registration,
+        first_response_due=_local(pipeline, request.first_response_due),
         hours=pipeline.hours_text(request.language),
     )
     thread = Thread(
@@ -391,6 +510,10 @@ def _draft(pipeline: Pipeline, request: Request, parsed: ParsedLetter, kind: str
     domain = _domain(pipeline.identity.address) or "mailroute.invalid"
     message_id = make_msgid(idstring=request.number, domain=domain)
     return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
+
+
+def _local(pipeline: Pipeline, moment: datetime | None) -> datetime | None:
+    return moment.astimezone(pipeline.calendar.zone) if moment else None
 
 
 def _log(outcome: Outcome, letter: Letter) -> None:

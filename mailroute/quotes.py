@@ -280,10 +280,20 @@ def _signature_start(lines: list[str]) -> int:
         if _DASHES.match(line) or _MOBILE.match(line):
             end = i
             break
-        if _CLOSING.match(line) and _tail_is_short(lines, i):
+        if _CLOSING.match(line) and _tail_is_short(lines, i) and _signed_below(lines, i):
             end = i
             break
     return _contact_block_start(lines, end)
+
+
+def _signed_below(lines: list[str], i: int) -> bool:
+    """A closing is followed by a name or contact line, a phone footer, or nothing:
+    "Спасибо!" followed by a new paragraph of the request is not a closing."""
+    following = _next_nonblank(lines, i + 1)
+    if following is None:
+        return True
+    line = lines[following]
+    return bool(_MOBILE.match(line) or _DASHES.match(line)) or _contact_strength(line) > 0
 
 
 def _tail_is_short(lines: list[str], i: int) -> bool:

@@ -120,6 +120,13 @@ class Request(Base):
     updated_at: Mapped[datetime]
     first_response_due: Mapped[datetime | None]
     resolution_due: Mapped[datetime | None]
+    tier: Mapped[str | None] = mapped_column(String(40))
+    first_response_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    sla_paused_at: Mapped[datetime | None]
+    clarifications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
 
     letters: Mapped[list[Letter]] = relationship(back_populates="request")
     events: Mapped[list[RequestEvent]] = relationship(
@@ -128,6 +135,19 @@ class Request(Base):
     replies: Mapped[list[OutboxItem]] = relationship(
         back_populates="request", order_by="OutboxItem.id"
     )
+
+
+class Escalation(Base):
+    """One SLA breach that was reported; unique so each breach is reported once."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (UniqueConstraint("request_id", "kind", "due"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))  # first_response | resolution
+    due: Mapped[datetime]
+    noticed_at: Mapped[datetime]
 
 
 class RequestEvent(Base):

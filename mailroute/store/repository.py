@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute.store.models import (
@@ -191,17 +192,24 @@ def quarantined_count(session: Session) -> int:
 
 def next_request_number(session: Session, prefix: str = "SD-") -> str:
     """The next number in the sequence, gapless: the counter row is locked until commit."""
-    bumped = session.execute(
+    bumped = _bump(session, REQUEST_COUNTER)
+    if bumped is None:  # a database from before the row was seeded: create it once
+        try:
+            with session.begin_nested():
+                session.add(Counter(name=REQUEST_COUNTER, value=0))
+        except IntegrityError:
+            pass  # another writer created it first
+        bumped = _bump(session, REQUEST_COUNTER)
+    return f"{prefix}{bumped:06d}"
+
+
+def _bump(session: Session, name: str) -> int | None:
+    return session.execute(
         update(Counter)
-        .where(Counter.name == REQUEST_COUNTER)
+        .where(Counter.name == name)
         .values(value=Counter.value + 1)
         .returning(Counter.value)
     ).scalar()
-    if bumped is None:
-        session.add(Counter(name=REQUEST_COUNTER, value=1))
-        session.flush()
-        bumped = 1
-    return f"{prefix}{bumped:06d}"
 
 
 def add_event(
