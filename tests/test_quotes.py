@@ -137,6 +137,11 @@ def test_a_lone_first_name_under_the_text_signs_it() -> None:
     assert parts.signature == "Лена"
 
 
+def test_thanks_before_more_request_text_is_not_a_closing() -> None:
+    parts = split("Спасибо!\nОшибка исчезла, но при проведении теперь «Деление на ноль».\n")
+    assert "Деление на ноль" in parts.own
+
+
 def test_a_closing_followed_by_much_text_is_not_a_signature() -> None:
     body = "Спасибо за ответ!\n" + "\n".join(f"Строка {i} описания проблемы." for i in range(15))
     assert split(body).signature == ""
