@@ -1192,6 +1192,7 @@ class _Node:
     defects: list[str] = field(default_factory=list)
     children: list[_Node] | None = None  # set once a multipart has been split
     info: _PartInfo | None = None
+    related: bool = False  # a non-root part of multipart/related: an embedded resource
 
     def first(self, name: str, defects: list[str], what: str) -> str | None:
         """Folded value of the first header `name`, raw 8-bit decoded (no RFC 2047)."""
@@ -1440,6 +1441,7 @@ def _walk_multipart(node: _Node, info: _PartInfo, ctx: _Context) -> list[_Piece]
         root = _related_root(children, info.params.get("start"))
         pieces: list[_Piece] = []
         for index, child in enumerate(children):
+            child.related = index != root
             got = _walk(child, ctx)
             if index == root:
                 pieces = got
@@ -1487,7 +1489,9 @@ def _add_attachment(node: _Node, info: _PartInfo, ctx: _Context) -> None:
     index = len(ctx.attachments) + 1
     filename = sanitize_filename(info.filename, info.content_type, index)
     cid = info.content_id
-    inline = info.disposition == "inline" or (cid is not None and info.disposition != "attachment")
+    inline = info.disposition == "inline" or (
+        node.related and cid is not None and info.disposition != "attachment"
+    )
     ctx.attachments.append(
         Attachment(
             filename=filename,
@@ -1574,7 +1578,8 @@ def _return_path(raw: str | None) -> str | None:
 
 
 def _mark_referenced(att: Attachment, cids: set[str]) -> Attachment:
-    """An attachment referenced as cid: from the HTML is an inline image."""
+    """An attachment referenced as cid: from the HTML is an inline image (whatever
+    its Content-Disposition says: Outlook marks some of them "attachment")."""
     if att.inline or att.content_id is None:
         return att
     if att.content_id[1:-1].lower() in cids:
