@@ -96,6 +96,13 @@ def test_imperative_is_not_a_fault() -> None:
     )
 
 
+def test_a_description_no_rule_knows_leans_to_incident_and_a_question_to_service() -> None:
+    assert kind("", "Документы в журнале выделены синим цветом.")[0] == "incident"
+    assert kind("", "Документы в журнале выделены синим цветом, так и задумано?")[0] == (
+        "service_request"
+    )
+
+
 def test_nothing_to_go_on_gives_the_default_type() -> None:
     assert kind("", "")[0] == "service_request"
     section = {"default_request_type": "incident"}
