@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email import utils as email_utils
+from urllib.parse import unquote_to_bytes
 
 from mailroute.errors import LetterUnreadable
 
@@ -123,8 +124,6 @@ class ParseLimits:
 
 
 # ---------------------------------------------------------------------- charsets
-
-GUESS_CHARSETS = ("utf-8", "cp1251", "koi8-r")
 
 _CHARSET_ALIASES = {
     "utf8": "utf-8",
@@ -347,9 +346,9 @@ def _recode(text: str, wrong: str, right: str) -> str:
 
 def _is_cleaner(fixed: str, text: str) -> bool:
     """Non-Russian repair check: fewer accented Latin letters and few U+FFFD."""
-    return fixed.count("\ufffd") * 20 < len(fixed) and len(_LATIN_HIGH.findall(fixed)) * 2 < len(
-        _LATIN_HIGH.findall(text)
-    )
+    accents_before = len(_LATIN_HIGH.findall(text))
+    accents_after = len(_LATIN_HIGH.findall(fixed))
+    return fixed.count("\ufffd") * 20 < len(fixed) and accents_after * 2 < accents_before
 
 
 def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
@@ -832,33 +831,18 @@ def _join_2231(sections: dict[int, tuple[str, bool]], defects: list[str], what: 
     """Join RFC 2231 continuations; the charset of section 0 decodes encoded ones."""
     charset = ""
     data = bytearray()
-    for index in sorted(sections):
+    order = sorted(sections)
+    for index in order:
         value, encoded = sections[index]
+        raw = value.encode("utf-8", "surrogateescape")
         if encoded:
-            if index == sorted(sections)[0] and value.count("'") >= 2:
-                charset, _lang, value = value.split("'", 2)
-            data += _percent_decode(value)
+            if index == order[0] and raw.count(b"'") >= 2:
+                charset_raw, _lang, raw = raw.split(b"'", 2)
+                charset = charset_raw.decode("ascii", "replace")
+            data += unquote_to_bytes(raw)
         else:
-            data += value.encode("utf-8", "surrogateescape")
+            data += raw
     return decode_bytes(bytes(data), charset or "utf-8", what, defects)
-
-
-def _percent_decode(value: str) -> bytes:
-    out = bytearray()
-    raw = value.encode("utf-8", "surrogateescape")
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x25 and i + 2 < len(raw) + 0 and _is_hex(raw[i + 1 : i + 3]):
-            out.append(int(raw[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(raw[i])
-            i += 1
-    return bytes(out)
-
-
-def _is_hex(pair: bytes) -> bool:
-    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
 
 
 # ---------------------------------------------------------------------- filenames
@@ -970,6 +954,8 @@ _INVISIBLE_END = {
     name: re.compile(rf"</{name}\s*>", re.IGNORECASE)
     for name in ("style", "script", "head", "title", "xml")
 }
+_IMPLICITLY_CLOSED = frozenset(["head", "title", "xml"])
+_BODY_START = re.compile(r"<body\b", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^<>]{0,2000}>")
 _HTML_ENTITY = re.compile(r"&(#?\w{1,10});?")
 _MSO_PARAGRAPH = re.compile(r"<p(?=[\s>])(?=[^<>]{0,400}?\bclass=[\"']?Mso)", re.IGNORECASE)
@@ -998,7 +984,10 @@ def drop_invisible(html: str) -> str:
         else:
             close = _INVISIBLE_END[name.lower()].search(html, match.end())
             stop = close.end() if close else -1
-        if stop < 0:  # unterminated: browsers hide the rest too
+            if stop < 0 and name.lower() in _IMPLICITLY_CLOSED:
+                body = _BODY_START.search(html, match.end())  # <head> ends where <body> starts
+                stop = body.start() if body else html.find(">", match.end()) + 1 or -1
+        if stop < 0:  # unterminated comment, style or script: browsers hide the rest too
             break
         pos = stop
     return "".join(out)
@@ -1128,6 +1117,13 @@ class _Budget:
             raise LetterUnreadable(
                 "parse",
                 f"letter has {self.parts + count} MIME parts; limit is {self.limits.max_parts}",
+            )
+
+    def check_header_size(self, size: int) -> None:
+        """Refuse a header section (of the letter or of any part) beyond the limit."""
+        if size > self.limits.max_header_bytes:
+            raise LetterUnreadable(
+                "parse", f"header section is {size} bytes; limit is {self.limits.max_header_bytes}"
             )
 
     def take(self, depth: int) -> None:
@@ -1265,6 +1261,7 @@ def _parse_entity(
     budget.take(depth)
     what = f"part {path}" if path else "body"
     headers, body, defects = _split_headers(data, what)
+    budget.check_header_size(len(data) - len(body))
     node = _Node(headers, body, path, depth, digest_child, defects)
     ctype = node.part_info.content_type
     if ctype.startswith("multipart/"):
@@ -1357,11 +1354,18 @@ def _split_children(node: _Node, boundary: bytes, budget: _Budget) -> None:
     node.children = children
 
 
+_IDENTITY_ENCODINGS = frozenset(["", "7bit", "8bit", "binary", "7-bit", "8-bit", "none"])
+_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
+
+
 def decode_transfer(data: bytes, cte: str, defects: list[str], what: str) -> bytes:
     """Undo Content-Transfer-Encoding, tolerating broken base64 and unknown labels."""
-    if cte in ("", "7bit", "8bit", "binary"):
+    if cte in _IDENTITY_ENCODINGS:
         return data
     if cte == "base64":
+        if len(data.translate(None, _BASE64_CHARS)) * 20 > len(data) + 20:
+            defects.append(f"{what}: labelled base64 but is not, kept as is")
+            return data
         try:
             return b64_decode(data)
         except (binascii.Error, ValueError):
@@ -1610,29 +1614,14 @@ def _render(pieces: list[_Piece], ctx: _Context) -> tuple[str, bool]:
     return tidy_text("\n\n".join(tidy_text(t) for t in texts if t.strip())), from_html
 
 
-def _header_block_size(raw: bytes) -> int:
-    """Bytes before the first blank line (the whole letter when there is none)."""
-    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n"), raw.find(b"\r\r")) if i >= 0]
-    return min(ends) if ends else len(raw)
-
-
-def _check_limits(raw: bytes, limits: ParseLimits) -> None:
-    if len(raw) > limits.max_bytes:
-        raise LetterUnreadable("parse", f"letter is {len(raw)} bytes; limit is {limits.max_bytes}")
-    header_bytes = _header_block_size(raw)
-    if header_bytes > limits.max_header_bytes:
-        raise LetterUnreadable(
-            "parse", f"header section is {header_bytes} bytes; limit is {limits.max_header_bytes}"
-        )
-
-
 def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedLetter:
     """Parse one letter; raises only LetterUnreadable (quarantine), never anything else."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise LetterUnreadable("parse", f"expected bytes, got {type(raw).__name__}")
     raw = bytes(raw)
-    _check_limits(raw, limits)
-    if not raw.strip():
+    if len(raw) > limits.max_bytes:
+        raise LetterUnreadable("parse", f"letter is {len(raw)} bytes; limit is {limits.max_bytes}")
+    if not raw or raw.isspace():
         raise LetterUnreadable("parse", "letter is empty")
     try:
         budget = _Budget(limits)

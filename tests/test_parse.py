@@ -472,6 +472,19 @@ def test_html_yandex_divs_with_nbsp_keep_blank_lines() -> None:
     assert parsed.text == "Здравствуйте!\n\nТекст письма"
 
 
+def test_html_unclosed_head_still_has_body() -> None:
+    html = "<html><head><meta charset=utf-8><title>T<body><p>Текст</p></body></html>"
+    assert parse(text_letter(html.encode(), "text/html; charset=utf-8")).text == "Текст"
+
+
+def test_text_labelled_base64_but_plain_is_kept() -> None:
+    parsed = parse(
+        text_letter(RU.encode(), "text/plain; charset=utf-8", "Content-Transfer-Encoding: base64")
+    )
+    assert parsed.text == RU
+    assert any("not" in d and "base64" in d for d in parsed.defects)
+
+
 def test_html_charset_from_meta_when_mime_has_none() -> None:
     html = '<html><head><meta charset="koi8-r"></head><body><p>Привет</p></body></html>'
     parsed = parse(text_letter(html.encode("koi8-r"), "text/html"))
@@ -1003,6 +1016,11 @@ def test_empty_and_headerless_input_is_unreadable() -> None:
     for raw in [b"", b"   \r\n\r\n", b"\x00\x01\x02 no headers here\n"]:
         with pytest.raises(LetterUnreadable):
             parse(raw)
+
+
+def test_long_body_without_blank_line_is_not_a_header_section() -> None:
+    raw = b"From: a@example.com\r\nSubject: x\r\n" + b"body line\r\n" * 200_000
+    assert parse(raw).text.startswith("body line")
 
 
 def test_body_only_without_blank_line_still_parses() -> None:
