@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("number")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_tickets_show)
+    status = ticket_commands.add_parser(
+        "set-status", parents=[common], help="change a request's status (kept in its history)"
+    )
+    status.add_argument("number")
+    status.add_argument(
+        "status", choices=["new", "awaiting_customer", "in_progress", "resolved", "closed"]
+    )
+    status.add_argument("--note", help="why, for the history")
+    status.set_defaults(handler=cmd_tickets_set_status)
 
     demo = commands.add_parser(
         "demo", parents=[common], help="run the real pipeline on bundled sample letters"
@@ -180,7 +189,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from mailroute.explain import Explainer
 
-    explainer = Explainer.from_config(load_config(args))
+    explainer = Explainer.from_config(load_config(args), with_sla=args.received_at is not None)
     failures = 0
     for name in args.files:
         result = explainer.explain_file(Path(name), args.received_at or datetime.now(UTC))
@@ -243,6 +252,22 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
                 print("  " + "  ".join(f"{k}={v}" for k, v in item.items()))
         else:
             print(f"{key:20} {value}")
+    return 0
+
+
+def cmd_tickets_set_status(args: argparse.Namespace) -> int:
+    from mailroute.hours import BusinessCalendar
+    from mailroute.tickets import change_status
+
+    config = load_config(args)
+    calendar = BusinessCalendar.from_config(config.business_hours)
+    changed = change_status(open_store(config), args.number, args.status, calendar,
+                            datetime.now(UTC), args.note)
+    if changed is None:
+        print(f"mailroute: no request {args.number}", file=sys.stderr)
+        return EXIT_FAILURE
+    old, new = changed
+    print(f"{args.number.upper()}: {old} -> {new}" if old != new else f"already {new}")
     return 0
 
 

@@ -180,6 +180,23 @@ def compose(
     )
 
 
+def compose_notice(
+    kind: str, subject: str, body: str, identity: Identity, recipient: str, message_id: str
+) -> Draft:
+    """A message to the desk's own people (escalations, reports): plain, machine-marked."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = formataddr((one_line(identity.name), identity.address))
+    message["To"] = recipient
+    message["Subject"] = one_line(subject, 250)
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
+    message["X-Mailroute-Kind"] = kind
+    message.set_content(body, charset="utf-8", cte="quoted-printable")
+    return Draft(kind, identity.address, recipient, one_line(subject, 250), message_id,
+                 message.as_bytes())
+
+
 def _values(facts: ReplyFacts, lang: str) -> dict[str, str]:
     return {
         "number": facts.number,

@@ -27,6 +27,7 @@ from mailroute import config as config_module
 from mailroute import logs
 from mailroute.config import Config
 from mailroute.errors import ConfigError, MailrouteError, TransientError
+from mailroute.escalate import escalate_breaches
 from mailroute.intake import MailSource, open_source
 from mailroute.intake.drain import DrainReport, drain
 from mailroute.outbox import DeliveryReport, check_reachable, deliver_due
@@ -149,8 +150,24 @@ class Daemon:
             id="outbox",
             next_run_time=self.clock(),
         )
+        scheduler.add_job(
+            self._escalation_job,
+            "interval",
+            seconds=self.config.workflow.escalation_interval,
+            id="escalation",
+        )
         scheduler.start()
         return scheduler
+
+    def _escalation_job(self) -> None:
+        try:
+            if escalate_breaches(self.store, self.config.workflow, self.pipeline.identity,
+                                 self.clock()):
+                self._wake_outbox()
+        except TransientError as exc:
+            self._failed("escalation", str(exc))
+        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
+            log.exception("escalation error", error=f"{type(exc).__name__}: {exc}")
 
     def _outbox_job(self) -> None:
         try:

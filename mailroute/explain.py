@@ -7,9 +7,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailroute.analysis import AnalysisContext, analyze
-from mailroute.config import Config
+from mailroute import sla
+from mailroute.analysis import Analysis, AnalysisContext, analyze
+from mailroute.config import Config, SlaConfig
 from mailroute.errors import LetterUnreadable
+from mailroute.hours import BusinessCalendar
 from mailroute.parse import parse
 
 
@@ -18,10 +20,16 @@ class Explainer:
     """The pure pipeline, built once for many files."""
 
     context: AnalysisContext
+    calendar: BusinessCalendar | None = None
+    sla: SlaConfig | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> Explainer:
-        return cls(AnalysisContext.from_config(config))
+    def from_config(cls, config: Config, with_sla: bool = False) -> Explainer:
+        """With ``with_sla``, results carry the due times a request would get."""
+        if not with_sla:
+            return cls(AnalysisContext.from_config(config))
+        calendar = BusinessCalendar.from_config(config.business_hours)
+        return cls(AnalysisContext.from_config(config), calendar, config.sla)
 
     def explain_file(self, path: Path, received_at: datetime) -> dict[str, Any]:
         """The explain JSON for one file; with an ``error`` key when it cannot be read."""
@@ -36,4 +44,33 @@ class Explainer:
             letter = parse(raw)
         except LetterUnreadable as exc:
             return {"error": str(exc), "action": "quarantine"}
-        return analyze(letter, self.context).as_dict()
+        analysis = analyze(letter, self.context)
+        result = analysis.as_dict()
+        if self.calendar is not None and self.sla is not None and analysis.action == "ticket":
+            result["sla"] = self._sla(analysis, received_at)
+        return result
+
+    def _sla(self, analysis: Analysis, received_at: datetime) -> dict[str, Any]:
+        """Due times from arrival; a request missing details waits with its clocks paused."""
+        assert self.calendar is not None and self.sla is not None
+        registry = self.context.registry
+        customer = (
+            registry.by_number(analysis.registration_number)
+            if (registry and analysis.registration_number)
+            else None
+        )
+        targets = sla.targets_for(
+            self.sla, analysis.priority or "normal", customer.tier if customer else None
+        )
+        due = sla.due_times(self.calendar, received_at, targets)
+        return {
+            "received_at": received_at.astimezone(self.calendar.zone).isoformat(),
+            "paused": bool(analysis.missing),
+            "first_response_due": _iso(due.first_response),
+            "resolution_due": _iso(due.resolution),
+            "tier": customer.tier if customer else None,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

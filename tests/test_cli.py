@@ -84,3 +84,37 @@ def test_demo_prints_requests_and_replies(capsys: pytest.CaptureFixture[str]) ->
     assert "SD-000004" in out
     assert "Replies received by the demo SMTP server (5)" in out
     assert "clarification" in out
+
+
+def test_set_status_is_recorded_and_validated(
+    maildir_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--config", str(maildir_config)]
+    assert main([*base, "db", "upgrade"]) == 0
+    assert main([*base, "run", "--once"]) == 0
+    assert main([*base, "tickets", "set-status", "SD-000001", "in_progress",
+                 "--note", "taken"]) == 0
+    assert "SD-000001: new -> in_progress" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*base, "tickets", "set-status", "SD-000001", "done"])
+    capsys.readouterr()
+    assert main([*base, "tickets", "show", "SD-000001", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "in_progress" and shown["first_response_at"]
+    last = shown["events"][-1]
+    assert (last["kind"], last["old"], last["new"], last["note"]) == (
+        "status", "new", "in_progress", "taken")
+    assert main([*base, "tickets", "list", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["number"] == "SD-000001")
+    assert row["first_response_due"] and row["resolution_due"]
+    assert row["breached"] in (True, False)
+
+
+def test_explain_received_at_gives_sla(capsys: pytest.CaptureFixture[str]) -> None:
+    urgent = str(sorted(SAMPLES.glob("*.eml"))[0])
+    assert main(["explain", "--json", "--received-at", "2026-11-21T23:40:00+03:00",
+                 urgent]) == 0
+    sla = json.loads(capsys.readouterr().out)["sla"]
+    assert sla["first_response_due"] == "2026-11-23T11:00:00+03:00"
+    assert sla["resolution_due"] == "2026-11-23T18:00:00+03:00"
+    assert sla["paused"] is False

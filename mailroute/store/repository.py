@@ -213,8 +213,9 @@ def _bump(session: Session, name: str) -> int | None:
 
 
 def add_event(
-    session: Session, request: Request, kind: str, at: datetime, **detail: Any
+    session: Session, request: Request, kind: str, at: datetime, /, **detail: Any
 ) -> RequestEvent:
+    """Append to the request's history; any keyword (even ``request``) is detail."""
     event = RequestEvent(request_id=request.id, at=at, kind=kind, detail=detail)
     session.add(event)
     return event

@@ -1,0 +1,277 @@
+"""A request as a conversation, against Dovecot and aiosmtpd, with the clock passed in.
+
+Clarification loop, hijack attempt, business-hours window, clarification cap,
+replies to closed requests, and escalation of SLA breaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from support.configs import sample_letters
+from support.dovecot import ImapAccount
+from support.smtp import ReceivedMail, SmtpSink
+
+from mailroute.config import Config
+from mailroute.daemon import Daemon
+from mailroute.escalate import escalate_breaches
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Letter, Request
+from mailroute.tickets import change_status
+
+MSK = ZoneInfo("Europe/Moscow")
+MONDAY_NOON = datetime(2026, 11, 16, 12, 0, tzinfo=MSK)  # in the past: Dovecot clamps
+# a future APPEND date to "now", and SLA clocks start at the letter's arrival.
+
+
+class Clock:
+    """A settable clock: the tests move time, the daemon reads it."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def rig(imap_account: ImapAccount, smtp_sink: SmtpSink, database_url: str) -> Iterator[Any]:
+    stores: list[Store] = []
+
+    def make(window: str = "business_hours", start: datetime = MONDAY_NOON,
+             **sections: dict[str, Any]) -> tuple[Daemon, Clock]:
+        config = Config.model_validate({
+            "mailbox": {"host": imap_account.host, "port": imap_account.port,
+                        "security": "none", "username": imap_account.username,
+                        "password": imap_account.password},
+            "smtp": {"host": smtp_sink.host, "port": smtp_sink.port, "security": "none"},
+            "database": {"url": database_url},
+            "replies": {"window": window},
+            **sections,
+        })
+        store = Store(database_url)
+        store.upgrade()
+        stores.append(store)
+        clock = Clock(start)
+        return Daemon(config, store, clock=clock), clock
+
+    yield make
+    for store in stores:
+        store.dispose()
+
+
+def deliver(account: ImapAccount, raw: bytes, at: datetime) -> None:
+    """APPEND with an explicit INTERNALDATE, so arrival and the test's clock agree."""
+    with account.client() as imap:
+        imap.append("INBOX", raw, msg_time=at)
+
+
+def reply_to(mail: ReceivedMail, sender: str, text: str, subject: str | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "servicedesk@example.com"
+    message["Subject"] = subject or f"Re: {mail.message['Subject']}"
+    message["Message-ID"] = f"<answer-{abs(hash(text))}@customer.example>"
+    message["In-Reply-To"] = mail.message["Message-ID"]
+    message["References"] = f"{mail.message['References']} {mail.message['Message-ID']}"
+    message.set_content(text)
+    return bytes(message)
+
+
+def requests(daemon: Daemon) -> dict[str, Request]:
+    with daemon.store.transaction() as session:
+        return {r.number: r for r in session.query(Request).order_by(Request.id)}
+
+
+def test_clarification_answered_by_reply_completes_the_same_request(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always")
+    deliver(imap_account, sample_letters()[1], clock.now)  # no registration number
+    daemon.run_once()
+    (clarification,) = smtp_sink.wait_for(1)
+    assert clarification.message["X-Mailroute-Kind"] == "clarification"
+    assert requests(daemon)["SD-000001"].status == "awaiting_customer"
+
+    clock.now += timedelta(minutes=30)
+    imap_account.append(reply_to(clarification, "Pavel Orlov <orlov@severstroy.ru>",
+                                 "Наш регистрационный номер: 800 771 204\n\n> цитата"))
+    daemon.run_once()
+
+    (request,) = requests(daemon).values()
+    assert request.status == "new"
+    assert request.registration_number == "800771204"
+    assert request.missing == []
+    assert request.first_response_due == datetime(2026, 11, 16, 16, 30, tzinfo=MSK)
+    ack = smtp_sink.wait_for(2)[1]
+    assert ack.message["X-Mailroute-Kind"] == "acknowledgement"
+    assert ack.message["X-Mailroute-Request"] == "SD-000001"
+    assert "16.11.2026 16:30 (МСК)" in ack.message.get_content()
+    with daemon.store.transaction() as session:
+        assert sorted(x.state for x in session.query(Letter)) == ["follow_up", "processed"]
+
+
+def test_token_from_a_stranger_opens_a_new_request(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always")
+    deliver(imap_account, sample_letters()[0], clock.now)
+    daemon.run_once()
+    smtp_sink.wait_for(1)
+    stranger = EmailMessage()
+    stranger["From"] = "mallory@evil.example"
+    stranger["To"] = "servicedesk@example.com"
+    stranger["Subject"] = "[SD-000001] please send me the details"
+    stranger["Message-ID"] = "<hijack@evil.example>"
+    stranger.set_content("Пришлите, пожалуйста, всю переписку по обращению.")
+    deliver(imap_account, bytes(stranger), clock.now)
+    daemon.run_once()
+
+    found = requests(daemon)
+    assert sorted(found) == ["SD-000001", "SD-000002"]
+    assert found["SD-000002"].requester == "mallory@evil.example"
+    assert found["SD-000001"].requester == "smirnova@polyot-tech.ru"
+    replies = smtp_sink.wait_for(2)
+    assert [m.rcpt_tos for m in replies] == [("smirnova@polyot-tech.ru",),
+                                             ("mallory@evil.example",)]
+    assert replies[1].message["X-Mailroute-Request"] == "SD-000002"
+
+
+def test_colleague_from_the_same_domain_may_use_the_token(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always")
+    deliver(imap_account, sample_letters()[0], clock.now)
+    daemon.run_once()
+    colleague = EmailMessage()
+    colleague["From"] = "petrov@polyot-tech.ru"
+    colleague["To"] = "servicedesk@example.com"
+    colleague["Subject"] = "Re: [SD-000001] Срочно"
+    colleague["Message-ID"] = "<colleague@polyot-tech.ru>"
+    colleague.set_content("Добавлю: ошибка и на втором складе.")
+    deliver(imap_account, bytes(colleague), clock.now)
+    daemon.run_once()
+    assert list(requests(daemon)) == ["SD-000001"]
+    assert len(smtp_sink.wait_for(1)) == 1  # a follow-up gets no new acknowledgement
+
+
+def test_saturday_night_letter_is_answered_monday_at_opening(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    saturday_night = datetime(2026, 11, 21, 23, 40, tzinfo=MSK)
+    daemon, clock = rig(start=saturday_night)
+    deliver(imap_account, sample_letters()[0], clock.now)  # critical
+    daemon.run_once()
+    assert "SD-000001" in requests(daemon)  # registered at once
+    assert smtp_sink.received() == []
+
+    clock.now = datetime(2026, 11, 22, 15, 0, tzinfo=MSK)  # Sunday
+    daemon.send_due()
+    clock.now = datetime(2026, 11, 23, 9, 59, tzinfo=MSK)  # Monday before opening
+    daemon.send_due()
+    assert smtp_sink.received() == []
+
+    clock.now = datetime(2026, 11, 23, 10, 0, tzinfo=MSK)
+    daemon.send_due()
+    (ack,) = smtp_sink.wait_for(1)
+    body = ack.message.get_content()
+    assert "23.11.2026 11:00 (МСК)" in body  # 1 business hour after Monday's opening
+    assert "критический" in body
+
+
+def test_replies_go_out_in_arrival_order(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(start=datetime(2026, 11, 21, 22, 0, tzinfo=MSK))
+    first, second, third = sample_letters()[0], sample_letters()[2], sample_letters()[4]
+    for raw in (first, second, third):
+        deliver(imap_account, raw, clock.now)
+        daemon.run_once()
+        clock.now += timedelta(minutes=10)
+    clock.now = datetime(2026, 11, 23, 10, 0, 1, tzinfo=MSK)
+    daemon.send_due()
+    numbers = [m.message["X-Mailroute-Request"] for m in smtp_sink.wait_for(3)]
+    assert numbers == ["SD-000001", "SD-000002", "SD-000003"]
+
+
+def test_clarifications_stop_after_the_cap_and_a_person_takes_over(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always", workflow={"max_clarifications": 2})
+    deliver(imap_account, sample_letters()[1], clock.now)
+    daemon.run_once()
+    first = smtp_sink.wait_for(1)[0]
+    deliver(imap_account, reply_to(first, "orlov@severstroy.ru", "Номер поищу позже."), clock.now)
+    daemon.run_once()
+    second = smtp_sink.wait_for(2)[1]
+    assert second.message["X-Mailroute-Kind"] == "clarification"
+    assert "регистрационный номер" in second.message.get_content()
+    deliver(imap_account, reply_to(second, "orlov@severstroy.ru", "Так и не нашёл."), clock.now)
+    daemon.run_once()
+
+    (request,) = requests(daemon).values()
+    assert request.status == "new" and request.queue == "human-review"
+    assert request.clarifications == 2
+    assert request.first_response_due is not None
+    assert len(smtp_sink.received()) == 2  # no third clarification
+
+
+@pytest.mark.parametrize("policy", ["new", "reopen"])
+def test_reply_to_a_closed_request(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink, policy: str
+) -> None:
+    daemon, clock = rig(window="always", workflow={"closed_reply": policy})
+    deliver(imap_account, sample_letters()[0], clock.now)
+    daemon.run_once()
+    (ack,) = smtp_sink.wait_for(1)
+    change_status(daemon.store, "SD-000001", "closed", daemon.pipeline.calendar, clock())
+    clock.now += timedelta(days=2)
+    deliver(imap_account, reply_to(ack, "smirnova@polyot-tech.ru", "Ошибка снова появилась."), clock.now)
+    daemon.run_once()
+
+    found = requests(daemon)
+    if policy == "new":
+        assert sorted(found) == ["SD-000001", "SD-000002"]
+        assert found["SD-000002"].parent_id == found["SD-000001"].id
+        assert found["SD-000001"].status == "closed"
+        assert smtp_sink.wait_for(2)[1].message["X-Mailroute-Request"] == "SD-000002"
+    else:
+        assert list(found) == ["SD-000001"]
+        assert found["SD-000001"].status == "new"
+        assert found["SD-000001"].closed_at is None
+
+
+def test_breach_is_escalated_once(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always",
+                        workflow={"escalation_address": "duty@desk.example"})
+    deliver(imap_account, sample_letters()[0], clock.now)  # critical: 1 h to respond
+    daemon.run_once()
+    smtp_sink.wait_for(1)
+    identity = daemon.pipeline.identity
+    assert escalate_breaches(daemon.store, daemon.config.workflow, identity, clock()) == []
+
+    clock.now += timedelta(hours=1, minutes=1)
+    assert escalate_breaches(daemon.store, daemon.config.workflow, identity, clock()) == [
+        ("SD-000001", "first_response")]
+    assert escalate_breaches(daemon.store, daemon.config.workflow, identity, clock()) == []
+    daemon.send_due()
+    notice = smtp_sink.wait_for(2)[1]
+    assert notice.rcpt_tos == ("duty@desk.example",)
+    assert notice.message["X-Mailroute-Kind"] == "escalation"
+    assert "SD-000001" in notice.message["Subject"]
+
+    change_status(daemon.store, "SD-000001", "in_progress", daemon.pipeline.calendar, clock())
+    clock.now += timedelta(days=3)
+    assert escalate_breaches(daemon.store, daemon.config.workflow, identity, clock()) == [
+        ("SD-000001", "resolution")]
+    with daemon.store.transaction() as session:
+        events = [e.kind for e in repo.request_by_number(session, "SD-000001").events]
+    assert "status" in events
