@@ -232,7 +232,8 @@ def test_reply_to_a_closed_request(
     (ack,) = smtp_sink.wait_for(1)
     change_status(daemon.store, "SD-000001", "closed", daemon.pipeline.calendar, clock())
     clock.now += timedelta(days=2)
-    deliver(imap_account, reply_to(ack, "smirnova@polyot-tech.ru", "Ошибка снова появилась."), clock.now)
+    answer = reply_to(ack, "smirnova@polyot-tech.ru", "Ошибка снова появилась.")
+    deliver(imap_account, answer, clock.now)
     daemon.run_once()
 
     found = requests(daemon)
