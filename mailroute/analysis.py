@@ -280,9 +280,10 @@ def _is_content_word(word: str) -> bool:
 
 
 def _blank_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    chars = list(text)
     for start, end in spans:
-        text = text[:start] + " " * (end - start) + text[end:]
-    return text
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
 
 
 def _domain(letter: ParsedLetter) -> str:

@@ -31,7 +31,7 @@ from functools import cache
 from importlib import resources
 
 from mailroute.config import ClassificationConfig, ClassificationRule
-from mailroute.words import Pattern, negated, tokens
+from mailroute.words import Index, Pattern, index, negated
 
 TYPES = ("incident", "improvement", "change_request", "service_request")
 LOW_TYPES = frozenset({"change_request", "improvement"})
@@ -94,31 +94,29 @@ class Rule:
     def _match_text(self, text: str) -> str | None:
         if not text:
             return None
-        words = tokens(text)
+        words = index(text)
         blocked = [span for u in self.unless for span in u.spans(words)]
         for pattern in self.patterns:
             for span in pattern.spans(words):
                 if self._counts(words, span, blocked):
-                    return " ".join(words[span[0] : span[1]])
+                    return " ".join(words.words[span[0] : span[1]])
         if self.regex is not None:
             for found in self.regex.finditer(text):
-                span = _token_span(text, found.start(), found.end())
+                span = _token_span(words, found.start(), found.end())
                 if self._counts(words, span, blocked):
                     return found.group(0).strip()
         return None
 
-    def _counts(
-        self, words: list[str], span: tuple[int, int], blocked: list[tuple[int, int]]
-    ) -> bool:
-        if self.spec.negatable and negated(words, span):
+    def _counts(self, words: Index, span: tuple[int, int], blocked: list[tuple[int, int]]) -> bool:
+        if self.spec.negatable and negated(words.words, span):
             return False
         return not any(b0 <= span[0] < b1 or span[0] <= b0 < span[1] for b0, b1 in blocked)
 
 
-def _token_span(text: str, start: int, end: int) -> tuple[int, int]:
+def _token_span(words: Index, start: int, end: int) -> tuple[int, int]:
     """The token span of a character span (for negation and ``unless`` checks)."""
-    first = len(tokens(text[:start]))
-    return first, first + max(1, len(tokens(text[start:end])))
+    first = words.token_at(start)
+    return first, max(first + 1, words.token_at(end))
 
 
 @dataclass(frozen=True)

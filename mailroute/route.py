@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mailroute.config import RoutingConfig, RoutingRule
 from mailroute.extract import normalize_org
-from mailroute.words import Pattern, tokens
+from mailroute.words import Pattern, index
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _domain_matches(domain: str, wanted: list[str]) -> bool:
 
 
 def _words_match(text: str, wanted: list[str]) -> bool:
-    words = tokens(text)
+    words = index(text)
     return any(Pattern.compile(w).spans(words) for w in wanted)
 
 

@@ -13,7 +13,10 @@ Pure: no IO.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 _TOKEN = re.compile(r"[0-9a-zа-я]+")
 GAP = "..."
@@ -29,6 +32,34 @@ def fold(text: str) -> str:
 def tokens(text: str) -> list[str]:
     """The words of ``text``, folded; digits count as words (``1с`` is one)."""
     return _TOKEN.findall(fold(text))
+
+
+@dataclass(frozen=True)
+class Index:
+    """A text's words with where each starts, and where each distinct word occurs:
+    every rule looks at the same text, so it is split once, not once per rule."""
+
+    words: tuple[str, ...]
+    starts: tuple[int, ...]
+    positions: Mapping[str, tuple[int, ...]]
+
+    def token_at(self, offset: int) -> int:
+        """The index of the first token starting at or after character ``offset``."""
+        return bisect_right(self.starts, offset - 1)
+
+
+@lru_cache(maxsize=32)
+def index(text: str) -> Index:
+    """The (cached) word index of ``text``."""
+    found = list(_TOKEN.finditer(fold(text)))
+    positions: dict[str, list[int]] = {}
+    for i, match in enumerate(found):
+        positions.setdefault(match.group(0), []).append(i)
+    return Index(
+        words=tuple(m.group(0) for m in found),
+        starts=tuple(m.start() for m in found),
+        positions={w: tuple(p) for w, p in positions.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -53,14 +84,22 @@ class Pattern:
             raise ValueError(f"{source!r} has no words to match")
         return cls(source, tuple(parts))
 
-    def spans(self, words: list[str]) -> list[tuple[int, int]]:
+    def spans(self, text: Index) -> list[tuple[int, int]]:
         """Every (start, end) token span where the pattern matches."""
         found = []
-        for start in range(len(words)):
-            end = _match_from(self.parts, words, start)
+        for start in sorted(self._starts(text)):
+            end = _match_from(self.parts, text.words, start)
             if end is not None:
                 found.append((start, end))
         return found
+
+    def _starts(self, text: Index) -> list[int]:
+        """Where the first word matches: looked up, not scanned."""
+        first = self.parts[0]
+        if not first.endswith("*"):
+            return list(text.positions.get(first, ()))
+        stem = first[:-1]
+        return [p for word, at in text.positions.items() if word.startswith(stem) for p in at]
 
 
 def _word_matches(part: str, word: str) -> bool:
@@ -69,7 +108,7 @@ def _word_matches(part: str, word: str) -> bool:
     return word == part
 
 
-def _match_from(parts: tuple[str, ...], words: list[str], start: int) -> int | None:
+def _match_from(parts: tuple[str, ...], words: tuple[str, ...], start: int) -> int | None:
     """End index of a match of ``parts`` starting exactly at ``start``, or None."""
     if not parts:
         return start
@@ -85,7 +124,7 @@ def _match_from(parts: tuple[str, ...], words: list[str], start: int) -> int | N
     return None
 
 
-def negated(words: list[str], span: tuple[int, int]) -> bool:
+def negated(words: tuple[str, ...], span: tuple[int, int]) -> bool:
     """True when a negation stands within two words before the span or right after it.
 
     "не срочно", "не очень срочно", "not urgent", "срочности нет".
@@ -93,4 +132,4 @@ def negated(words: list[str], span: tuple[int, int]) -> bool:
     start, end = span
     before = words[max(0, start - 2) : start]
     after = words[end : end + 1]
-    return any(w in NEGATIONS for w in before) or after == ["нет"]
+    return any(w in NEGATIONS for w in before) or after == ("нет",)

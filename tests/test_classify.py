@@ -137,6 +137,7 @@ def test_critical_incidents(own: str) -> None:
         "После досрочного возврата займа курсовая разница считается неверно.",
         "Ошибка при печати, не у всех пользователей.",
         "Not urgent: the report shows wrong totals.",
+        "Ошибка при печати счёта, срочности нет.",
     ],
 )
 def test_not_critical_incidents(own: str) -> None:
