@@ -36,16 +36,17 @@ _FILLER_STEMS = (
     "влож", "прилага", "прилож", "прикреп", "файл", "скрин", "подробн", "attach", "screenshot",
     "file", "detail",
 )
-_FILLER = tokens(
-    "в во на с со к по для от а и но же ли это вот мы я вы нам вас вам мне меня нас тут здесь "
-    "ниже выше см смотрите посмотрите пожалуйста помогите помочь помощь спасибо заранее "
-    "благодарю добрый доброе доброго день утро вечер здравствуйте привет коллеги уважением "
-    "please see help thanks thank you hello hi dear below above here the a an is are in of "
-    "and to it this find we our i me us for with мной мною позвоните перезвоните свяжитесь "
-    "связаться созвониться телефону телефон жду ждем ответа ответ ответе срочно очень call "
-    "contact reply answer asap urgent"
+_FILLER = frozenset(
+    tokens(
+        "в во на с со к по для от а и но же ли это вот мы я вы нам вас вам мне меня нас тут здесь "
+        "ниже выше см смотрите посмотрите пожалуйста помогите помочь помощь спасибо заранее "
+        "благодарю добрый доброе доброго день утро вечер здравствуйте привет коллеги уважением "
+        "please see help thanks thank you hello hi dear below above here the a an is are in of "
+        "and to it this find we our i me us for with мной мною позвоните перезвоните свяжитесь "
+        "связаться созвониться телефону телефон жду ждем ответа ответ ответе срочно очень call "
+        "contact reply answer asap urgent"
+    )
 )
-_FILLER_SET = frozenset(_FILLER)
 # Covering notes of a forward or a reminder: they point at the request, not state it.
 _COVERING_NOTE = re.compile(
     r"(?:повторно|ещ[её] раз|снова)\s+(?:направля|отправля|пересыла|пиш|высыла)\w*|"
@@ -274,7 +275,7 @@ def has_description(own: str) -> bool:
 
 
 def _is_content_word(word: str) -> bool:
-    if word.isdigit() or len(word) < 2 or word in _FILLER_SET:
+    if word.isdigit() or len(word) < 2 or word in _FILLER:
         return False
     return not word.startswith(_FILLER_STEMS)
 
