@@ -180,7 +180,17 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from mailroute.daemon import calendar_warning
+    from mailroute.hours import BusinessCalendar
+
     config = load_config(args)
+    try:
+        calendar = BusinessCalendar.from_config(config.business_hours)
+    except ValueError as exc:
+        raise ConfigError(f"business_hours: {exc}") from None
+    warning = calendar_warning(calendar, datetime.now(UTC))
+    if warning:
+        print(f"mailroute: warning: {warning}", file=sys.stderr)
     print(f"# {config.source or 'built-in defaults (no config file)'}: valid")
     print(json.dumps(config_module.masked(config), ensure_ascii=False, indent=2, default=str))
     return 0

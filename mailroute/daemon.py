@@ -28,6 +28,7 @@ from mailroute import logs
 from mailroute.config import Config
 from mailroute.errors import ConfigError, MailrouteError, TransientError
 from mailroute.escalate import escalate_breaches
+from mailroute.hours import BusinessCalendar
 from mailroute.intake import MailSource, open_source
 from mailroute.intake.drain import DrainReport, drain
 from mailroute.outbox import DeliveryReport, check_reachable, deliver_due
@@ -44,6 +45,23 @@ STOP_GRACE = 8.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def calendar_warning(calendar: BusinessCalendar, now: datetime) -> str | None:
+    """Say so when the coming year's official days off and transfers are not known.
+
+    The government publishes each year's production calendar late in the year
+    before; until the `holidays` package knows it, set [business_hours]
+    extra_holidays / extra_workdays by hand.
+    """
+    coming = now.astimezone(calendar.zone).year + 1
+    if calendar.calendar_known_for(coming):
+        return None
+    return (
+        f"the {calendar.calendar} production calendar for {coming} is not known to this "
+        "installation: update the `holidays` package or list the days off and transferred "
+        "working days in [business_hours] extra_holidays / extra_workdays"
+    )
 
 
 @dataclass
@@ -76,8 +94,13 @@ class Daemon:
 
     # ---------------------------------------------------------------- one pass
 
+    def calendar_warning(self) -> str | None:
+        """A warning when next year's production calendar is not known yet (logged at start)."""
+        return calendar_warning(self.pipeline.calendar, self.clock())
+
     def run_once(self) -> RunReport:
         """Drain the folder, send the replies that are due, return what happened."""
+        self._warn_calendar()
         source = self.source_factory(self.config.mailbox)
         try:
             report = drain(source, self.store, self.pipeline, self.config.mailbox, self.clock)
@@ -85,6 +108,11 @@ class Daemon:
             source.close()
         delivery = self.send_due()
         return RunReport(report, delivery)
+
+    def _warn_calendar(self) -> None:
+        warning = self.calendar_warning()
+        if warning:
+            log.warning("calendar incomplete", detail=warning)
 
     def send_due(self) -> DeliveryReport:
         return deliver_due(self.store, self.config.smtp, self.config.replies, self.clock())
@@ -94,6 +122,7 @@ class Daemon:
     def run_forever(self) -> None:
         """Serve until SIGTERM/SIGINT; returns after a clean stop."""
         self._install_signals()
+        self._warn_calendar()
         self._scheduler = self._start_scheduler()
         intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         intake.start()

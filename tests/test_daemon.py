@@ -118,3 +118,17 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(
     assert "config reload rejected" in log and "replies.window" in log
     assert "config reloaded" in log
     assert reply.message["From"].addresses[0].display_name == "Support Line"
+
+
+def test_calendar_warning_names_the_unknown_year() -> None:
+    from datetime import UTC, datetime
+
+    from mailroute.daemon import calendar_warning
+    from mailroute.hours import BusinessCalendar
+
+    calendar = BusinessCalendar()
+    known = calendar.known_until().year
+    assert calendar_warning(calendar, datetime(known - 1, 6, 1, tzinfo=UTC)) is None
+    warning = calendar_warning(calendar, datetime(known, 6, 1, tzinfo=UTC))
+    assert warning is not None and str(known + 1) in warning and "extra_holidays" in warning
+    assert calendar_warning(BusinessCalendar(calendar=""), datetime(2100, 1, 1, tzinfo=UTC)) is None
