@@ -54,6 +54,8 @@ _COVERING_NOTE = re.compile(
     r"ответа?\s+(?:пока\s+|до сих пор\s+|так и\s+|всё ещё\s+|все еще\s+)?(?:не|нет)"
     r"(?:\s+(?:получили|получил\w*|было|пришло|пришел|поступило|последовало))?|"
     r"напомина\w*|жд[её]м\s+(?:вашего\s+)?ответа|см\.?\s+ниже|"
+    r"(?:ошибка|проблема|ситуация)\s+(?:та\s+же|такая\s+же|прежняя|не\s+изменилась)|"
+    r"(?:the\s+)?same\s+(?:error|problem|issue)(?:\s+as\s+(?:below|before))?|"
     r"(?:resending|forwarding|re-sending|sending again)(?:\s+(?:this|it|the message|below))*|"
     r"(?:still\s+)?(?:no|waiting for (?:an?|your)?)\s*(?:reply|answer|response)(?:\s+yet)?|"
     r"(?:please\s+)?see\s+(?:the\s+)?(?:below|attached|forwarded(?:\s+message)?)|fyi|"
