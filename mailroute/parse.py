@@ -309,16 +309,15 @@ def _fix_mojibake(text: str) -> tuple[str, str] | None:
     Only a repair that turns the text into clearly better Russian is accepted,
     so genuine Latin-1 text (German, French) is left alone.
     """
-    before = _russian_score(text)
-    if before and len(_MOJIBAKE_UTF8_AS_1251.findall(text, 0, _SCORE_SAMPLE)) >= 3:
+    if len(_MOJIBAKE_UTF8_AS_1251.findall(text, 0, _SCORE_SAMPLE)) >= 3:
         fixed = _recode(text, "cp1251", "utf-8")
-        if _russian_score(fixed) > before + 0.5:
+        if _russian_score(fixed) > _russian_score(text) + 0.5:
             return fixed, "UTF-8 text that had been decoded as cp1251"
     if len(_MOJIBAKE_UTF8_AS_LATIN.findall(text, 0, _SCORE_SAMPLE)) >= 3:
         fixed = _recode(text, "cp1252", "utf-8")
-        if _russian_score(fixed) > max(before, 1.2) or _is_cleaner(fixed, text):
+        if _russian_score(fixed) > max(_russian_score(text), 1.2) or _is_cleaner(fixed, text):
             return fixed, "UTF-8 text that had been decoded as latin-1"
-    if before == 0 and len(_LATIN_HIGH.findall(text, 0, _SCORE_SAMPLE)) >= 8:
+    if len(_LATIN_HIGH.findall(text, 0, _SCORE_SAMPLE)) >= 8 and not _cyrillic_count(text):
         fixed = _recode(text, "cp1252", "cp1251")
         if _russian_score(fixed) > 1.5:
             return fixed, "cp1251 text that had been decoded as latin-1"
@@ -383,11 +382,23 @@ _CYRILLIC_SINGLE_BYTE = frozenset(
 )
 
 
+def _looks_russian(text: str, high: int) -> bool:
+    """Cheap first look: lower-case о, е, а, и, н, т make ~40% of Russian letters.
+
+    cp1251/koi8-r mojibake inverts letter case, so it fails this; only such
+    text (or all-caps text) gets the full scoring.
+    """
+    sample = text[:_SCORE_SAMPLE]
+    common = sum(sample.count(ch) for ch in "оеаинт")
+    return common * 4 >= min(high, _SCORE_SAMPLE)
+
+
 def _check_cyrillic(
     data: bytes, text: str, codec: str, charset: str, what: str, defects: list[str]
 ) -> str:
     """A Cyrillic single-byte label decodes anything; switch only to clearly better Russian."""
-    if len(data) - len(data.translate(None, _HIGH_BYTES)) < 8:
+    high = len(data) - len(data.translate(None, _HIGH_BYTES))
+    if high < 8 or _looks_russian(text, high):
         return text
     best, best_text, best_score = codec, text, _russian_score(text) + 0.8  # the label's bonus
     for other in ("cp1251", "koi8-r"):
@@ -1098,6 +1109,7 @@ class _Context:
     attachments: list[Attachment] = field(default_factory=list)
     forwarded: list[ParsedLetter] = field(default_factory=list)
     cids: set[str] = field(default_factory=set)
+    named_texts: list[_Node] = field(default_factory=list)  # body candidates if nothing else
 
 
 @dataclass
@@ -1431,7 +1443,19 @@ def _walk(node: _Node, ctx: _Context) -> list[_Piece]:
         fmt = info.params.get("format", "").lower()
         delsp = info.params.get("delsp", "").lower() == "yes"
         return [_Piece(text, False, flowed=fmt == "flowed", delsp=delsp, what=node.what)]
+    if info.content_type in ("text/plain", "text/html") and info.disposition != "attachment":
+        ctx.named_texts.append(node)
     _add_attachment(node, info, ctx)
+    return []
+
+
+def _fallback_body(ctx: _Context) -> list[_Piece]:
+    """A letter whose only text came as a named inline file (some generated mail)."""
+    for node in ctx.named_texts:
+        info = node.part_info
+        text = _text_of_part(node, info, ctx)
+        if text.strip():
+            return [_Piece(text, info.content_type == "text/html", what=node.what)]
     return []
 
 
@@ -1543,12 +1567,10 @@ def _letter(node: _Node, budget: _Budget) -> ParsedLetter:
         if name not in raw:
             raw[name] = _raw_to_text(value, noted_by_header_map, "")
     headers = _header_map(node, defects)
-    pieces = _walk(node, ctx)
+    pieces = _walk(node, ctx) or _fallback_body(ctx)
     text, from_html = _render(pieces, ctx)
     sender_list = parse_address_list(raw["from"], defects, "From") if "from" in raw else ()
-    subject = None
-    if "subject" in raw:
-        subject = collapse(decode_header(unfold(raw["subject"]), defects, "Subject"))
+    subject = headers.get("subject")  # decoded, unfolded, collapsed like every header
     attachments = tuple(_mark_referenced(a, ctx.cids) for a in ctx.attachments)
     return ParsedLetter(
         message_id=parse_message_id(raw["message-id"]) if "message-id" in raw else None,

@@ -629,6 +629,13 @@ def test_mbox_from_line_and_lf_only() -> None:
     assert parsed.subject == "x" and parsed.text == "body"
 
 
+def test_named_inline_text_is_the_body_when_there_is_no_other() -> None:
+    named = part("text/plain; charset=utf-8; name=message.txt", RU.encode())
+    parsed = parse(mp_letter("mixed", named, part("application/pdf", b"x")))
+    assert parsed.text == RU
+    assert [a.filename for a in parsed.attachments] == ["message.txt", "attachment-2.pdf"]
+
+
 def test_nested_mixed_alternative_related() -> None:
     related = b'Content-Type: multipart/related; boundary="REL"\r\n\r\n' + multipart(
         "related", HTML, part("image/gif", b"GIF89a", "Content-ID: <g@x>"), boundary="REL"
