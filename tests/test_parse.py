@@ -10,7 +10,7 @@ import base64
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from mailroute.errors import LetterUnreadable
 from mailroute.parse import (
     Address,
+    Attachment,
     ParsedLetter,
     ParseLimits,
     decode_header,
@@ -270,19 +271,10 @@ def test_decode_header_function_directly() -> None:
 # ------------------------------------------------------------------- parameters
 
 
-def attachment_letter(*headers: str | bytes, content: bytes = b"%PDF-1.4\n") -> ParsedLetter:
-    return parse(
-        mp_letter(
-            "mixed",
-            part("text/plain; charset=utf-8", b"see attached"),
-            part(
-                *headers[:1] or ("application/pdf",),
-                b64(content),
-                *headers[1:],
-                "Content-Transfer-Encoding: base64",
-            ),
-        )
-    )
+def attachment_letter(ctype: str, *headers: str | bytes) -> ParsedLetter:
+    """A text part plus one base64 attachment with the given headers."""
+    attached = part(ctype, b64(b"%PDF-1.4\n"), *headers, "Content-Transfer-Encoding: base64")
+    return parse(mp_letter("mixed", part("text/plain; charset=utf-8", b"see attached"), attached))
 
 
 def test_rfc2231_filename() -> None:
@@ -1090,14 +1082,12 @@ def _strings(value: object) -> list[str]:
     """Every str inside a ParsedLetter (recursively), to check they are clean Unicode."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, ParsedLetter | Address):
+    if isinstance(value, ParsedLetter | Address | Attachment):
         return [s for name in vars(value) for s in _strings(getattr(value, name))]
     if isinstance(value, tuple):
         return [s for item in value for s in _strings(item)]
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return [s for kv in value.items() for s in _strings(tuple(kv))]  # type: ignore[attr-defined]
-    if hasattr(value, "filename"):
-        return [value.filename, value.content_type, value.content_id or ""]  # type: ignore[attr-defined]
+    if isinstance(value, Mapping):
+        return [s for kv in value.items() for s in _strings(tuple(kv))]
     return []
 
 
