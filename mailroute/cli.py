@@ -106,6 +106,43 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--note", help="why, for the history")
     status.set_defaults(handler=cmd_tickets_set_status)
 
+    status = commands.add_parser(
+        "status", parents=[common], help="health: last poll, backlog, outbox, errors"
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    quarantine = commands.add_parser(
+        "quarantine", parents=[common], help="letters that could not be processed"
+    )
+    q_commands = quarantine.add_subparsers(title="quarantine commands", metavar="ACTION")
+    q_list = q_commands.add_parser("list", parents=[common], help="quarantined letters")
+    q_list.add_argument("--json", action="store_true")
+    q_list.set_defaults(handler=cmd_quarantine_list)
+    q_show = q_commands.add_parser("show", parents=[common], help="one letter, with the error")
+    q_show.add_argument("id", type=int)
+    q_show.add_argument("--raw", action="store_true", help="print the letter's stored bytes")
+    q_show.set_defaults(handler=cmd_quarantine_show)
+    q_retry = q_commands.add_parser("retry", parents=[common], help="process it again")
+    q_retry.add_argument("id", type=int)
+    q_retry.set_defaults(handler=cmd_quarantine_retry)
+
+    outbox = commands.add_parser("outbox", parents=[common], help="replies waiting or sent")
+    o_commands = outbox.add_subparsers(title="outbox commands", metavar="ACTION")
+    o_list = o_commands.add_parser("list", parents=[common], help="outbox rows")
+    o_list.add_argument("--state", choices=["pending", "sent", "failed"])
+    o_list.add_argument("--json", action="store_true")
+    o_list.set_defaults(handler=cmd_outbox_list)
+    o_retry = o_commands.add_parser("retry", parents=[common], help="send a failed reply again")
+    o_retry.add_argument("id", type=int)
+    o_retry.set_defaults(handler=cmd_outbox_retry)
+
+    replay = commands.add_parser(
+        "replay", parents=[common], help="push a letter file through the real pipeline"
+    )
+    replay.add_argument("file", metavar="FILE.eml")
+    replay.set_defaults(handler=cmd_replay)
+
     demo = commands.add_parser(
         "demo", parents=[common], help="run the real pipeline on bundled sample letters"
     )
@@ -279,6 +316,115 @@ def cmd_tickets_set_status(args: argparse.Namespace) -> int:
     old, new = changed
     print(f"{args.number.upper()}: {old} -> {new}" if old != new else f"already {new}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mailroute.health import check_health, render
+
+    config = load_config(args)
+    health = check_health(open_store(config), config.health, datetime.now(UTC))
+    print(json.dumps(health.as_dict(), indent=2) if args.json else render(health))
+    return 0 if health.healthy else EXIT_FAILURE
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for row in rows:
+        print("  ".join(str(row.get(column) if row.get(column) is not None else "-")
+                        for column in columns))
+    if not rows:
+        print("none")
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from mailroute.operations import quarantined
+
+    rows = quarantined(open_store(load_config(args)))
+    _print_rows(rows, args.json, ("id", "received_at", "from", "stage", "error"))
+    return 0
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    from mailroute.operations import letter_bytes, letter_detail
+
+    store = open_store(load_config(args))
+    if args.raw:
+        raw = letter_bytes(store, args.id)
+        if raw is None:
+            raise MailrouteError(f"no letter {args.id}")
+        sys.stdout.buffer.write(raw)
+        return 0
+    detail = letter_detail(store, args.id)
+    if detail is None:
+        raise MailrouteError(f"no letter {args.id}")
+    for key, value in detail.items():
+        print(f"{key:12} {value}")
+    return 0
+
+
+def cmd_quarantine_retry(args: argparse.Namespace) -> int:
+    from mailroute.operations import retry_letter
+    from mailroute.process import Pipeline
+
+    config = load_config(args)
+    try:
+        outcome = retry_letter(open_store(config), Pipeline.from_config(config), args.id,
+                               datetime.now(UTC))
+    except LookupError as exc:
+        raise MailrouteError(str(exc.args[0])) from None
+    print(_outcome_text(outcome))
+    return 0 if outcome.state != "quarantined" else EXIT_FAILURE
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from mailroute.operations import outbox_rows
+
+    rows = outbox_rows(open_store(load_config(args)), args.state)
+    _print_rows(rows, args.json, ("id", "state", "kind", "to", "due", "attempts", "error"))
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    from mailroute.operations import retry_reply
+
+    try:
+        row = retry_reply(open_store(load_config(args)), args.id, datetime.now(UTC))
+    except LookupError as exc:
+        raise MailrouteError(str(exc.args[0])) from None
+    print(f"outbox {row['id']} to {row['to']}: pending again, sent at the next outbox run")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mailroute.operations import replay
+    from mailroute.process import Pipeline
+
+    config = load_config(args)
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise MailrouteError(f"{args.file}: {exc.strerror}") from None
+    outcome, letter_id = replay(open_store(config), Pipeline.from_config(config), raw,
+                                datetime.now(UTC))
+    if outcome is None:
+        print(f"already stored as letter {letter_id}; nothing done "
+              f"(see `mailroute quarantine show {letter_id}`)")
+        return 0
+    print(_outcome_text(outcome))
+    return 0 if outcome.state != "quarantined" else EXIT_FAILURE
+
+
+def _outcome_text(outcome: Any) -> str:
+    parts = [f"letter {outcome.letter_id}: {outcome.state}"]
+    if outcome.request:
+        parts.append(f"request {outcome.request}")
+    if outcome.reply:
+        parts.append(f"{outcome.reply} queued")
+    if outcome.detail:
+        parts.append(outcome.detail)
+    return ", ".join(parts)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -511,6 +511,32 @@ class WorkflowConfig(Section):
     )
 
 
+class HealthConfig(Section):
+    """When `mailroute status` calls the daemon unhealthy (exit code 1)."""
+
+    max_poll_age: float = Field(
+        900.0, gt=0, description="Seconds since the last successful mailbox poll."
+    )
+    max_reply_delay: float = Field(
+        3600.0, gt=0, description="Seconds a reply may stay unsent after it was due."
+    )
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics over HTTP, for scraping from this host."""
+
+    listen: str = Field(
+        "", description='Address to serve /metrics on, e.g. "127.0.0.1:9310"; "" for none.'
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[\w.:\[\]-]+:\d{1,5}", value):
+            raise ValueError(f'{value!r} is not "HOST:PORT"')
+        return value
+
+
 class Config(BaseModel):
     """The whole configuration; every section has working defaults."""
 
@@ -527,6 +553,8 @@ class Config(BaseModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
     sla: SlaConfig = Field(default_factory=SlaConfig)  # type: ignore[arg-type]
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)  # type: ignore[arg-type]
+    health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
 
     source: Annotated[str | None, Field(exclude=True)] = None
 

@@ -22,6 +22,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import config as config_module
 from mailroute import logs
@@ -31,6 +32,7 @@ from mailroute.escalate import escalate_breaches
 from mailroute.hours import BusinessCalendar
 from mailroute.intake import MailSource, open_source
 from mailroute.intake.drain import DrainReport, drain
+from mailroute.metrics import Metrics
 from mailroute.outbox import DeliveryReport, check_reachable, deliver_due
 from mailroute.process import Pipeline
 from mailroute.store import Store
@@ -89,6 +91,7 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._failing: dict[str, str] = {}
         self._notifier = Notifier()
+        self.metrics = Metrics(self.store)
         self._ready = threading.Event()
         self._heartbeat = time.monotonic()
 
@@ -115,7 +118,9 @@ class Daemon:
             log.warning("calendar incomplete", detail=warning)
 
     def send_due(self) -> DeliveryReport:
-        return deliver_due(self.store, self.config.smtp, self.config.replies, self.clock())
+        report = deliver_due(self.store, self.config.smtp, self.config.replies, self.clock())
+        self.metrics.observe_delivery(report)
+        return report
 
     # ----------------------------------------------------------------- forever
 
@@ -123,6 +128,9 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns after a clean stop."""
         self._install_signals()
         self._warn_calendar()
+        if self.config.metrics.listen:
+            self.metrics.serve(self.config.metrics.listen)
+            log.info("metrics served", listen=self.config.metrics.listen)
         self._scheduler = self._start_scheduler()
         intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         intake.start()
@@ -137,6 +145,7 @@ class Daemon:
             if self._source is not None:
                 self._source.close()
             self._notifier.close()
+            self.metrics.close()
             log.info("daemon stopped")
 
     def _serve(self, intake: threading.Thread) -> None:
@@ -190,8 +199,11 @@ class Daemon:
 
     def _escalation_job(self) -> None:
         try:
-            if escalate_breaches(self.store, self.config.workflow, self.pipeline.identity,
-                                 self.clock()):
+            breaches = escalate_breaches(
+                self.store, self.config.workflow, self.pipeline.identity, self.clock()
+            )
+            self.metrics.observe_breaches(breaches)
+            if breaches:
                 self._wake_outbox()
         except TransientError as exc:
             self._failed("escalation", str(exc))
@@ -217,11 +229,12 @@ class Daemon:
             try:
                 if self._source is None:
                     self._source = self.source_factory(self.config.mailbox)
-                self._heartbeat = time.monotonic()
+                self._heartbeat = started = time.monotonic()
                 report = drain(
                     self._source, self.store, self.pipeline, self.config.mailbox, self.clock,
                     self.stop,
                 )
+                self.metrics.observe_drain(report, time.monotonic() - started)
                 self._recovered("intake")
                 self._announce_ready()
                 delay = 1.0
@@ -261,11 +274,21 @@ class Daemon:
     # ------------------------------------------------------ errors, logged once
 
     def _failed(self, part: str, error: str) -> None:
-        """Log a failure when it starts, not on every retry."""
+        """Log a failure when it starts, not on every retry; keep it for `mailroute status`."""
+        self.metrics.observe_error(part)
         if self._failing.get(part) != error:
             log.error("connection lost" if part == "intake" else f"{part} failing",
                       part=part, error=error)
+            self._remember_error(part, error)
         self._failing[part] = error
+
+    def _remember_error(self, part: str, error: str) -> None:
+        name = (self._source or self.source_factory(self.config.mailbox)).name
+        try:
+            with self.store.transaction() as session:
+                repo.record_poll(session, name, None, self.clock(), error=f"{part}: {error}")
+        except (TransientError, SQLAlchemyError):
+            pass  # the database may be what is failing; the log line is there
 
     def _recovered(self, part: str) -> None:
         if self._failing.pop(part, None) is not None:

@@ -7,13 +7,14 @@ finds a request's whole story. ``format = "json"`` gives one JSON object per lin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-KEY_ORDER = ["event", "msgid", "uid", "letter", "request", "outbox"]
+KEY_ORDER = ["ts", "msgid", "uid", "request", "letter", "outbox", "event"]
 SECRET_KEYS = ("password", "passwd", "secret", "token", "authorization")
 
 
@@ -26,7 +27,11 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 
 
 def configure(level: str = "info", fmt: str = "keyvalue", stream: TextIO | None = None) -> None:
-    """Route structlog to ``stream`` (stderr, which journald collects)."""
+    """Route structlog to ``stream`` (stderr, which journald collects).
+
+    Under systemd (``$JOURNAL_STREAM`` set) journald stamps each line itself, so
+    the ``ts=`` field is left out there.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
@@ -38,7 +43,7 @@ def configure(level: str = "info", fmt: str = "keyvalue", stream: TextIO | None 
         redact,
         structlog.processors.format_exc_info,
     ]
-    if stream is not None and not stream.isatty() and fmt != "json":
+    if "JOURNAL_STREAM" not in os.environ:
         processors.insert(0, structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"))
     structlog.configure(
         processors=[*processors, renderer],

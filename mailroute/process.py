@@ -72,6 +72,7 @@ class Outcome:
     request: str | None = None
     reply: str | None = None
     detail: str = ""
+    request_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,8 @@ def _new_request(
         now,
         analysis.unknown_registration,
     )
-    return Outcome(letter.id, "processed", request.number, reply)
+    return Outcome(letter.id, "processed", request.number, reply,
+                   request_type=request.request_type)
 
 
 def _follow_up(
@@ -521,8 +523,12 @@ def _log(outcome: Outcome, letter: Letter) -> None:
     if outcome.state == "quarantined":
         log.error("letter quarantined", **fields, error=outcome.detail)
     elif outcome.state == "processed":
-        log.info("request created", **fields, request=outcome.request, reply=outcome.reply)
+        log.info("request created", **fields, request=outcome.request,
+                 type=outcome.request_type)
     elif outcome.state == "follow_up":
-        log.info("follow-up attached", **fields, request=outcome.request, reply=outcome.reply)
+        log.info("follow-up attached", **fields, request=outcome.request, detail=outcome.detail)
     else:
         log.info(f"letter {outcome.state}", **fields, reason=outcome.detail)
+    if outcome.reply:
+        log.info("reply queued", msgid=letter.message_id, request=outcome.request,
+                 kind=outcome.reply)

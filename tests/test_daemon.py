@@ -132,3 +132,96 @@ def test_calendar_warning_names_the_unknown_year() -> None:
     warning = calendar_warning(calendar, datetime(known, 6, 1, tzinfo=UTC))
     assert warning is not None and str(known + 1) in warning and "extra_holidays" in warning
     assert calendar_warning(BusinessCalendar(calendar=""), datetime(2100, 1, 1, tzinfo=UTC)) is None
+
+
+def test_metrics_and_log_lines_after_a_run(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, sqlite_url: str,
+    notify_socket: socket.socket,
+) -> None:
+    import re
+    import urllib.request
+
+    from support.services import free_port
+
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", account=imap_account, sink=smtp_sink,
+                          database_url=sqlite_url,
+                          extra={"metrics": {"listen": f"127.0.0.1:{port}"}})
+    subprocess.run([*MAILROUTE, "--config", str(config), "db", "upgrade"], check=True,
+                   capture_output=True)
+    for raw in sample_letters()[:4]:
+        imap_account.append(raw)
+    daemon = start(config, notify_socket)
+    try:
+        wait_notification(notify_socket, "READY=1")
+        smtp_sink.wait_for(3, timeout=15)
+        time.sleep(0.5)  # let the outbox job record what it sent
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            metrics = page.read().decode()
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=15)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert 'mailroute_letters_total{outcome="processed"} 3.0' in metrics
+    assert 'mailroute_letters_total{outcome="ignored"} 1.0' in metrics
+    assert 'mailroute_requests_created_total{request_type="incident"} 1.0' in metrics
+    assert 'mailroute_replies_total{result="sent"} 3.0' in metrics
+    assert 'mailroute_outbox{state="sent"} 3.0' in metrics
+    assert "mailroute_poll_seconds_count" in metrics
+
+    pair = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+    lines = stderr.decode().strip().splitlines()
+    assert lines
+    for line in lines:
+        fields = dict(pair.findall(line))
+        assert pair.sub("", line).strip() == "", line  # nothing but key=value pairs
+        assert "event" in fields and "level" in fields, line
+    assert imap_account.password not in stderr.decode()
+    created = [line for line in lines if 'event="request created"' in line]
+    assert len(created) == 3 and all(line.startswith("ts=") for line in created)
+    assert all(" msgid=" in line and " uid=" in line and " request=SD-" in line
+               for line in created)
+
+
+def test_sigterm_during_a_backlog_exits_in_time_and_loses_nothing(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, sqlite_url: str,
+    notify_socket: socket.socket,
+) -> None:
+    from email.message import EmailMessage
+
+    config = write_config(tmp_path / "config.toml", account=imap_account, sink=smtp_sink,
+                          database_url=sqlite_url, extra={"mailbox": {"batch_size": 5}})
+    subprocess.run([*MAILROUTE, "--config", str(config), "db", "upgrade"], check=True,
+                   capture_output=True)
+    count = 150
+    for number in range(count):
+        message = EmailMessage()
+        message["From"] = f"user{number}@client.example"
+        message["Subject"] = f"Ошибка {number}"
+        message["Message-ID"] = f"<term-{number}@client.example>"
+        message.set_content(f"Не работает отчёт {number}.\n\nООО «Клиент»\nрег. номер 800123456")
+        imap_account.append(bytes(message))
+    daemon = start(config, notify_socket)
+    try:
+        wait_notification(notify_socket, "READY=1", timeout=60)
+    finally:
+        stopping = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=15)
+    assert daemon.returncode == 0
+    assert time.monotonic() - stopping < 10
+    finish = subprocess.run([*MAILROUTE, "--config", str(config), "run", "--once"],
+                            capture_output=True, text=True, check=False)
+    assert finish.returncode == 0, finish.stderr
+    assert imap_account.uids("INBOX") == []
+    assert len(imap_account.uids("Processed")) == count
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        requests = conn.execute(text("select count(*) from requests")).scalar()
+        letters = conn.execute(text("select count(distinct message_id) from letters")).scalar()
+    engine.dispose()
+    assert requests == letters == count

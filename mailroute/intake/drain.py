@@ -85,7 +85,8 @@ class _Pass:
         if not self.stop.is_set():
             self._process_and_file()  # letters saved before a crash, decided or not
         with self.store.transaction() as session:
-            repo.record_poll(session, self.source.name, self.uidvalidity, self.clock())
+            repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
+                             backlog=len(uids))
         return self.report
 
     def _save(self, fetched: FetchedLetter) -> None:

@@ -231,5 +231,6 @@ class MailboxState(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_poll_at: Mapped[datetime | None]
+    backlog: Mapped[int | None] = mapped_column(Integer)  # letters in the folder at last poll
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None]

@@ -287,8 +287,14 @@ def outbox_counts(session: Session) -> dict[str, int]:
 
 
 def record_poll(
-    session: Session, name: str, uidvalidity: int | None, at: datetime, error: str | None = None
+    session: Session,
+    name: str,
+    uidvalidity: int | None,
+    at: datetime,
+    error: str | None = None,
+    backlog: int | None = None,
 ) -> None:
+    """Remember a successful poll (and the folder's size then), or the last error."""
     state = session.get(MailboxState, name)
     if state is None:
         state = MailboxState(name=name)
@@ -296,6 +302,7 @@ def record_poll(
     if error is None:
         state.uidvalidity = uidvalidity
         state.last_poll_at = at
+        state.backlog = backlog
     else:
         state.last_error = error
         state.last_error_at = at

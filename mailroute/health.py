@@ -1,0 +1,115 @@
+"""`mailroute status`: is the daemon doing its job? Read from the database only.
+
+Unhealthy (exit code 1) when the mailbox has not been polled successfully for
+``max_poll_age`` seconds, when an error is newer than the last good poll, or
+when a reply due more than ``max_reply_delay`` seconds ago is still unsent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from mailroute.config import HealthConfig
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Letter, MailboxState, OutboxItem
+
+
+@dataclass
+class Health:
+    """What an operator (or a monitoring check) wants to know at a glance."""
+
+    last_poll_at: datetime | None = None
+    backlog: int | None = None
+    pending_letters: int = 0
+    quarantined: int = 0
+    outbox: dict[str, int] = field(default_factory=dict)
+    oldest_unsent_due: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {
+            "healthy": self.healthy,
+            "problems": self.problems,
+            "last_poll_at": iso(self.last_poll_at),
+            "backlog": self.backlog,
+            "pending_letters": self.pending_letters,
+            "quarantined": self.quarantined,
+            "outbox": self.outbox,
+            "oldest_unsent_due": iso(self.oldest_unsent_due),
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
+        }
+
+
+def check_health(store: Store, config: HealthConfig, now: datetime) -> Health:
+    with store.transaction() as session:
+        health = Health(
+            pending_letters=session.scalar(
+                select(func.count()).where(Letter.state == "pending")) or 0,
+            quarantined=repo.quarantined_count(session),
+            outbox=repo.outbox_counts(session),
+            oldest_unsent_due=session.scalar(
+                select(func.min(OutboxItem.not_before)).where(OutboxItem.state == "pending")),
+        )
+        mailboxes = list(session.scalars(select(MailboxState)))
+    _summarise_mailboxes(health, mailboxes)
+    health.problems = _problems(health, config, now)
+    return health
+
+
+def _summarise_mailboxes(health: Health, mailboxes: list[MailboxState]) -> None:
+    polls = [m.last_poll_at for m in mailboxes if m.last_poll_at]
+    health.last_poll_at = max(polls, default=None)
+    health.backlog = sum(m.backlog or 0 for m in mailboxes) if polls else None
+    errors = [m for m in mailboxes if m.last_error_at]
+    if errors:
+        latest = max(errors, key=lambda m: m.last_error_at or datetime.min)
+        health.last_error, health.last_error_at = latest.last_error, latest.last_error_at
+
+
+def _problems(health: Health, config: HealthConfig, now: datetime) -> list[str]:
+    problems = []
+    if health.last_poll_at is None:
+        problems.append("the mailbox has never been polled")
+    elif now - health.last_poll_at > timedelta(seconds=config.max_poll_age):
+        problems.append(f"no successful poll since {health.last_poll_at:%Y-%m-%d %H:%M:%S} UTC")
+    if health.last_error_at and (health.last_poll_at is None
+                                 or health.last_error_at > health.last_poll_at):
+        problems.append(f"failing: {health.last_error}")
+    late = health.oldest_unsent_due
+    if late and now - late > timedelta(seconds=config.max_reply_delay):
+        problems.append(f"a reply due at {late:%Y-%m-%d %H:%M} UTC is still unsent")
+    return problems
+
+
+def render(health: Health) -> str:
+    """The human-readable status page."""
+    data = health.as_dict()
+    lines = [f"mailroute: {'healthy' if health.healthy else 'UNHEALTHY'}"]
+    lines += [f"  problem: {problem}" for problem in health.problems]
+    outbox = ", ".join(f"{state} {count}" for state, count in sorted(health.outbox.items()))
+    lines += [
+        f"  last successful poll  {data['last_poll_at'] or 'never'}",
+        f"  backlog in folder     {'-' if health.backlog is None else health.backlog}",
+        f"  letters pending       {health.pending_letters}",
+        f"  quarantined           {health.quarantined}",
+        f"  outbox                {outbox or 'empty'}",
+        f"  oldest unsent reply   due {data['oldest_unsent_due'] or '-'}",
+        f"  last error            {health.last_error or '-'}"
+        + (f" at {data['last_error_at']}" if health.last_error_at else ""),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Operator commands: status exit codes, quarantine, outbox, replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.configs import SAMPLES, write_config
+
+from mailroute.cli import main
+
+BOMB = (b"From: a@b.example\r\nSubject: deep\r\nMessage-ID: <deep@b.example>\r\n"
+        + b"".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+                   for i in range(200))
+        + b"Content-Type: text/plain\r\n\r\nhi\r\n")
+
+
+@pytest.fixture
+def setup(tmp_path: Path, sqlite_url: str) -> list[str]:
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "1.bomb.host").write_bytes(BOMB)
+    (maildir / "new" / "2.good.host").write_bytes(sorted(SAMPLES.glob("*.eml"))[0].read_bytes())
+    config = write_config(tmp_path / "config.toml", account=None, sink=None,
+                          database_url=sqlite_url, maildir=maildir,
+                          extra={"smtp": {"host": "127.0.0.1", "port": 9, "security": "none",
+                                          "timeout": 1}})
+    base = ["--config", str(config)]
+    assert main([*base, "db", "upgrade"]) == 0
+    return base
+
+
+def test_status_exit_code_follows_health(
+    setup: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*setup, "status"]) == 1  # never polled
+    assert "never been polled" in capsys.readouterr().out
+    assert main([*setup, "run", "--once"]) == 0  # SMTP is down: the reply waits
+    capsys.readouterr()
+    assert main([*setup, "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["healthy"] is True
+    assert status["quarantined"] == 1
+    assert status["outbox"] == {"pending": 1}
+    assert status["backlog"] == 2 and status["last_poll_at"]
+
+
+def test_quarantine_list_show_retry(setup: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*setup, "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main([*setup, "quarantine", "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["stage"] == "parse" and "limit" in row["error"]
+    assert main([*setup, "quarantine", "show", str(row["id"]), "--raw"]) == 0
+    assert capsys.readouterr().out.encode() == BOMB
+    assert main([*setup, "quarantine", "retry", str(row["id"])]) == 1  # still unreadable
+    assert "quarantined" in capsys.readouterr().out
+    assert main([*setup, "quarantine", "retry", "999"]) == 1
+    assert "no letter 999" in capsys.readouterr().err
+
+
+def test_outbox_list_and_retry(setup: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*setup, "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main([*setup, "outbox", "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["state"] == "pending" and row["attempts"] == 1
+    assert "cannot connect" in row["error"]
+    assert main([*setup, "outbox", "retry", str(row["id"])]) == 0
+    assert "pending again" in capsys.readouterr().out
+
+
+def test_replay_processes_a_file_once(
+    setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    letter = sorted(SAMPLES.glob("*.eml"))[2]
+    assert main([*setup, "replay", str(letter)]) == 0
+    out = capsys.readouterr().out
+    assert "processed" in out and "request SD-000001" in out and "acknowledgement queued" in out
+    assert main([*setup, "replay", str(letter)]) == 0
+    assert "already stored" in capsys.readouterr().out
