@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--note", help="why, for the history")
     status.set_defaults(handler=cmd_tickets_set_status)
+
+    report = commands.add_parser(
+        "report", parents=[common], help="requests, response times and SLA over a period"
+    )
+    report.add_argument("--from", dest="first", required=True, type=date.fromisoformat,
+                        metavar="DATE", help="first day, YYYY-MM-DD")
+    report.add_argument("--to", dest="last", required=True, type=date.fromisoformat,
+                        metavar="DATE", help="last day (included), YYYY-MM-DD")
+    report.add_argument("--format", choices=["text", "json", "html"], default="text")
+    report.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    report.set_defaults(handler=cmd_report)
 
     status = commands.add_parser(
         "status", parents=[common], help="health: last poll, backlog, outbox, errors"
@@ -315,6 +326,29 @@ def cmd_tickets_set_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     old, new = changed
     print(f"{args.number.upper()}: {old} -> {new}" if old != new else f"already {new}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mailroute.hours import BusinessCalendar
+    from mailroute.report import render_html, render_json, render_text
+    from mailroute.reporting import build_report, period_for_days, sla_targets
+
+    config = load_config(args)
+    calendar = BusinessCalendar.from_config(config.business_hours)
+    try:
+        start, end = period_for_days(args.first, args.last, calendar)
+    except ValueError as exc:
+        raise MailrouteError(f"report: {exc}") from None
+    built = build_report(open_store(config), calendar, start, end, datetime.now(UTC),
+                         targets=sla_targets(config.sla))
+    renderers = {"text": render_text, "json": render_json, "html": render_html}
+    output = renderers[args.format](built)
+    if args.output:
+        Path(args.output).write_text(output, encoding="utf-8")
+        print(f"report written to {args.output}", file=sys.stderr)
+    else:
+        print(output)
     return 0
 
 

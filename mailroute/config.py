@@ -537,6 +537,20 @@ class MetricsConfig(Section):
         return value
 
 
+class ReportsConfig(Section):
+    """The periodic report mailed to managers (`mailroute report` prints one on demand)."""
+
+    recipients: list[str] = Field(
+        default_factory=list, description="Who receives the report; empty: nobody."
+    )
+    schedule: Literal["daily", "weekly", "monthly", "never"] = Field(
+        "weekly", description="Report the previous day, ISO week (Mon-Sun) or month."
+    )
+    send_at: time = Field(
+        time(9, 0), description="Local time (desk's zone) the report is queued on its day."
+    )
+
+
 class Config(BaseModel):
     """The whole configuration; every section has working defaults."""
 
@@ -555,6 +569,7 @@ class Config(BaseModel):
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)  # type: ignore[arg-type]
     health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)  # type: ignore[arg-type]
 
     source: Annotated[str | None, Field(exclude=True)] = None
 

@@ -22,6 +22,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import config as config_module
@@ -35,6 +36,7 @@ from mailroute.intake.drain import DrainReport, drain
 from mailroute.metrics import Metrics
 from mailroute.outbox import DeliveryReport, check_reachable, deliver_due
 from mailroute.process import Pipeline
+from mailroute.reporting import build_report, previous_period, queue_report_mail, sla_targets
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.systemd import Notifier
@@ -47,6 +49,14 @@ STOP_GRACE = 8.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def send_period_report(store: Store, config: Config, pipeline: Pipeline, now: datetime) -> int:
+    """Build the last complete period's report and queue it; returns the rows queued."""
+    calendar = pipeline.calendar
+    start, end = previous_period(now, config.reports.schedule, calendar)
+    report = build_report(store, calendar, start, end, now, targets=sla_targets(config.sla))
+    return queue_report_mail(store, report, pipeline.identity, config.reports.recipients, now)
 
 
 def calendar_warning(calendar: BusinessCalendar, now: datetime) -> str | None:
@@ -194,8 +204,33 @@ class Daemon:
             seconds=self.config.workflow.escalation_interval,
             id="escalation",
         )
+        schedule = self.config.reports
+        if schedule.recipients and schedule.schedule != "never":
+            scheduler.add_job(self._report_job, self._report_trigger(), id="report")
         scheduler.start()
         return scheduler
+
+    def _report_trigger(self) -> CronTrigger:
+        reports, zone = self.config.reports, self.pipeline.calendar.zone
+        day = {"daily": {}, "weekly": {"day_of_week": "mon"}, "monthly": {"day": 1}}
+        return CronTrigger(
+            hour=reports.send_at.hour,
+            minute=reports.send_at.minute,
+            timezone=zone,
+            **day[reports.schedule],
+        )
+
+    def _report_job(self) -> None:
+        """Queue the previous period's report for the recipients (once per period)."""
+        try:
+            queued = send_period_report(self.store, self.config, self.pipeline, self.clock())
+            if queued:
+                log.info("report queued", recipients=queued)
+                self._wake_outbox()
+        except TransientError as exc:
+            self._failed("report", str(exc))
+        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
+            log.exception("report error", error=f"{type(exc).__name__}: {exc}")
 
     def _escalation_job(self) -> None:
         try:
@@ -231,7 +266,11 @@ class Daemon:
                     self._source = self.source_factory(self.config.mailbox)
                 self._heartbeat = started = time.monotonic()
                 report = drain(
-                    self._source, self.store, self.pipeline, self.config.mailbox, self.clock,
+                    self._source,
+                    self.store,
+                    self.pipeline,
+                    self.config.mailbox,
+                    self.clock,
                     self.stop,
                 )
                 self.metrics.observe_drain(report, time.monotonic() - started)
@@ -277,8 +316,9 @@ class Daemon:
         """Log a failure when it starts, not on every retry; keep it for `mailroute status`."""
         self.metrics.observe_error(part)
         if self._failing.get(part) != error:
-            log.error("connection lost" if part == "intake" else f"{part} failing",
-                      part=part, error=error)
+            log.error(
+                "connection lost" if part == "intake" else f"{part} failing", part=part, error=error
+            )
             self._remember_error(part, error)
         self._failing[part] = error
 
@@ -292,8 +332,7 @@ class Daemon:
 
     def _recovered(self, part: str) -> None:
         if self._failing.pop(part, None) is not None:
-            log.info("connection restored" if part == "intake" else f"{part} recovered",
-                     part=part)
+            log.info("connection restored" if part == "intake" else f"{part} recovered", part=part)
 
     # ----------------------------------------------------------------- signals
 

@@ -118,3 +118,25 @@ def test_explain_received_at_gives_sla(capsys: pytest.CaptureFixture[str]) -> No
     assert sla["first_response_due"] == "2026-11-23T11:00:00+03:00"
     assert sla["resolution_due"] == "2026-11-23T18:00:00+03:00"
     assert sla["paused"] is False
+
+
+def test_report_command_formats(
+    maildir_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    base = ["--config", str(maildir_config)]
+    assert main([*base, "db", "upgrade"]) == 0
+    assert main([*base, "run", "--once"]) == 0
+    today = datetime.now(UTC).date()
+    period = ["--from", str(today - timedelta(days=1)), "--to", str(today + timedelta(days=1))]
+    capsys.readouterr()
+    assert main([*base, "report", *period, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["created"]["total"] == 4
+    by_type = {row["name"]: row["count"] for row in data["created"]["by_type"]}
+    assert by_type["service_request"] == 2 and by_type["incident"] == 1
+    html = tmp_path / "report.html"
+    assert main([*base, "report", *period, "--format", "html", "--output", str(html)]) == 0
+    assert "<svg" in html.read_text(encoding="utf-8")
+    assert main([*base, "report", "--from", "2026-11-10", "--to", "2026-11-01"]) == 1

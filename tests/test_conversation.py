@@ -276,3 +276,24 @@ def test_breach_is_escalated_once(
     with daemon.store.transaction() as session:
         events = [e.kind for e in repo.request_by_number(session, "SD-000001").events]
     assert "status" in events
+
+
+def test_weekly_report_is_mailed_once(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    from mailroute.daemon import send_period_report
+
+    daemon, clock = rig(window="always", reports={"recipients": ["boss@desk.example"]})
+    deliver(imap_account, sample_letters()[0], clock.now)
+    daemon.run_once()
+    smtp_sink.wait_for(1)
+    clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=MSK)  # the Monday after
+    assert send_period_report(daemon.store, daemon.config, daemon.pipeline, clock()) == 1
+    assert send_period_report(daemon.store, daemon.config, daemon.pipeline, clock()) == 0
+    daemon.send_due()
+    report = smtp_sink.wait_for(2)[1]
+    assert report.rcpt_tos == ("boss@desk.example",)
+    assert report.message["X-Mailroute-Kind"] == "report"
+    assert "2026-11-16" in report.message["Subject"]
+    html = report.message.get_body(("html",)).get_content()
+    assert "<svg" in html
