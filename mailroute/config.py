@@ -551,6 +551,19 @@ class ReportsConfig(Section):
     )
 
 
+class LimitsConfig(Section):
+    """Bounds on a letter; a letter beyond them is stored and quarantined, never lost."""
+
+    max_message_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest letter processed, in bytes."
+    )
+    max_parts: int = Field(1000, ge=1, description="Most MIME parts in one letter.")
+    max_depth: int = Field(30, ge=1, description="Deepest MIME nesting (incl. forwards).")
+    max_header_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest header block of any part, in bytes."
+    )
+
+
 class Config(BaseModel):
     """The whole configuration; every section has working defaults."""
 
@@ -570,6 +583,7 @@ class Config(BaseModel):
     health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     reports: ReportsConfig = Field(default_factory=ReportsConfig)  # type: ignore[arg-type]
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
 
     source: Annotated[str | None, Field(exclude=True)] = None
 

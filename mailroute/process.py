@@ -98,7 +98,12 @@ class Pipeline:
             identity=Identity(config.smtp.from_address, config.smtp.from_name),
             window=config.replies.window,
             replies_enabled=config.replies.enabled,
-            limits=ParseLimits(),
+            limits=ParseLimits(
+                max_bytes=config.limits.max_message_bytes,
+                max_parts=config.limits.max_parts,
+                max_depth=config.limits.max_depth,
+                max_header_bytes=config.limits.max_header_bytes,
+            ),
             sla=config.sla,
             workflow=config.workflow,
         )
