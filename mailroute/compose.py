@@ -19,7 +19,7 @@ from email.utils import formataddr
 from importlib import resources
 from pathlib import Path
 
-KINDS = ("acknowledgement", "clarification")
+KINDS = ("acknowledgement", "clarification", "limit")
 LANGUAGES = ("ru", "en")
 
 TYPE_LABELS = {

@@ -229,6 +229,15 @@ class BusinessHoursConfig(Section):
         return self
 
 
+def _valid_regex(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
 class RepliesConfig(Section):
     """What mailroute sends back, and when."""
 
@@ -253,12 +262,30 @@ class RepliesConfig(Section):
     retry_deadline_hours: float = Field(
         48.0, gt=0, description="Give up (mark failed) on a reply still undelivered after this."
     )
+    per_sender_limit: int = Field(
+        5, ge=1, description="Automatic replies to one address per `per_sender_window`; "
+        "the next is one final notice, then none until the window has passed."
+    )
+    per_sender_window: float = Field(3600.0, gt=0, description="Seconds of that window.")
+    no_reply_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"^(no-?reply|do-?not-?reply|donotreply|noreply-.*|bounces?)@",
+            r"^(mailer-daemon|postmaster)@",
+            r"^(notifications?|alerts?|monitoring)@",
+        ],
+        description="Regular expressions (case-insensitive) of addresses never answered.",
+    )
     claim_timeout: float = Field(
         120.0,
         gt=0,
         description="Seconds a reply taken for sending stays reserved to one instance; "
         "a crashed instance's replies are sent by another after this.",
     )
+
+    @field_validator("no_reply_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return _valid_regex(patterns)
 
 
 class LoggingConfig(Section):

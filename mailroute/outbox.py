@@ -23,6 +23,7 @@ from mailroute import logs
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure
 from mailroute.store import Store
+from mailroute.store import repository as repo
 from mailroute.store.models import OutboxItem
 
 BATCH = 10  # replies claimed at a time: a crash strands at most this many for a lease
@@ -147,7 +148,7 @@ async def _send_one(
             _sendmail(client, item.sender, item.recipient, message), smtp.timeout * 2
         )
     except SmtpPermanentFailure as exc:
-        _record_failure(store, item, now, str(exc), report)
+        _record_failure(store, item, now, str(exc), report, permanent=True)
     except SmtpTemporaryFailure as exc:
         _record_retry(store, replies, item, now, str(exc), report)
     except TimeoutError:
@@ -255,10 +256,18 @@ def _record_retry(
 
 
 def _record_failure(
-    store: Store, item: Claimed, now: datetime, error: str, report: DeliveryReport
+    store: Store,
+    item: Claimed,
+    now: datetime,
+    error: str,
+    report: DeliveryReport,
+    permanent: bool = False,
 ) -> None:
     _update(store, item.id, state="failed", attempts=item.attempts + 1, last_error=error,
             claimed_until=None)
+    if permanent:  # the server says the address does not exist: do not write to it again
+        with store.transaction() as session:
+            repo.suppress(session, item.recipient, f"SMTP refused: {error}", now)
     report.failed.append(item.id)
     log.error("reply failed", msgid=item.message_id, request=item.request, outbox=item.id,
               to=item.recipient, error=error)

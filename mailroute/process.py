@@ -23,6 +23,7 @@ from mailroute.analysis import Analysis, AnalysisContext, analyze
 from mailroute.compose import Draft, Identity, ReplyFacts, Templates, Thread, compose
 from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.errors import LetterUnreadable, TransientError
+from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, decide
 from mailroute.hours import BusinessCalendar
 from mailroute.parse import ParsedLetter, ParseLimits, parse
 from mailroute.store import Store
@@ -88,6 +89,7 @@ class Pipeline:
     limits: ParseLimits
     sla: SlaConfig
     workflow: WorkflowConfig
+    guard: ReplyPolicy
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
@@ -106,6 +108,12 @@ class Pipeline:
             ),
             sla=config.sla,
             workflow=config.workflow,
+            guard=ReplyPolicy.build(
+                config.mailbox.own_addresses() | {config.smtp.from_address.lower()},
+                config.replies.no_reply_patterns,
+                config.replies.per_sender_limit,
+                config.replies.per_sender_window,
+            ),
         )
 
     def tier_of(self, registration_number: str | None) -> str | None:
@@ -188,6 +196,8 @@ def _decide(session: Session, pipeline: Pipeline, letter: Letter, now: datetime)
         if analysis.action == "ignore":
             letter.state = "ignored"
             letter.ignore_reason = analysis.ignore_reason
+            if analysis.ignore_reason == "bounce":
+                _suppress_bounced(session, letter, parsed, now)
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
         request = _find_thread(session, parsed)
@@ -215,6 +225,20 @@ def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = Non
     letter.stage = stage
     letter.error = reason if trace is None else f"{reason}\n{trace}"
     return Outcome(letter.id, "quarantined", detail=f"{stage}: {reason}")
+
+
+def _suppress_bounced(
+    session: Session, letter: Letter, parsed: ParsedLetter, now: datetime
+) -> None:
+    """A permanent bounce of our mail: stop answering that address automatically."""
+    texts = [parsed.text, *(f.text for f in parsed.forwarded)]
+    headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
+    mentioned = EMAIL.findall(" ".join([*texts, *headers]))
+    candidates = repo.recipients_we_wrote(session, mentioned)
+    for address in sorted(bounced_addresses(parsed, candidates)):
+        if repo.suppress(session, address, f"bounce in letter {letter.id}", now, letter.id):
+            log.warning("address suppressed", msgid=parsed.message_id, letter=letter.id,
+                        address=address, reason="permanent bounce")
 
 
 def _store_attachments(session: Session, letter: Letter, parsed: ParsedLetter) -> None:
@@ -469,6 +493,15 @@ def _queue_reply(
         request.clarifications += 1
     if not pipeline.replies_enabled:
         return None
+    decision = _guard(session, pipeline, request.requester, now)
+    if decision.action == "refuse":
+        repo.add_event(session, request, "reply_suppressed", now, reply=kind,
+                       reason=decision.reason)
+        log.warning("reply suppressed", msgid=parsed.message_id, request=request.number,
+                    to=request.requester, reason=decision.reason)
+        return None
+    if decision.action == "notice":
+        kind = "limit"
     draft = _draft(pipeline, request, parsed, kind, unknown_registration)
     item = OutboxItem(
         request_id=request.id,
@@ -488,6 +521,12 @@ def _queue_reply(
     session.flush()
     repo.add_event(session, request, "reply_queued", now, reply=kind, outbox=item.id)
     return kind
+
+
+def _guard(session: Session, pipeline: Pipeline, address: str, now: datetime) -> Decision:
+    policy = pipeline.guard
+    recent, notice_sent = repo.replies_to_since(session, address.lower(), now - policy.window)
+    return decide(address, policy, recent, notice_sent, repo.is_suppressed(session, address))
 
 
 def _draft(

@@ -297,3 +297,63 @@ def test_weekly_report_is_mailed_once(
     assert "2026-11-16" in report.message["Subject"]
     html = report.message.get_body(("html",)).get_content()
     assert "<svg" in html
+
+
+def test_a_robot_answering_every_reply_is_stopped(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    """Another helpdesk opens a 'new ticket' for each of our replies, with no
+    Auto-Submitted header and no threading: the per-sender cap ends the exchange."""
+    daemon, clock = rig(window="always")
+    robot = "tickets@otherdesk.example"
+
+    def robot_letter(number: int) -> bytes:
+        message = EmailMessage()
+        message["From"] = robot
+        message["To"] = "servicedesk@example.com"
+        message["Subject"] = f"Ticket #{4700 + number} created: we received your message"
+        message["Message-ID"] = f"<robot-{number}@otherdesk.example>"
+        message.set_content("Ошибка обработки: мы получили ваше письмо и зарегистрировали "
+                            f"заявку {4700 + number}. ООО «Другой деск», рег. номер 800555111")
+        return bytes(message)
+
+    deliver(imap_account, robot_letter(0), clock.now)
+    for round_number in range(1, 15):
+        daemon.run_once()
+        answered = [m for m in smtp_sink.received() if m.rcpt_tos == (robot,)]
+        if len(answered) < round_number:
+            break  # we did not answer the last robot letter: the loop is over
+        deliver(imap_account, robot_letter(round_number), clock.now)  # the robot answers
+        clock.now += timedelta(minutes=1)
+    kinds = [m.message["X-Mailroute-Kind"] for m in smtp_sink.received()]
+    assert kinds == ["acknowledgement"] * 5 + ["limit"]
+    assert len(requests(daemon)) == 7  # every robot letter is still registered
+    clock.now += timedelta(hours=1, minutes=1)  # a new window: one reply again
+    deliver(imap_account, robot_letter(99), clock.now)
+    daemon.run_once()
+    assert len(smtp_sink.received()) == 7
+
+
+def test_permanent_bounce_suppresses_further_replies(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    daemon, clock = rig(window="always")
+    deliver(imap_account, sample_letters()[2], clock.now)  # a.berg@lakeside-logistics.example
+    daemon.run_once()
+    (ack,) = smtp_sink.wait_for(1)
+    bounce = EmailMessage()
+    bounce["From"] = "MAILER-DAEMON@mx.lakeside-logistics.example"
+    bounce["To"] = "servicedesk@example.com"
+    bounce["Subject"] = "Undelivered Mail Returned to Sender"
+    bounce["Message-ID"] = "<bounce-1@mx.lakeside-logistics.example>"
+    bounce.set_content("This is the mail system.\n\n<a.berg@lakeside-logistics.example>: "
+                       "host mx said: 550 5.1.1 User unknown (permanent failure)\n")
+    bounce.add_attachment(ack.content, maintype="message", subtype="rfc822")
+    deliver(imap_account, bytes(bounce), clock.now)
+    letter = sample_letters()[2].replace(b"<demo-0003@", b"<demo-0003-again@")
+    deliver(imap_account, letter, clock.now)
+    daemon.run_once()
+    assert len(requests(daemon)) == 2  # the new letter is registered...
+    assert len(smtp_sink.received()) == 1  # ...but not answered
+    with daemon.store.transaction() as session:
+        assert repo.is_suppressed(session, "a.berg@lakeside-logistics.example")

@@ -168,7 +168,10 @@ class OutboxItem(Base):
     """A reply rendered and waiting for SMTP: the transactional outbox."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_due", "state", "not_before"),)
+    __table_args__ = (
+        Index("ix_outbox_state_due", "state", "not_before"),
+        Index("ix_outbox_recipient_created", "recipient", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
@@ -212,6 +215,17 @@ class Blob(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Suppression(Base):
+    """An address never to be answered automatically again (it bounced permanently)."""
+
+    __tablename__ = "suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
 
 
 class Counter(Base):

@@ -24,6 +24,7 @@ from mailroute.store.models import (
     OutboxItem,
     Request,
     RequestEvent,
+    Suppression,
 )
 
 REQUEST_COUNTER = "request"
@@ -281,6 +282,52 @@ def due_replies(session: Session, now: datetime, limit: int = 100) -> list[Outbo
 def outbox_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state))
     return {state: int(count) for state, count in rows}
+
+
+def replies_to_since(session: Session, address: str, since: datetime) -> tuple[int, bool]:
+    """(automatic replies to ``address`` since then, whether one was the final notice)."""
+    rows = session.execute(
+        select(OutboxItem.kind, func.count())
+        .where(
+            OutboxItem.recipient == address,
+            OutboxItem.created_at >= since,
+            OutboxItem.kind.in_(("acknowledgement", "clarification", "limit")),
+        )
+        .group_by(OutboxItem.kind)
+    )
+    counts = dict(rows.all())
+    return sum(counts.values()), bool(counts.get("limit"))
+
+
+def recipients_we_wrote(session: Session, addresses: Iterable[str]) -> list[str]:
+    """Which of these addresses received replies from us."""
+    wanted = sorted({a.lower() for a in addresses})[:500]
+    if not wanted:
+        return []
+    rows = session.scalars(
+        select(OutboxItem.recipient).where(OutboxItem.recipient.in_(wanted)).distinct()
+    )
+    return list(rows)
+
+
+def is_suppressed(session: Session, address: str) -> bool:
+    return session.get(Suppression, address.lower()) is not None
+
+
+def suppress(
+    session: Session, address: str, reason: str, now: datetime, letter_id: int | None = None
+) -> bool:
+    """Stop answering ``address``; False when it already was suppressed."""
+    address = address.lower()
+    if session.get(Suppression, address) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(Suppression(address=address, reason=reason, created_at=now,
+                                    letter_id=letter_id))
+    except IntegrityError:
+        return False  # another instance recorded it first
+    return True
 
 
 # ----------------------------------------------------------------------------- mailbox

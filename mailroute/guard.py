@@ -1,0 +1,97 @@
+"""May we answer this address now? Loop protection as pure functions.
+
+Machine mail is already ignored before a request exists (loops.py). This is
+the second line, for robots that look human: never answer the desk's own
+addresses or no-reply style addresses, never answer an address whose mail
+bounced permanently, and answer one address at most ``limit`` times per
+``window`` — the reply after that is one final notice, then silence until the
+window has passed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from mailroute.parse import ParsedLetter
+
+EMAIL = re.compile(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class ReplyPolicy:
+    own_addresses: frozenset[str]
+    no_reply: tuple[re.Pattern[str], ...]
+    limit: int
+    window: timedelta
+
+    @classmethod
+    def build(
+        cls, own: Iterable[str], patterns: Iterable[str], limit: int, window_seconds: float
+    ) -> ReplyPolicy:
+        compiled = tuple(re.compile(pattern, re.IGNORECASE) for pattern in patterns)
+        return cls(frozenset(a.lower() for a in own), compiled, limit, timedelta(
+            seconds=window_seconds))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``send``, ``notice`` (the one final notice) or ``refuse``, with the reason."""
+
+    action: str
+    reason: str = ""
+
+
+def decide(
+    address: str, policy: ReplyPolicy, recent_replies: int, notice_sent: bool, suppressed: bool
+) -> Decision:
+    """What to do about a reply to ``address``, given what was sent to it lately."""
+    address = address.strip().lower()
+    if not EMAIL.fullmatch(address):
+        return Decision("refuse", f"not a deliverable address: {address!r}")
+    if address in policy.own_addresses:
+        return Decision("refuse", "the desk's own address")
+    for pattern in policy.no_reply:
+        if pattern.search(address):
+            return Decision("refuse", f"no-reply address (matches {pattern.pattern!r})")
+    if suppressed:
+        return Decision("refuse", "earlier mail to this address bounced permanently")
+    if recent_replies < policy.limit:
+        return Decision("send")
+    if notice_sent:
+        return Decision("refuse", f"over {policy.limit} replies in {policy.window}; notice sent")
+    return Decision("notice", f"reached {policy.limit} replies in {policy.window}")
+
+
+def bounced_addresses(letter: ParsedLetter, candidates: Iterable[str] = ()) -> set[str]:
+    """Addresses this bounce says are permanently undeliverable.
+
+    Trusted sources: ``X-Failed-Recipients``, and ``Final-Recipient`` entries of a
+    delivery-status report whose ``Status`` is 5.x.x. For free-text bounces only
+    ``candidates`` (addresses we really wrote to) are looked for, and only when
+    the text says the failure is permanent — a bounce cannot silence anyone else.
+    """
+    failed = {a.lower() for a in EMAIL.findall(letter.headers.get("x-failed-recipients", ""))}
+    for attachment in letter.attachments:
+        if attachment.content_type in ("message/delivery-status", "text/delivery-status"):
+            failed |= _permanent_final_recipients(attachment.content)
+    if failed:
+        return failed
+    text = letter.text.lower()
+    if not re.search(r"\b5\.\d{1,3}\.\d{1,3}\b|\b55\d\b|permanent|fatal|does not exist|"
+                     r"user unknown|unrouteable|no such user", text):
+        return set()
+    return {c.lower() for c in candidates if c and c.lower() in text}
+
+
+def _permanent_final_recipients(report: bytes) -> set[str]:
+    text = report.decode("utf-8", "replace")
+    found = set()
+    for block in re.split(r"\r?\n\r?\n", text):
+        recipient = re.search(r"^final-recipient:\s*[\w-]+;\s*(\S+)", block, re.I | re.M)
+        status = re.search(r"^status:\s*(\d)\.", block, re.I | re.M)
+        if recipient and status and status.group(1) == "5":
+            found.add(recipient.group(1).strip("<>").lower())
+    return found
