@@ -1,0 +1,133 @@
+"""Shared plumbing for the benchmark scripts: which mailroute is measured, RSS, statistics.
+
+Other people edit ``mailroute/`` in this working tree while benchmarks run, and the package
+is installed editable, so by default every script measures a snapshot of the last commit
+(``git archive HEAD`` into a temporary directory, laid out like an installed package) and
+prints its hash. ``--live`` measures the working tree as it is instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "dev"
+POSTGRES_SERVER = os.environ.get(
+    "MAILROUTE_TEST_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A mailroute source tree to import from, and how to name it in reports."""
+
+    root: Path
+    label: str
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that must import this tree, not the editable one."""
+        paths = [str(self.root), str(self.root / "tests")]
+        old = os.environ.get("PYTHONPATH")
+        return os.environ | {"PYTHONPATH": os.pathsep.join([*paths, *([old] if old else [])])}
+
+    def activate(self) -> None:
+        """Import mailroute and the test harness from this tree in the current process."""
+        for path in (self.root / "tests", self.root):
+            sys.path.insert(0, str(path))
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@contextlib.contextmanager
+def source_tree(live: bool = False, rev: str = "HEAD") -> Iterator[Source]:
+    """The tree to measure: a snapshot of ``rev`` (deleted afterwards), or the working tree."""
+    commit = _git("rev-parse", "--short", rev)
+    if live:
+        dirty = bool(_git("status", "--porcelain", "--", "mailroute", "migrations"))
+        yield Source(ROOT, f"working tree at {commit}{' + uncommitted edits' if dirty else ''}")
+        return
+    directory = Path(tempfile.mkdtemp(prefix="mailroute-bench-src-"))
+    try:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", rev, "mailroute", "migrations", "tests/support"],
+            cwd=ROOT, capture_output=True, check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+        # setuptools maps the top-level migrations/ to mailroute.migrations when installing.
+        shutil.copytree(directory / "migrations", directory / "mailroute" / "migrations")
+        yield Source(directory, f"commit {commit}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def mailroute_command(*args: str) -> list[str]:
+    """The real CLI, importable from whatever PYTHONPATH says (no console-script shim)."""
+    return [sys.executable, "-c", "import sys; from mailroute.cli import main; "
+            "sys.exit(main())", *args]
+
+
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks clean up as on Ctrl-C."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (ru_maxrss is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident set now, from /proc (0 where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spread(values: Sequence[float]) -> str:
+    """Best, median and worst of repeated measurements, so variance is visible."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    middle = statistics.median(values)
+    return f"best {max(values):.1f} / median {middle:.1f} / worst {min(values):.1f}"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure was really observed)."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def machine_note() -> str:
+    """CPU count, model and load, for the record next to every figure."""
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPU ({model}), load {load}, Python {sys.version.split()[0]}"
