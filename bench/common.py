@@ -56,7 +56,8 @@ def _git(*args: str) -> str:
 @contextlib.contextmanager
 def source_tree(live: bool = False, rev: str = "HEAD") -> Iterator[Source]:
     """The tree to measure: a snapshot of ``rev`` (deleted afterwards), or the working tree."""
-    commit = _git("rev-parse", "--short", rev)
+    # Name the last commit that changed the application, not a bench/ commit after it.
+    commit = _git("log", "-1", "--format=%h", rev, "--", "mailroute", "migrations")
     if live:
         dirty = bool(_git("status", "--porcelain", "--", "mailroute", "migrations"))
         yield Source(ROOT, f"working tree at {commit}{' + uncommitted edits' if dirty else ''}")
@@ -75,10 +76,18 @@ def source_tree(live: bool = False, rev: str = "HEAD") -> Iterator[Source]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def mailroute_command(*args: str) -> list[str]:
-    """The real CLI, importable from whatever PYTHONPATH says (no console-script shim)."""
-    return [sys.executable, "-c", "import sys; from mailroute.cli import main; "
-            "sys.exit(main())", *args]
+def mailroute_command(*args: str, profile: Path | None = None) -> list[str]:
+    """The real CLI, imported from whatever PYTHONPATH says (no console-script shim).
+
+    With ``profile``, it runs under pyinstrument (a dev tool: ``pip install pyinstrument``
+    into the venv), which writes its report there (.html, .txt or .json by extension).
+    """
+    if profile is None:
+        return [sys.executable, "-m", "mailroute.cli", *args]
+    renderer = {".html": "html", ".json": "json", ".pstats": "pstats"}.get(
+        profile.suffix, "text")
+    return [sys.executable, "-m", "pyinstrument", "-r", renderer, "-o", str(profile),
+            "-p", "show_all=false", "-m", "mailroute.cli", *args]
 
 
 def terminate_on_sigterm() -> None:

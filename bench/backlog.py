@@ -1,0 +1,298 @@
+"""Issue 7: a backlog of N letters through the real ``mailroute run --once``, end to end.
+
+A private Dovecot on loopback gets N generated letters (MULTIAPPEND over one connection,
+not timed); then the real CLI runs in a subprocess with replies window "always" and SMTP
+pointed at an aiosmtpd sink in this process. Timed from spawning the command to its exit:
+fetch, save, parse, classify, store, file on the server, queue the reply and send it. The
+peak RSS of the mailroute process comes from ``wait4`` (the kernel's own count). Afterwards
+the database and the sink are checked: every letter must have a final state and every reply
+due must have arrived, or the figure is worthless.
+
+Phases come from the timestamps of mailroute's own log lines (start-up until the first
+letter is fetched; intake until the last letters are filed; the outbox until the last reply
+is sent). Dovecot runs with ``mail_fsync = never`` (the test harness default), so the IMAP
+side is cheaper than on a production server.
+
+    python bench/backlog.py --n 1000 --db sqlite
+    python bench/backlog.py --n 10000 --db postgresql
+    python bench/backlog.py --n 1000 --db sqlite --profile /tmp/backlog.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from common import (
+    POSTGRES_SERVER,
+    Source,
+    machine_note,
+    mailroute_command,
+    source_tree,
+    terminate_on_sigterm,
+)
+from letters import LetterFactory, Mix
+
+TARGETS = {"sqlite": 500.0, "postgresql": 300.0}  # letters/s end to end (issue 7)
+APPEND_BATCH_BYTES = 16_000_000
+LOG_LINE = re.compile(r'^ts=(\S+) .*?event=("[^"]*"|\S+)')
+
+
+@dataclass
+class Run:
+    """What one backlog run measured and found."""
+
+    n: int
+    db: str
+    append_seconds: float = 0.0
+    wall: float = 0.0
+    rss_mb: float = 0.0
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    exit_code: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, int] = field(default_factory=dict)
+    received: int = 0
+    filed: dict[str, int] = field(default_factory=dict)
+    summary: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.wall if self.wall else 0.0
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+@contextlib.contextmanager
+def database(kind: str, workdir: Path, number: int) -> Iterator[str]:
+    """A fresh, empty database URL, dropped or deleted afterwards."""
+    if kind == "sqlite":
+        path = workdir / f"mailroute-{number}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    from sqlalchemy.engine import make_url
+    from support.databases import fresh_postgres_database
+
+    with fresh_postgres_database(make_url(POSTGRES_SERVER)) as url:
+        yield url
+
+
+def append_letters(account: Any, factory: LetterFactory, n: int, mix: Mix) -> float:
+    """MULTIAPPEND the letters in ~16 MB batches over one connection; returns seconds."""
+    started = time.perf_counter()
+    with account.client() as imap:
+        batch: list[bytes] = []
+        size = 0
+        for letter in factory.generate(n):
+            mix.add(letter)
+            batch.append(letter.raw)
+            size += len(letter.raw)
+            if size >= APPEND_BATCH_BYTES or len(batch) >= 500:
+                imap.multiappend("INBOX", batch)
+                batch, size = [], 0
+        if batch:
+            imap.multiappend("INBOX", batch)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------- run
+
+
+def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None,
+                  ) -> tuple[float, int, resource.struct_rusage]:
+    """Spawn ``mailroute run --once``; wall seconds, exit code and the child's rusage."""
+    command = mailroute_command("--config", str(config), "run", "--once", profile=profile)
+    with log.open("wb") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr,
+                                   stderr=stderr, env=source.env())
+        try:
+            _pid, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return wall, process.returncode, usage
+
+
+def phases(log: Path, spawned: float) -> dict[str, float]:
+    """Seconds per phase, from the ts= of mailroute's log lines (UTC, microseconds)."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        moment = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+        event = match.group(2).strip('"')
+        first.setdefault(event, moment)
+        last[event] = moment
+    result: dict[str, float] = {}
+    fetched = first.get("letter fetched")
+    filed = last.get("letters filed")
+    sent = last.get("reply sent")
+    if fetched:
+        result["start-up"] = fetched - spawned
+    if fetched and filed:
+        result["intake"] = filed - fetched
+    if filed and sent:
+        result["outbox"] = sent - filed
+    return result
+
+
+def check(run: Run, url: str, account: Any, sink: Any) -> None:
+    """Every letter in a final state and filed; every reply due received by the sink."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            run.states = dict(connection.execute(
+                text("SELECT state, count(*) FROM letters GROUP BY state")).all())
+            run.outbox = dict(connection.execute(
+                text("SELECT state, count(*) FROM outbox GROUP BY state")).all())
+            unfiled = connection.execute(
+                text("SELECT count(*) FROM letters WHERE filed_to IS NULL")).scalar_one()
+            requests = connection.execute(text("SELECT count(*) FROM requests")).scalar_one()
+    finally:
+        engine.dispose()
+    final = sum(run.states.get(state, 0) for state in
+                ("processed", "follow_up", "ignored", "duplicate", "quarantined"))
+    if final != run.n or sum(run.states.values()) != run.n:
+        run.problems.append(f"letters in final states {final}, stored "
+                            f"{sum(run.states.values())}, expected {run.n}: {run.states}")
+    if run.states.get("processed", 0) != requests:
+        run.problems.append(f"{requests} requests for {run.states.get('processed')} processed")
+    if unfiled:
+        run.problems.append(f"{unfiled} letters not filed")
+    due = sum(run.outbox.values())
+    run.received = len(sink.received())
+    if run.outbox.get("sent", 0) != due or run.received != due:
+        run.problems.append(f"replies due {due}, sent {run.outbox.get('sent', 0)}, "
+                            f"received by the sink {run.received}")
+    run.filed = {folder: len(account.uids(folder)) for folder in ("INBOX", "Processed")}
+    with contextlib.suppress(Exception):
+        run.filed["Quarantine"] = len(account.uids("Quarantine"))
+    if run.filed["INBOX"]:
+        run.problems.append(f"{run.filed['INBOX']} letters left in INBOX")
+    if run.exit_code:
+        run.problems.append(f"mailroute exited {run.exit_code}")
+
+
+def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
+            workdir: Path, number: int) -> Run:
+    from support.configs import write_config
+
+    run = Run(args.n, args.db)
+    account = dovecot.new_account()
+    sink.clear()
+    mix = Mix()
+    run.append_seconds = append_letters(account, LetterFactory(args.seed), args.n, mix)
+    if number == 1:
+        print("# " + str(mix).replace("\n", "\n# "), flush=True)
+    with database(args.db, workdir, number) as url:
+        config = write_config(
+            workdir / f"config-{number}.toml", account=account, sink=sink, database_url=url,
+            window="always", extra={"logging": {"level": args.log_level}},
+        )
+        subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
+                       env=source.env(), check=True, capture_output=True)
+        log = workdir / f"mailroute-{number}.log"
+        spawned = time.time()
+        profile = args.profile
+        if profile is not None and args.repeat > 1:
+            profile = profile.with_stem(f"{profile.stem}-{number}")
+        run.wall, run.exit_code, usage = run_mailroute(source, config, log, profile)
+        run.rss_mb = usage.ru_maxrss / 1024
+        run.cpu_user, run.cpu_system = usage.ru_utime, usage.ru_stime
+        run.phases = phases(log, spawned)
+        lines = log.read_text(errors="replace").splitlines()
+        run.summary = next((x for x in reversed(lines) if x.startswith("mailroute:")), "")
+        check(run, url, account, sink)
+        if run.problems and args.keep_log:
+            shutil.copy(log, args.keep_log)
+    return run
+
+
+def report(run: Run, label: str) -> str:
+    target = TARGETS[run.db]
+    states = ", ".join(f"{k}={v}" for k, v in sorted(run.states.items()))
+    phase_text = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
+    verdict = "met" if run.rate >= target else "NOT met"
+    return (
+        f"backlog n={run.n} db={run.db} [{label}]: {run.wall:.1f} s wall, "
+        f"{run.rate:.0f} letters/s end to end (target >= {target:.0f}: {verdict}); "
+        f"{phase_text}; mailroute CPU {run.cpu_user:.1f} s user + {run.cpu_system:.1f} s sys; "
+        f"peak RSS {run.rss_mb:.0f} MB; letters {states}; replies {run.outbox.get('sent', 0)} "
+        f"sent / {sum(run.outbox.values())} due / {run.received} received; "
+        f"check {'OK' if not run.problems else 'FAILED: ' + '; '.join(run.problems)}; "
+        f"(APPEND {run.n / run.append_seconds:.0f} letters/s, not timed)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--db", choices=sorted(TARGETS), default="sqlite")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on fresh state")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--profile", type=Path,
+                        help="run mailroute under pyinstrument, report to this file")
+    parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here on failure")
+    parser.add_argument("--live", action="store_true",
+                        help="measure the working tree instead of a snapshot of HEAD")
+    args = parser.parse_args()
+    terminate_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="mailroute-bench-backlog-"))
+    failed = False
+    try:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(source_tree(args.live))
+            source.activate()
+            from support.dovecot import DovecotServer
+            from support.smtp import SmtpSink
+
+            sink = stack.enter_context(SmtpSink())
+            dovecot = stack.enter_context(DovecotServer())
+            print(f"# bench/backlog.py: {source.label}; {machine_note()}", flush=True)
+            if args.profile:
+                print("# under pyinstrument: timings include the profiler's overhead")
+            for number in range(1, args.repeat + 1):
+                run = one_run(args, source, dovecot, sink, workdir, number)
+                failed |= bool(run.problems)
+                print(report(run, source.label), flush=True)
+                print(f"#   {run.summary}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
