@@ -19,7 +19,7 @@ from email.utils import format_datetime
 import aiosmtplib
 from sqlalchemy import or_, select, update
 
-from mailroute import logs
+from mailroute import logs, oauth2
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure
 from mailroute.store import Store
@@ -181,8 +181,13 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
     )
     try:
         await asyncio.wait_for(client.connect(), smtp.timeout * 2)
-        if smtp.username:
+        if smtp.auth == "xoauth2" and smtp.oauth2_token_command:
+            await _login_xoauth2(client, smtp, oauth2.shared(smtp.oauth2_token_command))
+        elif smtp.username:
             await client.login(smtp.username, smtp.password.get_secret_value())
+    except SmtpTemporaryFailure:
+        await _quit(client)
+        raise
     except aiosmtplib.SMTPAuthenticationError as exc:
         await _quit(client)
         raise SmtpTemporaryFailure(f"SMTP login refused: {exc.code} {exc.message}") from exc
@@ -190,6 +195,35 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
         await _quit(client)
         raise SmtpTemporaryFailure(f"cannot connect to SMTP {smtp.host}: {exc}") from exc
     return client
+
+
+async def _login_xoauth2(
+    client: aiosmtplib.SMTP, smtp: SmtpConfig, tokens: oauth2.TokenSource
+) -> None:
+    """AUTH XOAUTH2 with the command's token; a refused token is forgotten, never reused.
+
+    aiosmtplib's ``auth_xoauth2`` answers the 334 error challenge (base64 JSON, as
+    Gmail and Microsoft send on a bad token) with an empty line and raises on the
+    final 535, whose text names no token.
+    """
+    if client.last_ehlo_response is None:  # reset by STARTTLS
+        await client.ehlo()
+    if "xoauth2" not in client.server_auth_methods:
+        offered = " ".join(client.server_auth_methods).upper() or "no AUTH"
+        raise SmtpTemporaryFailure(
+            f"SMTP {smtp.host} does not offer AUTH XOAUTH2 (offers: {offered})"
+        )
+    try:
+        token = await asyncio.to_thread(tokens.token)  # the command may take seconds
+    except oauth2.TokenCommandFailed as exc:
+        raise SmtpTemporaryFailure(f"SMTP XOAUTH2 token for {smtp.username}: {exc}") from exc
+    try:
+        await client.auth_xoauth2(smtp.username, token)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        tokens.invalidate(token)
+        raise SmtpTemporaryFailure(
+            f"SMTP XOAUTH2 login refused for {smtp.username}: {exc.code} {exc.message}"
+        ) from exc
 
 
 async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, raw: bytes) -> None:

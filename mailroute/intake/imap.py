@@ -18,8 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
 
+from mailroute import oauth2
 from mailroute.config import MailboxConfig
 from mailroute.errors import MailboxUnavailable
 from mailroute.intake.source import FetchedLetter
@@ -41,12 +42,22 @@ def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
 class ImapSource:
     """One IMAP folder of one account."""
 
-    def __init__(self, config: MailboxConfig, client_factory: ClientFactory = IMAPClient) -> None:
+    def __init__(
+        self,
+        config: MailboxConfig,
+        client_factory: ClientFactory = IMAPClient,
+        tokens: oauth2.TokenSource | None = None,
+    ) -> None:
         self.config = config
         self.name = (
             f"imap://{config.username}@{config.host}:{config.effective_port()}/{config.folder}"
         )
         self._factory = client_factory
+        # Shared per command, not per source: the daemon makes a new source after each
+        # failure, and the token should survive that.
+        if tokens is None and config.auth == "xoauth2" and config.oauth2_token_command:
+            tokens = oauth2.shared(config.oauth2_token_command)
+        self._tokens = tokens
         self._client: Any = None
         self._known_folders: set[str] = set()
 
@@ -74,12 +85,31 @@ class ImapSource:
         try:
             if cfg.security == "starttls":
                 client.starttls(context)
-            client.login(cfg.username, cfg.password.get_secret_value())
+            self._login(client)
         except BaseException:
             with suppress(*_ERRORS):
                 client.shutdown()
             raise
         return client
+
+    def _login(self, client: Any) -> None:
+        cfg = self.config
+        if self._tokens is None:
+            client.login(cfg.username, cfg.password.get_secret_value())
+            return
+        try:
+            token = self._tokens.token()
+        except oauth2.TokenCommandFailed as exc:
+            raise MailboxUnavailable(f"IMAP XOAUTH2 token for {cfg.username}: {exc}") from exc
+        try:
+            client.oauth2_login(cfg.username, token)
+        except LoginError as exc:
+            # Perhaps revoked or expired early: the next attempt (the daemon retries with
+            # backoff) runs the command again instead of offering the same token.
+            self._tokens.invalidate(token)
+            raise MailboxUnavailable(
+                f"IMAP XOAUTH2 login refused for {cfg.username}: {exc or type(exc).__name__}"
+            ) from exc
 
     def close(self) -> None:
         client, self._client = self._client, None

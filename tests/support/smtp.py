@@ -3,21 +3,27 @@
 Replies go out through aiosmtplib, so the tests need a server that speaks real SMTP over a
 real socket (EHLO, pipelining, SMTPUTF8, STARTTLS, 4xx/5xx replies), not a mocked client.
 Messages are kept in memory; ``reply_code`` / ``rcpt_reply_code`` inject failures and
-``stop()``/``start()`` simulate an SMTP outage on the same port.
+``stop()``/``start()`` simulate an SMTP outage on the same port. With ``xoauth2`` the server
+offers AUTH XOAUTH2 (also without TLS, on loopback) and refuses mail before a login.
 """
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
+import json
 import threading
 import time
+from base64 import b64decode
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from .certs import SelfSignedCertificate, make_certificate
 from .services import free_port
@@ -76,12 +82,62 @@ class _RecordingHandler:
         return "250 2.0.0 Message accepted for delivery"
 
 
+class _XOAuth2Handler(_RecordingHandler):
+    """Adds AUTH XOAUTH2 as Gmail and Microsoft 365 answer it (aiosmtpd's ``auth_*`` hook).
+
+    A good token gets 235. A bad one gets a 334 challenge carrying a base64 JSON error, and
+    after the client's empty reply 535, so clients must handle that exchange.
+    """
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:  # no initial response: ask for it
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parts = blob.decode(errors="replace").split("\x01")
+        fields = dict(part.split("=", 1) for part in parts if "=" in part)
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        accepted = bool(token) and (self._sink.xoauth2 or {}).get(user) == token
+        self._sink._record_auth(user, accepted)
+        if accepted:
+            return AuthResult(success=True, auth_data=user)
+        error = {"status": "401", "schemes": "Bearer", "scope": "https://mail.example/"}
+        await server.challenge_auth(json.dumps(error))  # the client answers with an empty line
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Username and Password not accepted"
+        )
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        # Like auth_required=True, which aiosmtpd only allows with TLS without a warning.
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+
 class SmtpSink:
     """An aiosmtpd server on 127.0.0.1 in a background thread, recording every message.
 
     ``reply_code`` (e.g. ``"451 4.3.0 try later"`` or ``"550 5.1.1 no such user"``) is the
     answer to DATA while set; ``rcpt_reply_code`` likewise for RCPT TO. With ``tls=True``
-    the server offers STARTTLS with a certificate verifiable with ``ca_file``.
+    the server offers STARTTLS with a certificate verifiable with ``ca_file``. ``xoauth2``
+    maps user names to the one access token each may log in with (AUTH XOAUTH2); then mail is
+    accepted only after such a login, and ``auth_attempts`` lists (user, accepted) pairs.
     """
 
     host = "127.0.0.1"
@@ -92,8 +148,11 @@ class SmtpSink:
         tls: bool = False,
         certificate: SelfSignedCertificate | None = None,
         cert_dir: Path | None = None,
+        xoauth2: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
+        self.xoauth2: dict[str, str] | None = dict(xoauth2) if xoauth2 is not None else None
+        self._auth_attempts: list[tuple[str, bool]] = []
         self.reply_code: str | None = None
         self.rcpt_reply_code: str | None = None
         self._received: list[ReceivedMail] = []
@@ -140,14 +199,21 @@ class SmtpSink:
 
     def _start_controller(self) -> Controller:
         tls_context = self.certificate.server_context() if self.tls and self.certificate else None
+        auth: dict[str, Any] = {}
+        handler = _RecordingHandler(self)
+        if self.xoauth2 is not None:
+            handler = _XOAuth2Handler(self)
+            # Offer AUTH over plaintext loopback; PLAIN and LOGIN would only ever fail.
+            auth = {"auth_require_tls": False, "auth_exclude_mechanism": ["PLAIN", "LOGIN"]}
         controller = Controller(
-            _RecordingHandler(self),
+            handler,
             hostname=self.host,
             port=self.port,
             server_hostname="localhost",
             enable_SMTPUTF8=True,
             tls_context=tls_context,
             require_starttls=False,
+            **auth,
         )
         try:
             controller.start()
@@ -199,6 +265,16 @@ class SmtpSink:
         """Forget the recorded messages."""
         with self._condition:
             self._received.clear()
+
+    @property
+    def auth_attempts(self) -> list[tuple[str, bool]]:
+        """(user, accepted) for every AUTH XOAUTH2 so far, oldest first."""
+        with self._condition:
+            return list(self._auth_attempts)
+
+    def _record_auth(self, user: str, accepted: bool) -> None:
+        with self._condition:
+            self._auth_attempts.append((user, accepted))
 
     def _record(self, mail: ReceivedMail) -> None:
         with self._condition:
