@@ -245,7 +245,8 @@ def report(run: Run, label: str) -> str:
     return (
         f"backlog n={run.n} db={run.db} [{label}]: {run.wall:.1f} s wall, "
         f"{run.rate:.0f} letters/s end to end (target >= {target:.0f}: {verdict}); "
-        f"{phase_text}; mailroute CPU {run.cpu_user:.1f} s user + {run.cpu_system:.1f} s sys; "
+        f"{phase_text}; mailroute CPU {run.cpu_user:.1f} s user + {run.cpu_system:.1f} s sys "
+        f"({run.n / (run.cpu_user + run.cpu_system):.0f} letters per CPU-second); "
         f"peak RSS {run.rss_mb:.0f} MB; letters {states}; replies {run.outbox.get('sent', 0)} "
         f"sent / {sum(run.outbox.values())} due / {run.received} received; "
         f"check {'OK' if not run.problems else 'FAILED: ' + '; '.join(run.problems)}; "

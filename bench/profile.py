@@ -1,0 +1,188 @@
+"""Where a backlog's time goes: SQL statements, commits and Python, counted per letter.
+
+pyinstrument (``bench/backlog.py --profile``) shows which functions are slow; this shows
+what the database is asked to do. It runs the same ``Daemon.run_once`` the CLI runs, but
+in this process, with SQLAlchemy's cursor events and the dialect's commit timed: how many
+statements and commits each letter costs, how long they take in the driver (SQLite's fsync
+of the WAL, PostgreSQL's round trip and WAL flush), and what is left for Python. With
+``--pyinstrument FILE`` the same run is also sampled (.html or .txt).
+
+    python bench/profile.py --n 1000 --db sqlite
+    python bench/profile.py --n 1000 --db postgresql --pyinstrument /tmp/pg.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backlog import append_letters, database
+from common import machine_note, mailroute_command, source_tree, terminate_on_sigterm
+from letters import LetterFactory, Mix
+
+WORDS = re.compile(r"\s+")
+
+
+@dataclass
+class Ledger:
+    """Driver time per kind of statement, and commits."""
+
+    count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    commits: int = 0
+    commit_seconds: float = 0.0
+    _started: dict[int, float] = field(default_factory=dict)
+
+    def kind(self, statement: str) -> str:
+        """``SELECT letters``, ``INSERT outbox``, ``UPDATE counters``, ``SAVEPOINT`` ..."""
+        words = WORDS.split(statement.strip(), 12)
+        verb = words[0].upper()
+        table = ""
+        if verb == "SELECT":
+            upper = [w.upper() for w in words]
+            table = words[upper.index("FROM") + 1] if "FROM" in upper else ""
+            if not table:
+                match = re.search(r"\bFROM\s+(\w+)", statement, re.IGNORECASE)
+                table = match.group(1) if match else ""
+        elif verb in ("INSERT", "DELETE"):
+            table = words[2] if len(words) > 2 else ""
+        elif verb == "UPDATE":
+            table = words[1] if len(words) > 1 else ""
+        return f"{verb} {table}".strip()
+
+    def install(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def before(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+            self._started[id(cursor)] = time.perf_counter()
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def after(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+            started = self._started.pop(id(cursor), None)
+            if started is not None:
+                kind = self.kind(statement)
+                self.count[kind] += 1
+                self.seconds[kind] += time.perf_counter() - started
+
+        dialect = engine.dialect
+        original: Callable[[Any], None] = dialect.do_commit
+
+        def do_commit(dbapi_connection: Any) -> None:
+            started = time.perf_counter()
+            try:
+                original(dbapi_connection)
+            finally:
+                self.commits += 1
+                self.commit_seconds += time.perf_counter() - started
+
+        dialect.do_commit = do_commit
+
+    def report(self, n: int, wall: float) -> Iterator[str]:
+        statements = sum(self.count.values())
+        driver = sum(self.seconds.values())
+        rest = wall - driver - self.commit_seconds
+        yield (f"{statements} statements ({statements / n:.1f} per letter) taking {driver:.1f} s "
+               f"in the driver; {self.commits} commits ({self.commits / n:.1f} per letter) "
+               f"taking {self.commit_seconds:.1f} s; the rest, {rest:.1f} s of {wall:.1f} s, "
+               f"is Python (mailroute, SQLAlchemy, imapclient, aiosmtplib, "
+               "logging) and waiting for Dovecot and the SMTP sink")
+        yield f"{'statement':28} {'count':>7} {'per letter':>10} {'total s':>8} {'mean ms':>8}"
+        for kind in sorted(self.seconds, key=self.seconds.__getitem__, reverse=True)[:18]:
+            count, seconds = self.count[kind], self.seconds[kind]
+            yield (f"{kind:28} {count:7d} {count / n:10.2f} {seconds:8.2f} "
+                   f"{seconds / count * 1000:8.3f}")
+
+
+def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
+    from support.configs import write_config
+    from support.dovecot import DovecotServer
+    from support.smtp import SmtpSink
+
+    from mailroute import config as config_module
+    from mailroute import logs
+    from mailroute.daemon import Daemon
+    from mailroute.store import Store
+
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(SmtpSink())
+        dovecot = stack.enter_context(DovecotServer())
+        account = dovecot.new_account()
+        mix = Mix()
+        append_letters(account, LetterFactory(args.seed), args.n, mix)
+        url = stack.enter_context(database(args.db, workdir, 1))
+        path = write_config(workdir / "config.toml", account=account, sink=sink,
+                            database_url=url, window="always")
+        subprocess.run(mailroute_command("--config", str(path), "db", "upgrade"),
+                       env=source.env(), check=True, capture_output=True)
+        config = config_module.load(str(path))
+        log_file = stack.enter_context((workdir / "mailroute.log").open("w"))
+        logs.configure(config.logging.level, config.logging.format, stream=log_file)
+        store = Store(config.database.url)
+        ledger = Ledger()
+        ledger.install(store.engine)
+        daemon = Daemon(config, store, config_path=str(path))
+        profiler = None
+        if args.pyinstrument:
+            from pyinstrument import Profiler
+
+            profiler = Profiler()
+            profiler.start()
+        started = time.perf_counter()
+        cpu = time.process_time()
+        result = daemon.run_once()
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        if profiler is not None:
+            profiler.stop()
+            output = (profiler.output_html() if args.pyinstrument.suffix == ".html"
+                      else profiler.output_text(unicode=True, color=False, show_all=False))
+            args.pyinstrument.write_text(output)
+        store.dispose()
+        log_lines = sum(1 for _ in (workdir / "mailroute.log").open())
+        print(f"# bench/profile.py: {source.label}; {machine_note()}")
+        print(f"# n={args.n} db={args.db}; in-process Daemon.run_once: {wall:.1f} s wall, "
+              f"{cpu:.1f} s CPU ({args.n / wall:.0f} letters/s); fetched "
+              f"{result.drain.fetched}, replies sent {len(result.delivery.sent)}; "
+              f"{log_lines} log lines ({log_lines / args.n:.1f} per letter)"
+              + ("; under pyinstrument" if profiler else ""))
+        for line in ledger.report(args.n, wall):
+            print(line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pyinstrument", type=Path, help="also sample; report to this file")
+    parser.add_argument("--live", action="store_true",
+                        help="measure the working tree instead of a snapshot of HEAD")
+    args = parser.parse_args()
+    terminate_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="mailroute-bench-profile-"))
+    try:
+        with source_tree(args.live) as source:
+            source.activate()
+            measure(args, source, workdir)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
