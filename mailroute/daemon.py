@@ -39,6 +39,7 @@ from mailroute.process import Pipeline
 from mailroute.reporting import build_report, previous_period, queue_report_mail, sla_targets
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.store.locks import MailboxLock
 from mailroute.systemd import Notifier
 
 log = logs.get("mailroute.daemon")
@@ -103,6 +104,7 @@ class Daemon:
         self._notifier = Notifier()
         self.metrics = Metrics(self.store)
         self._ready = threading.Event()
+        self._standby = False
         self._heartbeat = time.monotonic()
 
     # ---------------------------------------------------------------- one pass
@@ -112,12 +114,22 @@ class Daemon:
         return calendar_warning(self.pipeline.calendar, self.clock())
 
     def run_once(self) -> RunReport:
-        """Drain the folder, send the replies that are due, return what happened."""
+        """Drain the folder, send the replies that are due, return what happened.
+
+        If another instance holds the mailbox, only the replies are sent.
+        """
         self._warn_calendar()
         source = self.source_factory(self.config.mailbox)
+        lock = MailboxLock(self.store, source.name)
+        report = DrainReport()
         try:
-            report = drain(source, self.store, self.pipeline, self.config.mailbox, self.clock)
+            if lock.acquire():
+                report = drain(source, self.store, self.pipeline, self.config.mailbox,
+                               self.clock)
+            else:
+                log.warning("standby", reason="another instance is draining this mailbox")
         finally:
+            lock.release()
             source.close()
         delivery = self.send_due()
         return RunReport(report, delivery)
@@ -260,41 +272,62 @@ class Daemon:
 
     def _intake_loop(self) -> None:
         delay = 1.0
-        while not self.stop.is_set():
-            try:
-                if self._source is None:
-                    self._source = self.source_factory(self.config.mailbox)
-                self._heartbeat = started = time.monotonic()
-                report = drain(
-                    self._source,
-                    self.store,
-                    self.pipeline,
-                    self.config.mailbox,
-                    self.clock,
-                    self.stop,
-                )
-                self.metrics.observe_drain(report, time.monotonic() - started)
-                self._recovered("intake")
-                self._announce_ready()
-                delay = 1.0
-                if any(outcome.reply for outcome in report.outcomes):
-                    self._wake_outbox()
-                self._publish_status()
-                self._heartbeat = time.monotonic()
-                self._source.wait(self.config.mailbox.idle_timeout, self.stop)
-            except TransientError as exc:
-                self._failed("intake", str(exc))
-                self._drop_source()
-                self.stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
-            except MailrouteError as exc:
-                log.error("intake stopped", error=str(exc))
-                self.stop.set()
-            except Exception as exc:  # a bug must not end intake for good: log, back off
-                log.exception("intake error", error=f"{type(exc).__name__}: {exc}")
-                self._drop_source()
-                self.stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+        lock = MailboxLock(self.store, self.source_factory(self.config.mailbox).name)
+        try:
+            while not self.stop.is_set():
+                delay = self._intake_round(lock, delay)
+        finally:
+            lock.release()
+
+    def _take_mailbox(self, lock: MailboxLock) -> bool:
+        """Hold the mailbox lock, or stand by (said once) while another instance does."""
+        if lock.acquire():
+            if self._standby:
+                log.info("taking over the mailbox", mailbox=lock.mailbox)
+                self._standby = False
+            return True
+        if not self._standby:
+            log.info("standby", reason="another instance is draining this mailbox")
+            self._standby = True
+        self._heartbeat = time.monotonic()
+        self._announce_ready()
+        self.stop.wait(self.config.mailbox.poll_interval)
+        return False
+
+    def _intake_round(self, lock: MailboxLock, delay: float) -> float:
+        """One pass of the intake loop; returns the next backoff delay."""
+        try:
+            if self._take_mailbox(lock):
+                self._drain_and_wait()
+            return 1.0
+        except TransientError as exc:
+            self._failed("intake", str(exc))
+        except MailrouteError as exc:
+            log.error("intake stopped", error=str(exc))
+            self.stop.set()
+            return delay
+        except Exception as exc:  # a bug must not end intake for good: log, back off
+            log.exception("intake error", error=f"{type(exc).__name__}: {exc}")
+        self._drop_source()
+        self.stop.wait(delay)
+        return min(delay * 2, MAX_BACKOFF)
+
+    def _drain_and_wait(self) -> None:
+        """Empty the folder, then wait (IDLE or poll) for more."""
+        if self._source is None:
+            self._source = self.source_factory(self.config.mailbox)
+        self._heartbeat = started = time.monotonic()
+        report = drain(
+            self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop
+        )
+        self.metrics.observe_drain(report, time.monotonic() - started)
+        self._recovered("intake")
+        self._announce_ready()
+        if any(outcome.reply for outcome in report.outcomes):
+            self._wake_outbox()
+        self._publish_status()
+        self._heartbeat = time.monotonic()
+        self._source.wait(self.config.mailbox.idle_timeout, self.stop)
 
     def _publish_status(self) -> None:
         with self.store.transaction() as session:

@@ -111,3 +111,21 @@ def test_maildir_list_fetch_file(tmp_path: Path) -> None:
 def test_maildir_missing_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(MailboxUnavailable, match="not a Maildir"):
         MaildirSource(MailboxConfig(maildir=str(tmp_path / "nope"))).select()
+
+
+def test_imap_wait_returns_at_once_for_mail_that_came_during_the_pass(
+    imap_account: ImapAccount,
+) -> None:
+    """A letter appended after the listing (its EXISTS eaten by the MOVE) is not missed."""
+    imap_account.append(LETTER)
+    source = ImapSource(imap_config(imap_account, idle_timeout=30))
+    try:
+        source.select()
+        uids = source.list_uids()
+        imap_account.append(LETTER.replace(b"one", b"late"))  # arrives mid-pass
+        source.file(uids, "Processed")
+        started = time.monotonic()
+        source.wait(30, threading.Event())
+        assert time.monotonic() - started < 2
+    finally:
+        source.close()

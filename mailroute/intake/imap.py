@@ -60,6 +60,7 @@ class ImapSource:
         self._tokens = tokens
         self._client: Any = None
         self._known_folders: set[str] = set()
+        self._listed: set[int] = set()
 
     # ----------------------------------------------------------------- connection
 
@@ -131,7 +132,15 @@ class ImapSource:
     def list_uids(self) -> list[str]:
         with _mapped("search"):
             uids = self._require().search(["ALL"])
+        self._listed = {int(uid) for uid in uids}
         return [str(uid) for uid in sorted(uids)]
+
+    def _arrived_since_listing(self) -> bool:
+        """Mail that came in after the last listing; its EXISTS was consumed by an earlier
+        command (MOVE), so IDLE would not announce it."""
+        with _mapped("search"):
+            present = set(self._require().search(["ALL"]))
+        return bool(present - self._listed)
 
     def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter]:
         if not uids:
@@ -188,6 +197,8 @@ class ImapSource:
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """IDLE until the server reports a change, else sleep ``poll_interval``."""
         client = self._require()
+        if self._arrived_since_listing():
+            return
         if not (self.config.idle and client.has_capability("IDLE")):
             stop.wait(min(timeout, self.config.poll_interval))
             return
