@@ -36,7 +36,7 @@ def test_imap_tls_verified_with_the_right_ca(imap_account: ImapAccount,
 
 def test_imap_tls_refuses_an_unknown_certificate(imap_account: ImapAccount,
                                                  dovecot: DovecotServer) -> None:
-    with pytest.raises(MailboxUnavailable, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+    with pytest.raises(MailboxUnavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
         imap(imap_account, dovecot).select()
 
 
