@@ -41,6 +41,7 @@ ENV_CONFIG_PATH = "MAILROUTE_CONFIG"
 ENV_PREFIX = "MAILROUTE_"
 
 Security = Literal["ssl", "starttls", "none"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -219,8 +220,8 @@ class BusinessHoursConfig(Section):
     timezone: str = Field("Europe/Moscow", description="IANA time zone of the desk.")
     open: time = Field(time(10, 0), description='Opening time on working days, "HH:MM".')
     close: time = Field(time(18, 0), description='Closing time on working days, "HH:MM".')
-    workdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"],
+    workdays: list[Weekday] = Field(
+        default_factory=lambda: list[Weekday](["mon", "tue", "wed", "thu", "fri"]),
         description="Ordinary working weekdays.",
     )
     weekday_hours: dict[str, str] = Field(
@@ -229,7 +230,7 @@ class BusinessHoursConfig(Section):
     )
     calendar: str = Field(
         "RU",
-        description='Public-holiday calendar: a country code for the `holidays` library, '
+        description="Public-holiday calendar: a country code for the `holidays` library, "
         '"" for none.',
     )
     extra_holidays: list[date] = Field(
@@ -307,8 +308,10 @@ class RepliesConfig(Section):
         48.0, gt=0, description="Give up (mark failed) on a reply still undelivered after this."
     )
     per_sender_limit: int = Field(
-        5, ge=1, description="Automatic replies to one address per `per_sender_window`; "
-        "the next is one final notice, then none until the window has passed."
+        5,
+        ge=1,
+        description="Automatic replies to one address per `per_sender_window`; "
+        "the next is one final notice, then none until the window has passed.",
     )
     per_sender_window: float = Field(3600.0, gt=0, description="Seconds of that window.")
     no_reply_patterns: list[str] = Field(
@@ -649,7 +652,7 @@ class Config(BaseModel):
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)  # type: ignore[arg-type]
     routing: RoutingConfig = Field(default_factory=RoutingConfig)  # type: ignore[arg-type]
     registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
-    sla: SlaConfig = Field(default_factory=SlaConfig)  # type: ignore[arg-type]
+    sla: SlaConfig = Field(default_factory=SlaConfig)
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)  # type: ignore[arg-type]
     health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
@@ -679,7 +682,7 @@ def resolve_path(explicit: str | None, environ: Mapping[str, str] | None = None)
 def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, validate. Raises ConfigError."""
     environ = os.environ if environ is None else environ
-    text, data = "", {}
+    text, data = "", dict[str, Any]()
     if path is not None:
         text, data = _read_toml(Path(path))
     origins = _apply_environment(data, environ)
@@ -723,9 +726,7 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict
     return origins
 
 
-def _describe(
-    exc: ValidationError, text: str, path: str | None, origins: Mapping[str, str]
-) -> str:
+def _describe(exc: ValidationError, text: str, path: str | None, origins: Mapping[str, str]) -> str:
     """One line per problem: where (file:line or env var), which key, what is wrong."""
     lines = []
     for error in exc.errors():
@@ -769,9 +770,7 @@ def _read_password_files(config: Config, path: str | Path | None) -> None:
         try:
             secret = file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError(
-                f"{name}.password_file: cannot read {file}: {exc.strerror}"
-            ) from None
+            raise ConfigError(f"{name}.password_file: cannot read {file}: {exc.strerror}") from None
         section.password = SecretStr(secret)
 
 

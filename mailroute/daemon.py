@@ -55,7 +55,10 @@ def utc_now() -> datetime:
 def send_period_report(store: Store, config: Config, pipeline: Pipeline, now: datetime) -> int:
     """Build the last complete period's report and queue it; returns the rows queued."""
     calendar = pipeline.calendar
-    start, end = previous_period(now, config.reports.schedule, calendar)
+    schedule = config.reports.schedule
+    if schedule == "never":
+        return 0
+    start, end = previous_period(now, schedule, calendar)
     report = build_report(store, calendar, start, end, now, targets=sla_targets(config.sla))
     return queue_report_mail(store, report, pipeline.identity, config.reports.recipients, now)
 
@@ -124,8 +127,7 @@ class Daemon:
         report = DrainReport()
         try:
             if lock.acquire():
-                report = drain(source, self.store, self.pipeline, self.config.mailbox,
-                               self.clock)
+                report = drain(source, self.store, self.pipeline, self.config.mailbox, self.clock)
             else:
                 log.warning("standby", reason="another instance is draining this mailbox")
         finally:
@@ -224,7 +226,11 @@ class Daemon:
 
     def _report_trigger(self) -> CronTrigger:
         reports, zone = self.config.reports, self.pipeline.calendar.zone
-        day = {"daily": {}, "weekly": {"day_of_week": "mon"}, "monthly": {"day": 1}}
+        day: dict[str, dict[str, Any]] = {
+            "daily": {},
+            "weekly": {"day_of_week": "mon"},
+            "monthly": {"day": 1},
+        }
         return CronTrigger(
             hour=reports.send_at.hour,
             minute=reports.send_at.minute,

@@ -35,7 +35,7 @@ def targets_for(config: SlaConfig, priority: str, tier: str | None = None) -> Ta
     """The tier's targets for this priority when the tier defines them, else the defaults."""
     target: SlaTarget = getattr(config, priority, config.normal)
     if tier and priority in config.tiers.get(tier, {}):
-        target = config.tiers[tier][priority]  # type: ignore[index]
+        target = config.tiers[tier][priority]
     return Targets(_hours(target.first_response), _hours(target.resolution))
 
 

@@ -27,7 +27,14 @@ from mailroute.intake.source import FetchedLetter
 
 ClientFactory = Callable[..., Any]
 IDLE_SLICE = 1.0  # seconds between checks of the stop flag while idling
-_ERRORS = (IMAPClientError, imaplib.IMAP4.error, OSError, socket.timeout, ssl.SSLError, EOFError)
+_ERRORS: tuple[type[BaseException], ...] = (
+    IMAPClientError,
+    imaplib.IMAP4.error,
+    OSError,
+    socket.timeout,
+    ssl.SSLError,
+    EOFError,
+)
 
 
 def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
@@ -119,7 +126,7 @@ class ImapSource:
         try:
             client.logout()
         except _ERRORS:
-            with suppress(_ERRORS):
+            with suppress(*_ERRORS):
                 client.shutdown()
 
     def _require(self) -> Any:
