@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("files", nargs="+", metavar="FILE.eml")
     explain.add_argument("--json", action="store_true", help="one JSON object per line")
     explain.add_argument(
-        "--received-at", metavar="ISO8601", type=_aware_datetime,
+        "--received-at",
+        metavar="ISO8601",
+        type=_aware_datetime,
         help="pretend the letter arrived at this moment (for SLA figures)",
     )
     explain.set_defaults(handler=cmd_explain)
@@ -109,10 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", parents=[common], help="requests, response times and SLA over a period"
     )
-    report.add_argument("--from", dest="first", required=True, type=date.fromisoformat,
-                        metavar="DATE", help="first day, YYYY-MM-DD")
-    report.add_argument("--to", dest="last", required=True, type=date.fromisoformat,
-                        metavar="DATE", help="last day (included), YYYY-MM-DD")
+    report.add_argument(
+        "--from",
+        dest="first",
+        required=True,
+        type=date.fromisoformat,
+        metavar="DATE",
+        help="first day, YYYY-MM-DD",
+    )
+    report.add_argument(
+        "--to",
+        dest="last",
+        required=True,
+        type=date.fromisoformat,
+        metavar="DATE",
+        help="last day (included), YYYY-MM-DD",
+    )
     report.add_argument("--format", choices=["text", "json", "html"], default="text")
     report.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(handler=cmd_report)
@@ -147,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     o_retry = o_commands.add_parser("retry", parents=[common], help="send a failed reply again")
     o_retry.add_argument("id", type=int)
     o_retry.set_defaults(handler=cmd_outbox_retry)
+
+    orgs = commands.add_parser("orgs", parents=[common], help="the customer registry")
+    org_commands = orgs.add_subparsers(title="orgs commands", metavar="ACTION")
+    org_import = org_commands.add_parser(
+        "import", parents=[common], help="replace the imported organizations with a CSV file"
+    )
+    org_import.add_argument("file", metavar="FILE.csv")
+    org_import.set_defaults(handler=cmd_orgs_import)
+    org_list = org_commands.add_parser("list", parents=[common], help="imported organizations")
+    org_list.add_argument("--json", action="store_true")
+    org_list.set_defaults(handler=cmd_orgs_list)
 
     replay = commands.add_parser(
         "replay", parents=[common], help="push a letter file through the real pipeline"
@@ -263,8 +288,18 @@ def _explain_text(name: str, result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{name}: cannot explain: {result['error']}"
     lines = [f"{name}:"]
-    for key in ("action", "ignore_reason", "request_type", "priority", "organization",
-                "registration_number", "missing", "reply", "language", "queue"):
+    for key in (
+        "action",
+        "ignore_reason",
+        "request_type",
+        "priority",
+        "organization",
+        "registration_number",
+        "missing",
+        "reply",
+        "language",
+        "queue",
+    ):
         value = result.get(key)
         if value not in (None, [], ""):
             lines.append(f"  {key:20} {value if not isinstance(value, list) else ', '.join(value)}")
@@ -319,8 +354,9 @@ def cmd_tickets_set_status(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     calendar = BusinessCalendar.from_config(config.business_hours)
-    changed = change_status(open_store(config), args.number, args.status, calendar,
-                            datetime.now(UTC), args.note)
+    changed = change_status(
+        open_store(config), args.number, args.status, calendar, datetime.now(UTC), args.note
+    )
     if changed is None:
         print(f"mailroute: no request {args.number}", file=sys.stderr)
         return EXIT_FAILURE
@@ -340,8 +376,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         start, end = period_for_days(args.first, args.last, calendar)
     except ValueError as exc:
         raise MailrouteError(f"report: {exc}") from None
-    built = build_report(open_store(config), calendar, start, end, datetime.now(UTC),
-                         targets=sla_targets(config.sla))
+    built = build_report(
+        open_store(config), calendar, start, end, datetime.now(UTC), targets=sla_targets(config.sla)
+    )
     renderers = {"text": render_text, "json": render_json, "html": render_html}
     output = renderers[args.format](built)
     if args.output:
@@ -366,8 +403,11 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     for row in rows:
-        print("  ".join(str(row.get(column) if row.get(column) is not None else "-")
-                        for column in columns))
+        print(
+            "  ".join(
+                str(row.get(column) if row.get(column) is not None else "-") for column in columns
+            )
+        )
     if not rows:
         print("none")
 
@@ -403,9 +443,11 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     from mailroute.process import Pipeline
 
     config = load_config(args)
+    store = open_store(config)
     try:
-        outcome = retry_letter(open_store(config), Pipeline.from_config(config), args.id,
-                               datetime.now(UTC))
+        outcome = retry_letter(
+            store, Pipeline.from_config(config, store), args.id, datetime.now(UTC)
+        )
     except LookupError as exc:
         raise MailrouteError(str(exc.args[0])) from None
     print(_outcome_text(outcome))
@@ -431,6 +473,28 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orgs_import(args: argparse.Namespace) -> int:
+    from mailroute.organizations import import_csv
+
+    count = import_csv(open_store(load_config(args)), Path(args.file), datetime.now(UTC))
+    print(
+        f"{count} organizations imported; reload the daemon to use them "
+        "(systemctl reload mailroute)"
+    )
+    return 0
+
+
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    from mailroute.organizations import imported
+
+    rows = [org.model_dump() for org in imported(open_store(load_config(args)))]
+    for row in rows:
+        row["registration_numbers"] = ";".join(row["registration_numbers"])
+        row["domains"] = ";".join(row["domains"])
+    _print_rows(rows, args.json, ("name", "registration_numbers", "domains", "tier"))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from mailroute.operations import replay
     from mailroute.process import Pipeline
@@ -440,11 +504,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise MailrouteError(f"{args.file}: {exc.strerror}") from None
-    outcome, letter_id = replay(open_store(config), Pipeline.from_config(config), raw,
-                                datetime.now(UTC))
+    store = open_store(config)
+    outcome, letter_id = replay(store, Pipeline.from_config(config, store), raw, datetime.now(UTC))
     if outcome is None:
-        print(f"already stored as letter {letter_id}; nothing done "
-              f"(see `mailroute quarantine show {letter_id}`)")
+        print(
+            f"already stored as letter {letter_id}; nothing done "
+            f"(see `mailroute quarantine show {letter_id}`)"
+        )
         return 0
     print(_outcome_text(outcome))
     return 0 if outcome.state != "quarantined" else EXIT_FAILURE

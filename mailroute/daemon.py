@@ -100,7 +100,7 @@ class Daemon:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.pipeline = Pipeline.from_config(self.config)
+        self.pipeline = Pipeline.from_config(self.config, self.store)
         self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._failing: dict[str, str] = {}
@@ -392,7 +392,7 @@ class Daemon:
         self._notifier.reloading("reloading configuration")
         try:
             fresh = config_module.load(self.config_path)
-            pipeline = Pipeline.from_config(fresh)
+            pipeline = Pipeline.from_config(fresh, self.store)
         except (ConfigError, ValueError) as exc:
             log.error("config reload rejected", error=str(exc).replace("\n", " "))
             return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import make_msgid
 
@@ -25,6 +25,7 @@ from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.errors import LetterUnreadable, TransientError
 from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, decide
 from mailroute.hours import BusinessCalendar
+from mailroute.organizations import merged_registry
 from mailroute.parse import ParsedLetter, ParseLimits, parse
 from mailroute.store import Store
 from mailroute.store import repository as repo
@@ -92,9 +93,13 @@ class Pipeline:
     guard: ReplyPolicy
 
     @classmethod
-    def from_config(cls, config: Config) -> Pipeline:
+    def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
+        """With a store, the registry also holds the organizations imported into it."""
+        context = AnalysisContext.from_config(config)
+        if store is not None:
+            context = replace(context, registry=merged_registry(config.registry, store))
         return cls(
-            context=AnalysisContext.from_config(config),
+            context=context,
             calendar=BusinessCalendar.from_config(config.business_hours),
             templates=Templates.load(config.replies.templates_dir),
             identity=Identity(config.smtp.from_address, config.smtp.from_name),

@@ -81,3 +81,41 @@ def test_replay_processes_a_file_once(
     assert "processed" in out and "request SD-000001" in out and "acknowledgement queued" in out
     assert main([*setup, "replay", str(letter)]) == 0
     assert "already stored" in capsys.readouterr().out
+
+
+def test_orgs_import_feeds_the_registry(
+    setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "customers.csv"
+    registry.write_text(
+        "name,registration_numbers,domains,tier\n"
+        "ООО «Полёт-Технологии (официально)»,800 112 233,polyot-tech.ru,gold\n",
+        encoding="utf-8")
+    assert main([*setup, "orgs", "import", str(registry)]) == 0
+    assert "1 organizations imported" in capsys.readouterr().out
+    assert main([*setup, "orgs", "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["registration_numbers"] == "800112233" and row["tier"] == "gold"
+    assert main([*setup, "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main([*setup, "tickets", "show", "SD-000001", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["organization"] == "ООО «Полёт-Технологии (официально)»"  # from the registry
+    assert shown["tier"] == "gold"
+    unknown = tmp_path / "Maildir" / "new" / "3.unknown.host"
+    unknown.write_bytes(sorted(SAMPLES.glob("*.eml"))[2].read_bytes())  # 8104455667: unknown
+    assert main([*setup, "run", "--once"]) == 0
+    capsys.readouterr()
+    assert main([*setup, "tickets", "show", "SD-000002", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "awaiting_customer"
+    assert shown["missing"] == ["registration_number"]
+
+
+def test_orgs_import_names_a_bad_line(
+    setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "customers.csv"
+    registry.write_text("name,registration_numbers\nООО «А»,80012x\n", encoding="utf-8")
+    assert main([*setup, "orgs", "import", str(registry)]) == 2
+    assert "customers.csv:2" in capsys.readouterr().err

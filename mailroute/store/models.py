@@ -228,6 +228,19 @@ class Suppression(Base):
     letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
 
 
+class Organization(Base):
+    """A customer imported with `mailroute orgs import` (the registry beside the config's)."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    registration_numbers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    domains: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tier: Mapped[str] = mapped_column(String(40), default="standard")
+    imported_at: Mapped[datetime]
+
+
 class Counter(Base):
     """Gapless sequences (request numbers), incremented under a row lock."""
 
