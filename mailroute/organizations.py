@@ -55,4 +55,4 @@ def merged_registry(config: RegistryConfig, store: Store) -> Registry | None:
     organizations = [*config.organizations, *imported(store)]
     if not organizations:
         return Registry.from_config(config)
-    return Registry.from_config(RegistryConfig(organizations=organizations))
+    return Registry.from_config(RegistryConfig(csv=None, organizations=organizations))
