@@ -18,6 +18,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check
+	$(BIN)/mypy mailroute
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
