@@ -7,8 +7,8 @@ statements and commits each letter costs, how long they take in the driver (SQLi
 of the WAL, PostgreSQL's round trip and WAL flush), and what is left for Python. With
 ``--pyinstrument FILE`` the same run is also sampled (.html or .txt).
 
-    python bench/profile.py --n 1000 --db sqlite
-    python bench/profile.py --n 1000 --db postgresql --pyinstrument /tmp/pg.html
+    python bench/dbprofile.py --n 1000 --db sqlite
+    python bench/dbprofile.py --n 1000 --db postgresql --pyinstrument /tmp/pg.html
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def self_time_by_module(root: Any, n: int) -> Iterator[str]:
         name = frame.file_path or ""
         if frame.identifier.startswith("[") or not name:  # [self], [await], [sleep] ...
             name = frame.parent.file_path if frame.parent else ""
-        totals[module_of(name)] += frame.self_time
+        totals[module_of(name)] += frame.time - sum(child.time for child in frame.children)
     whole = sum(totals.values()) or 1
     yield f"{'self time by module':40} {'s':>7} {'share':>6} {'ms/letter':>9}"
     for name, seconds in sorted(totals.items(), key=lambda x: x[1], reverse=True)[:25]:
@@ -181,7 +181,7 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
             session_root = profiler.last_session.root_frame() if profiler.last_session else None
         store.dispose()
         log_lines = sum(1 for _ in (workdir / "mailroute.log").open())
-        print(f"# bench/profile.py: {source.label}; {machine_note()}")
+        print(f"# bench/dbprofile.py: {source.label}; {machine_note()}")
         print(f"# n={args.n} db={args.db}; in-process Daemon.run_once: {wall:.1f} s wall, "
               f"{cpu:.1f} s CPU ({args.n / wall:.0f} letters/s); fetched "
               f"{result.drain.fetched}, replies sent {len(result.delivery.sent)}; "
