@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from backlog import database
 from common import (
@@ -147,6 +148,27 @@ def attribute(samples: list[Sample], log: Path) -> None:
         sample.sent = sent.get(request)
 
 
+def idle_notice(account: Any, raw: bytes, rounds: int = 10) -> list[float]:
+    """Dovecot's own APPEND-to-EXISTS delay seen by a bare IDLE client, without mailroute."""
+    delays = []
+    with account.client() as watcher, account.client() as writer:
+        watcher.select_folder("INBOX")
+        for _ in range(rounds):
+            watcher.idle()
+            time.sleep(0.2)
+            started = time.time()
+            writer.append("INBOX", raw)
+            while True:
+                responses = watcher.idle_check(timeout=5)
+                if any(len(x) > 1 and x[1] == b"EXISTS" for x in responses):
+                    break
+                if time.time() - started > 5:
+                    break
+            delays.append(time.time() - started)
+            watcher.idle_done()
+    return delays
+
+
 def measure(args: argparse.Namespace, source: Source, workdir: Path) -> int:
     from support.configs import write_config
     from support.dovecot import DovecotServer
@@ -157,6 +179,7 @@ def measure(args: argparse.Namespace, source: Source, workdir: Path) -> int:
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(SmtpSink())
         dovecot = stack.enter_context(DovecotServer())
+        bare = idle_notice(dovecot.new_account(), letters[0].raw)
         account = dovecot.new_account()
         url = stack.enter_context(database(args.db, workdir, 1))
         config = write_config(
@@ -188,6 +211,9 @@ def measure(args: argparse.Namespace, source: Source, workdir: Path) -> int:
         time.sleep(0.5)  # let the last log lines reach the file
         attribute(samples, log)
     report(samples)
+    print(f"baseline: a bare imapclient IDLE sees Dovecot's EXISTS {percentile(bare, 0.5):.3f} s "
+          f"(p50; max {max(bare):.3f} s over {len(bare)}) after the APPEND began, "
+          f"without mailroute")
     return 0
 
 
