@@ -118,6 +118,14 @@ def append_letters(account: Any, factory: LetterFactory, n: int, mix: Mix) -> fl
 # --------------------------------------------------------------------------------- run
 
 
+def upgrade(source: Source, config: Path) -> None:
+    """``mailroute db upgrade``; its own words on failure."""
+    done = subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
+                          env=source.env(), capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"mailroute db upgrade failed ({done.returncode}):\n{done.stderr}")
+
+
 def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None,
                   ) -> tuple[float, int, resource.struct_rusage]:
     """Spawn ``mailroute run --once``; wall seconds, exit code and the child's rusage."""
@@ -218,8 +226,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
             workdir / f"config-{number}.toml", account=account, sink=sink, database_url=url,
             window="always", extra={"logging": {"level": args.log_level}},
         )
-        subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
-                       env=source.env(), check=True, capture_output=True)
+        upgrade(source, config)
         log = workdir / f"mailroute-{number}.log"
         spawned = time.time()
         profile = args.profile

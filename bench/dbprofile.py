@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backlog import append_letters, database
-from common import machine_note, mailroute_command, source_tree, terminate_on_sigterm
+from backlog import append_letters, database, upgrade
+from common import machine_note, source_tree, terminate_on_sigterm
 from letters import LetterFactory, Mix
 
 WORDS = re.compile(r"\s+")
@@ -118,20 +117,34 @@ def module_of(path: str) -> str:
 
 
 def self_time_by_module(root: Any, n: int) -> Iterator[str]:
-    """pyinstrument's samples summed by where the code lives (self time, not inclusive)."""
+    """pyinstrument's samples summed by where the code lives (self time, not inclusive).
+
+    Time in C functions (a driver's execute, a socket read, a hash) is charged to the C
+    function and the Python module that called it, which says more than "<built-in>".
+    """
     totals: dict[str, float] = defaultdict(float)
     stack = [root]
     while stack:
         frame = stack.pop()
         stack.extend(frame.children)
-        name = frame.file_path or ""
-        if frame.identifier.startswith("[") or not name:  # [self], [await], [sleep] ...
-            name = frame.parent.file_path if frame.parent else ""
-        totals[module_of(name)] += frame.time - sum(child.time for child in frame.children)
+        own = frame.time - sum(child.time for child in frame.children)
+        if own <= 0:
+            continue
+        path = frame.file_path or ""
+        if frame.identifier.startswith("[") or not path or path.startswith("<"):
+            caller = frame.parent
+            while caller is not None and (not caller.file_path
+                                          or caller.file_path.startswith("<")):
+                caller = caller.parent
+            where = module_of(caller.file_path) if caller is not None else "?"
+            name = f"{frame.function} (C, from {where})"
+        else:
+            name = module_of(path)
+        totals[name] += own
     whole = sum(totals.values()) or 1
-    yield f"{'self time by module':40} {'s':>7} {'share':>6} {'ms/letter':>9}"
-    for name, seconds in sorted(totals.items(), key=lambda x: x[1], reverse=True)[:25]:
-        yield f"{name[:40]:40} {seconds:7.2f} {seconds / whole:6.1%} {seconds / n * 1000:9.2f}"
+    yield f"{'self time by module':56} {'s':>7} {'share':>6} {'ms/letter':>9}"
+    for name, seconds in sorted(totals.items(), key=lambda x: x[1], reverse=True)[:30]:
+        yield f"{name[:56]:56} {seconds:7.2f} {seconds / whole:6.1%} {seconds / n * 1000:9.2f}"
 
 
 def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
@@ -153,8 +166,7 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
         url = stack.enter_context(database(args.db, workdir, 1))
         path = write_config(workdir / "config.toml", account=account, sink=sink,
                             database_url=url, window="always")
-        subprocess.run(mailroute_command("--config", str(path), "db", "upgrade"),
-                       env=source.env(), check=True, capture_output=True)
+        upgrade(source, path)
         config = config_module.load(str(path))
         log_file = stack.enter_context((workdir / "mailroute.log").open("w"))
         logs.configure(config.logging.level, config.logging.format, stream=log_file)

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backlog import database
+from backlog import database, upgrade
 from common import (
     Source,
     machine_note,
@@ -186,8 +186,7 @@ def measure(args: argparse.Namespace, source: Source, workdir: Path) -> int:
             workdir / "config.toml", account=account, sink=sink, database_url=url,
             window="always", extra={"replies": {"send_interval": args.send_interval}},
         )
-        subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
-                       env=source.env(), check=True, capture_output=True)
+        upgrade(source, config)
         log = workdir / "mailroute.log"
         process = stack.enter_context(daemon(source, config, log))
         wait_for_line(log, "daemon ready", process)

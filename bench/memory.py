@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +28,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from backlog import database, one_run, report, run_mailroute
-from common import Source, machine_note, mailroute_command, source_tree, terminate_on_sigterm
+from backlog import database, one_run, report, run_mailroute, upgrade
+from common import Source, machine_note, source_tree, terminate_on_sigterm
 from letters import big_letter
 
 TARGET_MB = 200.0  # at N = 10,000 with attachments (issue 7)
@@ -59,8 +58,7 @@ def huge_run(source: Source, workdir: Path, db: str, raw: bytes, via: str,
     with database(db, workdir, hash(tag) & 0xFFFF) as url:
         config = write_config(workdir / f"config-{tag}.toml", account=account, sink=sink,
                               database_url=url, maildir=maildir, window="always")
-        subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
-                       env=source.env(), check=True, capture_output=True)
+        upgrade(source, config)
         log = workdir / f"mailroute-{tag}.log"
         wall, code, usage = run_mailroute(source, config, log, None)
         summary = next((x for x in reversed(log.read_text(errors="replace").splitlines())
