@@ -130,13 +130,15 @@ def self_time_by_module(root: Any, n: int) -> Iterator[str]:
         own = frame.time - sum(child.time for child in frame.children)
         if own <= 0:
             continue
+        caller = frame.parent
+        while caller is not None and (not caller.file_path
+                                      or caller.file_path.startswith("<")):
+            caller = caller.parent
+        where = module_of(caller.file_path) if caller is not None else "?"
         path = frame.file_path or ""
-        if frame.identifier.startswith("[") or not path or path.startswith("<"):
-            caller = frame.parent
-            while caller is not None and (not caller.file_path
-                                          or caller.file_path.startswith("<")):
-                caller = caller.parent
-            where = module_of(caller.file_path) if caller is not None else "?"
+        if frame.function.startswith("["):  # pyinstrument's [self]: its parent's own time
+            name = where
+        elif not path or path.startswith("<"):
             name = f"{frame.function} (C, from {where})"
         else:
             name = module_of(path)
@@ -145,6 +147,36 @@ def self_time_by_module(root: Any, n: int) -> Iterator[str]:
     yield f"{'self time by module':56} {'s':>7} {'share':>6} {'ms/letter':>9}"
     for name, seconds in sorted(totals.items(), key=lambda x: x[1], reverse=True)[:30]:
         yield f"{name[:56]:56} {seconds:7.2f} {seconds / whole:6.1%} {seconds / n * 1000:9.2f}"
+
+
+def apply_what_ifs(args: argparse.Namespace, store: Any) -> str:
+    """Headroom experiments done from outside: nothing under mailroute/ is edited."""
+    done = []
+    if args.sqlite_synchronous and store.is_sqlite:
+        from sqlalchemy import event
+
+        def pragma(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute(f"PRAGMA synchronous={args.sqlite_synchronous}")
+
+        event.listen(store.engine, "connect", pragma)
+        done.append(f"SQLite synchronous={args.sqlite_synchronous}")
+    if args.cache_ssl_context:
+        import functools
+
+        import mailroute.outbox
+
+        real = mailroute.outbox.ssl.create_default_context
+        cached = functools.lru_cache(maxsize=8)(lambda cafile=None: real(cafile=cafile))
+
+        class _Ssl:
+            create_default_context = staticmethod(cached)
+            CERT_NONE = mailroute.outbox.ssl.CERT_NONE
+
+        mailroute.outbox.ssl = _Ssl  # type: ignore[assignment]
+        done.append("one SSL context per process")
+    if args.log_level != "info":
+        done.append(f"log level {args.log_level}")
+    return ", ".join(done)
 
 
 def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
@@ -165,7 +197,8 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
         append_letters(account, LetterFactory(args.seed), args.n, mix)
         url = stack.enter_context(database(args.db, workdir, 1))
         path = write_config(workdir / "config.toml", account=account, sink=sink,
-                            database_url=url, window="always")
+                            database_url=url, window="always",
+                            extra={"logging": {"level": args.log_level}})
         upgrade(source, path)
         config = config_module.load(str(path))
         log_file = stack.enter_context((workdir / "mailroute.log").open("w"))
@@ -173,6 +206,7 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
         store = Store(config.database.url)
         ledger = Ledger()
         ledger.install(store.engine)
+        what_if = apply_what_ifs(args, store)
         daemon = Daemon(config, store, config_path=str(path))
         profiler = None
         if args.pyinstrument:
@@ -198,7 +232,8 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
               f"{cpu:.1f} s CPU ({args.n / wall:.0f} letters/s); fetched "
               f"{result.drain.fetched}, replies sent {len(result.delivery.sent)}; "
               f"{log_lines} log lines ({log_lines / args.n:.1f} per letter)"
-              + ("; under pyinstrument" if profiler else ""))
+              + ("; under pyinstrument" if profiler else "")
+              + (f"; WHAT-IF (not mailroute's behaviour): {what_if}" if what_if else ""))
         for line in ledger.report(args.n, wall):
             print(line)
         if profiler is not None and session_root is not None:
@@ -212,6 +247,12 @@ def main() -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pyinstrument", type=Path, help="also sample; report to this file")
+    what_if = parser.add_argument_group("what-if experiments (headroom; mailroute unchanged)")
+    what_if.add_argument("--sqlite-synchronous", choices=["OFF", "NORMAL", "FULL"],
+                         help="PRAGMA synchronous on every SQLite connection")
+    what_if.add_argument("--cache-ssl-context", action="store_true",
+                         help="build the SMTP SSL context once, not per connection")
+    what_if.add_argument("--log-level", default="info", choices=["info", "warning"])
     parser.add_argument("--live", action="store_true",
                         help="measure the working tree instead of a snapshot of HEAD")
     args = parser.parse_args()
