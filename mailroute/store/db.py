@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailroute.errors import DatabaseNotReady, TransientError
 
 SQLAlchemyError = _SQLAlchemyError
+SQLITE_TURN_SECONDS = 30.0  # as long as SQLite's own busy_timeout below
 
 
 class Store:
@@ -29,6 +32,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._turns = _Turns(SQLITE_TURN_SECONDS) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -41,14 +45,15 @@ class Store:
         A lost connection or a locked database surfaces as TransientError, so the
         caller retries later instead of treating the letter as broken.
         """
-        session = self._sessions()
-        try:
-            with session.begin():
-                yield session
-        except OperationalError as exc:
-            raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
-        finally:
-            session.close()
+        with self._turns.take() if self._turns else nullcontext():
+            session = self._sessions()
+            try:
+                with session.begin():
+                    yield session
+            except OperationalError as exc:
+                raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
+            finally:
+                session.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -80,6 +85,54 @@ class Store:
                 f"the database {self.engine.url.render_as_string(hide_password=True)} {state}, "
                 f"this mailroute needs {head}: run `mailroute db upgrade`"
             )
+
+
+class _Turns:
+    """First come, first served among this process's SQLite transactions.
+
+    Every SQLite transaction here takes the write lock (BEGIN IMMEDIATE), and a
+    thread that finds it taken polls with sleeps of up to 100 ms, so a thread
+    committing back to back (intake in a backlog) kept the outbox waiting for
+    seconds, and a reply the SMTP server had accepted stayed unmarked that long:
+    a SIGKILL then sent it twice. Queueing in the process hands the lock over in
+    order instead. Other processes still meet SQLite's own busy timeout.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._mutex = threading.Lock()
+        self._waiting: deque[threading.Event] = deque()
+        self._held = False
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        if turn.wait(self.timeout):
+            return
+        with self._mutex:
+            if turn.is_set():  # handed over just as the time ran out
+                return
+            self._waiting.remove(turn)
+        raise TransientError(f"database busy: no turn within {self.timeout:.0f} s")
+
+    def _release(self) -> None:
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().set()  # handed straight over: still held
+            else:
+                self._held = False
 
 
 def make_engine(url: str) -> Engine:
