@@ -109,6 +109,7 @@ class Daemon:
         self._ready = threading.Event()
         self._standby = False
         self._heartbeat = time.monotonic()
+        self._backoff = 1.0  # seconds before the intake loop's next attempt after a failure
 
     # ---------------------------------------------------------------- one pass
 
@@ -277,11 +278,10 @@ class Daemon:
             self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
 
     def _intake_loop(self) -> None:
-        delay = 1.0
         lock = MailboxLock(self.store, self.source_factory(self.config.mailbox).name)
         try:
             while not self.stop.is_set():
-                delay = self._intake_round(lock, delay)
+                self._intake_round(lock)
         finally:
             lock.release()
 
@@ -300,23 +300,32 @@ class Daemon:
         self.stop.wait(self.config.mailbox.poll_interval)
         return False
 
-    def _intake_round(self, lock: MailboxLock, delay: float) -> float:
-        """One pass of the intake loop; returns the next backoff delay."""
+    def _intake_round(self, lock: MailboxLock) -> None:
+        """One pass of the intake loop; after a failure, waits out the backoff."""
         try:
             if self._take_mailbox(lock):
                 self._drain_and_wait()
-            return 1.0
+            return
         except TransientError as exc:
             self._failed("intake", str(exc))
         except MailrouteError as exc:
             log.error("intake stopped", error=str(exc))
             self.stop.set()
-            return delay
+            return
         except Exception as exc:  # a bug must not end intake for good: log, back off
             log.exception("intake error", error=f"{type(exc).__name__}: {exc}")
         self._drop_source()
-        self.stop.wait(delay)
-        return min(delay * 2, MAX_BACKOFF)
+        self.stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _intake_working(self) -> None:
+        """Letters moved again: the outage is over, and the next one backs off from 1 s.
+
+        Called after every filed batch, not only after a whole pass: a backlog can
+        take minutes, and a second outage within it is a new one.
+        """
+        self._backoff = 1.0
+        self._recovered("intake")
 
     def _drain_and_wait(self) -> None:
         """Empty the folder, then wait (IDLE or poll) for more."""
@@ -324,10 +333,11 @@ class Daemon:
             self._source = self.source_factory(self.config.mailbox)
         self._heartbeat = started = time.monotonic()
         report = drain(
-            self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop
+            self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop,
+            progress=self._intake_working,
         )
         self.metrics.observe_drain(report, time.monotonic() - started)
-        self._recovered("intake")
+        self._intake_working()
         self._announce_ready()
         if any(outcome.reply for outcome in report.outcomes):
             self._wake_outbox()
@@ -352,12 +362,18 @@ class Daemon:
     # ------------------------------------------------------ errors, logged once
 
     def _failed(self, part: str, error: str) -> None:
-        """Log a failure when it starts, not on every retry; keep it for `mailroute status`."""
+        """Log a failure when it starts, not on every retry; keep it for `mailroute status`.
+
+        The text changes while the outage lasts (a dropped connection, then refused
+        ones): each new text is recorded for `status`, the log says it once.
+        """
         self.metrics.observe_error(part)
-        if self._failing.get(part) != error:
+        previous = self._failing.get(part)
+        if previous is None:
             log.error(
                 "connection lost" if part == "intake" else f"{part} failing", part=part, error=error
             )
+        if previous != error:
             self._remember_error(part, error)
         self._failing[part] = error
 

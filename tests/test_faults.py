@@ -36,9 +36,12 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from support.configs import write_config
-from support.dovecot import ImapAccount
+from support.dovecot import DovecotServer, ImapAccount
 from support.smtp import SmtpSink
 
+from mailroute.config import MailboxConfig
+from mailroute.errors import MailboxUnavailable
+from mailroute.intake.imap import ImapSource
 from mailroute.store import Store
 from mailroute.store.repository import fingerprint
 
@@ -450,3 +453,87 @@ def test_sqlite_transactions_take_turns(sqlite_url: str) -> None:
         hog.join(40)
         store.dispose()
     assert max(waits) < 0.5, waits
+
+
+# ------------------------------------------- 2. IMAP server restart, dropped connections
+
+
+@pytest.mark.slow
+def test_imap_restart_and_dropped_connections(
+    tmp_path: Path, dovecot: DovecotServer, imap_account: ImapAccount, smtp_sink: SmtpSink,
+    sqlite_url: str,
+) -> None:
+    """Dovecot restarted mid-backlog, connections dropped mid-batch twice and once while
+    idling: the daemon reconnects with backoff, catches up, and says so once per outage."""
+    backlog = build_backlog(200, random.Random(SEED + 2), tag="imap")
+    late = make_mail("request", 999, "imap-late")
+    config = configured(tmp_path, imap_account, smtp_sink, sqlite_url,
+                        mailbox={"batch_size": 5})
+    deliver(imap_account, backlog.mails)
+    recoveries: dict[str, float] = {}
+    with books(sqlite_url) as db, running(config, tmp_path / "daemon.log") as daemon:
+        filed = lambda: db.filed() or 0  # noqa: E731
+        wait_until(lambda: filed() >= 25, 60, "25 letters filed before the restart")
+        # Dovecot keeps a logged-in session alive until its master is gone (stop() then
+        # takes 10 s): drop the sessions first, as a restart with shutdown_clients does.
+        dovecot.kill_connections(imap_account.username)
+        dovecot.stop()
+        try:
+            time.sleep(2)
+        finally:
+            dovecot.start()
+        recoveries["restart"] = _recovery(filed, "after the IMAP server restart")
+        for name in ("dropped 1", "dropped 2"):
+            target = filed() + 25
+            wait_until(lambda: filed() >= target, 60, "25 more letters filed")  # noqa: B023
+            dovecot.kill_connections(imap_account.username)
+            recoveries[name] = _recovery(filed, "after the connections were dropped")
+        wait_until(lambda: filed() == len(backlog.mails), 120, "the whole backlog filed")
+        time.sleep(1.5)  # idling now
+        dovecot.kill_connections(imap_account.username)
+        time.sleep(0.5)
+        deliver(imap_account, [late])
+        recoveries["dropped while idle"] = wait_until(
+            lambda: filed() == len(backlog.mails) + 1, 20, "a letter sent after an idle drop")
+        backlog.mails.append(late)
+        wait_until(lambda: db.scalar("select count(*) from outbox where state = 'sent'")
+                   == len(backlog.replies), 60, "every reply sent")
+        assert daemon.alive, daemon.text()[-3000:]
+        assert daemon.terminate() == 0
+        duplicates = check_books(backlog, db, imap_account, smtp_sink)
+    lost, restored = daemon.events("connection lost"), daemon.events("connection restored")
+    print(f"\n[IMAP faults] letters: {len(backlog.mails)}; outages: {len(recoveries)}, "
+          f"lost -> restored in the log: {daemon.outages()} s; "
+          f"recovery (fault over -> next letter filed): "
+          f"{', '.join(f'{k} {v:.1f} s' for k, v in recoveries.items())}; "
+          f"'connection lost' logged {lost}, 'connection restored' {restored}; "
+          f"duplicate replies: {len(duplicates)}")
+    assert not duplicates
+    assert (lost, restored) == (4, 4), daemon.text()
+    assert "Traceback" not in daemon.text()
+    assert max(recoveries.values()) < 10
+
+
+def _recovery(filed: Callable[[], int], what: str) -> float:
+    """Seconds from now until the next letter is filed."""
+    before = filed()
+    return wait_until(lambda: filed() > before, 30, f"a letter filed {what}")
+
+
+def test_idle_notices_a_dropped_connection(dovecot: DovecotServer,
+                                           imap_account: ImapAccount) -> None:
+    """imapclient's idle_check swallows EOF: a dropped connection was polled in a busy
+    loop until idle_timeout, deaf to new mail, instead of failing over to a reconnect."""
+    source = ImapSource(MailboxConfig(
+        host=imap_account.host, port=imap_account.port, security="none",
+        username=imap_account.username, password=imap_account.password, idle_timeout=20))
+    try:
+        source.select()
+        source.list_uids()
+        threading.Timer(0.5, dovecot.kill_connections, args=(imap_account.username,)).start()
+        started = time.monotonic()
+        with pytest.raises(MailboxUnavailable):
+            source.wait(20, threading.Event())
+        assert time.monotonic() - started < 5
+    finally:
+        source.close()

@@ -52,9 +52,19 @@ def drain(
     mailbox: MailboxConfig,
     clock: Callable[[], datetime],
     stop: threading.Event | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> DrainReport:
-    """One pass: every letter in the folder now is saved, decided and filed."""
-    return _Pass(source, store, pipeline, mailbox, clock, stop or threading.Event()).run()
+    """One pass: every letter in the folder now is saved, decided and filed.
+
+    ``progress`` is called after each batch is filed: proof, in the middle of a
+    long backlog, that the mailbox and the database both work again.
+    """
+    return _Pass(source, store, pipeline, mailbox, clock, stop or threading.Event(),
+                 progress or _nothing).run()
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -65,6 +75,7 @@ class _Pass:
     mailbox: MailboxConfig
     clock: Callable[[], datetime]
     stop: threading.Event
+    progress: Callable[[], None]
     report: DrainReport = field(default_factory=DrainReport)
     uidvalidity: int = 0
     copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
@@ -82,6 +93,7 @@ class _Pass:
             for fetched in self.source.fetch(new[start : start + size]):
                 self._save(fetched)
             self._process_and_file()
+            self.progress()
         if not self.stop.is_set():
             self._process_and_file()  # letters saved before a crash, decided or not
         with self.store.transaction() as session:

@@ -214,10 +214,26 @@ class ImapSource:
             client.idle()
             try:
                 while not stop.is_set() and time.monotonic() < deadline:
-                    if _announces_mail(client.idle_check(timeout=IDLE_SLICE)):
+                    if self._idle_slice(client):
                         break
             finally:
                 client.idle_done()
+
+    @staticmethod
+    def _idle_slice(client: Any) -> bool:
+        """Wait up to IDLE_SLICE; True when it is time to leave IDLE.
+
+        imapclient's ``idle_check`` swallows EOF and returns nothing at once, so a
+        connection the server dropped (restart, kick) would be polled in a busy loop
+        until ``idle_timeout``, deaf to new mail. Nothing to read although the socket
+        said readable means exactly that; leaving IDLE lets ``idle_done`` tell (if the
+        connection is fine after all, the cost is one spare pass over the folder).
+        """
+        asked = time.monotonic()
+        responses = client.idle_check(timeout=IDLE_SLICE)
+        if _announces_mail(responses):
+            return True
+        return not responses and time.monotonic() - asked < IDLE_SLICE / 2
 
 
 def _announces_mail(responses: list[tuple[Any, ...]]) -> bool:
