@@ -15,6 +15,7 @@ Every wait has a deadline; the figures each test measured are printed (``-s``).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -537,3 +538,76 @@ def test_idle_notices_a_dropped_connection(dovecot: DovecotServer,
         assert time.monotonic() - started < 5
     finally:
         source.close()
+
+
+# ------------------------------------------------------------ 3. SMTP server away, 5xx
+
+
+@pytest.mark.slow
+def test_smtp_outage_then_rejections(tmp_path: Path, imap_account: ImapAccount,
+                                     smtp_sink: SmtpSink, sqlite_url: str) -> None:
+    """SMTP down: letters are registered, replies wait and are retried with backoff, then
+    all go out once. 5xx: failed at the first attempt, never retried, recipient suppressed."""
+    before = [make_mail("request", n, "smtp") for n in range(1, 4)]
+    during = [make_mail("request", n, "smtp") for n in range(10, 40)]
+    rejected = [make_mail("request", n, "smtp") for n in range(50, 53)]
+    again = make_mail("request", 60, "smtp-again", sender="org50.example")
+    config = configured(tmp_path, imap_account, smtp_sink, sqlite_url,
+                        replies={"retry_initial": 1, "retry_max": 4})
+    pending = "select count(*) from outbox where state = 'pending'"
+    with books(sqlite_url) as db, running(config, tmp_path / "daemon.log") as daemon:
+        deliver(imap_account, before)
+        smtp_sink.wait_for(3, timeout=30)
+        smtp_sink.stop()
+        try:
+            down = time.monotonic()
+            deliver(imap_account, during)
+            wait_until(lambda: db.scalar("select count(*) from requests") == 33, 30,
+                       "letters registered while SMTP is down")
+            wait_until(lambda: db.scalar(f"{pending} and attempts >= 3") == 30, 30,
+                       "every waiting reply tried three times")
+            listing = mailroute(config, "outbox", "list", "--json", "--state", "pending")
+            attempts = db.rows("select attempts from outbox where state = 'pending'")
+        finally:
+            smtp_sink.start()
+        outage = time.monotonic() - down
+        delivery = wait_until(lambda: len(smtp_sink.received()) >= 33, 30,
+                              "the waiting replies sent after SMTP came back")
+        time.sleep(2)  # several more outbox runs: nothing may go twice
+        outage_copies = Counter(m.message["In-Reply-To"] for m in smtp_sink.received())
+
+        smtp_sink.reply_code = "550 5.1.1 no such user here"
+        deliver(imap_account, rejected)
+        wait_until(lambda: db.scalar("select count(*) from outbox where state = 'failed'")
+                   == 3, 30, "5xx rejections recorded as failed")
+        smtp_sink.reply_code = None
+        time.sleep(2)  # several outbox runs: a failed reply is not retried
+        deliver(imap_account, [again])
+        wait_until(lambda: db.scalar("select count(*) from requests") == 37, 30,
+                   "a new letter from a rejected address registered")
+        time.sleep(1)
+        failed = db.rows("select recipient, attempts, last_error from outbox"
+                         " where state = 'failed'")
+        suppressed = {row.address for row in db.rows("select address from suppressions")}
+        refused = db.scalar("select count(*) from request_events where kind = 'reply_suppressed'")
+        assert daemon.alive, daemon.text()[-3000:]
+        assert daemon.terminate() == 0
+
+    assert listing.returncode == 0, listing.stderr
+    waiting = json.loads(listing.stdout)
+    assert len(waiting) == 30
+    assert all(row["state"] == "pending" and "SMTP" in (row["error"] or "") for row in waiting)
+    most = max(row.attempts for row in attempts)
+    assert most <= outage / 1.0, (most, outage)  # backoff, not a retry every outbox run
+    retry_in = [int(line.split("retry_in=")[1].split()[0]) for line in daemon.text().splitlines()
+                if 'event="reply retry"' in line and " outbox=4 " in line]
+    assert retry_in[:3] == [1, 2, 4], retry_in
+    assert set(outage_copies) == {m.message_id for m in before + during}
+    assert set(outage_copies.values()) == {1}, "a reply sent twice"
+    assert len(smtp_sink.received()) == 33
+    assert {(row.attempts, "550" in row.last_error) for row in failed} == {(1, True)}
+    assert {row.recipient for row in failed} <= suppressed
+    assert refused == 1  # the new request from a rejected address got no reply
+    print(f"\n[SMTP faults] outage {outage:.1f} s: 30 replies waited (attempts up to {most}, "
+          f"retry_in {retry_in}), all sent {delivery:.1f} s after SMTP returned, each once; "
+          f"5xx: 3 failed after 1 attempt, suppressed {sorted(suppressed)}")
