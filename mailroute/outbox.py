@@ -4,13 +4,16 @@ Each reply is claimed for a short lease before it is sent, so two instances
 never send the same row at once, and a claim left by a crashed process expires.
 Delivery is at-least-once: a crash after the server accepted a reply and before
 it was marked sent means it is sent again after the lease; its Message-ID is the
-same both times, so the recipient's client shows one letter.
+same both times, so the recipient's client shows one letter. A database outage
+in that moment is not a crash: the process remembers what was accepted and marks
+it sent before it claims anything else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,7 +24,7 @@ from sqlalchemy import or_, select, update
 
 from mailroute import logs, oauth2
 from mailroute.config import RepliesConfig, SmtpConfig
-from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure
+from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import OutboxItem
@@ -68,6 +71,7 @@ async def deliver_due_async(
     store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime
 ) -> DeliveryReport:
     report = DeliveryReport()
+    _ACCEPTED.record(store)
     while True:
         claimed = claim_due(store, now, timedelta(seconds=replies.claim_timeout))
         if not claimed:
@@ -261,9 +265,49 @@ def backoff(attempts: int, replies: RepliesConfig) -> timedelta:
     return timedelta(seconds=min(seconds, replies.retry_max))
 
 
+class _Accepted:
+    """Replies the SMTP server accepted while the database could not be told.
+
+    Without this, a database outage in the moment between the server's 250 and
+    the update left the reply pending, and it went out again after its lease.
+    Kept per database URL, as a process may hold several stores (tests do).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, int], tuple[datetime, int]] = {}
+
+    def remember(self, store: Store, item: Claimed, now: datetime) -> None:
+        with self._lock:
+            self._items[(store.url, item.id)] = (now, item.attempts + 1)
+
+    def record(self, store: Store) -> None:
+        """Mark sent what was accepted earlier; raises TransientError while it cannot."""
+        with self._lock:
+            waiting = {key: value for key, value in self._items.items() if key[0] == store.url}
+        for key, (sent_at, attempts) in waiting.items():
+            _mark_sent(store, key[1], sent_at, attempts)
+            with self._lock:
+                self._items.pop(key, None)
+            log.info("reply recorded as sent", outbox=key[1], sent_at=sent_at.isoformat())
+
+
+_ACCEPTED = _Accepted()
+
+
+def _mark_sent(store: Store, item_id: int, sent_at: datetime, attempts: int) -> None:
+    _update(store, item_id, state="sent", sent_at=sent_at, claimed_until=None,
+            attempts=attempts, last_error=None)
+
+
 def _record_sent(store: Store, item: Claimed, now: datetime, report: DeliveryReport) -> None:
-    _update(store, item.id, state="sent", sent_at=now, claimed_until=None,
-            attempts=item.attempts + 1, last_error=None)
+    try:
+        _mark_sent(store, item.id, now, item.attempts + 1)
+    except TransientError:
+        _ACCEPTED.remember(store, item, now)
+        log.warning("reply sent, not recorded yet", msgid=item.message_id, outbox=item.id,
+                    request=item.request, reason="database unavailable")
+        raise  # ends this run; the other claimed replies wait for their lease
     report.sent.append(item.id)
     log.info("reply sent", msgid=item.message_id, request=item.request, outbox=item.id,
              to=item.recipient, attempt=item.attempts + 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,23 +28,28 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from support.configs import write_config
 from support.dovecot import DovecotServer, ImapAccount
+from support.services import free_port, require_service
 from support.smtp import SmtpSink
 
-from mailroute.config import MailboxConfig
-from mailroute.errors import MailboxUnavailable
+from mailroute import outbox
+from mailroute.config import MailboxConfig, RepliesConfig, SmtpConfig
+from mailroute.errors import MailboxUnavailable, TransientError
 from mailroute.intake.imap import ImapSource
 from mailroute.store import Store
+from mailroute.store.locks import MailboxLock
+from mailroute.store.models import OutboxItem
 from mailroute.store.repository import fingerprint
 
 MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
@@ -611,3 +617,155 @@ def test_smtp_outage_then_rejections(tmp_path: Path, imap_account: ImapAccount,
     print(f"\n[SMTP faults] outage {outage:.1f} s: 30 replies waited (attempts up to {most}, "
           f"retry_in {retry_in}), all sent {delivery:.1f} s after SMTP returned, each once; "
           f"5xx: 3 failed after 1 attempt, suppressed {sorted(suppressed)}")
+
+
+# ---------------------------------------------------------- 4. the database goes away
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Debian PostgreSQL cluster serving the test database, controlled as root."""
+
+    version: str
+    name: str
+
+    def control(self, action: str, check: bool = True) -> None:
+        mode = ["-m", "fast"] if action in ("stop", "restart") else []
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name,
+                        action, *mode], check=check, capture_output=True, timeout=60)
+
+    @property
+    def online(self) -> bool:
+        listing = subprocess.run(["pg_lsclusters", "--no-header", self.version, self.name],
+                                 capture_output=True, text=True, timeout=30, check=False)
+        return "online" in listing.stdout
+
+    def restart(self) -> None:
+        try:
+            self.control("restart")
+        finally:
+            if not self.online:
+                self.control("start", check=False)
+
+
+def postgres_cluster(url: str) -> Cluster:
+    """The cluster listening on the URL's port; skipped (or failed in CI) if it cannot be
+    restarted from here."""
+    reason = None
+    if not (shutil.which("pg_ctlcluster") and shutil.which("pg_lsclusters")):
+        reason = "pg_ctlcluster/pg_lsclusters not found (Debian's postgresql-common)"
+    elif os.geteuid() != 0:
+        reason = "restarting the PostgreSQL cluster needs root"
+    if reason is None:
+        port = str(make_url(url).port or 5432)
+        listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True,
+                                 text=True, timeout=30, check=False).stdout
+        for line in listing.splitlines():
+            version, name, cluster_port, status = line.split()[:4]
+            if cluster_port == port and status == "online":
+                return Cluster(version, name)
+        reason = f"no online cluster on port {port} in pg_lsclusters: {listing!r}"
+    require_service("PostgreSQL cluster control", reason)
+
+
+@contextmanager
+def database_down(cluster: Cluster, seconds: float) -> Iterator[None]:
+    """PostgreSQL stopped for ``seconds``, always started again (others share the server)."""
+    try:
+        cluster.control("stop")
+        yield
+        time.sleep(seconds)
+    finally:
+        cluster.control("start")
+
+
+@pytest.mark.slow
+def test_database_outage(tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink,
+                         postgres_url: str) -> None:
+    """PostgreSQL stopped for 3 s, later restarted, under a 200-letter backlog: the daemon
+    waits and resumes, moves nothing whose bytes are not committed, duplicates nothing."""
+    cluster = postgres_cluster(postgres_url)
+    backlog = build_backlog(200, random.Random(SEED + 4), tag="pg")
+    config = configured(tmp_path, imap_account, smtp_sink, postgres_url,
+                        mailbox={"batch_size": 5})
+    deliver(imap_account, backlog.mails)
+    recoveries: dict[str, float] = {}
+    with books(postgres_url) as db, running(config, tmp_path / "daemon.log") as daemon:
+        filed = lambda: db.filed() or 0  # noqa: E731
+        wait_until(lambda: filed() >= 25, 60, "25 letters filed before the outage")
+        with database_down(cluster, 3):
+            moved = len(imap_account.uids("Processed"))
+        recoveries["stopped 3 s"] = _recovery(filed, "after PostgreSQL came back")
+        target = filed() + 40
+        wait_until(lambda: filed() >= target, 60, "40 more letters filed")
+        restarting = time.monotonic()
+        cluster.restart()
+        restart = time.monotonic() - restarting
+        recoveries["restarted"] = _recovery(filed, "after PostgreSQL restarted")
+        wait_until(lambda: filed() == len(backlog.mails), 120, "the whole backlog filed")
+        wait_until(lambda: db.scalar("select count(*) from outbox where state = 'sent'")
+                   == len(backlog.replies), 60, "every reply sent")
+        assert daemon.alive, daemon.text()[-3000:]
+        assert daemon.terminate() == 0
+        duplicates = check_books(backlog, db, imap_account, smtp_sink)
+    lost, restored = daemon.events("connection lost"), daemon.events("connection restored")
+    print(f"\n[database faults] letters: {len(backlog.mails)}; PostgreSQL stopped 3 s (with "
+          f"{moved} letters in Processed), then restarted ({restart:.1f} s); recovery (back -> "
+          f"next letter filed): {', '.join(f'{k} {v:.1f} s' for k, v in recoveries.items())}; "
+          f"'connection lost' {lost}, 'connection restored' {restored}, lost -> restored "
+          f"{daemon.outages()} s; duplicate replies: {len(duplicates)}")
+    assert not duplicates
+    assert (lost, restored) == (2, 2), daemon.text()
+    assert daemon.events("standby") == 0, "no other instance holds the mailbox"
+    assert "Traceback" not in daemon.text(), daemon.text()
+
+
+def test_an_unreachable_database_is_an_outage_not_a_standby() -> None:
+    """The mailbox lock swallowed connection errors and said "taken": during a database
+    outage the daemon logged "another instance is draining" and announced READY."""
+    store = Store(f"postgresql+psycopg://mailroute@127.0.0.1:{free_port()}/nowhere")
+    try:
+        with pytest.raises(TransientError, match="database unavailable"):
+            MailboxLock(store, "imap://a@b/INBOX").acquire()
+    finally:
+        store.dispose()
+
+
+def test_a_reply_accepted_while_the_database_is_away_is_not_sent_again(
+    database_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server said 250, then marking the reply sent failed: it stayed pending and went
+    out a second time after its lease. Now the process remembers and records it first."""
+    store = Store(database_url)
+    store.upgrade()
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    with store.transaction() as session:
+        session.add(OutboxItem(
+            kind="acknowledgement", sender="servicedesk@example.com",
+            recipient="c@customer.example", message_id="<r1@example.com>", subject="s",
+            raw=b"Subject: s\r\nMessage-ID: <r1@example.com>\r\n\r\nhi\r\n", state="pending",
+            attempts=0, not_before=now, created_at=now))
+    real_update = outbox._update
+    outage = {"left": 1}
+
+    def flaky_update(store: Store, item_id: int, **values: object) -> None:
+        if values.get("state") == "sent" and outage["left"]:
+            outage["left"] -= 1
+            raise TransientError("database unavailable: terminating connection")
+        real_update(store, item_id, **values)
+
+    monkeypatch.setattr(outbox, "_update", flaky_update)
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, security="none", timeout=5)
+    replies = RepliesConfig(claim_timeout=10)
+    try:
+        with pytest.raises(TransientError):
+            outbox.deliver_due(store, smtp, replies, now)
+        later = outbox.deliver_due(store, smtp, replies, now + timedelta(seconds=11))
+        with store.transaction() as session:
+            (state, sent_at) = session.execute(
+                text("select state, sent_at from outbox")).one()
+    finally:
+        store.dispose()
+    assert later.attempted == 0
+    assert len(smtp_sink.received()) == 1
+    assert state == "sent" and sent_at is not None

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailroute.errors import TransientError
 from mailroute.store.db import Store
 
 
@@ -48,7 +49,11 @@ class MailboxLock:
             return False
 
     def acquire(self) -> bool:
-        """Take the lock if free; True while we hold it. Never blocks."""
+        """Take the lock if free; True while we hold it. Never blocks.
+
+        An unreachable database raises TransientError: it is an outage to wait
+        out, not another instance holding the mailbox.
+        """
         if self.held:
             return True
         if self.store.is_sqlite:
@@ -66,13 +71,17 @@ class MailboxLock:
             self._drop_connection()
 
     def _acquire_advisory(self) -> bool:
+        connection = None
         try:
             connection = self.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             got = connection.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
             ).scalar()
-        except SQLAlchemyError:
-            return False
+        except SQLAlchemyError as exc:
+            if connection is not None:
+                connection.close()
+            cause = getattr(exc, "orig", None) or exc
+            raise TransientError(f"database unavailable: {cause}") from exc
         if got:
             self._connection = connection
             return True
