@@ -4,7 +4,7 @@ A private Dovecot on loopback gets N generated letters (MULTIAPPEND over one con
 not timed); then the real CLI runs in a subprocess with replies window "always" and SMTP
 pointed at an aiosmtpd sink in this process. Timed from spawning the command to its exit:
 fetch, save, parse, classify, store, file on the server, queue the reply and send it. The
-peak RSS of the mailroute process comes from ``wait4`` (the kernel's own count). Afterwards
+peak RSS of the mailroute process is the kernel's count (``ru_maxrss``, see common.py). Afterwards
 the database and the sink are checked: every letter must have a final state and every reply
 due must have arrived, or the figure is worthless.
 
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,8 +37,10 @@ from typing import Any
 from common import (
     POSTGRES_SERVER,
     Source,
+    Usage,
     machine_note,
     mailroute_command,
+    run_measured,
     source_tree,
     terminate_on_sigterm,
 )
@@ -126,23 +126,10 @@ def upgrade(source: Source, config: Path) -> None:
         raise SystemExit(f"mailroute db upgrade failed ({done.returncode}):\n{done.stderr}")
 
 
-def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None,
-                  ) -> tuple[float, int, resource.struct_rusage]:
-    """Spawn ``mailroute run --once``; wall seconds, exit code and the child's rusage."""
+def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None) -> Usage:
+    """``mailroute run --once`` with its wall time, exit code, CPU and peak RSS."""
     command = mailroute_command("--config", str(config), "run", "--once", profile=profile)
-    with log.open("wb") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr,
-                                   stderr=stderr, env=source.env())
-        try:
-            _pid, status, usage = os.wait4(process.pid, 0)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return wall, process.returncode, usage
+    return run_measured(command, source.env(), log, log.with_suffix(".usage.json"))
 
 
 def phases(log: Path, spawned: float) -> dict[str, float]:
@@ -232,9 +219,9 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         profile = args.profile
         if profile is not None and args.repeat > 1:
             profile = profile.with_stem(f"{profile.stem}-{number}")
-        run.wall, run.exit_code, usage = run_mailroute(source, config, log, profile)
-        run.rss_mb = usage.ru_maxrss / 1024
-        run.cpu_user, run.cpu_system = usage.ru_utime, usage.ru_stime
+        usage = run_mailroute(source, config, log, profile)
+        run.wall, run.exit_code, run.rss_mb = usage.wall, usage.code, usage.rss_mb
+        run.cpu_user, run.cpu_system = usage.user, usage.system
         run.phases = phases(log, spawned)
         lines = log.read_text(errors="replace").splitlines()
         run.summary = next((x for x in reversed(lines) if x.startswith("mailroute:")), "")

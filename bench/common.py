@@ -90,6 +90,59 @@ def mailroute_command(*args: str, profile: Path | None = None) -> list[str]:
             "-p", "show_all=false", "-m", "mailroute.cli", *args]
 
 
+# Why a wrapper: Python spawns children with vfork, and Linux carries the parent's RSS
+# high-water mark into the child's ru_maxrss across exec. Measured straight from a bench
+# process holding thousands of letters, mailroute would "use" the bench's memory. Spawned
+# from this small wrapper instead, its ru_maxrss (RUSAGE_CHILDREN here) is its own.
+_MEASURE = """
+import json, resource, subprocess, sys, time
+report, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+code = subprocess.call(command)
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(report, "w") as out:
+    json.dump({"code": code, "wall": wall, "maxrss_kb": usage.ru_maxrss,
+               "user": usage.ru_utime, "system": usage.ru_stime}, out)
+sys.exit(code)
+"""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the kernel counted for one measured command."""
+
+    code: int
+    wall: float
+    rss_mb: float
+    user: float
+    system: float
+
+
+def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
+                 report: Path) -> Usage:
+    """Run ``command`` (stdout and stderr to ``output``) with its own peak RSS and CPU.
+
+    The wrapper gets a session of its own, so an interrupt can end it with its child.
+    """
+    import json
+
+    with output.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", _MEASURE, str(report), *command],
+                                   stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                                   env=env, start_new_session=True)
+        try:
+            process.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    data = json.loads(report.read_text())
+    return Usage(data["code"], data["wall"], data["maxrss_kb"] / 1024, data["user"],
+                 data["system"])
+
+
 def terminate_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks clean up as on Ctrl-C."""
 

@@ -264,7 +264,7 @@ def _multipart(subtype: str, parts: list[tuple[list[bytes], bytes]], boundary: s
 
 def _attachment(rng: random.Random, pool: list[tuple[list[bytes], bytes, int]],
                 ) -> tuple[list[bytes], bytes, int]:
-    """A binary attachment; one in five is a file already sent (same bytes, one blob)."""
+    """A binary attachment; one in five is a recent file sent again (same bytes, one blob)."""
     if pool and rng.random() < 0.2:
         return rng.choice(pool)
     content_type, magic, names = rng.choice(ATTACHMENT_KINDS)
@@ -284,6 +284,8 @@ def _attachment(rng: random.Random, pool: list[tuple[list[bytes], bytes, int]],
               f"Content-Disposition: {disposition}".encode()]
     item = (fields, base64.encodebytes(data), size)
     pool.append(item)
+    if len(pool) > 20:  # bounded: the generator must not grow with N
+        del pool[0]
     return item
 
 
@@ -525,7 +527,8 @@ def big_letter(size: int = 50_000_000, seed: int = 7) -> bytes:
     fields, body = _split(letter.raw)
     content = [f for f in fields if _name(f).startswith(b"content-")]
     rest = [f for f in fields if not _name(f).startswith(b"content-")]
-    wanted = max(size - len(letter.raw) - 2000, 1000) * 3 // 4
+    # base64 lines: 57 bytes become 76 characters and CRLF on the wire.
+    wanted = max(size - len(letter.raw) - 2000, 1000) * 57 // 78
     data = b"%PDF-1.7\n" + rng.randbytes(wanted)
     pdf = [b'Content-Type: application/pdf; name="scan.pdf"',
            b"Content-Transfer-Encoding: base64",

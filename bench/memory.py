@@ -60,12 +60,13 @@ def huge_run(source: Source, workdir: Path, db: str, raw: bytes, via: str,
                               database_url=url, maildir=maildir, window="always")
         upgrade(source, config)
         log = workdir / f"mailroute-{tag}.log"
-        wall, code, usage = run_mailroute(source, config, log, None)
+        usage = run_mailroute(source, config, log, None)
+        wall, code = usage.wall, usage.code
         summary = next((x for x in reversed(log.read_text(errors="replace").splitlines())
                         if x.startswith("mailroute:")), f"(exit {code}, no summary)")
     if maildir is not None:
         shutil.rmtree(maildir, ignore_errors=True)
-    rss = usage.ru_maxrss / 1024
+    rss = usage.rss_mb
     size = len(raw) / 1e6
     if not raw:
         return f"empty mailbox via {via}, db={db}: peak RSS {rss:.0f} MB; {wall:.1f} s", rss
