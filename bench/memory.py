@@ -72,7 +72,8 @@ def huge_run(source: Source, workdir: Path, db: str, raw: bytes, via: str,
         return f"empty mailbox via {via}, db={db}: peak RSS {rss:.0f} MB; {wall:.1f} s", rss
     extra = (rss - baseline) / size
     return (f"one letter of {size:.1f} MB via {via}, db={db}: peak RSS {rss:.0f} MB, "
-            f"{extra:.1f} MB above the empty run per MB of letter; {wall:.1f} s; exit {code}; "
+            f"{rss - baseline:.0f} MB above the empty run = {extra:.1f}x the letter; {wall:.1f} s; "
+            f"exit {code}; "
             f"{summary.removeprefix('mailroute: ')}"), rss
 
 
