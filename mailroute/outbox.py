@@ -12,7 +12,6 @@ it sent before it claims anything else.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import OutboxItem
+from mailroute.store.models import OutboxItem, Request
+from mailroute.tls import tls_context
 
 BATCH = 10  # replies claimed at a time: a crash strands at most this many for a lease
 log = logs.get("mailroute.outbox")
@@ -87,7 +87,8 @@ def claim_due(
     """Lease the due replies to this process; others skip them until the lease ends."""
     with store.transaction() as session:
         query = (
-            select(OutboxItem)
+            select(OutboxItem, Request.number)
+            .outerjoin(Request, OutboxItem.request_id == Request.id)
             .where(
                 OutboxItem.state == "pending",
                 OutboxItem.not_before <= now,
@@ -97,9 +98,9 @@ def claim_due(
             .limit(limit)
         )
         if not store.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        items = list(session.scalars(query))
-        for item in items:
+            query = query.with_for_update(skip_locked=True, of=OutboxItem)
+        rows = session.execute(query).all()
+        for item, _number in rows:
             item.claimed_until = now + lease
         return [
             Claimed(
@@ -108,11 +109,11 @@ def claim_due(
                 recipient=item.recipient,
                 raw=item.raw,
                 message_id=item.message_id,
-                request=item.request.number if item.request else None,
+                request=number,
                 attempts=item.attempts,
                 created_at=item.created_at,
             )
-            for item in items
+            for item, number in rows
         ]
 
 
@@ -171,16 +172,13 @@ def check_reachable(smtp: SmtpConfig) -> None:
 
 
 async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
-    context = ssl.create_default_context(cafile=smtp.ca_file)
-    if not smtp.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    context = tls_context(smtp.tls_verify, smtp.ca_file) if smtp.security != "none" else None
     client = aiosmtplib.SMTP(
         hostname=smtp.host,
         port=smtp.effective_port(),
         use_tls=smtp.security == "ssl",
         start_tls=smtp.security == "starttls",  # explicit: never silently skip STARTTLS
-        tls_context=context if smtp.security != "none" else None,
+        tls_context=context,
         timeout=smtp.timeout,
     )
     try:

@@ -24,6 +24,7 @@ from mailroute import oauth2
 from mailroute.config import MailboxConfig
 from mailroute.errors import MailboxUnavailable
 from mailroute.intake.source import FetchedLetter
+from mailroute.tls import tls_context
 
 ClientFactory = Callable[..., Any]
 IDLE_SLICE = 1.0  # seconds between checks of the stop flag while idling
@@ -35,15 +36,6 @@ _ERRORS: tuple[type[BaseException], ...] = (
     ssl.SSLError,
     EOFError,
 )
-
-
-def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """Certificate verification on by default; a private CA can be added."""
-    context = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class ImapSource:
