@@ -26,12 +26,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
 from mailroute.config import ClassificationConfig, ClassificationRule
-from mailroute.words import Index, Pattern, index, negated
+from mailroute.words import Index, Pattern, Vocabulary, index, negated
 
 TYPES = ("incident", "improvement", "change_request", "service_request")
 LOW_TYPES = frozenset({"change_request", "improvement"})
@@ -73,39 +73,71 @@ class Rule:
     patterns: tuple[Pattern, ...]
     regex: re.Pattern[str] | None
     unless: tuple[Pattern, ...]
+    # Which patterns start with each first part (``word`` or ``stem*``), so a text is only
+    # tried with the patterns whose first part it holds, still in the rule's order; the
+    # vocabulary covers at least these first parts (a RuleSet shares one among its rules).
+    by_first: Mapping[str, tuple[int, ...]]
+    vocabulary: Vocabulary
 
     @classmethod
     def compile(cls, spec: ClassificationRule) -> Rule:
+        patterns = tuple(Pattern.compile(p) for p in [*spec.words, *spec.phrases])
+        by_first: dict[str, list[int]] = {}
+        for i, pattern in enumerate(patterns):
+            by_first.setdefault(pattern.parts[0], []).append(i)
         return cls(
             spec=spec,
-            patterns=tuple(Pattern.compile(p) for p in [*spec.words, *spec.phrases]),
+            patterns=patterns,
             regex=re.compile(spec.regex, re.IGNORECASE | re.MULTILINE) if spec.regex else None,
             unless=tuple(Pattern.compile(p) for p in spec.unless),
+            by_first={first: tuple(at) for first, at in by_first.items()},
+            vocabulary=Vocabulary.of(patterns),
         )
 
     def match(self, texts: Texts) -> Hit | None:
         """The first field (in the rule's order) where the rule matches."""
+        seen: list[str] = []
         for name in self.spec.fields:
-            evidence = self._match_text(texts.field(name))
+            text = texts.field(name)
+            if text in seen:  # the same text in an earlier field did not match
+                continue
+            evidence = self._match_text(text)
             if evidence is not None:
                 return Hit(self.spec, name, evidence)
+            seen.append(text)
         return None
 
     def _match_text(self, text: str) -> str | None:
         if not text:
             return None
         words = index(text)
-        blocked = [span for u in self.unless for span in u.spans(words)]
-        for pattern in self.patterns:
-            for span in pattern.spans(words):
+        blocked: list[tuple[int, int]] | None = None  # the unless spans, found when needed
+        for i in self._candidates(words):
+            for span in self.patterns[i].spans(words):
+                if blocked is None:
+                    blocked = self._blocked(words)
                 if self._counts(words, span, blocked):
                     return " ".join(words.words[span[0] : span[1]])
         if self.regex is not None:
             for found in self.regex.finditer(text):
                 span = _token_span(words, found.start(), found.end())
+                if blocked is None:
+                    blocked = self._blocked(words)
                 if self._counts(words, span, blocked):
                     return found.group(0).strip()
         return None
+
+    def _candidates(self, words: Index) -> Sequence[int]:
+        """The patterns (by index, in order) whose first part starts a word of the text."""
+        present = self.by_first.keys() & words.present(self.vocabulary)
+        if not present:
+            return ()
+        if len(present) == 1:
+            return self.by_first[present.pop()]
+        return sorted(i for first in present for i in self.by_first[first])
+
+    def _blocked(self, words: Index) -> list[tuple[int, int]]:
+        return [span for u in self.unless for span in u.spans(words)]
 
     def _counts(self, words: Index, span: tuple[int, int], blocked: list[tuple[int, int]]) -> bool:
         if self.spec.negatable and negated(words.words, span):
@@ -135,6 +167,9 @@ class RuleSet:
             by_name[rule.name] = rule
         disabled = set(config.disabled)
         active = [Rule.compile(r) for name, r in by_name.items() if name not in disabled]
+        # One vocabulary for all rules: a text is scanned for it once, not once per rule.
+        shared = Vocabulary.of(p for rule in active for p in rule.patterns)
+        active = [replace(rule, vocabulary=shared) for rule in active]
         return cls(tuple(active), config.default_request_type)
 
     @property

@@ -13,9 +13,9 @@ Pure: no IO.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
-from collections.abc import Mapping
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 _TOKEN = re.compile(r"[0-9a-zа-я]+")
@@ -42,10 +42,51 @@ class Index:
     words: tuple[str, ...]
     starts: tuple[int, ...]
     positions: Mapping[str, tuple[int, ...]]
+    # The distinct words in sorted order (words with a common prefix are neighbours) and
+    # the positions already looked up by stem: built on first use, kept with the index.
+    _sorted: list[str] = field(default_factory=list, compare=False, repr=False)
+    _by_stem: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _present: dict[Vocabulary, frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def token_at(self, offset: int) -> int:
         """The index of the first token starting at or after character ``offset``."""
         return bisect_right(self.starts, offset - 1)
+
+    def with_stem(self, stem: str) -> tuple[int, ...]:
+        """Where the words starting with ``stem`` occur, in text order.
+
+        Found by bisecting the sorted distinct words (O(log n + k)), once per stem and text.
+        """
+        found = self._by_stem.get(stem)
+        if found is not None:
+            return found
+        ordered = self._sorted
+        if not ordered and self.positions:
+            ordered.extend(sorted(self.positions))
+        i = bisect_left(ordered, stem)
+        if i == len(ordered) or not ordered[i].startswith(stem):
+            found = ()
+        else:
+            j = i + 1
+            while j < len(ordered) and ordered[j].startswith(stem):
+                j += 1
+            if j == i + 1:
+                found = self.positions[ordered[i]]
+            else:
+                found = tuple(sorted(p for w in ordered[i:j] for p in self.positions[w]))
+        self._by_stem[stem] = found
+        return found
+
+    def present(self, vocabulary: Vocabulary) -> frozenset[str]:
+        """Which of the vocabulary's first parts (``word`` or ``stem*``) start some word
+        here: one pass over the distinct words, once per text and vocabulary."""
+        found = self._present.get(vocabulary)
+        if found is None:
+            found = vocabulary.found_in(self.positions)
+            self._present[vocabulary] = found
+        return found
 
 
 @lru_cache(maxsize=32)
@@ -86,20 +127,63 @@ class Pattern:
 
     def spans(self, text: Index) -> list[tuple[int, int]]:
         """Every (start, end) token span where the pattern matches."""
+        starts = self._starts(text)
+        if not starts:
+            return []
+        parts, words = self.parts, text.words
         found = []
-        for start in sorted(self._starts(text)):
-            end = _match_from(self.parts, text.words, start)
+        for start in starts:
+            end = _match_from(parts, words, start)
             if end is not None:
                 found.append((start, end))
         return found
 
-    def _starts(self, text: Index) -> list[int]:
-        """Where the first word matches: looked up, not scanned."""
+    def _starts(self, text: Index) -> tuple[int, ...]:
+        """Where the first word matches, in text order: looked up, not scanned."""
         first = self.parts[0]
-        if not first.endswith("*"):
-            return list(text.positions.get(first, ()))
-        stem = first[:-1]
-        return [p for word, at in text.positions.items() if word.startswith(stem) for p in at]
+        if first[-1] != "*":
+            return text.positions.get(first, ())
+        return text.with_stem(first[:-1])
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """The first parts of many patterns, to tell at once which of them can match a text:
+    a pattern whose first part starts no word of the text has no spans there."""
+
+    words: frozenset[str]  # exact first words
+    stems: frozenset[str]  # first stems, without the ``*``
+    lengths: tuple[int, ...]  # the stems' lengths, ascending
+    heads: frozenset[str]  # the stems cut to the shortest stem length
+
+    @classmethod
+    def of(cls, patterns: Iterable[Pattern]) -> Vocabulary:
+        firsts = {p.parts[0] for p in patterns}
+        stems = frozenset(f[:-1] for f in firsts if f.endswith("*"))
+        lengths = tuple(sorted({len(s) for s in stems}))
+        shortest = lengths[0] if lengths else 0
+        return cls(
+            words=frozenset(f for f in firsts if not f.endswith("*")),
+            stems=stems,
+            lengths=lengths,
+            heads=frozenset(s[:shortest] for s in stems),
+        )
+
+    def found_in(self, positions: Mapping[str, object]) -> frozenset[str]:
+        """The first parts that start a word among ``positions``' distinct words."""
+        found = set(self.words.intersection(positions))
+        if self.stems:
+            stems, heads, lengths = self.stems, self.heads, self.lengths
+            shortest = lengths[0]
+            for word in positions:
+                if word[:shortest] not in heads:
+                    continue
+                for n in lengths:
+                    if n > len(word):
+                        break
+                    if word[:n] in stems:
+                        found.add(word[:n] + "*")
+        return frozenset(found)
 
 
 def _word_matches(part: str, word: str) -> bool:
