@@ -164,12 +164,14 @@ def process_letter(
         letter = repo.lock_letter(session, letter_id)
         if letter is None or letter.state != "pending":
             return None
-        letter.attempts += 1
         try:
-            with session.begin_nested():  # a quarantine undoes any half-made request
+            # a quarantine undoes any half-made request; the lookups on the way never
+            # need this letter's own pending changes, so they are written once, at the end
+            with session.begin_nested(), session.no_autoflush:
                 outcome = _decide(session, pipeline, letter, now)
         except _Unprocessable as fault:
             outcome = _quarantine(letter, fault.stage, fault.reason, fault.trace)
+        letter.attempts += 1  # after the savepoint, so entering it writes nothing
     _log(outcome, letter)
     return outcome
 

@@ -73,3 +73,33 @@ def test_same_bytes_are_stored_once(store: Store) -> None:
                                         raw=b"a\nb", message_id=None, received_at=now, now=now)
         assert (new1, new2) == (True, False) and first.id == second.id
         assert session.query(Letter).count() == 1
+
+
+def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) -> None:
+    from email.message import EmailMessage
+
+    from mailroute.config import Config
+    from mailroute.process import Pipeline, process_letter
+    from mailroute.store.models import AttachmentRecord, Blob
+
+    store.upgrade()
+    message = EmailMessage()
+    message["From"] = "a@customer.example"
+    message["Subject"] = "Ошибка в отчёте"
+    message["Message-ID"] = "<twice@customer.example>"
+    message.set_content(
+        "Отчёт не формируется, скриншоты во вложении.\n\nООО «А»\nрег. номер 800111222")
+    for name in ("one.png", "two.png"):
+        message.add_attachment(b"\x89PNG same bytes", maintype="image", subtype="png",
+                               filename=name)
+    now = datetime.now(UTC)
+    with store.transaction() as session:
+        letter, _ = repo.save_letter(session, mailbox="m", uidvalidity=1, uid="1",
+                                     raw=bytes(message), message_id="<twice@customer.example>",
+                                     received_at=now, now=now)
+        letter_id = letter.id
+    outcome = process_letter(store, Pipeline.from_config(Config()), letter_id, now)
+    assert outcome is not None and outcome.state == "processed"
+    with store.transaction() as session:
+        assert session.query(AttachmentRecord).count() == 2
+        assert session.query(Blob).count() == 1

@@ -90,8 +90,7 @@ class _Pass:
         for start in range(0, len(new), size):
             if self.stop.is_set():
                 break
-            for fetched in self.source.fetch(new[start : start + size]):
-                self._save(fetched)
+            self._save_batch(list(self.source.fetch(new[start : start + size])))
             self._process_and_file()
             self.progress()
         if not self.stop.is_set():
@@ -101,21 +100,29 @@ class _Pass:
                              backlog=len(uids))
         return self.report
 
-    def _save(self, fetched: FetchedLetter) -> None:
-        self.report.fetched += 1
+    def _save_batch(self, batch: list[FetchedLetter]) -> None:
+        """Commit a fetched batch's raw bytes in one transaction (one fsync, not one per
+        letter). Nothing has moved on the server yet: a failure re-fetches the batch."""
         now = self.clock()
+        saved: list[tuple[FetchedLetter, int, bool]] = []
         with self.store.transaction() as session:
-            letter, is_new = repo.save_letter(
-                session,
-                mailbox=self.source.name,
-                uidvalidity=self.uidvalidity,
-                uid=fetched.uid,
-                raw=fetched.raw,
-                message_id=header_message_id(fetched.raw),
-                received_at=fetched.received_at or now,
-                now=now,
-            )
-            letter_id = letter.id
+            for fetched in batch:
+                letter, is_new = repo.save_letter(
+                    session,
+                    mailbox=self.source.name,
+                    uidvalidity=self.uidvalidity,
+                    uid=fetched.uid,
+                    raw=fetched.raw,
+                    message_id=header_message_id(fetched.raw),
+                    received_at=fetched.received_at or now,
+                    now=now,
+                )
+                saved.append((fetched, letter.id, is_new))
+        for fetched, letter_id, is_new in saved:
+            self._note_saved(fetched, letter_id, is_new)
+
+    def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:
+        self.report.fetched += 1
         if is_new:
             self.report.saved += 1
             log.info("letter fetched", uid=fetched.uid, letter=letter_id, size=len(fetched.raw))
@@ -142,8 +149,10 @@ class _Pass:
             self.report.filed[folder] = self.report.filed.get(folder, 0) + len(uids)
             log.info("letters filed", folder=folder, count=len(uids))
         with self.store.transaction() as session:
-            for letter_id, (_uid, state) in moves.items():
-                repo.mark_filed(session, [letter_id], self._folder_for(state))
+            for folder in by_folder:
+                ids = [lid for lid, (_uid, state) in moves.items()
+                       if self._folder_for(state) == folder]
+                repo.mark_filed(session, ids, folder)
 
     def _folder_for(self, state: str) -> str:
         if state == "quarantined":

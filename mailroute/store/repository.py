@@ -182,6 +182,7 @@ def add_attachment(
     )
     if session.get(Blob, sha256) is None:
         session.add(Blob(sha256=sha256, content=content))
+        session.flush()  # so the next attachment with the same content finds it
 
 
 def quarantined_count(session: Session) -> int:
