@@ -109,6 +109,16 @@ class Pattern:
 
     source: str
     parts: tuple[str, ...]
+    # Without a gap, the parts after the first as (word or stem, is a stem): matched by a
+    # plain loop; None when the pattern has a gap (matched by backtracking).
+    _rest: tuple[tuple[str, bool], ...] | None = field(
+        init=False, compare=False, repr=False, default=None
+    )
+
+    def __post_init__(self) -> None:
+        if GAP not in self.parts:
+            rest = tuple((p.removesuffix("*"), p.endswith("*")) for p in self.parts[1:])
+            object.__setattr__(self, "_rest", rest)
 
     @classmethod
     def compile(cls, source: str) -> Pattern:
@@ -130,13 +140,17 @@ class Pattern:
         starts = self._starts(text)
         if not starts:
             return []
-        parts, words = self.parts, text.words
-        found = []
-        for start in starts:
-            end = _match_from(parts, words, start)
-            if end is not None:
-                found.append((start, end))
-        return found
+        rest, words = self._rest, text.words
+        if rest is None:
+            found = []
+            for start in starts:
+                end = _match_from(self.parts, words, start)
+                if end is not None:
+                    found.append((start, end))
+            return found
+        if not rest:
+            return [(start, start + 1) for start in starts]
+        return _match_plain(rest, words, starts)
 
     def _starts(self, text: Index) -> tuple[int, ...]:
         """Where the first word matches, in text order: looked up, not scanned."""
@@ -184,6 +198,27 @@ class Vocabulary:
                     if word[:n] in stems:
                         found.add(word[:n] + "*")
         return frozenset(found)
+
+
+def _match_plain(
+    rest: tuple[tuple[str, bool], ...], words: tuple[str, ...], starts: tuple[int, ...]
+) -> list[tuple[int, int]]:
+    """The spans of a gapless pattern whose first word matches at each of ``starts``."""
+    found = []
+    count = len(words)
+    for start in starts:
+        end = start + 1 + len(rest)
+        if end > count:
+            break  # starts ascend: no later one fits either
+        at = start + 1
+        for part, stem in rest:
+            word = words[at]
+            if not (word.startswith(part) if stem else word == part):
+                break
+            at += 1
+        else:
+            found.append((start, end))
+    return found
 
 
 def _word_matches(part: str, word: str) -> bool:
