@@ -110,16 +110,20 @@ class Rule:
     def _match_text(self, text: str) -> str | None:
         if not text:
             return None
-        words = index(text)
+        # A rule of a regex alone (the markers) needs the words only once the regex matched.
+        words = index(text) if self.patterns else None
         blocked: list[tuple[int, int]] | None = None  # the unless spans, found when needed
-        for i in self._candidates(words):
-            for span in self.patterns[i].spans(words):
-                if blocked is None:
-                    blocked = self._blocked(words)
-                if self._counts(words, span, blocked):
-                    return " ".join(words.words[span[0] : span[1]])
+        if words is not None:
+            for i in self._candidates(words):
+                for span in self.patterns[i].spans(words):
+                    if blocked is None:
+                        blocked = self._blocked(words)
+                    if self._counts(words, span, blocked):
+                        return " ".join(words.words[span[0] : span[1]])
         if self.regex is not None:
             for found in self.regex.finditer(text):
+                if words is None:
+                    words = index(text)
                 span = _token_span(words, found.start(), found.end())
                 if blocked is None:
                     blocked = self._blocked(words)
