@@ -31,7 +31,7 @@ from functools import cache
 from importlib import resources
 
 from mailroute.config import ClassificationConfig, ClassificationRule
-from mailroute.words import Index, Pattern, Vocabulary, index, negated
+from mailroute.words import Index, Key, Pattern, Vocabulary, index, negated
 
 TYPES = ("incident", "improvement", "change_request", "service_request")
 LOW_TYPES = frozenset({"change_request", "improvement"})
@@ -73,18 +73,19 @@ class Rule:
     patterns: tuple[Pattern, ...]
     regex: re.Pattern[str] | None
     unless: tuple[Pattern, ...]
-    # Which patterns start with each first part (``word`` or ``stem*``), so a text is only
-    # tried with the patterns whose first part it holds, still in the rule's order; the
-    # vocabulary covers at least these first parts (a RuleSet shares one among its rules).
-    by_first: Mapping[str, tuple[int, ...]]
+    # Which patterns are filed under each key (first two words, or first part: see
+    # words.Key), so a text is only tried with the patterns whose key it holds, still in
+    # the rule's order; the vocabulary covers at least these keys (a RuleSet shares one
+    # among its rules).
+    by_first: Mapping[Key, tuple[int, ...]]
     vocabulary: Vocabulary
 
     @classmethod
     def compile(cls, spec: ClassificationRule) -> Rule:
         patterns = tuple(Pattern.compile(p) for p in [*spec.words, *spec.phrases])
-        by_first: dict[str, list[int]] = {}
+        by_first: dict[Key, list[int]] = {}
         for i, pattern in enumerate(patterns):
-            by_first.setdefault(pattern.parts[0], []).append(i)
+            by_first.setdefault(pattern.key, []).append(i)
         return cls(
             spec=spec,
             patterns=patterns,
@@ -132,7 +133,7 @@ class Rule:
         return None
 
     def _candidates(self, words: Index) -> Sequence[int]:
-        """The patterns (by index, in order) whose first part starts a word of the text."""
+        """The patterns (by index, in order) whose key occurs in the text."""
         present = self.by_first.keys() & words.present(self.vocabulary)
         if not present:
             return ()

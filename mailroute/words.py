@@ -17,11 +17,15 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 
 _TOKEN = re.compile(r"[0-9a-zа-я]+")
 GAP = "..."
 MAX_GAP = 3
 NEGATIONS = frozenset({"не", "нет", "ни", "без", "not", "no", "never", "nothing", "without"})
+# What a pattern is filed under for the quick "can it match here?" test: its first two
+# words when both are exact words, else its first part (``word`` or ``stem*``).
+Key = str | tuple[str, str]
 
 
 def fold(text: str) -> str:
@@ -46,7 +50,7 @@ class Index:
     # the positions already looked up by stem: built on first use, kept with the index.
     _sorted: list[str] = field(default_factory=list, compare=False, repr=False)
     _by_stem: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _present: dict[Vocabulary, frozenset[str]] = field(
+    _present: dict[Vocabulary, frozenset[Key]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -79,12 +83,12 @@ class Index:
         self._by_stem[stem] = found
         return found
 
-    def present(self, vocabulary: Vocabulary) -> frozenset[str]:
-        """Which of the vocabulary's first parts (``word`` or ``stem*``) start some word
-        here: one pass over the distinct words, once per text and vocabulary."""
+    def present(self, vocabulary: Vocabulary) -> frozenset[Key]:
+        """Which of the vocabulary's keys occur here (a key is a pattern's first part,
+        ``word`` or ``stem*``, or its first two words): once per text and vocabulary."""
         found = self._present.get(vocabulary)
         if found is None:
-            found = vocabulary.found_in(self.positions)
+            found = vocabulary.found_in(self)
             self._present[vocabulary] = found
         return found
 
@@ -114,8 +118,13 @@ class Pattern:
     _rest: tuple[tuple[str, bool], ...] | None = field(
         init=False, compare=False, repr=False, default=None
     )
+    key: Key = field(init=False, compare=False, repr=False, default="")
 
     def __post_init__(self) -> None:
+        first = self.parts[0]
+        second = self.parts[1] if len(self.parts) > 1 else GAP
+        exact = first[-1] != "*" and second != GAP and second[-1] != "*"
+        object.__setattr__(self, "key", (first, second) if exact else first)
         if GAP not in self.parts:
             rest = tuple((p.removesuffix("*"), p.endswith("*")) for p in self.parts[1:])
             object.__setattr__(self, "_rest", rest)
@@ -162,9 +171,10 @@ class Pattern:
 
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
-    """The first parts of many patterns, to tell at once which of them can match a text:
-    a pattern whose first part starts no word of the text has no spans there."""
+    """The keys of many patterns, to tell at once which of them can match a text: a
+    pattern has no spans in a text that lacks its first word, or its first two words."""
 
+    pairs: frozenset[tuple[str, str]]  # exact first two words
     words: frozenset[str]  # exact first words
     stems: frozenset[str]  # first stems, without the ``*``
     lengths: tuple[int, ...]  # the stems' lengths, ascending
@@ -172,20 +182,25 @@ class Vocabulary:
 
     @classmethod
     def of(cls, patterns: Iterable[Pattern]) -> Vocabulary:
-        firsts = {p.parts[0] for p in patterns}
+        keys = {p.key for p in patterns}
+        firsts = {k for k in keys if isinstance(k, str)}
         stems = frozenset(f[:-1] for f in firsts if f.endswith("*"))
         lengths = tuple(sorted({len(s) for s in stems}))
         shortest = lengths[0] if lengths else 0
         return cls(
+            pairs=frozenset(k for k in keys if isinstance(k, tuple)),
             words=frozenset(f for f in firsts if not f.endswith("*")),
             stems=stems,
             lengths=lengths,
             heads=frozenset(s[:shortest] for s in stems),
         )
 
-    def found_in(self, positions: Mapping[str, object]) -> frozenset[str]:
-        """The first parts that start a word among ``positions``' distinct words."""
-        found = set(self.words.intersection(positions))
+    def found_in(self, text: Index) -> frozenset[Key]:
+        """The keys that occur in ``text``."""
+        positions = text.positions
+        found: set[Key] = set(self.words.intersection(positions))
+        if self.pairs:
+            found.update(self.pairs.intersection(pairwise(text.words)))
         if self.stems:
             stems, heads, lengths = self.stems, self.heads, self.lengths
             shortest = lengths[0]
