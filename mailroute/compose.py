@@ -4,6 +4,13 @@ Pure: facts in, bytes out. Templates are plain text with ``$name`` placeholders
 (:class:`string.Template`), so an admin's template can never run code; every
 value is flattened to one line before it reaches a header, so nothing a
 customer writes can add a header to our reply.
+
+Flattening alone is not enough: the stdlib's header classes decode RFC 2047
+words in any value they are given, so a subject that arrived double-encoded
+(``=?utf-8?q?=0D=0ABcc:_x@y?=`` after our own decoding) would turn back into a
+line break on output. Customer text therefore has its ``=?`` broken up
+(:func:`inert`), ids that are not plain msg-ids are left out of the threading
+headers, and an address the header cannot carry safely is not put in ``To``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr
@@ -70,6 +78,16 @@ FIRST_RESPONSE = {
     "en": "A specialist will first respond by {when}.",
 }
 MAX_SUBJECT = 150
+MAX_REFERENCES = 10  # of the customer's thread, plus the letter answered
+# A msg-id the threading headers may carry: printable ASCII, no spaces or angle
+# brackets inside, nothing the header classes would decode, not absurdly long.
+_MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+# An addr-spec the To header carries as is (after IDNA for the domain).
+_ADDR_SPEC = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+NO_ADDRESS = "undisclosed-recipients:;"  # an empty group: delivery goes by the envelope
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,84 @@ def one_line(value: str | None, limit: int = MAX_SUBJECT) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
+def inert(text: str) -> str:
+    """Text the header classes will not decode: every RFC 2047 opener "=?" broken up.
+
+    Nobody writes "=?" in a subject or a name on purpose; a value that still holds
+    one after our decoding was encoded twice, which is how line breaks are smuggled.
+    Surrogates (undecodable bytes) become U+FFFD so the value can be encoded at all.
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    while "=?" in text:
+        text = text.replace("=?", "= ?")
+    return text
+
+
+def thread_ids(message_id: str | None, references: tuple[str, ...]) -> tuple[str | None, str]:
+    """In-Reply-To and References for a reply: only plain msg-ids, the last few of them.
+
+    A hostile letter's ids may be megabytes long, carry encoded words or be legion;
+    they are left out rather than repaired (threading falls back on the [SD-…] token).
+    """
+    reply_to = message_id if message_id and _plain_id(message_id) else None
+    kept = [r for r in references if _plain_id(r) and r != reply_to]
+    chain = [*kept[-MAX_REFERENCES:], *([reply_to] if reply_to else [])]
+    return reply_to, " ".join(chain)
+
+
+def _plain_id(value: str) -> bool:
+    return _MSG_ID.fullmatch(value) is not None and "=?" not in value
+
+
+def ascii_address(address: str) -> str | None:
+    """The address as a plain ASCII addr-spec (an IDN domain in its xn-- form), or None
+    when it cannot be one: a non-ASCII local part, or specials that would split it."""
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    spec = f"{local}@{domain}"
+    if not at or len(spec) > 254 or "=?" in spec or _ADDR_SPEC.fullmatch(spec) is None:
+        return None  # "=?" too: the header classes would decode it as an encoded word
+    return spec
+
+
+def address_header(name: str, address: str) -> Address | str:
+    """A To value naming exactly that one mailbox, or an empty group when the address
+    cannot be written safely (the envelope still carries it).
+
+    An ``Address`` object, not formataddr()'s string: the stdlib re-parses a string
+    and writes the ASCII words of a non-ASCII name unquoted, so "Лена <> Bcc: x@y"
+    or "../etc Не" would come out as more mailboxes or as a header it cannot read
+    back; an Address keeps the whole name in one quoted string or encoded word.
+    """
+    spec = ascii_address(address)
+    if spec is None:
+        return NO_ADDRESS
+    return Address(display_name=display_name(name, spec), addr_spec=spec)
+
+
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+def display_name(name: str, spec: str) -> str:
+    """The customer's name as our To header shows it: one line, inert, and safe to fold.
+
+    A non-ASCII name becomes encoded words, which fold safely.  An ASCII name with
+    specials becomes a quoted string, which the stdlib unquotes when it has to fold
+    the line ("a <b tell me?" would turn into an address); when the line would be
+    folded, the specials become spaces.
+    """
+    text = inert(one_line(name, 78))
+    if text.isascii() and _SPECIALS.search(text):
+        quoted = len(text) + 2 + text.count("\\") + text.count('"')
+        if len("To: ") + quoted + len(" <>") + len(spec) > 78:
+            text = one_line(_SPECIALS.sub(" ", text), 78)
+    return text
+
+
 def compose(
     kind: str,
     facts: ReplyFacts,
@@ -157,12 +253,14 @@ def compose(
     subject_line, body = _render(templates.texts[(kind, lang)], _values(facts, lang))
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr((one_line(identity.name), identity.address))
-    message["To"] = formataddr((one_line(thread.recipient_name), thread.recipient))
+    message["To"] = address_header(thread.recipient_name, thread.recipient)
     message["Subject"] = subject_line
     message["Message-ID"] = message_id
-    if thread.message_id:
-        message["In-Reply-To"] = thread.message_id
-        message["References"] = " ".join([*thread.references[-10:], thread.message_id])
+    in_reply_to, references = thread_ids(thread.message_id, thread.references)
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+    if references:
+        message["References"] = references
     message["Auto-Submitted"] = "auto-replied"
     message["X-Auto-Response-Suppress"] = "All"
     message["Precedence"] = "auto_reply"
@@ -173,7 +271,7 @@ def compose(
     return Draft(
         kind=kind,
         sender=identity.address,
-        recipient=thread.recipient,
+        recipient=ascii_address(thread.recipient) or thread.recipient,
         subject=subject_line,
         message_id=message_id,
         raw=message.as_bytes(),
@@ -187,13 +285,13 @@ def compose_notice(
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr((one_line(identity.name), identity.address))
     message["To"] = recipient
-    message["Subject"] = one_line(subject, 250)
+    message["Subject"] = inert(one_line(subject, 250))
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
     message["X-Mailroute-Kind"] = kind
     message.set_content(body, charset="utf-8", cte="quoted-printable")
-    return Draft(kind, identity.address, recipient, one_line(subject, 250), message_id,
+    return Draft(kind, identity.address, recipient, inert(one_line(subject, 250)), message_id,
                  message.as_bytes())
 
 
@@ -219,7 +317,7 @@ def _render(template: str, values: Mapping[str, str]) -> tuple[str, str]:
     subject = head.removeprefix("Subject:").strip() if head.startswith("Subject:") else ""
     if not subject:
         head, body = "", template
-    rendered_subject = one_line(string.Template(subject).safe_substitute(values), 250)
+    rendered_subject = inert(one_line(string.Template(subject).safe_substitute(values), 250))
     rendered_body = string.Template(body).safe_substitute(values)
     return rendered_subject, re.sub(r"\n{3,}", "\n\n", rendered_body).strip() + "\n"
 

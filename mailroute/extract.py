@@ -316,11 +316,30 @@ def _drop_sentence_period(text: str, end: int) -> int:
     return end
 
 
-def _line_bounds(text: str, start: int, end: int) -> tuple[str, str]:
-    line_start = text.rfind("\n", 0, start) + 1
+# How far back a label or a bullet is looked for.  Each candidate looks back at most
+# this far: rescanning the whole line for each of thousands of names on one long
+# line (a pasted table) was quadratic, seconds for 20 KB.
+_LOOKBACK = 200
+_BULLETS = " \t-–—•*>|"
+
+
+def _line_before(text: str, start: int) -> tuple[int, str]:
+    """Start of the text looked at before a name, and that text: its line, at most
+    the last _LOOKBACK characters of it."""
+    window = max(0, start - _LOOKBACK)
+    line_start = text.rfind("\n", window, start) + 1 or window
+    return line_start, text[line_start:start]
+
+
+def _alone_on_line(text: str, line_start: int, start: int, end: int, before: str) -> bool:
+    """Nothing but bullets before the name on its line, and contact details or nothing after."""
+    if before.strip(_BULLETS):
+        return False
+    cut_short = line_start > 0 and text[line_start - 1] != "\n"  # by the look-back
+    if cut_short and text[text.rfind("\n", 0, line_start) + 1 : start].strip(_BULLETS):
+        return False
     line_end = text.find("\n", end)
-    line_end = len(text) if line_end < 0 else line_end
-    return text[line_start:start], text[end:line_end]
+    return bool(_TRAILING_CONTACT.match(text[end : len(text) if line_end < 0 else line_end]))
 
 
 def _sentence_before(text: str, start: int) -> str:
@@ -330,7 +349,7 @@ def _sentence_before(text: str, start: int) -> str:
 
 
 def _score(text: str, source: str, start: int, end: int) -> tuple[int, str]:
-    before, after = _line_bounds(text, start, end)
+    line_start, before = _line_before(text, start)
     sentence = _sentence_before(text, start)
     if _LABEL.search(before):
         return SCORE_LABEL, "after a label"
@@ -340,8 +359,7 @@ def _score(text: str, source: str, start: int, end: int) -> tuple[int, str]:
         return -1, "mentioned in passing"
     if source == "subject":
         return SCORE_SUBJECT, "in the subject"
-    alone = not before.strip(" \t-–—•*>|") and bool(_TRAILING_CONTACT.match(after))
-    if alone:
+    if _alone_on_line(text, line_start, start, end, before):
         if source == "signature":
             return SCORE_SIGNATURE_LINE, "on a line of its own in the signature"
         return SCORE_OWN_LINE, "on a line of its own"

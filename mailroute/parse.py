@@ -121,6 +121,10 @@ class ParseLimits:
     max_parts: int = 1000
     max_depth: int = 30
     max_header_bytes: int = 1024 * 1024
+    # The body text analysed: nobody writes a request longer than this, and rule
+    # matching over tens of megabytes of pasted logs takes minutes and gigabytes.
+    # The raw letter is stored whole; only its reading is cut.
+    max_text_chars: int = 200_000
 
 
 # ---------------------------------------------------------------------- charsets
@@ -569,7 +573,9 @@ def _strip_controls(text: str) -> str:
 _ANGLE_ADDR = re.compile(r"<([^<>]*)>\s*$")
 # Possessive and anchored to token starts: a long run without '@' must not backtrack.
 _BARE_EMAIL = re.compile(r"(?<![^\s<>()\"',;:])[^\s<>()\"',;:@]++@[^\s<>()\"',;:@]++")
-_EMAIL_SHAPE = re.compile(r"[^@\s]++@[^@\s]++")
+# No specials: "a,b@c" or "x>y@z" would be cut to "a" or "x" by an SMTP client's
+# address parser, sending our reply to a local mailbox of the relay.
+_EMAIL_SHAPE = re.compile(r"[^@\s<>()\[\],;:\"\\]++@[^@\s<>()\[\],;:\"\\]++")
 
 
 def _split_addresses(value: str) -> list[str]:
@@ -619,11 +625,18 @@ def _clean_name(name: str) -> str:
     return collapse(name)
 
 
+MAX_ADDRESS = 254  # RFC 5321; the requester columns are 320 wide
+
+
 def _clean_email(addr: str) -> str:
+    """The lower-cased addr-spec; "" when it is no address (or one no server could take:
+    longer than RFC 5321 allows, or holding controls such as NUL)."""
     addr = addr.strip().strip("'\"").strip()
     if addr.lower().startswith("mailto:"):
         addr = addr[7:]
     addr = "".join(addr.split()).lower()
+    if len(addr) > MAX_ADDRESS or _CONTROLS.search(addr):
+        return ""
     return addr if _EMAIL_SHAPE.fullmatch(addr) else ""
 
 
@@ -697,9 +710,20 @@ def _merge_unquoted_commas(items: list[str]) -> list[str]:
 _MSGID = re.compile(r"<([^<>]*)>")
 
 
+MAX_ID_CHARS = 998  # a header line; also the width of letters.message_id
+MAX_IDS = 100  # References kept (the newest): threading needs a few, a query takes them all
+
+
 def _clean_id(inner: str) -> str | None:
-    inner = "".join(inner.split())
-    return f"<{inner}>" if inner else None
+    """An id without whitespace or controls; None when empty or longer than a header line.
+
+    A NUL or a 2 KB id would be refused by the database (PostgreSQL text holds no
+    NUL; the column is 998 wide), and a refused letter would stay pending forever.
+    """
+    inner = _CONTROLS.sub("", "".join(inner.split()))
+    if not inner or len(inner) + 2 > MAX_ID_CHARS:
+        return None
+    return f"<{inner}>"
 
 
 def parse_message_id(raw: str) -> str | None:
@@ -709,22 +733,28 @@ def parse_message_id(raw: str) -> str | None:
     if match:
         return _clean_id(match.group(1))
     token = value.split()[0] if value.split() else ""
-    token = token.strip("<>")
-    return f"<{token}>" if token else None
+    return _clean_id(token.strip("<>"))
 
 
-def parse_id_list(raw: str) -> tuple[str, ...]:
-    """All "<...>" ids in order, tolerating junk between them; no duplicates."""
+def parse_id_list(
+    raw: str, defects: list[str] | None = None, what: str = "References"
+) -> tuple[str, ...]:
+    """The "<...>" ids in order, tolerating junk between them; no duplicates.
+
+    Only the last MAX_IDS are kept (the newest of a thread): a hostile header of
+    a hundred thousand ids must not cost a quadratic scan or a query with more
+    parameters than the database takes.
+    """
     value = unfold(raw)
-    ids: list[str] = []
     found = [m.group(1) for m in _MSGID.finditer(value)]
     if not found:
         found = [t for t in re.split(r"[\s,]+", value) if "@" in t]
-    for inner in found:
-        cleaned = _clean_id(inner)
-        if cleaned and cleaned not in ids:
-            ids.append(cleaned)
-    return tuple(ids)
+    ids = tuple(dict.fromkeys(c for c in map(_clean_id, found) if c))
+    if len(ids) > MAX_IDS:
+        if defects is not None:
+            defects.append(f"{what}: {len(ids)} ids, kept the last {MAX_IDS}")
+        ids = ids[-MAX_IDS:]
+    return ids
 
 
 _RU_MONTHS = {
@@ -1148,6 +1178,12 @@ class _Budget:
             )
 
 
+# RFC 2045 tokens, each at most 127 long (RFC 6838): anything else (a NUL, a 300-byte
+# name) is no type, and would not fit the attachments.content_type column either.
+_MIME_TOKEN = r"[!#$%&'*+\-.^_`{|}~0-9a-z]{1,127}"
+_MIME_TYPE = re.compile(f"{_MIME_TOKEN}/{_MIME_TOKEN}")
+
+
 class _PartInfo:
     """Decoded MIME headers of one part, looked up once."""
 
@@ -1160,7 +1196,7 @@ class _PartInfo:
             ctype = ""
         else:
             ctype, params = parse_structured(raw, defects, what)
-        if "/" not in ctype or " " in ctype:
+        if _MIME_TYPE.fullmatch(ctype) is None:
             if raw is not None and raw.strip():
                 defects.append(f"{what}: malformed Content-Type {collapse(raw)[:60]!r}")
             ctype = "message/rfc822" if node.digest_child else "text/plain"
@@ -1231,18 +1267,29 @@ def _ascii(data: bytes) -> str:
     return data.decode("ascii", "surrogateescape")
 
 
-def _split_headers(data: bytes, what: str) -> tuple[list[tuple[str, str]], bytes, list[str]]:
-    """Header fields and body of one entity, tolerant like a mail client.
+def _split_headers(
+    data: bytes, what: str, limit: int, start: int = 0, stop: int | None = None
+) -> tuple[list[tuple[str, str]], bytes, list[str]]:
+    """Header fields and body of the entity at data[start:stop], tolerant like a mail client.
 
     A line that is neither a field nor a continuation ends the header section
     (the body then starts with it); an mbox "From " line on top is skipped.
+    Nothing past `limit` bytes is split into lines: a header section that long is
+    refused by the caller anyway, and splitting 50 MB of short lines (or a body
+    with no blank line above it) first would cost gigabytes.  The entity is read in
+    place and only its body copied, so a part of a big letter is copied once.
     """
     defects: list[str] = []
-    if data[:1] in (b"\r", b"\n"):  # no header fields at all
-        return [], data[2:] if data.startswith(b"\r\n") else data[1:], defects
-    end = _HEADER_END.search(data)
-    block = data[: end.start()] if end else data
-    body = data[end.end() :] if end else b""
+    stop = len(data) if stop is None else stop
+    if data[start : start + 1] in (b"\r", b"\n"):  # no header fields at all
+        skip = 2 if data.startswith(b"\r\n", start) else 1
+        return [], data[start + skip : stop], defects
+    end = _HEADER_END.search(data, start, min(stop, start + limit + 4))
+    cut = end is None and stop - start > limit
+    if end is not None:
+        block, body = data[start : end.start()], data[end.end() : stop]
+    else:  # no blank line within the limit: body, if any, begins at a non-header line
+        block, body = data[start : min(stop, start + limit + 1)], b""
     tokens = _LINE_SPLIT.split(block)
     fields: list[tuple[bytes, list[bytes]]] = []  # name, value lines (joined once: linear)
     offset = 0
@@ -1259,7 +1306,8 @@ def _split_headers(data: bytes, what: str) -> tuple[list[tuple[str, str]], bytes
         elif not (index == 0 and line.startswith(b"From ")) and line:
             if fields:
                 defects.append(f"{what}: no blank line between headers and body")
-            body = data[offset:]
+            # a line cut short by the limit may be a header: then the section is too long
+            body = data[start + offset : stop] if sep or not cut else b""
             break
         offset += len(line) + len(sep)
     headers = [(_ascii(name), _ascii(b"\r\n".join(lines))) for name, lines in fields]
@@ -1267,13 +1315,21 @@ def _split_headers(data: bytes, what: str) -> tuple[list[tuple[str, str]], bytes
 
 
 def _parse_entity(
-    data: bytes, path: str, depth: int, budget: _Budget, digest_child: bool = False
+    data: bytes,
+    path: str,
+    depth: int,
+    budget: _Budget,
+    digest_child: bool = False,
+    start: int = 0,
+    stop: int | None = None,
 ) -> _Node:
-    """Split one entity and, for a multipart, its children (recursively)."""
+    """Split the entity at data[start:stop] and, for a multipart, its children (recursively)."""
     budget.take(depth)
     what = f"part {path}" if path else "body"
-    headers, body, defects = _split_headers(data, what)
-    budget.check_header_size(len(data) - len(body))
+    stop = len(data) if stop is None else stop
+    limit = budget.limits.max_header_bytes
+    headers, body, defects = _split_headers(data, what, limit, start, stop)
+    budget.check_header_size(stop - start - len(body))
     node = _Node(headers, body, path, depth, digest_child, defects)
     ctype = node.part_info.content_type
     if ctype.startswith("multipart/"):
@@ -1290,6 +1346,8 @@ def _parse_entity(
                 _split_children(node, sniffed, budget)
                 if node.children is not None:
                     node.defects.append(f"{what}: used the boundary found in the body")
+        if node.children is not None:
+            node.body = b""  # the children hold copies: a 50 MB letter is not kept twice
     return node
 
 
@@ -1361,8 +1419,9 @@ def _split_children(node: _Node, boundary: bytes, budget: _Budget) -> None:
             break
         end = marks[index + 1][0] if index + 1 < len(marks) else len(node.body)
         child_path = f"{prefix}{len(children) + 1}"
-        data = node.body[content:end]
-        children.append(_parse_entity(data, child_path, node.depth + 1, budget, digest))
+        children.append(
+            _parse_entity(node.body, child_path, node.depth + 1, budget, digest, content, end)
+        )
     node.children = children
 
 
@@ -1395,16 +1454,38 @@ def decode_transfer(data: bytes, cte: str, defects: list[str], what: str) -> byt
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?([\w-]+)", re.IGNORECASE)
 
 
+# Bytes of a text part read per character of body text kept: room for HTML markup
+# and multi-byte charsets, so the cut below never shortens what the reader sees.
+_SOURCE_BYTES_PER_CHAR = 10
+
+
 def _text_of_part(node: _Node, info: _PartInfo, ctx: _Context) -> str:
-    """Decoded text of a text/* leaf part."""
+    """Decoded text of a text/* leaf part (its first bytes only, when it is huge)."""
     data = decode_transfer(node.body, info.cte, ctx.defects, node.what)
     charset = info.params.get("charset", "")
     if not charset and info.content_type == "text/html":
         meta = _META_CHARSET.search(data[:4096])
         if meta:
             charset = meta.group(1).decode("ascii", "replace")
+    limit = ctx.limits.max_text_chars * _SOURCE_BYTES_PER_CHAR
+    data = _cut_source(data, limit, charset, ctx.defects, node.what)
     text = decode_bytes(data, charset or None, node.what, ctx.defects)
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _cut_source(data: bytes, limit: int, charset: str, defects: list[str], what: str) -> bytes:
+    """At most `limit` bytes, cut after a line break when there is one in the second half.
+
+    Decoding 50 MB of text (and rendering it, and running every rule over it) costs
+    gigabytes; the letter's own words are at its top.
+    """
+    if len(data) <= limit:
+        return data
+    stop = data.rfind(b"\n", limit // 2, limit) + 1 or limit
+    if "16" in charset or "32" in charset:  # UTF-16/32: keep whole code units
+        stop -= stop % 4
+    defects.append(f"{what}: text part is {len(data)} bytes, read the first {stop}")
+    return data[:stop]
 
 
 def _is_body_text(info: _PartInfo, top: bool) -> bool:
@@ -1574,8 +1655,8 @@ def _letter(node: _Node, budget: _Budget) -> ParsedLetter:
     attachments = tuple(_mark_referenced(a, ctx.cids) for a in ctx.attachments)
     return ParsedLetter(
         message_id=parse_message_id(raw["message-id"]) if "message-id" in raw else None,
-        in_reply_to=parse_id_list(raw.get("in-reply-to", "")),
-        references=parse_id_list(raw.get("references", "")),
+        in_reply_to=parse_id_list(raw.get("in-reply-to", ""), defects, "In-Reply-To"),
+        references=parse_id_list(raw.get("references", ""), defects, "References"),
         subject=subject,
         sender=sender_list[0] if sender_list else None,
         reply_to=parse_address_list(raw.get("reply-to", ""), defects, "Reply-To"),
@@ -1622,10 +1703,14 @@ def _mark_referenced(att: Attachment, cids: set[str]) -> Attachment:
 
 
 def _render(pieces: list[_Piece], ctx: _Context) -> tuple[str, bool]:
-    """Turn the chosen body pieces into the final text."""
+    """Turn the chosen body pieces into the final text, at most max_text_chars of it."""
+    limit = ctx.limits.max_text_chars
     texts: list[str] = []
     from_html = False
+    size = 0
     for piece in pieces:
+        if size > limit:  # a thousand text parts: the rest would be cut anyway
+            break
         if piece.is_html:
             from_html = True
             texts.append(html_to_text(piece.source, ctx.defects, piece.what))
@@ -1633,7 +1718,16 @@ def _render(pieces: list[_Piece], ctx: _Context) -> tuple[str, bool]:
             texts.append(unflow(piece.source, piece.delsp))
         else:
             texts.append(piece.source)
-    return tidy_text("\n\n".join(tidy_text(t) for t in texts if t.strip())), from_html
+        size += len(texts[-1])
+    text = tidy_text("\n\n".join(tidy_text(t) for t in texts if t.strip()))
+    cut = len(texts) < len(pieces)
+    if len(text) > limit:
+        stop = text.rfind("\n", limit // 2, limit)
+        text = text[: stop if stop > 0 else limit].rstrip()
+        cut = True
+    if cut:
+        ctx.defects.append(f"body text cut to its first {len(text)} characters")
+    return text, from_html
 
 
 def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedLetter:

@@ -253,7 +253,7 @@ def _contact_strength(line: str) -> int:
         return 0
     pieces = [p.strip() for p in re.split(r",\s+|\s+[|/•·]\s+|;\s*", text) if p.strip()]
     strengths = [_piece_strength(p) for p in pieces]
-    if min(strengths) > 0:
+    if strengths and min(strengths) > 0:  # a line of separators only (";") has no pieces
         return max(strengths)
     return 1 if _is_short_title(text) else 0
 
