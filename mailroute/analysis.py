@@ -69,7 +69,7 @@ _COVERING_NOTE = re.compile(
     re.IGNORECASE,
 )
 _NOISE = re.compile(
-    r"\[cid:[^\]]*\]|\S+@\S+|(?:https?://|www\.)\S+|\+?\d[\d\s()\-–]{6,}\d|"
+    r"\[cid:[^\]]*\]|(?<!\S)\S+@\S+|(?:https?://|www\.)\S+|\+?\d[\d\s()\-–]{6,}\d|"
     r"(?:инн|кпп|огрн|окпо|бик|р/с|к/с)\s*[:№]?\s*\d+",
     re.IGNORECASE,
 )

@@ -16,6 +16,7 @@ headers, and an address the header cannot carry safely is not put in ``To``.
 from __future__ import annotations
 
 import re
+import secrets
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -153,6 +154,15 @@ class Templates:
                 source = custom if custom and custom.is_file() else builtin / name
                 texts[(kind, lang)] = source.read_text(encoding="utf-8")
         return cls(texts)
+
+
+def new_message_id(number: str, domain: str) -> str:
+    """A Message-ID nobody can predict: it is the proof that a reply belongs to a thread.
+
+    ``email.utils.make_msgid`` draws from the ``random`` module, whose state a
+    correspondent can reconstruct from a few hundred of our earlier replies.
+    """
+    return f"<{secrets.token_hex(16)}.{number}@{domain or 'mailroute.invalid'}>"
 
 
 def one_line(value: str | None, limit: int = MAX_SUBJECT) -> str:

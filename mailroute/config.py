@@ -636,6 +636,10 @@ class LimitsConfig(Section):
     max_header_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest header block of any part, in bytes."
     )
+    max_text_chars: int = Field(
+        200_000, ge=1000,
+        description="Characters of body text analysed; the rest is kept but not read.",
+    )
 
 
 class Config(BaseModel):

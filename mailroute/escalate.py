@@ -8,14 +8,13 @@ moved by a pause or a reopening is a new breach when it passes again.
 from __future__ import annotations
 
 from datetime import datetime
-from email.utils import make_msgid
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute import logs, sla
-from mailroute.compose import Identity, compose_notice
+from mailroute.compose import Identity, compose_notice, new_message_id
 from mailroute.config import WorkflowConfig
 from mailroute.store import Store
 from mailroute.store.models import Escalation, OutboxItem, Request
@@ -114,7 +113,7 @@ def _notify(
         body,
         identity,
         workflow.escalation_address,
-        make_msgid(idstring=request.number, domain=domain),
+        new_message_id(request.number, domain),
     )
     session.add(
         OutboxItem(

@@ -13,14 +13,21 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from email.utils import make_msgid
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailroute import logs
 from mailroute.analysis import Analysis, AnalysisContext, analyze
-from mailroute.compose import Draft, Identity, ReplyFacts, Templates, Thread, compose
+from mailroute.compose import (
+    Draft,
+    Identity,
+    ReplyFacts,
+    Templates,
+    Thread,
+    compose,
+    new_message_id,
+)
 from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.errors import LetterUnreadable, TransientError
 from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, decide
@@ -110,6 +117,7 @@ class Pipeline:
                 max_parts=config.limits.max_parts,
                 max_depth=config.limits.max_depth,
                 max_header_bytes=config.limits.max_header_bytes,
+                max_text_chars=config.limits.max_text_chars,
             ),
             sla=config.sla,
             workflow=config.workflow,
@@ -171,6 +179,8 @@ def process_letter(
                 outcome = _decide(session, pipeline, letter, now)
         except _Unprocessable as fault:
             outcome = _quarantine(letter, fault.stage, fault.reason, fault.trace)
+        except DataError as exc:  # the database refuses a value of this letter: its fault
+            outcome = _quarantine(letter, "store", f"database refused a value: {exc.orig}")
         letter.attempts += 1  # after the savepoint, so entering it writes nothing
     _log(outcome, letter)
     return outcome
@@ -230,7 +240,8 @@ def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
 def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = None) -> Outcome:
     letter.state = "quarantined"
     letter.stage = stage
-    letter.error = reason if trace is None else f"{reason}\n{trace}"
+    text = reason if trace is None else f"{reason}\n{trace}"
+    letter.error = text.replace("\x00", "\\x00")  # PostgreSQL text holds no NUL
     return Outcome(letter.id, "quarantined", detail=f"{stage}: {reason}")
 
 
@@ -561,7 +572,7 @@ def _draft(
         references=parsed.references,
     )
     domain = _domain(pipeline.identity.address) or "mailroute.invalid"
-    message_id = make_msgid(idstring=request.number, domain=domain)
+    message_id = new_message_id(request.number, domain)
     return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
 
 

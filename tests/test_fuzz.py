@@ -20,12 +20,9 @@ For every letter the contract is checked:
   pending and block the queue behind it);
 * no letter takes a second of CPU time (``time.process_time``: the machine is shared,
   and other processes' load must not fail the run).  This is a robustness bound, not
-  a benchmark: a letter that takes this long on a small input is quadratic somewhere.
-  One such place is known and not fixed here (``analysis._NOISE``, see
-  ``test_long_word_without_spaces_is_linear``, a strict xfail naming the fix): the
-  fuzz runs swap in the anchored pattern, checked below to match exactly the same,
-  so that every other stage is held to the bound.  Once analysis.py has the fix
-  the swap changes nothing and the xfail turns into a failure asking for cleanup.
+  a benchmark: a letter that takes this long on a small input is quadratic somewhere
+  (``test_long_word_without_spaces_is_linear`` guards the one the fuzzer found in
+  ``analysis._NOISE``).
 
 Every ticket's letter is also composed with every template kind (acknowledgement,
 clarification, the reply guard's limit notice).  The big run is marked ``slow``; a
@@ -195,15 +192,6 @@ class Core:
         return compose(kind, facts, thread, self.identity, self.templates, message_id)
 
 
-# analysis._NOISE with its address alternative anchored at the start of a word:
-# the same matches (a match of `\S+@\S+` always starts where its word starts),
-# without retrying every position of a long word.  See the strict xfail below.
-LINEAR_NOISE = re.compile(
-    analysis_module._NOISE.pattern.replace(r"|\S+@\S+|", r"|(?<!\S)\S+@\S+|", 1),
-    analysis_module._NOISE.flags,
-)
-
-
 def check_storable(parsed: ParsedLetter, analysis: Analysis) -> None:
     """What process.py writes or looks up fits the columns and holds no NUL or surrogate."""
     ids = [parsed.message_id, *parsed.in_reply_to, *parsed.references]
@@ -273,14 +261,6 @@ WARM_UP = (
     b"From: a@client.ru\r\nContent-Type: text/html\r\n\r\n<p>warm <b>up</b></p>\r\n",
     b"From: a@client.ru\r\n\r\n" + "Сервер не работает".encode("koi8-r") + b"\r\n",
 )
-
-
-@pytest.fixture
-def linear_noise() -> Iterator[None]:
-    """analysis._NOISE replaced by LINEAR_NOISE for the duration of a fuzz run."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analysis_module, "_NOISE", LINEAR_NOISE)
-        yield
 
 
 # ---------------------------------------------------------------- generated MIME
@@ -805,12 +785,6 @@ def _report(capsys: pytest.CaptureFixture[str], label: str, tally: Tally) -> Non
         print(f"\n[{label}] {tally.summary()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis._NOISE `\\S+@\\S+` retries every start of a long run without spaces "
-    "(quadratic: 48 KB of one word takes ~5 s); anchoring it, `(?<!\\S)\\S+@\\S+`, "
-    "matches the same and is linear. analysis.py is not ours to edit.",
-)
 def test_long_word_without_spaces_is_linear() -> None:
     """A pasted blob with no spaces in the customer's own words (found by the fuzzer).
 
@@ -840,13 +814,6 @@ def test_many_names_on_one_long_line_are_linear() -> None:
     cost(10)
     short, long = cost(500), cost(2000)
     assert long < 8 * short + 0.05, f"{short:.2f} s for 500 names, {long:.2f} s for 2000"
-
-
-@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
-@given(st.text(alphabet="ab@ .x\n[cid:]1(-\t", max_size=40))
-def test_linear_noise_matches_what_noise_matches(text: str) -> None:
-    """The swap made for the fuzz runs changes which letters are slow, nothing else."""
-    assert LINEAR_NOISE.sub("#", text) == analysis_module._NOISE.sub("#", text)
 
 
 HOSTILE_DIR = ROOT / "tests" / "hostile"
@@ -890,7 +857,6 @@ def test_atheris_short_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SEEDS, reason="no seed letters found")
-@pytest.mark.usefixtures("linear_noise")
 def test_fuzz_smoke(core: Core, capsys: pytest.CaptureFixture[str]) -> None:
     """A few hundred letters of each kind: quick feedback in every run."""
     tally = Tally()
@@ -903,7 +869,6 @@ def test_fuzz_smoke(core: Core, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SEEDS, reason="no seed letters found")
-@pytest.mark.usefixtures("linear_noise")
 def test_fuzz_ten_thousand_letters(core: Core, capsys: pytest.CaptureFixture[str]) -> None:
     """At least 10 000 letters, none slower than a second, every contract kept."""
     tally = Tally()

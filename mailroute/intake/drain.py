@@ -29,7 +29,9 @@ from mailroute.store import Store
 from mailroute.store import repository as repo
 
 log = logs.get("mailroute.intake")
-MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,990}>)", re.IGNORECASE | re.MULTILINE)
+MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse the save
+    rb"^message-id:[ \t]*(<[\x21-\x3d\x3f-\x7e\x80-\xff]{1,990}>)", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass
