@@ -13,6 +13,7 @@ from mailroute.config import Config, SlaConfig
 from mailroute.errors import LetterUnreadable
 from mailroute.hours import BusinessCalendar
 from mailroute.parse import parse
+from mailroute.registry import tier_of
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,15 @@ class Explainer:
     def _sla(self, analysis: Analysis, received_at: datetime) -> dict[str, Any]:
         """Due times from arrival; a request missing details waits with its clocks paused."""
         assert self.calendar is not None and self.sla is not None
-        registry = self.context.registry
-        customer = (
-            registry.by_number(analysis.registration_number)
-            if (registry and analysis.registration_number)
-            else None
-        )
-        targets = sla.targets_for(
-            self.sla, analysis.priority or "normal", customer.tier if customer else None
-        )
+        tier = tier_of(self.context.registry, analysis.registration_number)
+        targets = sla.targets_for(self.sla, analysis.priority or "normal", tier)
         due = sla.due_times(self.calendar, received_at, targets)
         return {
             "received_at": received_at.astimezone(self.calendar.zone).isoformat(),
             "paused": bool(analysis.missing),
             "first_response_due": _iso(due.first_response),
             "resolution_due": _iso(due.resolution),
-            "tier": customer.tier if customer else None,
+            "tier": tier,
         }
 
 

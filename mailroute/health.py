@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from mailroute.config import HealthConfig
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, MailboxState, OutboxItem
+from mailroute.store.models import MailboxState, OutboxItem
 
 
 @dataclass
@@ -58,12 +58,12 @@ class Health:
 def check_health(store: Store, config: HealthConfig, now: datetime) -> Health:
     with store.transaction() as session:
         health = Health(
-            pending_letters=session.scalar(
-                select(func.count()).where(Letter.state == "pending")) or 0,
+            pending_letters=repo.pending_count(session),
             quarantined=repo.quarantined_count(session),
             outbox=repo.outbox_counts(session),
             oldest_unsent_due=session.scalar(
-                select(func.min(OutboxItem.not_before)).where(OutboxItem.state == "pending")),
+                select(func.min(OutboxItem.not_before)).where(OutboxItem.state == "pending")
+            ),
         )
         mailboxes = list(session.scalars(select(MailboxState)))
     _summarise_mailboxes(health, mailboxes)
@@ -87,8 +87,9 @@ def _problems(health: Health, config: HealthConfig, now: datetime) -> list[str]:
         problems.append("the mailbox has never been polled")
     elif now - health.last_poll_at > timedelta(seconds=config.max_poll_age):
         problems.append(f"no successful poll since {health.last_poll_at:%Y-%m-%d %H:%M:%S} UTC")
-    if health.last_error_at and (health.last_poll_at is None
-                                 or health.last_error_at > health.last_poll_at):
+    if health.last_error_at and (
+        health.last_poll_at is None or health.last_error_at > health.last_poll_at
+    ):
         problems.append(f"failing: {health.last_error}")
     late = health.oldest_unsent_due
     if late and now - late > timedelta(seconds=config.max_reply_delay):

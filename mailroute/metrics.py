@@ -88,7 +88,7 @@ class QueueCollector(Collector):
         try:
             with self.store.transaction() as session:
                 outbox = repo.outbox_counts(session)
-                pending = len(repo.pending_letter_ids(session, 100000))
+                pending = repo.pending_count(session)
                 quarantined = repo.quarantined_count(session)
         except Exception:  # a scrape must not fail because the database is away
             return

@@ -34,6 +34,7 @@ from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, dec
 from mailroute.hours import BusinessCalendar
 from mailroute.organizations import merged_registry
 from mailroute.parse import ParsedLetter, ParseLimits, parse
+from mailroute.registry import tier_of
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, OutboxItem, Request
@@ -131,11 +132,7 @@ class Pipeline:
 
     def tier_of(self, registration_number: str | None) -> str | None:
         """The customer's support tier, when a registry knows the number."""
-        registry = self.context.registry
-        customer = (
-            registry.by_number(registration_number) if registry and registration_number else None
-        )
-        return customer.tier if customer else None
+        return tier_of(self.context.registry, registration_number)
 
     def hours_text(self, language: str) -> str:
         cal = self.calendar
@@ -203,9 +200,9 @@ def _decide(session: Session, pipeline: Pipeline, letter: Letter, now: datetime)
             session, parsed.message_id, letter.id
         )
         if earlier:
+            earlier_id, letter.request_id = earlier
             letter.state = "duplicate"
-            letter.request_id = earlier.request_id
-            return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier.id}")
+            return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
         stage = "analyze"
         analysis = analyze(parsed, pipeline.context)
         letter.analysis = analysis.as_dict()
@@ -255,8 +252,13 @@ def _suppress_bounced(
     candidates = repo.recipients_we_wrote(session, mentioned)
     for address in sorted(bounced_addresses(parsed, candidates)):
         if repo.suppress(session, address, f"bounce in letter {letter.id}", now, letter.id):
-            log.warning("address suppressed", msgid=parsed.message_id, letter=letter.id,
-                        address=address, reason="permanent bounce")
+            log.warning(
+                "address suppressed",
+                msgid=parsed.message_id,
+                letter=letter.id,
+                address=address,
+                reason="permanent bounce",
+            )
 
 
 def _store_attachments(session: Session, letter: Letter, parsed: ParsedLetter) -> None:
@@ -380,8 +382,7 @@ def _new_request(
         now,
         analysis.unknown_registration,
     )
-    return Outcome(letter.id, "processed", request.number, reply,
-                   request_type=request.request_type)
+    return Outcome(letter.id, "processed", request.number, reply, request_type=request.request_type)
 
 
 def _follow_up(
@@ -513,10 +514,16 @@ def _queue_reply(
         return None
     decision = _guard(session, pipeline, request.requester, now)
     if decision.action == "refuse":
-        repo.add_event(session, request, "reply_suppressed", now, reply=kind,
-                       reason=decision.reason)
-        log.warning("reply suppressed", msgid=parsed.message_id, request=request.number,
-                    to=request.requester, reason=decision.reason)
+        repo.add_event(
+            session, request, "reply_suppressed", now, reply=kind, reason=decision.reason
+        )
+        log.warning(
+            "reply suppressed",
+            msgid=parsed.message_id,
+            request=request.number,
+            to=request.requester,
+            reason=decision.reason,
+        )
         return None
     if decision.action == "notice":
         kind = "limit"
@@ -585,12 +592,12 @@ def _log(outcome: Outcome, letter: Letter) -> None:
     if outcome.state == "quarantined":
         log.error("letter quarantined", **fields, error=outcome.detail)
     elif outcome.state == "processed":
-        log.info("request created", **fields, request=outcome.request,
-                 type=outcome.request_type)
+        log.info("request created", **fields, request=outcome.request, type=outcome.request_type)
     elif outcome.state == "follow_up":
         log.info("follow-up attached", **fields, request=outcome.request, detail=outcome.detail)
     else:
         log.info(f"letter {outcome.state}", **fields, reason=outcome.detail)
     if outcome.reply:
-        log.info("reply queued", msgid=letter.message_id, request=outcome.request,
-                 kind=outcome.reply)
+        log.info(
+            "reply queued", msgid=letter.message_id, request=outcome.request, kind=outcome.reply
+        )

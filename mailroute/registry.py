@@ -74,6 +74,12 @@ class Registry:
         return None
 
 
+def tier_of(registry: Registry | None, number: str | None) -> str | None:
+    """The support tier of the customer holding ``number``, when a registry knows it."""
+    customer = registry.by_number(number) if registry and number else None
+    return customer.tier if customer else None
+
+
 def _customer(org: RegistryOrganization) -> Customer:
     return Customer(
         name=org.name,

@@ -135,8 +135,7 @@ class _Pass:
     def _process_and_file(self) -> None:
         self.report.outcomes += process_pending(self.store, self.pipeline, self.clock)
         with self.store.transaction() as session:
-            letters = repo.letters_to_file(session, self.source.name, self.uidvalidity)
-            moves = {letter.id: (letter.uid, letter.state) for letter in letters}
+            moves = repo.letters_to_file(session, self.source.name, self.uidvalidity)
             copy_states = repo.letter_states(session, list(self.copies.values()))
         by_folder: dict[str, list[str]] = {}
         for uid, state in moves.values():

@@ -16,12 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailroute.errors import DatabaseNotReady, TransientError
 
-SQLAlchemyError = _SQLAlchemyError
 SQLITE_TURN_SECONDS = 30.0  # as long as SQLite's own busy_timeout below
 
 

@@ -34,21 +34,20 @@ FINAL_LETTER_STATES = ("processed", "follow_up", "ignored", "duplicate", "quaran
 # ----------------------------------------------------------------------------- letters
 
 
-def known_uids(
-    session: Session, mailbox: str, uidvalidity: int, uids: Sequence[str]
-) -> dict[str, Letter]:
-    """Letters already saved for these UIDs of this mailbox generation."""
-    found: dict[str, Letter] = {}
+def known_uids(session: Session, mailbox: str, uidvalidity: int, uids: Sequence[str]) -> set[str]:
+    """Which of these UIDs of this mailbox generation are saved already."""
+    found: set[str] = set()
     for start in range(0, len(uids), 500):
         chunk = list(uids[start : start + 500])
-        rows = session.scalars(
-            select(Letter).where(
-                Letter.mailbox == mailbox,
-                Letter.uidvalidity == uidvalidity,
-                Letter.uid.in_(chunk),
+        found.update(
+            session.scalars(
+                select(Letter.uid).where(
+                    Letter.mailbox == mailbox,
+                    Letter.uidvalidity == uidvalidity,
+                    Letter.uid.in_(chunk),
+                )
             )
         )
-        found.update((row.uid, row) for row in rows)
     return found
 
 
@@ -107,6 +106,10 @@ def pending_letter_ids(session: Session, limit: int = 1000) -> list[int]:
     return list(rows)
 
 
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).where(Letter.state == "pending")) or 0
+
+
 def lock_letter(session: Session, letter_id: int) -> Letter | None:
     """The letter row, locked against a second worker for this transaction."""
     query = select(Letter).where(Letter.id == letter_id)
@@ -117,10 +120,10 @@ def lock_letter(session: Session, letter_id: int) -> Letter | None:
 
 def processed_with_message_id(
     session: Session, message_id: str, exclude_id: int
-) -> Letter | None:
-    """An earlier letter with this Message-ID that already made a request or follow-up."""
-    return session.scalars(
-        select(Letter)
+) -> tuple[int, int | None] | None:
+    """(id, request id) of an earlier letter with this Message-ID that was decided."""
+    row = session.execute(
+        select(Letter.id, Letter.request_id)
         .where(
             Letter.message_id == message_id,
             Letter.id != exclude_id,
@@ -128,13 +131,15 @@ def processed_with_message_id(
         )
         .limit(1)
     ).first()
+    return (row[0], row[1]) if row else None
 
 
-def letters_to_file(session: Session, mailbox: str, uidvalidity: int) -> list[Letter]:
-    """Letters with a final state that have not been moved out of the folder yet."""
-    return list(
-        session.scalars(
-            select(Letter)
+def letters_to_file(session: Session, mailbox: str, uidvalidity: int) -> dict[int, tuple[str, str]]:
+    """id -> (uid, state) of decided letters not moved out of the folder yet."""
+    return {
+        row[0]: (row[1], row[2])
+        for row in session.execute(
+            select(Letter.id, Letter.uid, Letter.state)
             .where(
                 Letter.mailbox == mailbox,
                 Letter.uidvalidity == uidvalidity,
@@ -143,7 +148,7 @@ def letters_to_file(session: Session, mailbox: str, uidvalidity: int) -> list[Le
             )
             .order_by(Letter.id)
         )
-    )
+    }
 
 
 def letter_states(session: Session, letter_ids: Sequence[int]) -> dict[int, str]:
@@ -250,9 +255,7 @@ def request_by_message_ids(session: Session, message_ids: Iterable[str]) -> Requ
 
 def list_requests(session: Session, limit: int | None = None) -> list[tuple[Request, int]]:
     """Requests newest first, each with its message count (letters in + replies out)."""
-    letters = (
-        select(func.count(Letter.id)).where(Letter.request_id == Request.id).scalar_subquery()
-    )
+    letters = select(func.count(Letter.id)).where(Letter.request_id == Request.id).scalar_subquery()
     replies = (
         select(func.count(OutboxItem.id))
         .where(OutboxItem.request_id == Request.id)
@@ -265,19 +268,6 @@ def list_requests(session: Session, limit: int | None = None) -> list[tuple[Requ
 
 
 # ------------------------------------------------------------------------------ outbox
-
-
-def due_replies(session: Session, now: datetime, limit: int = 100) -> list[OutboxItem]:
-    """Pending replies whose time has come, oldest first; locked on PostgreSQL."""
-    query = (
-        select(OutboxItem)
-        .where(OutboxItem.state == "pending", OutboxItem.not_before <= now)
-        .order_by(OutboxItem.not_before, OutboxItem.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
 
 
 def outbox_counts(session: Session) -> dict[str, int]:
@@ -324,8 +314,9 @@ def suppress(
         return False
     try:
         with session.begin_nested():
-            session.add(Suppression(address=address, reason=reason, created_at=now,
-                                    letter_id=letter_id))
+            session.add(
+                Suppression(address=address, reason=reason, created_at=now, letter_id=letter_id)
+            )
     except IntegrityError:
         return False  # another instance recorded it first
     return True
