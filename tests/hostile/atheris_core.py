@@ -22,9 +22,9 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 with atheris.instrument_imports(include=["mailroute"]):  # imported here to be instrumented
-    import mailroute.analysis  # noqa: F401
-    import mailroute.compose  # noqa: F401
-    import mailroute.parse  # noqa: F401
+    import mailroute.analysis
+    import mailroute.compose
+    import mailroute.parse  # noqa: F401 (the imports above and this one are for instrumenting)
 
 import test_fuzz  # tests/, imported after mailroute is instrumented
 
