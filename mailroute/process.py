@@ -1,16 +1,17 @@
-"""One saved letter → pure stages → request, follow-up or ignore record + outbox row.
+"""Saved letters → pure stages → request, follow-up or ignore record + outbox row.
 
-Each letter is one transaction. A failure inside a pure stage (parse, analyze,
-compose) is the letter's fault: it is quarantined with the stage and the
-traceback, and the queue moves on. A database failure is nobody's fault: it
-propagates as TransientError and the letter stays pending for the next round.
+Letters are decided in batches, oldest first, one transaction a batch. A failure
+inside a pure stage (parse, analyze, compose) is the letter's fault: it is
+quarantined with the stage and the traceback, and the queue moves on. A database
+failure is nobody's fault: it propagates as TransientError and the letters stay
+pending for the next round.
 """
 
 from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -37,7 +38,8 @@ from mailroute.parse import ParsedLetter, ParseLimits, parse
 from mailroute.registry import tier_of
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, OutboxItem, Request
+from mailroute.store.lookups import BatchLookups
+from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent
 from mailroute.workflow import reopen, set_status, start_clocks
 
 log = logs.get("mailroute.process")
@@ -147,83 +149,192 @@ class Pipeline:
         return now if self.window == "always" else self.calendar.next_opening(now)
 
 
+BATCH_LETTERS = 100  # letters decided in one transaction
+BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter goes alone
+
+
 def process_pending(
     store: Store, pipeline: Pipeline, clock: Callable[[], datetime], limit: int = 1000
 ) -> list[Outcome]:
     """Process every saved letter still pending, oldest first."""
     with store.transaction() as session:
-        ids = repo.pending_letter_ids(session, limit)
+        pending = repo.pending_letters(session, limit)
     outcomes = []
-    for letter_id in ids:
-        outcome = process_letter(store, pipeline, letter_id, clock())
-        if outcome is not None:
-            outcomes.append(outcome)
+    for letter_ids in _batches(pending):
+        outcomes += process_batch(store, pipeline, letter_ids, clock())
     return outcomes
+
+
+def _batches(pending: list[tuple[int, int]]) -> Iterator[list[int]]:
+    batch: list[int] = []
+    size = 0
+    for letter_id, letter_size in pending:
+        if batch and (len(batch) >= BATCH_LETTERS or size + letter_size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(letter_id)
+        size += letter_size
+    if batch:
+        yield batch
 
 
 def process_letter(
     store: Store, pipeline: Pipeline, letter_id: int, now: datetime
 ) -> Outcome | None:
-    """Decide one letter in one transaction; None if another worker already did."""
+    """Decide one letter; None if another worker already did."""
+    outcomes = process_batch(store, pipeline, [letter_id], now)
+    return outcomes[0] if outcomes else None
+
+
+def process_batch(
+    store: Store, pipeline: Pipeline, letter_ids: list[int], now: datetime
+) -> list[Outcome]:
+    """Decide these letters, oldest first, in one transaction (one commit, shared lookups).
+
+    A letter that cannot be read or understood is quarantined within the batch. A
+    fault once a letter has begun to change the database (a bug meeting an odd
+    letter, a value the database refuses) rolls the whole batch back; its letters
+    are then decided one per transaction, and the faulty one is quarantined alone.
+    Letters another worker holds are skipped: they are not in the result.
+    """
+    try:
+        decided = _decide_batch(store, pipeline, letter_ids, now)
+    except (_Unprocessable, DataError) as exc:
+        fault = exc if isinstance(exc, _Unprocessable) else _refused(exc)
+        if len(letter_ids) > 1:
+            log.warning("batch decided again letter by letter", letters=len(letter_ids),
+                        error=fault.reason)
+            return [o for i in letter_ids for o in process_batch(store, pipeline, [i], now)]
+        decided = _quarantine_alone(store, letter_ids[0], fault)
+    for outcome, letter in decided:
+        _log(outcome, letter)
+    return [outcome for outcome, _letter in decided]
+
+
+def _decide_batch(
+    store: Store, pipeline: Pipeline, letter_ids: list[int], now: datetime
+) -> list[tuple[Outcome, Letter]]:
+    decided = []
     with store.transaction() as session:
-        letter = repo.lock_letter(session, letter_id)
-        if letter is None or letter.state != "pending":
-            return None
-        try:
-            # a quarantine undoes any half-made request; the lookups on the way never
-            # need this letter's own pending changes, so they are written once, at the end
-            with session.begin_nested(), session.no_autoflush:
-                outcome = _decide(session, pipeline, letter, now)
-        except _Unprocessable as fault:
-            outcome = _quarantine(letter, fault.stage, fault.reason, fault.trace)
-        except DataError as exc:  # the database refuses a value of this letter: its fault
-            outcome = _quarantine(letter, "store", f"database refused a value: {exc.orig}")
-        letter.attempts += 1  # after the savepoint, so entering it writes nothing
-    _log(outcome, letter)
-    return outcome
+        letters = repo.lock_pending_letters(session, letter_ids)
+        understood = [understand(letter.raw, pipeline) for letter in letters]
+        lookups = _lookups_for(session, pipeline, understood, now)
+        queued: list[tuple[RequestEvent, OutboxItem]] = []
+        for letter, known in zip(letters, understood, strict=True):
+            outcome = _decide(session, lookups, pipeline, letter, known, now, queued)
+            letter.attempts += 1
+            lookups.decided(letter)
+            decided.append((outcome, letter))
+        lookups.finish()
+        if queued:
+            session.flush()  # the replies get their ids, which their history names
+            for event, item in queued:
+                event.detail = {**event.detail, "outbox": item.id}
+    return decided
+
+
+def _lookups_for(
+    session: Session, pipeline: Pipeline, understood: list[Understood], now: datetime
+) -> BatchLookups:
+    letters = [known.parsed for known in understood if known.parsed is not None]
+    return BatchLookups(
+        session,
+        message_ids=[p.message_id for p in letters if p.message_id],
+        senders=[p.sender.email for p in letters if p.sender],
+        attachment_hashes=[a.sha256 for p in letters for a in p.attachments],
+        replies_since=now - pipeline.guard.window,
+    )
+
+
+def _quarantine_alone(
+    store: Store, letter_id: int, fault: _Unprocessable
+) -> list[tuple[Outcome, Letter]]:
+    with store.transaction() as session:
+        letters = repo.lock_pending_letters(session, [letter_id])
+        for letter in letters:
+            letter.attempts += 1
+            return [(_quarantine(letter, fault.stage, fault.reason, fault.trace), letter)]
+    return []
+
+
+def _refused(exc: DataError) -> _Unprocessable:
+    return _Unprocessable("store", f"database refused a value: {exc.orig}")
 
 
 class _Unprocessable(Exception):
-    """Raised inside the savepoint so that everything the letter did is rolled back."""
+    """The letter's fault: it is quarantined with the stage and the reason."""
 
     def __init__(self, stage: str, reason: str, trace: str | None = None) -> None:
         super().__init__(reason)
         self.stage, self.reason, self.trace = stage, reason, trace
 
 
-def _decide(session: Session, pipeline: Pipeline, letter: Letter, now: datetime) -> Outcome:
+@dataclass(frozen=True)
+class Understood:
+    """The pure stages' verdict on a letter's bytes: parsed and analysed, or the fault."""
+
+    parsed: ParsedLetter | None
+    analysis: Analysis | None
+    fault: _Unprocessable | None = None
+
+
+def understand(raw: bytes, pipeline: Pipeline) -> Understood:
+    """Parse and analyse: pure, touching nothing, so a fault here undoes nothing."""
     stage = "parse"
+    parsed = None
     try:
-        parsed = parse(letter.raw, pipeline.limits)
-        _describe_letter(letter, parsed)
-        earlier = parsed.message_id and repo.processed_with_message_id(
-            session, parsed.message_id, letter.id
-        )
-        if earlier:
-            earlier_id, letter.request_id = earlier
-            letter.state = "duplicate"
-            return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
+        parsed = parse(raw, pipeline.limits)
         stage = "analyze"
-        analysis = analyze(parsed, pipeline.context)
+        return Understood(parsed, analyze(parsed, pipeline.context))
+    except LetterUnreadable as exc:
+        return Understood(parsed, None, _Unprocessable(exc.stage, exc.reason))
+    except Exception as exc:  # a bug meeting an odd letter must not stop the queue
+        fault = _Unprocessable(stage, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return Understood(parsed, None, fault)
+
+
+def _decide(
+    session: Session,
+    lookups: BatchLookups,
+    pipeline: Pipeline,
+    letter: Letter,
+    known: Understood,
+    now: datetime,
+    queued: list[tuple[RequestEvent, OutboxItem]],
+) -> Outcome:
+    parsed, analysis = known.parsed, known.analysis
+    if parsed is None:
+        assert known.fault is not None
+        return _quarantine(letter, known.fault.stage, known.fault.reason, known.fault.trace)
+    _describe_letter(letter, parsed)
+    earlier = lookups.earlier_letter(parsed.message_id)
+    if earlier:
+        earlier_id, letter.request_id = earlier
+        letter.state = "duplicate"
+        return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
+    if analysis is None:
+        assert known.fault is not None
+        return _quarantine(letter, known.fault.stage, known.fault.reason, known.fault.trace)
+    steps = _Steps(session, lookups, pipeline, letter, parsed, analysis, now, queued)
+    stage = "store"
+    try:
         letter.analysis = analysis.as_dict()
-        _store_attachments(session, letter, parsed)
+        steps.store_attachments()
         if analysis.action == "ignore":
             letter.state = "ignored"
             letter.ignore_reason = analysis.ignore_reason
             if analysis.ignore_reason == "bounce":
-                _suppress_bounced(session, letter, parsed, now)
+                steps.suppress_bounced()
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
         request = _find_thread(session, parsed)
         stage = "compose"
         if request is not None:
-            return _follow_up(session, pipeline, letter, parsed, analysis, request, now)
-        return _new_request(session, pipeline, letter, parsed, analysis, now)
-    except LetterUnreadable as exc:
-        raise _Unprocessable(exc.stage, exc.reason) from exc
+            return steps.follow_up(request)
+        return steps.new_request()
     except (SQLAlchemyError, TransientError):
         raise  # the database's trouble, not the letter's: retry later
-    except Exception as exc:  # a bug meeting an odd letter must not stop the queue
+    except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
         reason = f"{type(exc).__name__}: {exc}"
         raise _Unprocessable(stage, reason, traceback.format_exc()) from exc
 
@@ -240,38 +351,6 @@ def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = Non
     text = reason if trace is None else f"{reason}\n{trace}"
     letter.error = text.replace("\x00", "\\x00")  # PostgreSQL text holds no NUL
     return Outcome(letter.id, "quarantined", detail=f"{stage}: {reason}")
-
-
-def _suppress_bounced(
-    session: Session, letter: Letter, parsed: ParsedLetter, now: datetime
-) -> None:
-    """A permanent bounce of our mail: stop answering that address automatically."""
-    texts = [parsed.text, *(f.text for f in parsed.forwarded)]
-    headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
-    mentioned = EMAIL.findall(" ".join([*texts, *headers]))
-    candidates = repo.recipients_we_wrote(session, mentioned)
-    for address in sorted(bounced_addresses(parsed, candidates)):
-        if repo.suppress(session, address, f"bounce in letter {letter.id}", now, letter.id):
-            log.warning(
-                "address suppressed",
-                msgid=parsed.message_id,
-                letter=letter.id,
-                address=address,
-                reason="permanent bounce",
-            )
-
-
-def _store_attachments(session: Session, letter: Letter, parsed: ParsedLetter) -> None:
-    for item in parsed.attachments:
-        repo.add_attachment(
-            session,
-            letter,
-            filename=item.filename,
-            content_type=item.content_type,
-            content=item.content,
-            sha256=item.sha256,
-            inline=item.inline,
-        )
 
 
 # ---------------------------------------------------------------------------- threads
@@ -325,143 +404,199 @@ def _domain(address: str) -> str:
 # --------------------------------------------------------------------------- requests
 
 
-def _new_request(
-    session: Session,
-    pipeline: Pipeline,
-    letter: Letter,
-    parsed: ParsedLetter,
-    analysis: Analysis,
-    now: datetime,
-    parent: Request | None = None,
-) -> Outcome:
-    requester = parsed.sender.email if parsed.sender else ""
-    request = Request(
-        number=repo.next_request_number(session),
-        status="awaiting_customer" if analysis.missing else "new",
-        request_type=analysis.request_type or "service_request",
-        priority=analysis.priority or "normal",
-        queue=analysis.queue,
-        organization=analysis.organization,
-        registration_number=analysis.registration_number,
-        tier=pipeline.tier_of(analysis.registration_number),
-        requester=requester,
-        requester_name=parsed.sender.name if parsed.sender else None,
-        subject=parsed.subject,
-        language=analysis.language,
-        missing=list(analysis.missing),
-        reasons=[r.__dict__ for r in analysis.reasons],
-        created_at=now,
-        updated_at=now,
-        parent_id=parent.id if parent else None,
-        clarifications=0,
-    )
-    if not analysis.missing:
-        start_clocks(request, letter.received_at, pipeline.calendar, pipeline.sla)
-    session.add(request)
-    session.flush()
-    letter.request_id = request.id
-    letter.state = "processed"
-    repo.add_event(
-        session,
-        request,
-        "created",
-        now,
-        letter=letter.id,
-        status=request.status,
-        parent=parent.number if parent else None,
-    )
-    if parent is not None:
-        repo.add_event(session, parent, "continued", now, request=request.number)
-    reply = _queue_reply(
-        session,
-        pipeline,
-        request,
-        letter,
-        parsed,
-        analysis.reply,
-        now,
-        analysis.unknown_registration,
-    )
-    return Outcome(letter.id, "processed", request.number, reply, request_type=request.request_type)
+@dataclass
+class _Steps:
+    """What deciding one letter does to the database, with everything it needs at hand."""
 
+    session: Session
+    lookups: BatchLookups
+    pipeline: Pipeline
+    letter: Letter
+    parsed: ParsedLetter
+    analysis: Analysis
+    now: datetime
+    queued: list[tuple[RequestEvent, OutboxItem]]  # replies whose history awaits their ids
 
-def _follow_up(
-    session: Session,
-    pipeline: Pipeline,
-    letter: Letter,
-    parsed: ParsedLetter,
-    analysis: Analysis,
-    request: Request,
-    now: datetime,
-) -> Outcome:
-    """Attach to the request; reopen it, or fill in what a clarification asked for."""
-    if request.status == "closed" and pipeline.workflow.closed_reply == "new":
-        return _new_request(session, pipeline, letter, parsed, analysis, now, parent=request)
-    letter.request_id = request.id
-    letter.state = "follow_up"
-    request.updated_at = now
-    supplied = _supplied(request, analysis)
-    repo.add_event(session, request, "follow_up", now, letter=letter.id, supplied=supplied)
-    if request.status in ("resolved", "closed"):
-        reopen(session, request, now, pipeline.calendar, pipeline.sla)
-        return Outcome(letter.id, "follow_up", request.number, detail="reopened")
-    if request.status != "awaiting_customer":
-        return Outcome(letter.id, "follow_up", request.number)
-    request.missing = [item for item in request.missing if item not in supplied]
-    if not request.missing:
-        return _complete(session, pipeline, letter, parsed, request, now)
-    if request.clarifications < pipeline.workflow.max_clarifications:
-        reply = _queue_reply(
-            session,
-            pipeline,
-            request,
-            letter,
-            parsed,
-            "clarification",
-            now,
-            analysis.unknown_registration,
+    def store_attachments(self) -> None:
+        for item in self.parsed.attachments:
+            repo.add_attachment(
+                self.session,
+                self.letter,
+                filename=item.filename,
+                content_type=item.content_type,
+                content=item.content,
+                sha256=item.sha256,
+                inline=item.inline,
+                store_content=self.lookups.blob_needed(item.sha256),
+            )
+
+    def suppress_bounced(self) -> None:
+        """A permanent bounce of our mail: stop answering that address automatically."""
+        parsed, letter = self.parsed, self.letter
+        texts = [parsed.text, *(f.text for f in parsed.forwarded)]
+        headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
+        mentioned = EMAIL.findall(" ".join([*texts, *headers]))
+        candidates = repo.recipients_we_wrote(self.session, mentioned)
+        for address in sorted(bounced_addresses(parsed, candidates)):
+            reason = f"bounce in letter {letter.id}"
+            if repo.suppress(self.session, address, reason, self.now, letter.id):
+                self.lookups.suppressed(address)
+                log.warning(
+                    "address suppressed",
+                    msgid=parsed.message_id,
+                    letter=letter.id,
+                    address=address,
+                    reason="permanent bounce",
+                )
+
+    def new_request(self, parent: Request | None = None) -> Outcome:
+        parsed, analysis, letter, now = self.parsed, self.analysis, self.letter, self.now
+        request = Request(
+            number=self.lookups.next_request_number(),
+            status="awaiting_customer" if analysis.missing else "new",
+            request_type=analysis.request_type or "service_request",
+            priority=analysis.priority or "normal",
+            queue=analysis.queue,
+            organization=analysis.organization,
+            registration_number=analysis.registration_number,
+            tier=self.pipeline.tier_of(analysis.registration_number),
+            requester=parsed.sender.email if parsed.sender else "",
+            requester_name=parsed.sender.name if parsed.sender else None,
+            subject=parsed.subject,
+            language=analysis.language,
+            missing=list(analysis.missing),
+            reasons=[r.__dict__ for r in analysis.reasons],
+            created_at=now,
+            updated_at=now,
+            parent_id=parent.id if parent else None,
+            clarifications=0,
         )
-        return Outcome(letter.id, "follow_up", request.number, reply, detail="still missing")
-    return _to_humans(session, pipeline, letter, request, now)
+        if not analysis.missing:
+            start_clocks(request, letter.received_at, self.pipeline.calendar, self.pipeline.sla)
+        self.session.add(request)
+        letter.request = request  # by relationship: the id comes with the batch's flush
+        letter.state = "processed"
+        repo.add_event(
+            self.session,
+            request,
+            "created",
+            now,
+            letter=letter.id,
+            status=request.status,
+            parent=parent.number if parent else None,
+        )
+        if parent is not None:
+            repo.add_event(self.session, parent, "continued", now, request=request.number)
+        reply = self.queue_reply(request, analysis.reply, analysis.unknown_registration)
+        return Outcome(letter.id, "processed", request.number, reply,
+                       request_type=request.request_type)
 
+    def follow_up(self, request: Request) -> Outcome:
+        """Attach to the request; reopen it, or fill in what a clarification asked for."""
+        pipeline, letter, now = self.pipeline, self.letter, self.now
+        if request.status == "closed" and pipeline.workflow.closed_reply == "new":
+            return self.new_request(parent=request)
+        letter.request = request
+        letter.state = "follow_up"
+        request.updated_at = now
+        supplied = _supplied(request, self.analysis)
+        repo.add_event(self.session, request, "follow_up", now, letter=letter.id,
+                       supplied=supplied)
+        if request.status in ("resolved", "closed"):
+            reopen(self.session, request, now, pipeline.calendar, pipeline.sla)
+            return Outcome(letter.id, "follow_up", request.number, detail="reopened")
+        if request.status != "awaiting_customer":
+            return Outcome(letter.id, "follow_up", request.number)
+        request.missing = [item for item in request.missing if item not in supplied]
+        if not request.missing:
+            return self.complete(request)
+        if request.clarifications < pipeline.workflow.max_clarifications:
+            reply = self.queue_reply(request, "clarification", self.analysis.unknown_registration)
+            return Outcome(letter.id, "follow_up", request.number, reply, detail="still missing")
+        return self.to_humans(request)
 
-def _complete(
-    session: Session,
-    pipeline: Pipeline,
-    letter: Letter,
-    parsed: ParsedLetter,
-    request: Request,
-    now: datetime,
-) -> Outcome:
-    """The customer supplied the last missing item: the SLA starts, we acknowledge."""
-    request.tier = pipeline.tier_of(request.registration_number)
-    set_status(session, request, "new", now, pipeline.calendar, reason="details complete")
-    start_clocks(request, now, pipeline.calendar, pipeline.sla)
-    reply = _queue_reply(session, pipeline, request, letter, parsed, "acknowledgement", now)
-    return Outcome(letter.id, "follow_up", request.number, reply, detail="complete")
+    def complete(self, request: Request) -> Outcome:
+        """The customer supplied the last missing item: the SLA starts, we acknowledge."""
+        pipeline, now = self.pipeline, self.now
+        request.tier = pipeline.tier_of(request.registration_number)
+        set_status(self.session, request, "new", now, pipeline.calendar,
+                   reason="details complete")
+        start_clocks(request, now, pipeline.calendar, pipeline.sla)
+        reply = self.queue_reply(request, "acknowledgement")
+        return Outcome(self.letter.id, "follow_up", request.number, reply, detail="complete")
 
+    def to_humans(self, request: Request) -> Outcome:
+        """Clarification rounds are used up: a person takes over, the SLA starts."""
+        pipeline, now = self.pipeline, self.now
+        request.queue = pipeline.workflow.human_queue
+        set_status(
+            self.session,
+            request,
+            "new",
+            now,
+            pipeline.calendar,
+            reason=f"still missing after {request.clarifications} clarifications",
+        )
+        start_clocks(request, now, pipeline.calendar, pipeline.sla)
+        log.warning(
+            "request needs a person",
+            request=request.number,
+            queue=request.queue,
+            missing=",".join(request.missing),
+        )
+        return Outcome(self.letter.id, "follow_up", request.number, detail="to human queue")
 
-def _to_humans(
-    session: Session, pipeline: Pipeline, letter: Letter, request: Request, now: datetime
-) -> Outcome:
-    """Clarification rounds are used up: a person takes over, the SLA starts."""
-    request.queue = pipeline.workflow.human_queue
-    set_status(
-        session,
-        request,
-        "new",
-        now,
-        pipeline.calendar,
-        reason=f"still missing after {request.clarifications} clarifications",
-    )
-    start_clocks(request, now, pipeline.calendar, pipeline.sla)
-    log.warning(
-        "request needs a person",
-        request=request.number,
-        queue=request.queue,
-        missing=",".join(request.missing),
-    )
-    return Outcome(letter.id, "follow_up", request.number, detail="to human queue")
+    def queue_reply(
+        self, request: Request, kind: str, unknown_registration: str | None = None
+    ) -> str | None:
+        if kind not in ("acknowledgement", "clarification") or not request.requester:
+            return None
+        if kind == "clarification":
+            request.clarifications += 1
+        pipeline, now = self.pipeline, self.now
+        if not pipeline.replies_enabled:
+            return None
+        decision = self.guard(request.requester)
+        if decision.action == "refuse":
+            repo.add_event(
+                self.session, request, "reply_suppressed", now, reply=kind,
+                reason=decision.reason,
+            )
+            log.warning(
+                "reply suppressed",
+                msgid=self.parsed.message_id,
+                request=request.number,
+                to=request.requester,
+                reason=decision.reason,
+            )
+            return None
+        if decision.action == "notice":
+            kind = "limit"
+        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration)
+        item = OutboxItem(
+            request=request,
+            letter_id=self.letter.id,
+            kind=kind,
+            sender=draft.sender,
+            recipient=draft.recipient,
+            message_id=draft.message_id,
+            subject=draft.subject,
+            raw=draft.raw,
+            state="pending",
+            attempts=0,
+            not_before=pipeline.send_time(now),
+            created_at=now,
+        )
+        self.session.add(item)
+        self.lookups.reply_queued(item.recipient, kind)
+        event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)
+        self.queued.append((event, item))
+        return kind
+
+    def guard(self, address: str) -> Decision:
+        recent, notice_sent = self.lookups.recent_replies(address)
+        suppressed = self.lookups.is_suppressed(address)
+        return decide(address, self.pipeline.guard, recent, notice_sent, suppressed)
 
 
 def _supplied(request: Request, analysis: Analysis) -> list[str]:
@@ -494,64 +629,6 @@ def _new_subject(subject: str | None) -> str:
         "Request registered",
     )
     return "" if any(text.startswith(prefix) for prefix in ours) else text
-
-
-def _queue_reply(
-    session: Session,
-    pipeline: Pipeline,
-    request: Request,
-    letter: Letter,
-    parsed: ParsedLetter,
-    kind: str,
-    now: datetime,
-    unknown_registration: str | None = None,
-) -> str | None:
-    if kind not in ("acknowledgement", "clarification") or not request.requester:
-        return None
-    if kind == "clarification":
-        request.clarifications += 1
-    if not pipeline.replies_enabled:
-        return None
-    decision = _guard(session, pipeline, request.requester, now)
-    if decision.action == "refuse":
-        repo.add_event(
-            session, request, "reply_suppressed", now, reply=kind, reason=decision.reason
-        )
-        log.warning(
-            "reply suppressed",
-            msgid=parsed.message_id,
-            request=request.number,
-            to=request.requester,
-            reason=decision.reason,
-        )
-        return None
-    if decision.action == "notice":
-        kind = "limit"
-    draft = _draft(pipeline, request, parsed, kind, unknown_registration)
-    item = OutboxItem(
-        request_id=request.id,
-        letter_id=letter.id,
-        kind=kind,
-        sender=draft.sender,
-        recipient=draft.recipient,
-        message_id=draft.message_id,
-        subject=draft.subject,
-        raw=draft.raw,
-        state="pending",
-        attempts=0,
-        not_before=pipeline.send_time(now),
-        created_at=now,
-    )
-    session.add(item)
-    session.flush()
-    repo.add_event(session, request, "reply_queued", now, reply=kind, outbox=item.id)
-    return kind
-
-
-def _guard(session: Session, pipeline: Pipeline, address: str, now: datetime) -> Decision:
-    policy = pipeline.guard
-    recent, notice_sent = repo.replies_to_since(session, address.lower(), now - policy.window)
-    return decide(address, policy, recent, notice_sent, repo.is_suppressed(session, address))
 
 
 def _draft(

@@ -106,21 +106,14 @@ class _Pass:
         """Commit a fetched batch's raw bytes in one transaction (one fsync, not one per
         letter). Nothing has moved on the server yet: a failure re-fetches the batch."""
         now = self.clock()
-        saved: list[tuple[FetchedLetter, int, bool]] = []
+        arrivals = [
+            repo.Arrival(f.uid, f.raw, header_message_id(f.raw), f.received_at or now)
+            for f in batch
+        ]
         with self.store.transaction() as session:
-            for fetched in batch:
-                letter, is_new = repo.save_letter(
-                    session,
-                    mailbox=self.source.name,
-                    uidvalidity=self.uidvalidity,
-                    uid=fetched.uid,
-                    raw=fetched.raw,
-                    message_id=header_message_id(fetched.raw),
-                    received_at=fetched.received_at or now,
-                    now=now,
-                )
-                saved.append((fetched, letter.id, is_new))
-        for fetched, letter_id, is_new in saved:
+            saved = repo.save_letters(session, self.source.name, self.uidvalidity, arrivals, now)
+            ids = [(letter.id, is_new) for letter, is_new in saved]
+        for fetched, (letter_id, is_new) in zip(batch, ids, strict=True):
             self._note_saved(fetched, letter_id, is_new)
 
     def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:

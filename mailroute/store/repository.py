@@ -7,7 +7,8 @@ unit of work is (one letter, one reply).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,14 +32,23 @@ REQUEST_COUNTER = "request"
 FINAL_LETTER_STATES = ("processed", "follow_up", "ignored", "duplicate", "quarantined")
 
 
+IN_LIST = 500  # values per IN (...) list: well under every backend's parameter limit
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    """The distinct values, sorted, in lists short enough for one IN (...)."""
+    wanted = sorted(set(values))
+    for start in range(0, len(wanted), IN_LIST):
+        yield wanted[start : start + IN_LIST]
+
+
 # ----------------------------------------------------------------------------- letters
 
 
 def known_uids(session: Session, mailbox: str, uidvalidity: int, uids: Sequence[str]) -> set[str]:
     """Which of these UIDs of this mailbox generation are saved already."""
     found: set[str] = set()
-    for start in range(0, len(uids), 500):
-        chunk = list(uids[start : start + 500])
+    for chunk in _chunks(uids):
         found.update(
             session.scalars(
                 select(Letter.uid).where(
@@ -49,6 +59,16 @@ def known_uids(session: Session, mailbox: str, uidvalidity: int, uids: Sequence[
             )
         )
     return found
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A letter as a source delivered it, to be saved under its key."""
+
+    uid: str
+    raw: bytes
+    message_id: str | None
+    received_at: datetime
 
 
 def save_letter(
@@ -62,31 +82,47 @@ def save_letter(
     received_at: datetime,
     now: datetime,
 ) -> tuple[Letter, bool]:
-    """Store raw bytes under (mailbox, UIDVALIDITY, UID); returns (letter, is_new).
+    """Store raw bytes under (mailbox, UIDVALIDITY, UID); returns (letter, is_new)."""
+    arrival = Arrival(uid, raw, message_id, received_at)
+    return save_letters(session, mailbox, uidvalidity, [arrival], now)[0]
+
+
+def save_letters(
+    session: Session, mailbox: str, uidvalidity: int, arrivals: Sequence[Arrival], now: datetime
+) -> list[tuple[Letter, bool]]:
+    """Store each letter's raw bytes under (mailbox, UIDVALIDITY, UID); (letter, is_new) each.
 
     The same bytes seen again under another key (a UIDVALIDITY change, a second
-    copy in the folder) return the letter already stored instead of a new one.
+    copy in the folder, twice in this batch) return the letter already stored.
     """
-    sha = fingerprint(raw)
-    same = session.scalars(select(Letter).where(Letter.sha256 == sha).limit(1)).first()
-    if same is not None:
-        return same, False
-    letter = Letter(
-        mailbox=mailbox,
-        uidvalidity=uidvalidity,
-        uid=uid,
-        message_id=message_id,
-        sha256=sha,
-        raw=raw,
-        size=len(raw),
-        received_at=received_at,
-        fetched_at=now,
-        state="pending",
-        attempts=0,
-    )
-    session.add(letter)
-    session.flush()
-    return letter, True
+    hashes = [fingerprint(arrival.raw) for arrival in arrivals]
+    stored: dict[str, Letter] = {}
+    for chunk in _chunks(hashes):
+        for letter in session.scalars(select(Letter).where(Letter.sha256.in_(chunk))):
+            stored.setdefault(letter.sha256, letter)
+    saved = []
+    for arrival, sha in zip(arrivals, hashes, strict=True):
+        if sha in stored:
+            saved.append((stored[sha], False))
+            continue
+        letter = Letter(
+            mailbox=mailbox,
+            uidvalidity=uidvalidity,
+            uid=arrival.uid,
+            message_id=arrival.message_id,
+            sha256=sha,
+            raw=arrival.raw,
+            size=len(arrival.raw),
+            received_at=arrival.received_at,
+            fetched_at=now,
+            state="pending",
+            attempts=0,
+        )
+        session.add(letter)
+        stored[sha] = letter
+        saved.append((letter, True))
+    session.flush()  # the ids, for the caller's log lines
+    return saved
 
 
 def fingerprint(raw: bytes) -> str:
@@ -98,40 +134,55 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
 
 
-def pending_letter_ids(session: Session, limit: int = 1000) -> list[int]:
-    """Saved letters not yet processed, oldest first."""
-    rows = session.scalars(
-        select(Letter.id).where(Letter.state == "pending").order_by(Letter.id).limit(limit)
+def pending_letters(session: Session, limit: int = 1000) -> list[tuple[int, int]]:
+    """(id, size) of saved letters not yet processed, oldest first."""
+    rows = session.execute(
+        select(Letter.id, Letter.size)
+        .where(Letter.state == "pending")
+        .order_by(Letter.id)
+        .limit(limit)
     )
-    return list(rows)
+    return [(letter_id, size) for letter_id, size in rows]
 
 
 def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Letter.state == "pending")) or 0
 
 
-def lock_letter(session: Session, letter_id: int) -> Letter | None:
-    """The letter row, locked against a second worker for this transaction."""
-    query = select(Letter).where(Letter.id == letter_id)
+def lock_pending_letters(session: Session, letter_ids: Sequence[int]) -> list[Letter]:
+    """Those of these letters still pending, oldest first, locked against a second worker
+    for this transaction (one locked by another worker is left to it)."""
+    query = (
+        select(Letter)
+        .where(Letter.id.in_(list(letter_ids)), Letter.state == "pending")
+        .order_by(Letter.id)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return session.scalars(query).first()
+    return list(session.scalars(query))
 
 
-def processed_with_message_id(
-    session: Session, message_id: str, exclude_id: int
-) -> tuple[int, int | None] | None:
-    """(id, request id) of an earlier letter with this Message-ID that was decided."""
-    row = session.execute(
-        select(Letter.id, Letter.request_id)
-        .where(
-            Letter.message_id == message_id,
-            Letter.id != exclude_id,
-            Letter.state.in_(("processed", "follow_up", "ignored")),
+ORIGINAL_LETTER_STATES = ("processed", "follow_up", "ignored")  # what a duplicate copies
+
+
+def processed_with_message_ids(
+    session: Session, message_ids: Iterable[str]
+) -> dict[str, tuple[int, int | None]]:
+    """Message-ID -> (id, request id) of the first decided letter carrying it."""
+    found: dict[str, tuple[int, int | None]] = {}
+    for chunk in _chunks(message_ids):
+        rows = session.execute(
+            select(Letter.message_id, Letter.id, Letter.request_id)
+            .where(
+                Letter.message_id.in_(chunk),
+                Letter.state.in_(ORIGINAL_LETTER_STATES),
+            )
+            .order_by(Letter.id)
         )
-        .limit(1)
-    ).first()
-    return (row[0], row[1]) if row else None
+        for message_id, letter_id, request_id in rows:
+            if message_id is not None:
+                found.setdefault(message_id, (letter_id, request_id))
+    return found
 
 
 def letters_to_file(session: Session, mailbox: str, uidvalidity: int) -> dict[int, tuple[str, str]]:
@@ -173,8 +224,10 @@ def add_attachment(
     content: bytes,
     sha256: str,
     inline: bool,
+    store_content: bool,
 ) -> None:
-    """Attachment metadata, and its content once per SHA-256."""
+    """Attachment metadata; its content too when no blob holds it yet (``store_content``,
+    which the caller knows from :func:`stored_blobs` and what it added since)."""
     session.add(
         AttachmentRecord(
             letter_id=letter.id,
@@ -185,9 +238,16 @@ def add_attachment(
             inline=inline,
         )
     )
-    if session.get(Blob, sha256) is None:
+    if store_content:
         session.add(Blob(sha256=sha256, content=content))
-        session.flush()  # so the next attachment with the same content finds it
+
+
+def stored_blobs(session: Session, hashes: Iterable[str]) -> set[str]:
+    """Which of these SHA-256s have their content stored already."""
+    found: set[str] = set()
+    for chunk in _chunks(hashes):
+        found.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(chunk))))
+    return found
 
 
 def quarantined_count(session: Session) -> int:
@@ -197,24 +257,37 @@ def quarantined_count(session: Session) -> int:
 # ---------------------------------------------------------------------------- requests
 
 
-def next_request_number(session: Session, prefix: str = "SD-") -> str:
+REQUEST_PREFIX = "SD-"
+
+
+def next_request_number(session: Session, prefix: str = REQUEST_PREFIX) -> str:
     """The next number in the sequence, gapless: the counter row is locked until commit."""
-    bumped = _bump(session, REQUEST_COUNTER)
+    return f"{prefix}{bump_counter(session, REQUEST_COUNTER, 1):06d}"
+
+
+def bump_counter(session: Session, name: str, by: int) -> int:
+    """Add ``by`` (0 just locks the row) to a counter; returns its new value.
+
+    The row stays locked until the transaction ends, which is what keeps the
+    numbers it hands out unique and gapless across writers.
+    """
+    bumped = _bump(session, name, by)
     if bumped is None:  # a database from before the row was seeded: create it once
         try:
             with session.begin_nested():
-                session.add(Counter(name=REQUEST_COUNTER, value=0))
+                session.add(Counter(name=name, value=0))
         except IntegrityError:
             pass  # another writer created it first
-        bumped = _bump(session, REQUEST_COUNTER)
-    return f"{prefix}{bumped:06d}"
+        bumped = _bump(session, name, by)
+    assert bumped is not None
+    return bumped
 
 
-def _bump(session: Session, name: str) -> int | None:
+def _bump(session: Session, name: str, by: int) -> int | None:
     return session.execute(
         update(Counter)
         .where(Counter.name == name)
-        .values(value=Counter.value + 1)
+        .values(value=Counter.value + by)
         .returning(Counter.value)
     ).scalar()
 
@@ -223,8 +296,8 @@ def add_event(
     session: Session, request: Request, kind: str, at: datetime, /, **detail: Any
 ) -> RequestEvent:
     """Append to the request's history; any keyword (even ``request``) is detail."""
-    event = RequestEvent(request_id=request.id, at=at, kind=kind, detail=detail)
-    session.add(event)
+    event = RequestEvent(request=request, at=at, kind=kind, detail=detail)
+    session.add(event)  # by relationship: a request of this transaction has no id yet
     return event
 
 
@@ -275,19 +348,33 @@ def outbox_counts(session: Session) -> dict[str, int]:
     return {state: int(count) for state, count in rows}
 
 
+AUTOMATIC_REPLIES = ("acknowledgement", "clarification", "limit")
+
+
 def replies_to_since(session: Session, address: str, since: datetime) -> tuple[int, bool]:
     """(automatic replies to ``address`` since then, whether one was the final notice)."""
-    rows = session.execute(
-        select(OutboxItem.kind, func.count())
-        .where(
-            OutboxItem.recipient == address,
-            OutboxItem.created_at >= since,
-            OutboxItem.kind.in_(("acknowledgement", "clarification", "limit")),
+    return replies_to_each_since(session, [address], since).get(address, (0, False))
+
+
+def replies_to_each_since(
+    session: Session, addresses: Iterable[str], since: datetime
+) -> dict[str, tuple[int, bool]]:
+    """:func:`replies_to_since` for many recipients at once (those with none are left out)."""
+    counts: dict[str, tuple[int, bool]] = {}
+    for chunk in _chunks(addresses):
+        rows = session.execute(
+            select(OutboxItem.recipient, OutboxItem.kind, func.count())
+            .where(
+                OutboxItem.recipient.in_(chunk),
+                OutboxItem.created_at >= since,
+                OutboxItem.kind.in_(AUTOMATIC_REPLIES),
+            )
+            .group_by(OutboxItem.recipient, OutboxItem.kind)
         )
-        .group_by(OutboxItem.kind)
-    )
-    counts = dict(rows.all())
-    return sum(counts.values()), bool(counts.get("limit"))
+        for recipient, kind, count in rows:
+            total, notice = counts.get(recipient, (0, False))
+            counts[recipient] = (total + int(count), notice or kind == "limit")
+    return counts
 
 
 def recipients_we_wrote(session: Session, addresses: Iterable[str]) -> list[str]:
@@ -303,6 +390,16 @@ def recipients_we_wrote(session: Session, addresses: Iterable[str]) -> list[str]
 
 def is_suppressed(session: Session, address: str) -> bool:
     return session.get(Suppression, address.lower()) is not None
+
+
+def suppressed_among(session: Session, addresses: Iterable[str]) -> set[str]:
+    """Which of these (lower-case) addresses are suppressed."""
+    found: set[str] = set()
+    for chunk in _chunks(addresses):
+        found.update(
+            session.scalars(select(Suppression.address).where(Suppression.address.in_(chunk)))
+        )
+    return found
 
 
 def suppress(

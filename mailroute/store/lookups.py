@@ -1,0 +1,116 @@
+"""What deciding a batch of letters asks the database, asked once for the whole batch.
+
+Deciding a letter looks up earlier letters with its Message-ID, whether its sender
+bounced, how many replies went to them lately and whether an attachment's content
+is stored, and it takes the next request number. Asked letter by letter that was
+most of a backlog's time. Here each is one query for the batch, before its first
+letter is decided, and what the batch itself adds is counted in memory as it goes,
+so every answer is the one a query at that moment would have given. Questions the
+batch did not foresee (a follow-up's requester is not the letter's sender) fall
+back on a query; the session's autoflush makes that see the batch's own rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from mailroute.store import repository as repo
+from mailroute.store.models import Letter
+
+
+class BatchLookups:
+    """Answers for one transaction that decides several letters in turn."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        message_ids: Iterable[str],
+        senders: Iterable[str],
+        attachment_hashes: Iterable[str],
+        replies_since: datetime,
+    ) -> None:
+        self.session = session
+        self._earlier = repo.processed_with_message_ids(session, message_ids)
+        self._decided_here: set[str] = set()
+        addresses = {address.lower() for address in senders if address}
+        self._asked = addresses
+        self._suppressed = repo.suppressed_among(session, addresses)
+        self._since = replies_since
+        self._replies = repo.replies_to_each_since(session, addresses, replies_since)
+        self._queued_here: Counter[str] = Counter()
+        self._notices_here: set[str] = set()
+        self._blobs = repo.stored_blobs(session, attachment_hashes)
+        self._counter: int | None = None
+        self._numbers_taken = 0
+
+    # ------------------------------------------------------------------ letters
+
+    def earlier_letter(self, message_id: str | None) -> tuple[int, int | None] | None:
+        """(id, request id) of a decided letter with this Message-ID, if there is one."""
+        if not message_id:
+            return None
+        if message_id in self._decided_here:  # decided in this batch: ask the database,
+            found = repo.processed_with_message_ids(self.session, [message_id])  # which the
+            return found.get(message_id)  # autoflush brings up to date; rare (re-deliveries)
+        return self._earlier.get(message_id)
+
+    def decided(self, letter: Letter) -> None:
+        """``letter`` now has a final state in this transaction."""
+        if letter.message_id and letter.state in repo.ORIGINAL_LETTER_STATES:
+            self._decided_here.add(letter.message_id)
+
+    # ------------------------------------------------------------------ replies
+
+    def recent_replies(self, address: str) -> tuple[int, bool]:
+        """What :func:`repo.replies_to_since` says for ``address`` now."""
+        address = address.lower()
+        if address not in self._asked:
+            return repo.replies_to_since(self.session, address, self._since)
+        count, notice = self._replies.get(address, (0, False))
+        return count + self._queued_here[address], notice or address in self._notices_here
+
+    def reply_queued(self, recipient: str, kind: str) -> None:
+        self._queued_here[recipient] += 1
+        if kind == "limit":
+            self._notices_here.add(recipient)
+
+    def is_suppressed(self, address: str) -> bool:
+        address = address.lower()
+        if address not in self._asked:
+            return repo.is_suppressed(self.session, address)
+        return address in self._suppressed
+
+    def suppressed(self, address: str) -> None:
+        """``address`` was suppressed in this transaction."""
+        self._suppressed.add(address.lower())
+
+    # -------------------------------------------------------------- attachments
+
+    def blob_needed(self, sha256: str) -> bool:
+        """True the first time content not stored yet is seen: the caller stores it."""
+        if sha256 in self._blobs:
+            return False
+        self._blobs.add(sha256)
+        return True
+
+    # ------------------------------------------------------------------ numbers
+
+    def next_request_number(self) -> str:
+        """The next request number; the counter row is locked at the first, written at
+        :meth:`finish`, so the numbers stay gapless if the transaction is rolled back."""
+        if self._counter is None:
+            self._counter = repo.bump_counter(self.session, repo.REQUEST_COUNTER, 0)
+        self._numbers_taken += 1
+        return f"{repo.REQUEST_PREFIX}{self._counter + self._numbers_taken:06d}"
+
+    def finish(self) -> None:
+        """Write back what was kept in memory; call once, before the commit."""
+        if self._numbers_taken:
+            repo.bump_counter(self.session, repo.REQUEST_COUNTER, self._numbers_taken)
+            self._numbers_taken = 0
+            self._counter = None

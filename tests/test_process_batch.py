@@ -1,0 +1,198 @@
+"""Deciding letters in batches: the same decisions as one letter at a time, faults contained.
+
+A batch is one transaction whose lookups are asked once for all its letters; these
+tests feed letters that depend on each other inside one batch (a re-delivery, a
+follow-up to a letter of the same batch, one attachment in two letters, one sender
+over the reply limit) and compare with deciding them one per transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailroute import process
+from mailroute.config import Config
+from mailroute.process import Outcome, Pipeline, process_letter, process_pending
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Blob, Counter, Letter, OutboxItem, Request, RequestEvent
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 11:00 in Moscow
+BODY = "Отчёт по продажам не формируется, выдаёт ошибку.\n\nООО «Ромашка»\nрег. номер {n}\n"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
+    store.upgrade()
+    yield store
+    store.dispose()
+
+
+def letter(
+    n: int,
+    *,
+    sender: str | None = None,
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    attachment: bytes | None = None,
+    body: str | None = None,
+) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender or f"user{n}@romashka.example"
+    message["To"] = "support@vendor.example"
+    message["Subject"] = f"Ошибка в отчёте {n}"
+    message["Message-ID"] = message_id or f"<letter{n}@romashka.example>"
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = in_reply_to
+    message.set_content(body if body is not None else BODY.format(n=800100200 + n))
+    if attachment is not None:
+        message.add_attachment(attachment, maintype="image", subtype="png", filename="s.png")
+    return bytes(message)
+
+
+def save(store: Store, letters: list[bytes]) -> list[int]:
+    arrivals = [repo.Arrival(str(i), raw, None, NOW) for i, raw in enumerate(letters, 1)]
+    with store.transaction() as session:
+        return [saved.id for saved, _new in repo.save_letters(session, "m", 1, arrivals, NOW)]
+
+
+def a_backlog() -> list[bytes]:
+    """Letters that lean on each other within one batch."""
+    png = b"\x89PNG shared screenshot"
+    return [
+        letter(1, attachment=png),
+        letter(2, attachment=png),  # same content: one blob
+        letter(1, attachment=png),  # a re-delivery of letter 1: a duplicate
+        letter(3, sender="user1@romashka.example", in_reply_to="<letter1@romashka.example>",
+               body="Дополняю: ошибка и в отчёте по закупкам."),  # follows letter 1's request
+        letter(4, body="Не работает."),  # missing organization and number: a clarification
+        letter(5, sender="mailer-daemon@romashka.example"),
+    ]
+
+
+def picture(store: Store, outcomes: list[Outcome]) -> dict[str, Any]:
+    """What the database holds, by request number, free of ids and Message-IDs."""
+    with store.transaction() as session:
+        numbers = dict(session.execute(select(Request.id, Request.number)).all())
+        letters = [
+            (row.uid, row.state, numbers.get(row.request_id))
+            for row in session.scalars(select(Letter).order_by(Letter.uid))
+        ]
+        replies = sorted(
+            (numbers.get(item.request_id), item.kind, item.recipient)
+            for item in session.scalars(select(OutboxItem))
+        )
+        events = sorted(
+            (numbers[event.request_id], event.kind, sorted(event.detail))
+            for event in session.scalars(select(RequestEvent))
+        )
+        counter = session.scalar(select(Counter.value).where(Counter.name == "request"))
+        blobs = session.query(Blob).count()
+    states = [(o.state, o.request, o.reply) for o in outcomes]
+    return {"letters": letters, "replies": replies, "events": events, "counter": counter,
+            "blobs": blobs, "outcomes": states}
+
+
+def test_a_batch_decides_as_letter_by_letter_would(
+    database_url: str, sqlite_url: str, tmp_path: Any
+) -> None:
+    pipeline = Pipeline.from_config(Config())
+    batched = Store(database_url)
+    one_by_one = Store(f"sqlite:///{tmp_path / 'one-by-one.db'}")
+    try:
+        for store in (batched, one_by_one):
+            store.upgrade()
+        ids = save(batched, a_backlog())
+        outcomes = process_pending(batched, pipeline, lambda: NOW)
+        assert len(outcomes) == len(ids)
+
+        singles = [process_letter(one_by_one, pipeline, i, NOW)
+                   for i in save(one_by_one, a_backlog())]
+        expected = picture(one_by_one, [o for o in singles if o is not None])
+        got = picture(batched, outcomes)
+    finally:
+        batched.dispose()
+        one_by_one.dispose()
+
+    assert got == expected
+    assert [state for _uid, state, _n in got["letters"]] == [
+        "processed", "processed", "duplicate", "follow_up", "processed", "ignored"]
+    assert got["letters"][2][2] == got["letters"][0][2] == got["letters"][3][2] == "SD-000001"
+    assert got["counter"] == 3 and got["blobs"] == 1
+    assert ("SD-000003", "clarification", "user4@romashka.example") in got["replies"]
+    assert all("outbox" in keys for _n, kind, keys in got["events"] if kind == "reply_queued")
+
+
+def test_a_fault_midway_quarantines_that_letter_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_draft = process._draft
+
+    def draft(pipeline: Pipeline, request: Request, *args: Any, **kwargs: Any) -> Any:
+        if request.subject == "Ошибка в отчёте 3":
+            raise RuntimeError("a bug meets an odd letter")
+        return real_draft(pipeline, request, *args, **kwargs)
+
+    monkeypatch.setattr(process, "_draft", draft)
+    save(store, [letter(n) for n in range(1, 6)])
+    outcomes = process_pending(store, Pipeline.from_config(Config()), lambda: NOW)
+
+    assert [(o.state, o.request) for o in outcomes] == [
+        ("processed", "SD-000001"), ("processed", "SD-000002"), ("quarantined", None),
+        ("processed", "SD-000003"), ("processed", "SD-000004")]
+    with store.transaction() as session:
+        broken = session.scalars(select(Letter).where(Letter.uid == "3")).one()
+        assert broken.state == "quarantined" and broken.stage == "compose"
+        assert "a bug meets an odd letter" in (broken.error or "")
+        assert broken.request_id is None and broken.attempts == 1
+        assert session.query(Request).count() == 4 and session.query(OutboxItem).count() == 4
+        assert session.scalar(select(Counter.value).where(Counter.name == "request")) == 4
+
+
+def test_the_reply_limit_counts_replies_queued_earlier_in_the_batch(store: Store) -> None:
+    config = Config.model_validate({"replies": {"per_sender_limit": 3}})
+    save(store, [letter(n, sender="robot@partner.example") for n in range(1, 7)])
+    outcomes = process_pending(store, Pipeline.from_config(config), lambda: NOW)
+
+    assert [o.reply for o in outcomes] == [
+        "acknowledgement", "acknowledgement", "acknowledgement", "limit", None, None]
+    with store.transaction() as session:
+        suppressed = session.scalars(
+            select(RequestEvent).where(RequestEvent.kind == "reply_suppressed")).all()
+        assert len(suppressed) == 2 and "notice sent" in suppressed[0].detail["reason"]
+
+
+def test_a_value_the_database_refuses_quarantines_that_letter_alone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL refuses a tier longer than its column (SQLite would store it)."""
+    store = Store(postgres_url)
+    store.upgrade()
+    monkeypatch.setattr(Pipeline, "tier_of",
+                        lambda self, number: "x" * 100 if number == "800100202" else None)
+    try:
+        save(store, [letter(n) for n in range(1, 5)])
+        outcomes = process_pending(store, Pipeline.from_config(Config()), lambda: NOW)
+        with store.transaction() as session:
+            broken = session.scalars(select(Letter).where(Letter.uid == "2")).one()
+            assert broken.stage == "store" and "refused" in (broken.error or "")
+    finally:
+        store.dispose()
+    assert [(o.state, o.request) for o in outcomes] == [
+        ("processed", "SD-000001"), ("quarantined", None),
+        ("processed", "SD-000002"), ("processed", "SD-000003")]
+
+
+def test_batches_hold_a_bounded_number_of_bytes() -> None:
+    pending = [(1, 10), (2, process.BATCH_BYTES), (3, 10), (4, 10)]
+    assert list(process._batches(pending)) == [[1], [2], [3, 4]]
+    many = [(i, 1) for i in range(process.BATCH_LETTERS + 1)]
+    assert [len(b) for b in process._batches(many)] == [process.BATCH_LETTERS, 1]
