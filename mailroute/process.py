@@ -240,6 +240,7 @@ def _lookups_for(
     return BatchLookups(
         session,
         message_ids=[p.message_id for p in letters if p.message_id],
+        references=[m for p in letters for m in (*p.in_reply_to, *p.references)],
         senders=[p.sender.email for p in letters if p.sender],
         attachment_hashes=[a.sha256 for p in letters for a in p.attachments],
         replies_since=now - pipeline.guard.window,
@@ -327,7 +328,7 @@ def _decide(
                 steps.suppress_bounced()
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
-        request = _find_thread(session, parsed)
+        request = _find_thread(session, lookups, parsed)
         stage = "compose"
         if request is not None:
             return steps.follow_up(request)
@@ -356,15 +357,15 @@ def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = Non
 # ---------------------------------------------------------------------------- threads
 
 
-def _find_thread(session: Session, parsed: ParsedLetter) -> Request | None:
+def _find_thread(session: Session, lookups: BatchLookups, parsed: ParsedLetter) -> Request | None:
     """The request this letter continues, or None for a new one.
 
     A reference to one of our Message-IDs is proof enough (only recipients of
     the thread know them). A ``[SD-…]`` token alone is not: anyone can type it,
     so it attaches only when the sender already belongs to the request.
     """
-    by_reference = repo.request_by_message_ids(
-        session, [*parsed.in_reply_to, *reversed(parsed.references)]
+    by_reference = lookups.request_by_message_ids(
+        [*parsed.in_reply_to, *reversed(parsed.references)]
     )
     if by_reference is not None:
         return by_reference
@@ -588,7 +589,7 @@ class _Steps:
             created_at=now,
         )
         self.session.add(item)
-        self.lookups.reply_queued(item.recipient, kind)
+        self.lookups.reply_queued(item, request)
         event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)
         self.queued.append((event, item))
         return kind

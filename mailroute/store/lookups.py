@@ -5,9 +5,11 @@ bounced, how many replies went to them lately and whether an attachment's conten
 is stored, and it takes the next request number. Asked letter by letter that was
 most of a backlog's time. Here each is one query for the batch, before its first
 letter is decided, and what the batch itself adds is counted in memory as it goes,
-so every answer is the one a query at that moment would have given. Questions the
-batch did not foresee (a follow-up's requester is not the letter's sender) fall
-back on a query; the session's autoflush makes that see the batch's own rows.
+so every answer is the one a query at that moment would have given: a follow-up
+finds a request made earlier in the batch, a re-delivery the letter it repeats.
+Questions the batch did not foresee (a follow-up's requester is not the letter's
+sender) fall back on a query; the session's autoflush makes that see the batch's
+own rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter
+from mailroute.store.models import Letter, OutboxItem, Request
 
 
 class BatchLookups:
@@ -30,6 +32,7 @@ class BatchLookups:
         session: Session,
         *,
         message_ids: Iterable[str],
+        references: Iterable[str],
         senders: Iterable[str],
         attachment_hashes: Iterable[str],
         replies_since: datetime,
@@ -37,6 +40,11 @@ class BatchLookups:
         self.session = session
         self._earlier = repo.processed_with_message_ids(session, message_ids)
         self._decided_here: set[str] = set()
+        self._replies_of, self._letters_of = repo.threads_of(session, references)
+        self._replies_here: dict[str, Request] = {}
+        self._letters_here: dict[str, Request | int] = {}
+        owners = {*self._replies_of.values(), *self._letters_of.values()}
+        self._requests = repo.requests_by_id(session, owners)  # held: the identity map is weak
         addresses = {address.lower() for address in senders if address}
         self._asked = addresses
         self._suppressed = repo.suppressed_among(session, addresses)
@@ -61,8 +69,37 @@ class BatchLookups:
 
     def decided(self, letter: Letter) -> None:
         """``letter`` now has a final state in this transaction."""
-        if letter.message_id and letter.state in repo.ORIGINAL_LETTER_STATES:
+        if not letter.message_id:
+            return
+        if letter.state in repo.ORIGINAL_LETTER_STATES:
             self._decided_here.add(letter.message_id)
+        owner = letter.request or letter.request_id
+        if owner is not None:
+            self._letters_here.setdefault(letter.message_id, owner)
+
+    # ------------------------------------------------------------------ threads
+
+    def request_by_message_ids(self, message_ids: Iterable[str]) -> Request | None:
+        """What :func:`repo.request_by_message_ids` says now: a reply of ours or a
+        letter these Message-IDs name, the first id in the given order that matches."""
+        ids = [m for m in message_ids if m]
+        for before, here in ((self._replies_of, self._replies_here),
+                             (self._letters_of, self._letters_here)):
+            for message_id in ids:
+                owner = before.get(message_id) or here.get(message_id)
+                if owner is not None:
+                    return self._request(owner)
+        return None
+
+    def _request(self, owner: Request | int) -> Request | None:
+        if isinstance(owner, Request):
+            return owner
+        if owner not in self._requests:
+            found = self.session.get(Request, owner)
+            if found is None:
+                return None
+            self._requests[owner] = found
+        return self._requests[owner]
 
     # ------------------------------------------------------------------ replies
 
@@ -74,10 +111,11 @@ class BatchLookups:
         count, notice = self._replies.get(address, (0, False))
         return count + self._queued_here[address], notice or address in self._notices_here
 
-    def reply_queued(self, recipient: str, kind: str) -> None:
-        self._queued_here[recipient] += 1
-        if kind == "limit":
-            self._notices_here.add(recipient)
+    def reply_queued(self, item: OutboxItem, request: Request) -> None:
+        self._queued_here[item.recipient] += 1
+        if item.kind == "limit":
+            self._notices_here.add(item.recipient)
+        self._replies_here[item.message_id] = request
 
     def is_suppressed(self, address: str) -> bool:
         address = address.lower()

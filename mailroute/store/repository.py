@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,10 @@ FINAL_LETTER_STATES = ("processed", "follow_up", "ignored", "duplicate", "quaran
 IN_LIST = 500  # values per IN (...) list: well under every backend's parameter limit
 
 
-def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+Key = TypeVar("Key", str, int)
+
+
+def _chunks(values: Iterable[Key]) -> Iterator[list[Key]]:
     """The distinct values, sorted, in lists short enough for one IN (...)."""
     wanted = sorted(set(values))
     for start in range(0, len(wanted), IN_LIST):
@@ -308,22 +311,42 @@ def request_by_number(session: Session, number: str) -> Request | None:
 def request_by_message_ids(session: Session, message_ids: Iterable[str]) -> Request | None:
     """The request one of these Message-IDs belongs to: our replies or its letters."""
     ids = [m for m in message_ids if m]
-    if not ids:
-        return None
-    via_reply = session.scalars(
-        select(Request)
-        .join(OutboxItem, OutboxItem.request_id == Request.id)
-        .where(OutboxItem.message_id.in_(ids))
-        .limit(1)
-    ).first()
-    if via_reply is not None:
-        return via_reply
-    return session.scalars(
-        select(Request)
-        .join(Letter, Letter.request_id == Request.id)
-        .where(Letter.message_id.in_(ids))
-        .limit(1)
-    ).first()
+    for owners in threads_of(session, ids):
+        for message_id in ids:
+            if message_id in owners:
+                return session.get(Request, owners[message_id])
+    return None
+
+
+def threads_of(
+    session: Session, message_ids: Iterable[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Message-ID -> request id, of our replies and of customers' letters, in that order
+    of trust: a reference to a reply we sent is the stronger proof of the thread."""
+    wanted = [m for m in message_ids if m]
+    replies: dict[str, int] = {}
+    letters: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        for owners, rows in (
+            (replies, session.execute(
+                select(OutboxItem.message_id, OutboxItem.request_id)
+                .where(OutboxItem.message_id.in_(chunk)).order_by(OutboxItem.id))),
+            (letters, session.execute(
+                select(Letter.message_id, Letter.request_id)
+                .where(Letter.message_id.in_(chunk)).order_by(Letter.id))),
+        ):
+            for message_id, request_id in rows:
+                if message_id is not None and request_id is not None:
+                    owners.setdefault(message_id, request_id)
+    return replies, letters
+
+
+def requests_by_id(session: Session, request_ids: Iterable[int]) -> dict[int, Request]:
+    found: dict[int, Request] = {}
+    for chunk in _chunks(request_ids):
+        rows = session.scalars(select(Request).where(Request.id.in_(chunk)))
+        found.update((request.id, request) for request in rows)
+    return found
 
 
 def list_requests(session: Session, limit: int | None = None) -> list[tuple[Request, int]]:
