@@ -168,6 +168,13 @@ class MailboxConfig(_Connection):
         "locally); folders become Maildir++ subfolders.",
     )
     batch_size: int = Field(50, ge=1, le=1000, description="Letters fetched per IMAP FETCH.")
+    workers: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Processes that parse and analyse a backlog beside the main one "
+        "(0: all in the main process). A pass with fewer than two batches stays in it.",
+    )
     idle: bool = Field(True, description="Use IMAP IDLE when the server offers it.")
     poll_interval: float = Field(
         60.0, gt=0, description="Seconds between polls when IDLE is off or not offered."

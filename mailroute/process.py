@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailroute import logs
-from mailroute.analysis import Analysis, AnalysisContext, analyze
+from mailroute.analysis import Analysis, AnalysisContext
 from mailroute.compose import (
     Draft,
     Identity,
@@ -30,16 +30,17 @@ from mailroute.compose import (
     new_message_id,
 )
 from mailroute.config import Config, SlaConfig, WorkflowConfig
-from mailroute.errors import LetterUnreadable, TransientError
+from mailroute.errors import TransientError
 from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, decide
 from mailroute.hours import BusinessCalendar
 from mailroute.organizations import merged_registry
-from mailroute.parse import ParsedLetter, ParseLimits, parse
+from mailroute.parse import ParsedLetter, ParseLimits
 from mailroute.registry import tier_of
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
 from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent
+from mailroute.understand import Fault, Understood, understand
 from mailroute.workflow import reopen, set_status, start_clocks
 
 log = logs.get("mailroute.process")
@@ -154,14 +155,21 @@ BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter g
 
 
 def process_pending(
-    store: Store, pipeline: Pipeline, clock: Callable[[], datetime], limit: int = 1000
+    store: Store,
+    pipeline: Pipeline,
+    clock: Callable[[], datetime],
+    limit: int = 1000,
+    *,
+    up_to: int | None = None,
+    ready: Mapping[int, Understood] | None = None,
 ) -> list[Outcome]:
-    """Process every saved letter still pending, oldest first."""
+    """Process the saved letters still pending, oldest first (only those with ids up to
+    ``up_to``, if given). ``ready`` holds letters already understood, by id."""
     with store.transaction() as session:
-        pending = repo.pending_letters(session, limit)
+        pending = repo.pending_letters(session, limit, up_to)
     outcomes = []
     for letter_ids in _batches(pending):
-        outcomes += process_batch(store, pipeline, letter_ids, clock())
+        outcomes += process_batch(store, pipeline, letter_ids, clock(), ready)
     return outcomes
 
 
@@ -187,7 +195,11 @@ def process_letter(
 
 
 def process_batch(
-    store: Store, pipeline: Pipeline, letter_ids: list[int], now: datetime
+    store: Store,
+    pipeline: Pipeline,
+    letter_ids: list[int],
+    now: datetime,
+    ready: Mapping[int, Understood] | None = None,
 ) -> list[Outcome]:
     """Decide these letters, oldest first, in one transaction (one commit, shared lookups).
 
@@ -198,13 +210,14 @@ def process_batch(
     Letters another worker holds are skipped: they are not in the result.
     """
     try:
-        decided = _decide_batch(store, pipeline, letter_ids, now)
+        decided = _decide_batch(store, pipeline, letter_ids, now, ready or {})
     except (_Unprocessable, DataError) as exc:
-        fault = exc if isinstance(exc, _Unprocessable) else _refused(exc)
+        fault = exc.fault if isinstance(exc, _Unprocessable) else _refused(exc)
         if len(letter_ids) > 1:
             log.warning("batch decided again letter by letter", letters=len(letter_ids),
                         error=fault.reason)
-            return [o for i in letter_ids for o in process_batch(store, pipeline, [i], now)]
+            return [outcome for letter_id in letter_ids
+                    for outcome in process_batch(store, pipeline, [letter_id], now, ready)]
         decided = _quarantine_alone(store, letter_ids[0], fault)
     for outcome, letter in decided:
         _log(outcome, letter)
@@ -212,12 +225,20 @@ def process_batch(
 
 
 def _decide_batch(
-    store: Store, pipeline: Pipeline, letter_ids: list[int], now: datetime
+    store: Store,
+    pipeline: Pipeline,
+    letter_ids: list[int],
+    now: datetime,
+    ready: Mapping[int, Understood],
 ) -> list[tuple[Outcome, Letter]]:
     decided = []
     with store.transaction() as session:
-        letters = repo.lock_pending_letters(session, letter_ids)
-        understood = [understand(letter.raw, pipeline) for letter in letters]
+        with_raw = any(letter_id not in ready for letter_id in letter_ids)
+        letters = repo.lock_pending_letters(session, letter_ids, with_raw=with_raw)
+        understood = [
+            ready.get(letter.id) or understand(letter.raw, pipeline.context, pipeline.limits)
+            for letter in letters
+        ]
         lookups = _lookups_for(session, pipeline, understood, now)
         queued: list[tuple[RequestEvent, OutboxItem]] = []
         for letter, known in zip(letters, understood, strict=True):
@@ -247,51 +268,24 @@ def _lookups_for(
     )
 
 
-def _quarantine_alone(
-    store: Store, letter_id: int, fault: _Unprocessable
-) -> list[tuple[Outcome, Letter]]:
+def _quarantine_alone(store: Store, letter_id: int, fault: Fault) -> list[tuple[Outcome, Letter]]:
     with store.transaction() as session:
-        letters = repo.lock_pending_letters(session, [letter_id])
-        for letter in letters:
+        for letter in repo.lock_pending_letters(session, [letter_id], with_raw=False):
             letter.attempts += 1
-            return [(_quarantine(letter, fault.stage, fault.reason, fault.trace), letter)]
+            return [(_quarantine(letter, fault), letter)]
     return []
 
 
-def _refused(exc: DataError) -> _Unprocessable:
-    return _Unprocessable("store", f"database refused a value: {exc.orig}")
+def _refused(exc: DataError) -> Fault:
+    return Fault("store", f"database refused a value: {exc.orig}")
 
 
 class _Unprocessable(Exception):
-    """The letter's fault: it is quarantined with the stage and the reason."""
+    """A letter's fault after it began to change the database: the batch is undone."""
 
-    def __init__(self, stage: str, reason: str, trace: str | None = None) -> None:
-        super().__init__(reason)
-        self.stage, self.reason, self.trace = stage, reason, trace
-
-
-@dataclass(frozen=True)
-class Understood:
-    """The pure stages' verdict on a letter's bytes: parsed and analysed, or the fault."""
-
-    parsed: ParsedLetter | None
-    analysis: Analysis | None
-    fault: _Unprocessable | None = None
-
-
-def understand(raw: bytes, pipeline: Pipeline) -> Understood:
-    """Parse and analyse: pure, touching nothing, so a fault here undoes nothing."""
-    stage = "parse"
-    parsed = None
-    try:
-        parsed = parse(raw, pipeline.limits)
-        stage = "analyze"
-        return Understood(parsed, analyze(parsed, pipeline.context))
-    except LetterUnreadable as exc:
-        return Understood(parsed, None, _Unprocessable(exc.stage, exc.reason))
-    except Exception as exc:  # a bug meeting an odd letter must not stop the queue
-        fault = _Unprocessable(stage, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        return Understood(parsed, None, fault)
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.reason)
+        self.fault = fault
 
 
 def _decide(
@@ -306,7 +300,7 @@ def _decide(
     parsed, analysis = known.parsed, known.analysis
     if parsed is None:
         assert known.fault is not None
-        return _quarantine(letter, known.fault.stage, known.fault.reason, known.fault.trace)
+        return _quarantine(letter, known.fault)
     _describe_letter(letter, parsed)
     earlier = lookups.earlier_letter(parsed.message_id)
     if earlier:
@@ -315,7 +309,7 @@ def _decide(
         return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
     if analysis is None:
         assert known.fault is not None
-        return _quarantine(letter, known.fault.stage, known.fault.reason, known.fault.trace)
+        return _quarantine(letter, known.fault)
     steps = _Steps(session, lookups, pipeline, letter, parsed, analysis, now, queued)
     stage = "store"
     try:
@@ -337,7 +331,7 @@ def _decide(
         raise  # the database's trouble, not the letter's: retry later
     except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
         reason = f"{type(exc).__name__}: {exc}"
-        raise _Unprocessable(stage, reason, traceback.format_exc()) from exc
+        raise _Unprocessable(Fault(stage, reason, traceback.format_exc())) from exc
 
 
 def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
@@ -346,12 +340,12 @@ def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
     letter.subject = parsed.subject
 
 
-def _quarantine(letter: Letter, stage: str, reason: str, trace: str | None = None) -> Outcome:
+def _quarantine(letter: Letter, fault: Fault) -> Outcome:
     letter.state = "quarantined"
-    letter.stage = stage
-    text = reason if trace is None else f"{reason}\n{trace}"
+    letter.stage = fault.stage
+    text = fault.reason if fault.trace is None else f"{fault.reason}\n{fault.trace}"
     letter.error = text.replace("\x00", "\\x00")  # PostgreSQL text holds no NUL
-    return Outcome(letter.id, "quarantined", detail=f"{stage}: {reason}")
+    return Outcome(letter.id, "quarantined", detail=f"{fault.stage}: {fault.reason}")
 
 
 # ---------------------------------------------------------------------------- threads

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +29,7 @@ from mailroute.intake.source import FetchedLetter, MailSource
 from mailroute.process import Outcome, Pipeline, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.understand import Understanding, Understood
 
 log = logs.get("mailroute.intake")
 MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse the save
@@ -70,6 +73,14 @@ def _nothing() -> None:
 
 
 @dataclass
+class _Understanding:
+    """A saved batch, (id, bytes) of its new letters, and the job understanding them."""
+
+    saved: list[tuple[int, bytes]]
+    future: Future[list[Understood]]
+
+
+@dataclass
 class _Pass:
     source: MailSource
     store: Store
@@ -89,12 +100,24 @@ class _Pass:
             known = repo.known_uids(session, self.source.name, self.uidvalidity, uids)
         new = [uid for uid in uids if uid not in known]
         size = self.mailbox.batch_size
-        for start in range(0, len(new), size):
-            if self.stop.is_set():
-                break
-            self._save_batch(list(self.source.fetch(new[start : start + size])))
-            self._process_and_file()
-            self.progress()
+        backlog = len(new) >= 2 * size  # worth starting workers for
+        pipeline = self.pipeline
+        understanding = Understanding(pipeline.context, pipeline.limits,
+                                      self.mailbox.workers if backlog else 0)
+        try:
+            ahead: deque[_Understanding] = deque()  # saved, being understood, not decided
+            for start in range(0, len(new), size):
+                if self.stop.is_set():
+                    break
+                saved = self._save_batch(list(self.source.fetch(new[start : start + size])))
+                raws = [raw for _id, raw in saved]
+                ahead.append(_Understanding(saved, understanding.submit(raws)))
+                if len(ahead) > 1:  # keep one batch being understood while this one is decided
+                    self._decide_and_file(understanding, ahead.popleft())
+            while ahead and not self.stop.is_set():
+                self._decide_and_file(understanding, ahead.popleft())
+        finally:
+            understanding.close()
         if not self.stop.is_set():
             self._process_and_file()  # letters saved before a crash, decided or not
         with self.store.transaction() as session:
@@ -102,9 +125,20 @@ class _Pass:
                              backlog=len(uids))
         return self.report
 
-    def _save_batch(self, batch: list[FetchedLetter]) -> None:
+    def _decide_and_file(self, understanding: Understanding, job: _Understanding) -> None:
+        """Decide the letters saved up to this batch (older ones left by a crash too), and
+        file them with any copies of stored letters the batch held."""
+        raws = [raw for _id, raw in job.saved]
+        verdicts = understanding.results(job.future, raws)
+        ready = {letter_id: known for (letter_id, _raw), known in
+                 zip(job.saved, verdicts, strict=True)}
+        self._process_and_file(up_to=max(ready, default=0), ready=ready)
+        self.progress()
+
+    def _save_batch(self, batch: list[FetchedLetter]) -> list[tuple[int, bytes]]:
         """Commit a fetched batch's raw bytes in one transaction (one fsync, not one per
-        letter). Nothing has moved on the server yet: a failure re-fetches the batch."""
+        letter). Nothing has moved on the server yet: a failure re-fetches the batch.
+        Returns (id, bytes) of the letters saved anew."""
         now = self.clock()
         arrivals = [
             repo.Arrival(f.uid, f.raw, header_message_id(f.raw), f.received_at or now)
@@ -115,6 +149,8 @@ class _Pass:
             ids = [(letter.id, is_new) for letter, is_new in saved]
         for fetched, (letter_id, is_new) in zip(batch, ids, strict=True):
             self._note_saved(fetched, letter_id, is_new)
+        return [(letter_id, f.raw) for f, (letter_id, is_new) in zip(batch, ids, strict=True)
+                if is_new]
 
     def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:
         self.report.fetched += 1
@@ -125,8 +161,11 @@ class _Pass:
             self.copies[fetched.uid] = letter_id
             log.info("letter already stored", uid=fetched.uid, letter=letter_id)
 
-    def _process_and_file(self) -> None:
-        self.report.outcomes += process_pending(self.store, self.pipeline, self.clock)
+    def _process_and_file(
+        self, up_to: int | None = None, ready: Mapping[int, Understood] | None = None
+    ) -> None:
+        self.report.outcomes += process_pending(self.store, self.pipeline, self.clock,
+                                                up_to=up_to, ready=ready)
         with self.store.transaction() as session:
             moves = repo.letters_to_file(session, self.source.name, self.uidvalidity)
             copy_states = repo.letter_states(session, list(self.copies.values()))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from mailroute.store.models import (
     AttachmentRecord,
@@ -137,14 +137,14 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
 
 
-def pending_letters(session: Session, limit: int = 1000) -> list[tuple[int, int]]:
-    """(id, size) of saved letters not yet processed, oldest first."""
-    rows = session.execute(
-        select(Letter.id, Letter.size)
-        .where(Letter.state == "pending")
-        .order_by(Letter.id)
-        .limit(limit)
-    )
+def pending_letters(
+    session: Session, limit: int = 1000, up_to: int | None = None
+) -> list[tuple[int, int]]:
+    """(id, size) of saved letters not yet processed, oldest first (ids <= ``up_to``)."""
+    query = select(Letter.id, Letter.size).where(Letter.state == "pending")
+    if up_to is not None:
+        query = query.where(Letter.id <= up_to)
+    rows = session.execute(query.order_by(Letter.id).limit(limit))
     return [(letter_id, size) for letter_id, size in rows]
 
 
@@ -152,14 +152,19 @@ def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Letter.state == "pending")) or 0
 
 
-def lock_pending_letters(session: Session, letter_ids: Sequence[int]) -> list[Letter]:
+def lock_pending_letters(
+    session: Session, letter_ids: Sequence[int], *, with_raw: bool = True
+) -> list[Letter]:
     """Those of these letters still pending, oldest first, locked against a second worker
-    for this transaction (one locked by another worker is left to it)."""
+    for this transaction (one locked by another worker is left to it). Without
+    ``with_raw`` the bytes are not read (they load if asked for)."""
     query = (
         select(Letter)
         .where(Letter.id.in_(list(letter_ids)), Letter.state == "pending")
         .order_by(Letter.id)
     )
+    if not with_raw:
+        query = query.options(defer(Letter.raw))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
