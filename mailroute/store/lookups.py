@@ -73,7 +73,9 @@ class BatchLookups:
             return
         if letter.state in repo.ORIGINAL_LETTER_STATES:
             self._decided_here.add(letter.message_id)
-        owner = letter.request or letter.request_id
+        # an id set as a value (a duplicate) is not loaded as an object; a request this
+        # batch made or found is there as an object with no id in the row yet
+        owner = letter.request_id if letter.request_id is not None else letter.request
         if owner is not None:
             self._letters_here.setdefault(letter.message_id, owner)
 
