@@ -22,7 +22,7 @@ from support.configs import sample_letters, write_config
 from support.dovecot import ImapAccount
 from support.smtp import SmtpSink
 
-from mailroute.store.models import Letter, OutboxItem, Request
+from mailroute.store.models import Letter, LetterBytes, OutboxItem, Request
 
 MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
 
@@ -155,7 +155,8 @@ def test_unparseable_letter_is_quarantined_and_the_queue_moves_on(
     assert quarantined == [bomb]
     assert len(imap_account.messages("Processed")) == 1
     letters = {row.state: row for row in rows(sqlite_url, Letter)}
-    assert letters["quarantined"].raw == bomb
+    stored = {row.letter_id: row.raw for row in rows(sqlite_url, LetterBytes)}
+    assert stored[letters["quarantined"].id] == bomb
     assert letters["quarantined"].stage == "parse"
     assert "letter quarantined" in result.stderr
     assert len(smtp_sink.wait_for(1)) == 1

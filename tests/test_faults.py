@@ -364,7 +364,7 @@ def check_books(backlog: Backlog, db: Books, account: ImapAccount,
 
     folders = {name: account.messages(name) for name in ("INBOX", "Processed", "Quarantine")}
     assert folders["INBOX"] == []
-    stored = {fingerprint(row.raw) for row in db.rows("select raw from letters")}
+    stored = {fingerprint(row.raw) for row in db.rows("select raw from letter_bytes")}
     for name in ("Processed", "Quarantine"):
         moved = Counter(fingerprint(raw) for raw in folders[name])
         assert set(moved) <= stored, f"moved to {name} without its bytes in the database"

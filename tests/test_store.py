@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import inspect
 
 from mailroute.errors import DatabaseNotReady
 from mailroute.store import Store
@@ -103,3 +104,43 @@ def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) ->
     with store.transaction() as session:
         assert session.query(AttachmentRecord).count() == 2
         assert session.query(Blob).count() == 1
+
+
+def test_raw_bytes_move_to_their_own_table_and_back(store: Store) -> None:
+    """0006 moves every letter's bytes to letter_bytes; its downgrade puts them back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from mailroute.store.db import _alembic_config
+
+    config = _alembic_config(store.url)
+    command.upgrade(config, "0005")
+    raw = b"Subject: old\r\n\r\n" + bytes(range(256)) * 64
+    with store.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO letters (id, mailbox, uidvalidity, uid, sha256, raw, size, received_at,"
+            " fetched_at, state, attempts) VALUES (7, 'm', 1, '1', 'x', :raw, :size, :now, :now,"
+            " 'pending', 0)"), {"raw": raw, "size": len(raw), "now": datetime.now(UTC)})
+    store.upgrade()
+    with store.transaction() as session:
+        (letter,) = repo.lock_pending_letters(session, [7])
+        assert letter.raw == raw
+    with store.engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("letters")}
+        assert "raw" not in columns
+    command.downgrade(config, "0005")
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT raw FROM letters WHERE id = 7")).scalar() == raw
+        assert "letter_bytes" not in inspect(connection).get_table_names()
+
+
+def test_the_migrations_build_the_schema_the_models_describe(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from mailroute.store.models import Base
+
+    store.upgrade()
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []

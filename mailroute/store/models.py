@@ -1,7 +1,7 @@
 """The tables. Schema changes go through alembic (``migrations/``), never ``create_all``.
 
-One row per thing that happened: a fetched letter (``letters``, raw bytes kept
-forever), a request (``requests``) with its history (``request_events``), the
+One row per thing that happened: a fetched letter (``letters``, its raw bytes kept
+forever in ``letter_bytes``), a request (``requests``) with its history (``request_events``), the
 replies waiting or sent (``outbox``), attachment metadata (``attachments``) and
 content (``blobs``, content-addressed), request-number counters (``counters``)
 and the last known state of each mailbox (``mailboxes``).
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -70,6 +71,8 @@ class Letter(Base):
     __table_args__ = (
         UniqueConstraint("mailbox", "uidvalidity", "uid"),
         Index("ix_letters_state", "state"),
+        Index("ix_letters_unfiled", "mailbox", "uidvalidity",
+              sqlite_where=text("filed_to IS NULL"), postgresql_where=text("filed_to IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -78,7 +81,6 @@ class Letter(Base):
     uid: Mapped[str] = mapped_column(String(255))
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime]
     fetched_at: Mapped[datetime]
@@ -95,6 +97,21 @@ class Letter(Base):
     analysis: Mapped[dict[str, Any] | None]
 
     request: Mapped[Request | None] = relationship(back_populates="letters")
+    content: Mapped[LetterBytes] = relationship(cascade="all, delete-orphan")
+
+    @property
+    def raw(self) -> bytes:
+        """The letter as fetched (read from ``letter_bytes`` when first asked for)."""
+        return self.content.raw
+
+
+class LetterBytes(Base):
+    """A letter's raw bytes, apart from its row: written once, read when it is parsed."""
+
+    __tablename__ = "letter_bytes"
+
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Request(Base):

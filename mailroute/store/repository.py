@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, selectinload
 
 from mailroute.store.models import (
     AttachmentRecord,
     Blob,
     Counter,
     Letter,
+    LetterBytes,
     MailboxState,
     OutboxItem,
     Request,
@@ -114,7 +115,7 @@ def save_letters(
             uid=arrival.uid,
             message_id=arrival.message_id,
             sha256=sha,
-            raw=arrival.raw,
+            content=LetterBytes(raw=arrival.raw),
             size=len(arrival.raw),
             received_at=arrival.received_at,
             fetched_at=now,
@@ -156,15 +157,15 @@ def lock_pending_letters(
     session: Session, letter_ids: Sequence[int], *, with_raw: bool = True
 ) -> list[Letter]:
     """Those of these letters still pending, oldest first, locked against a second worker
-    for this transaction (one locked by another worker is left to it). Without
-    ``with_raw`` the bytes are not read (they load if asked for)."""
+    for this transaction (one locked by another worker is left to it). With
+    ``with_raw`` their bytes are read too, in one more query (else when asked for)."""
     query = (
         select(Letter)
         .where(Letter.id.in_(list(letter_ids)), Letter.state == "pending")
         .order_by(Letter.id)
     )
-    if not with_raw:
-        query = query.options(defer(Letter.raw))
+    if with_raw:
+        query = query.options(selectinload(Letter.content))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
@@ -179,16 +180,13 @@ def processed_with_message_ids(
     """Message-ID -> (id, request id) of the first decided letter carrying it."""
     found: dict[str, tuple[int, int | None]] = {}
     for chunk in _chunks(message_ids):
-        rows = session.execute(
-            select(Letter.message_id, Letter.id, Letter.request_id)
-            .where(
-                Letter.message_id.in_(chunk),
-                Letter.state.in_(ORIGINAL_LETTER_STATES),
-            )
+        rows = session.execute(  # states filtered here: the planner must pick the
+            select(Letter.message_id, Letter.id, Letter.request_id, Letter.state)  # Message-ID
+            .where(Letter.message_id.in_(chunk))  # index, not scan every processed letter
             .order_by(Letter.id)
         )
-        for message_id, letter_id, request_id in rows:
-            if message_id is not None:
+        for message_id, letter_id, request_id, state in rows:
+            if message_id is not None and state in ORIGINAL_LETTER_STATES:
                 found.setdefault(message_id, (letter_id, request_id))
     return found
 
