@@ -62,6 +62,9 @@ class Run:
     rss_mb: float = 0.0
     cpu_user: float = 0.0
     cpu_system: float = 0.0
+    helpers: int = 0
+    helpers_cpu: float = 0.0
+    helpers_rss_mb: float = 0.0
     exit_code: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
@@ -222,6 +225,8 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         usage = run_mailroute(source, config, log, profile)
         run.wall, run.exit_code, run.rss_mb = usage.wall, usage.code, usage.rss_mb
         run.cpu_user, run.cpu_system = usage.user, usage.system
+        run.helpers, run.helpers_cpu, run.helpers_rss_mb = (
+            usage.helpers, usage.helpers_cpu, usage.helpers_rss_mb)
         run.phases = phases(log, spawned)
         lines = log.read_text(errors="replace").splitlines()
         run.summary = next((x for x in reversed(lines) if x.startswith("mailroute:")), "")
@@ -236,12 +241,17 @@ def report(run: Run, label: str) -> str:
     states = ", ".join(f"{k}={v}" for k, v in sorted(run.states.items()))
     phase_text = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
     verdict = "met" if run.rate >= target else "NOT met"
+    cpu = run.cpu_user + run.cpu_system + run.helpers_cpu
+    helper_text = (f" + {run.helpers_cpu:.1f} s in {run.helpers} worker process(es)"
+                   if run.helpers else "")
+    helper_rss = f" (workers {run.helpers_rss_mb:.0f} MB each at most)" if run.helpers else ""
     return (
         f"backlog n={run.n} db={run.db} [{label}]: {run.wall:.1f} s wall, "
         f"{run.rate:.0f} letters/s end to end (target >= {target:.0f}: {verdict}); "
-        f"{phase_text}; mailroute CPU {run.cpu_user:.1f} s user + {run.cpu_system:.1f} s sys "
-        f"({run.n / (run.cpu_user + run.cpu_system):.0f} letters per CPU-second); "
-        f"peak RSS {run.rss_mb:.0f} MB; letters {states}; replies {run.outbox.get('sent', 0)} "
+        f"{phase_text}; mailroute CPU {run.cpu_user:.1f} s user + {run.cpu_system:.1f} s sys"
+        f"{helper_text} ({run.n / cpu:.0f} letters per CPU-second, all processes); "
+        f"peak RSS {run.rss_mb:.0f} MB{helper_rss}; letters {states}; "
+        f"replies {run.outbox.get('sent', 0)} "
         f"sent / {sum(run.outbox.values())} due / {run.received} received; "
         f"check {'OK' if not run.problems else 'FAILED: ' + '; '.join(run.problems)}; "
         f"(APPEND {run.n / run.append_seconds:.0f} letters/s, not timed)"

@@ -95,15 +95,47 @@ def mailroute_command(*args: str, profile: Path | None = None) -> list[str]:
 # process holding thousands of letters, mailroute would "use" the bench's memory. Spawned
 # from this small wrapper instead, its ru_maxrss (RUSAGE_CHILDREN here) is its own.
 _MEASURE = """
-import json, resource, subprocess, sys, time
+import json, os, resource, subprocess, sys, threading, time
 report, command = sys.argv[1], sys.argv[2:]
+helpers = {}  # pid -> (CPU seconds, peak RSS KiB) of the command's own children
+
+
+def watch(child, done):
+    # The command's worker processes (a forkserver and its children) are not always
+    # reaped by it, so RUSAGE_CHILDREN may miss them: sample them from /proc instead.
+    tick = os.sysconf("SC_CLK_TCK")
+    while not done.wait(0.1):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in (os.getpid(), child):
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[3]) != os.getsid(0):  # not of the command's session
+                    continue
+                with open(f"/proc/{entry}/status") as f:
+                    hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM")), 0)
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+            helpers[int(entry)] = ((int(fields[11]) + int(fields[12])) / tick, hwm)
+
+
 started = time.perf_counter()
-code = subprocess.call(command)
+process = subprocess.Popen(command)
+done = threading.Event()
+watcher = threading.Thread(target=watch, args=(process.pid, done), daemon=True)
+watcher.start()
+code = process.wait()
+done.set()
+watcher.join()
 wall = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(report, "w") as out:
     json.dump({"code": code, "wall": wall, "maxrss_kb": usage.ru_maxrss,
-               "user": usage.ru_utime, "system": usage.ru_stime}, out)
+               "user": usage.ru_utime, "system": usage.ru_stime,
+               "helpers_cpu": sum(cpu for cpu, _rss in helpers.values()),
+               "helpers_maxrss_kb": max((rss for _cpu, rss in helpers.values()), default=0),
+               "helpers": len(helpers)}, out)
 sys.exit(code)
 """
 
@@ -117,6 +149,9 @@ class Usage:
     rss_mb: float
     user: float
     system: float
+    helpers: int = 0  # worker processes of the command (understanding a backlog)
+    helpers_cpu: float = 0.0  # their CPU seconds, sampled every 0.1 s (the last tick missed)
+    helpers_rss_mb: float = 0.0  # the largest peak RSS among them
 
 
 def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
@@ -140,7 +175,8 @@ def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
             raise
     data = json.loads(report.read_text())
     return Usage(data["code"], data["wall"], data["maxrss_kb"] / 1024, data["user"],
-                 data["system"])
+                 data["system"], data["helpers"], data["helpers_cpu"],
+                 data["helpers_maxrss_kb"] / 1024)
 
 
 def terminate_on_sigterm() -> None:
