@@ -11,6 +11,7 @@ pass's rules; a pass with only a few letters does everything in-process.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -57,11 +58,17 @@ def understand(raw: bytes, context: AnalysisContext, limits: ParseLimits) -> Und
 
 
 class Understanding:
-    """Understands batches of letters, in ``workers`` processes (0: in this one)."""
+    """Understands batches of letters, in ``workers`` processes (0: in this one).
+
+    Starting a worker takes about a second (a forkserver, imports), so it starts in
+    the background and batches are understood here until it answers: the first
+    letters of a backlog do not wait for it.
+    """
 
     def __init__(self, context: AnalysisContext, limits: ParseLimits, workers: int) -> None:
         self.context, self.limits = context, limits
         self._pool: ProcessPoolExecutor | None = None
+        self._ready = threading.Event()
         if workers > 0:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers,
@@ -69,10 +76,19 @@ class Understanding:
                 initializer=_start_worker,
                 initargs=(context, limits),
             )
+            threading.Thread(target=self._warm_up, args=(self._pool,), name="workers",
+                             daemon=True).start()
+
+    def _warm_up(self, pool: ProcessPoolExecutor) -> None:
+        try:
+            pool.submit(_understand_in_worker, []).result()
+        except (BrokenProcessPool, RuntimeError, OSError):
+            return  # never ready: everything is understood in this process
+        self._ready.set()
 
     def submit(self, raws: Sequence[bytes]) -> Future[list[Understood]]:
         """Start understanding these letters; the future's list is in the same order."""
-        if self._pool is not None:
+        if self._pool is not None and self._ready.is_set():
             try:
                 return self._pool.submit(_understand_in_worker, list(raws))
             except (BrokenProcessPool, RuntimeError):

@@ -39,7 +39,9 @@ def test_a_worker_gives_the_verdicts_this_process_would() -> None:
     here = [understand(raw, pipeline.context, pipeline.limits) for raw in raws]
     workers = Understanding(pipeline.context, pipeline.limits, workers=1)
     try:
+        assert workers._ready.wait(60), "the worker did not start"
         job = workers.submit(raws)
+        assert not job.done()  # handed to the worker (this process would have finished it)
         there = workers.results(job, raws)
     finally:
         workers.close()
@@ -53,7 +55,7 @@ def test_a_dead_worker_leaves_the_work_to_this_process() -> None:
     raws = [path.read_bytes() for path in LETTERS[:5]]
     workers = Understanding(pipeline.context, pipeline.limits, workers=1)
     try:
-        workers.results(workers.submit(raws), raws)  # the worker is up
+        assert workers._ready.wait(60), "the worker did not start"
         pool = workers._pool
         assert pool is not None
         for pid in list(pool._processes):  # the executor's own record of its workers
