@@ -206,6 +206,9 @@ class BusinessCalendar:
     _zone: ZoneInfo = field(init=False, repr=False, compare=False, hash=False)
     _hours: tuple[tuple[time, time], ...] = field(init=False, repr=False, compare=False, hash=False)
     _derive_short_days: bool = field(init=False, repr=False, compare=False, hash=False)
+    _day_hours: dict[date, tuple[datetime, datetime] | None] = field(
+        init=False, repr=False, compare=False, hash=False
+    )  # _utc_hours by day: every due time of a backlog walks the same few days
 
     def __post_init__(self) -> None:
         """Validate once, so that a bad calendar fails at start-up, not on the first letter."""
@@ -242,6 +245,7 @@ class BusinessCalendar:
         set_(self, "_zone", zone)
         set_(self, "_hours", tuple(hours[day] for day in range(7)))
         set_(self, "_derive_short_days", derive)
+        set_(self, "_day_hours", {})
 
     @classmethod
     def from_config(cls, cfg: HoursSettings) -> BusinessCalendar:
@@ -450,6 +454,11 @@ class BusinessCalendar:
         (Between two datetimes of the same ZoneInfo Python compares and subtracts wall
         clocks, which is wrong across a DST switch.)
         """
+        if day not in self._day_hours:
+            self._day_hours[day] = self._compute_utc_hours(day)
+        return self._day_hours[day]
+
+    def _compute_utc_hours(self, day: date) -> tuple[datetime, datetime] | None:
         if not self.is_working_day(day):
             return None
         partner = self._transfer_partner(day)

@@ -431,7 +431,8 @@ class _Steps:
         texts = [parsed.text, *(f.text for f in parsed.forwarded)]
         headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
         mentioned = EMAIL.findall(" ".join([*texts, *headers]))
-        candidates = repo.recipients_we_wrote(self.session, mentioned)
+        with self.session.no_autoflush:  # this batch's replies are not sent: none bounced
+            candidates = repo.recipients_we_wrote(self.session, mentioned)
         for address in sorted(bounced_addresses(parsed, candidates)):
             reason = f"bounce in letter {letter.id}"
             if repo.suppress(self.session, address, reason, self.now, letter.id):
