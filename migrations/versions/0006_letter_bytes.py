@@ -6,6 +6,10 @@ row to change its state, and a scan for unfiled letters read every letter's byte
 (overflow pages) to reach the columns after them. The bytes are written once and
 read when a letter is understood, retried or shown raw.
 
+On PostgreSQL 14+ the bytes (and attachment blobs) are TOAST-compressed with lz4 where
+the server has it: pglz cost 1.6 ms per 60 KB letter on insert, lz4 0.4 ms, for the
+same size on disk with the benchmark's letters.
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02
@@ -34,6 +38,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("letter_id", name=op.f("pk_letter_bytes")),
     )
+    _compress_with_lz4()
     op.execute("INSERT INTO letter_bytes (letter_id, raw) SELECT id, raw FROM letters")
     with op.batch_alter_table("letters", schema=None) as batch_op:
         batch_op.drop_column("raw")
@@ -41,6 +46,18 @@ def upgrade() -> None:
             "ix_letters_unfiled", ["mailbox", "uidvalidity"],
             sqlite_where=UNFILED, postgresql_where=UNFILED,
         )
+
+
+def _compress_with_lz4() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql" or bind.dialect.server_version_info < (14,):
+        return
+    try:
+        with bind.begin_nested():
+            bind.exec_driver_sql("ALTER TABLE letter_bytes ALTER COLUMN raw SET COMPRESSION lz4")
+            bind.exec_driver_sql("ALTER TABLE blobs ALTER COLUMN content SET COMPRESSION lz4")
+    except sa.exc.DBAPIError:
+        pass  # a server built without lz4 keeps its default, pglz
 
 
 def downgrade() -> None:
