@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.configs import sample_letters, write_config
@@ -228,3 +229,183 @@ def test_sigterm_during_a_backlog_exits_in_time_and_loses_nothing(
         letters = conn.execute(text("select count(distinct message_id) from letters")).scalar()
     engine.dispose()
     assert requests == letters == count
+
+
+# ------------------------------------------------- run --once: replies during the drain
+
+
+def letter(number: int) -> bytes:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = f"user{number}@client.example"
+    message["To"] = "servicedesk@example.com"
+    message["Subject"] = f"Ошибка {number}"
+    message["Message-ID"] = f"<once-{number}@client.example>"
+    message.set_content(f"Не работает отчёт {number}.\n\nООО «Клиент»\nрег. номер 800123456")
+    return bytes(message)
+
+
+def maildir_daemon(tmp_path: Path, sink: SmtpSink, database_url: str, count: int,
+                   batch_size: int) -> Any:
+    """A Daemon on a Maildir of ``count`` letters that each get an acknowledgement."""
+    from mailroute.config import Config
+    from mailroute.daemon import Daemon
+    from mailroute.store import Store
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for number in range(count):
+        path = maildir / "new" / f"{1_700_000_000 + number}.{number}.test"
+        path.write_bytes(letter(number))
+        os.utime(path, (1_700_000_000 + number, 1_700_000_000 + number))
+    config = Config.model_validate({
+        "mailbox": {"maildir": str(maildir), "address": "servicedesk@example.com",
+                    "batch_size": batch_size},
+        "smtp": {"host": sink.host, "port": sink.port, "security": "none"},
+        "database": {"url": database_url},
+        "replies": {"window": "always"},
+    })
+    store = Store(database_url)
+    store.upgrade()
+    return Daemon(config, store)
+
+
+class Watched:
+    """A mail source that, at its ``wait_at``-th fetch, gives the outbox thread up to 10 s
+    to make ``ready()`` true, and notes at each fetch how many replies the sink has."""
+
+    def __init__(self, inner: Any, sink: SmtpSink, wait_at: int,
+                 ready: Callable[[], bool]) -> None:
+        self.inner, self.sink, self.wait_at, self.ready = inner, sink, wait_at, ready
+        self.name = inner.name
+        self.fetches = 0
+        self.replies_at_fetch: list[int] = []
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    def fetch(self, uids: Any) -> Any:
+        self.fetches += 1
+        if self.fetches == self.wait_at:
+            deadline = time.monotonic() + 10
+            while not self.ready() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self.replies_at_fetch.append(len(self.sink.received()))
+        return self.inner.fetch(uids)
+
+
+def watching(daemon: Any, sink: SmtpSink, wait_at: int, ready: Callable[[], bool]
+             ) -> list[Watched]:
+    """Make the daemon open Watched sources; returns the list they are put in."""
+    from mailroute.intake import open_source
+
+    sources: list[Watched] = []
+
+    def factory(config: Any) -> Watched:
+        sources.append(Watched(open_source(config), sink, wait_at, ready))
+        return sources[-1]
+
+    daemon.source_factory = factory
+    return sources
+
+
+def test_run_once_sends_replies_while_the_drain_goes_on(
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """On PostgreSQL replies queued by the first batches go out while later batches are
+    still fetched and decided; on SQLite (where each mark would wait for a batch
+    transaction) they go after the drain. The report counts every pass's replies."""
+    count = 12
+    overlap = not database_url.startswith("sqlite")
+    daemon = maildir_daemon(tmp_path, smtp_sink, database_url, count, batch_size=3)
+    sources = watching(daemon, smtp_sink, 3 if overlap else 0,
+                       lambda: bool(smtp_sink.received()))
+    try:
+        report = daemon.run_once()
+    finally:
+        daemon.store.dispose()
+    (source,) = sources
+    assert source.fetches == 4
+    if overlap:
+        assert source.replies_at_fetch[2] >= 1, source.replies_at_fetch  # sent mid-drain
+        assert source.replies_at_fetch[3] < count
+    else:
+        assert source.replies_at_fetch == [0, 0, 0, 0]
+    assert report.drain.count("processed") == count
+    assert len(report.delivery.sent) == count
+    assert len(set(report.delivery.sent)) == count
+    received = smtp_sink.wait_for(count)
+    assert len(received) == count
+    assert sorted(m.message["In-Reply-To"] for m in received) == sorted(
+        f"<once-{n}@client.example>" for n in range(count))
+
+
+@pytest.fixture
+def flaky_outbox(monkeypatch: pytest.MonkeyPatch) -> tuple[list[BaseException], list[str]]:
+    """The daemon's deliver_due raises the queued errors in the sender thread; returns
+    (errors to raise, names of the threads that called it)."""
+    import threading
+
+    from mailroute import daemon as daemon_module
+
+    real = daemon_module.deliver_due
+    failures: list[BaseException] = []
+    calls: list[str] = []
+
+    def flaky(*args: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "outbox" and failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(daemon_module, "deliver_due", flaky)
+    return failures, calls
+
+
+def test_run_once_outbox_thread_pauses_on_a_database_error(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str,
+    flaky_outbox: tuple[list[BaseException], list[str]],
+) -> None:
+    """A database error in the sender thread pauses it until the drain ends; the final
+    pass meets the database again and sends everything."""
+    import threading
+
+    from mailroute.errors import TransientError
+
+    failures, calls = flaky_outbox
+    failures.append(TransientError("database unavailable: test"))
+    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2)
+    watching(daemon, smtp_sink, 3, lambda: "outbox" in calls)
+    try:
+        report = daemon.run_once()
+    finally:
+        daemon.store.dispose()
+    assert calls.count("outbox") == 1  # paused after its error, not retried in a loop
+    assert calls[-1] == threading.current_thread().name  # the final pass
+    assert report.drain.count("processed") == 6
+    assert len(report.delivery.sent) == 6
+    assert len(smtp_sink.wait_for(6)) == 6
+
+
+def test_run_once_raises_a_bug_in_the_outbox_thread_after_the_drain(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str,
+    flaky_outbox: tuple[list[BaseException], list[str]],
+) -> None:
+    from sqlalchemy import text
+
+    failures, calls = flaky_outbox
+    failures.append(RuntimeError("a bug in the outbox"))
+    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2)
+    watching(daemon, smtp_sink, 3, lambda: "outbox" in calls)
+    try:
+        with pytest.raises(RuntimeError, match="a bug in the outbox"):
+            daemon.run_once()
+        with daemon.store.transaction() as session:  # the drain was finished first
+            pending = session.execute(text("select count(*) from letters"
+                                           " where state = 'pending'")).scalar()
+    finally:
+        daemon.store.dispose()
+    assert pending == 0
+    assert len(list((tmp_path / "Maildir" / ".Processed" / "cur").iterdir())) == 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.smtp import SmtpSink
+from support.smtp import ReceivedMail, SmtpSink
 
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.outbox import backoff, deliver_due
@@ -125,3 +125,216 @@ def test_backoff_grows_and_caps() -> None:
     replies = RepliesConfig(retry_initial=60, retry_max=600)
     assert [backoff(n, replies).total_seconds() for n in (1, 2, 3, 5, 9)] == [
         60, 120, 240, 600, 600]
+
+
+def states(store: Store) -> dict[str, str]:
+    """Message-ID -> state of every outbox row."""
+    with store.transaction() as session:
+        return {row.message_id: row.state for row in session.query(OutboxItem)}
+
+
+def test_each_reply_is_marked_sent_before_the_next_one_goes(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At-least-once stays one reply wide: when the server is handed a reply, every reply
+    it accepted before is already 'sent' in the database (one commit per reply, not per
+    batch), across claim batches."""
+    from mailroute import outbox
+
+    count = outbox.BATCH + 3
+    replies = [queue(store, number) for number in range(1, count + 1)]
+    unmarked: list[tuple[int, list[str]]] = []
+    record = smtp_sink._record
+
+    def checking(mail: ReceivedMail) -> None:  # runs in the sink's thread, before its 250
+        earlier = [m.message["Message-ID"] for m in smtp_sink.received()]
+        known = states(store)
+        late = [message_id for message_id in earlier if known[message_id] != "sent"]
+        if late:
+            unmarked.append((len(earlier), late))
+        record(mail)
+
+    monkeypatch.setattr(smtp_sink, "_record", checking)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW)
+    assert report.sent == replies
+    assert len(smtp_sink.received()) == count
+    assert unmarked == []
+    assert set(states(store).values()) == {"sent"}
+
+
+def test_a_claim_takes_a_bounded_batch_so_a_crash_strands_few(
+    store: Store, smtp_sink: SmtpSink
+) -> None:
+    """A process that claimed and died strands at most BATCH replies, for one lease."""
+    from mailroute.outbox import BATCH, claim_due
+
+    replies = [queue(store, number) for number in range(1, BATCH + 4)]
+    lease = timedelta(seconds=120)
+    stranded = claim_due(store, NOW, lease)  # then the claimant is SIGKILLed
+    assert [c.id for c in stranded] == replies[:BATCH]
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(claim_timeout=120), NOW)
+    assert report.sent == replies[BATCH:]
+    later = NOW + lease + timedelta(seconds=1)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), later)
+    assert report.sent == replies[:BATCH]
+    assert len(smtp_sink.received()) == len(replies)
+
+
+def test_one_smtp_session_serves_every_batch(store: Store, smtp_sink: SmtpSink) -> None:
+    """Replies of several claim batches go over one connection (one EHLO, one QUIT)."""
+    from mailroute import outbox
+
+    for number in range(1, 2 * outbox.BATCH + 2):
+        queue(store, number)
+    with pytest.MonkeyPatch.context() as patch:
+        connects = counting_connects(patch)
+        report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW)
+    assert len(report.sent) == 2 * outbox.BATCH + 1
+    assert len(connects) == 1
+
+
+def counting_connects(patch: pytest.MonkeyPatch) -> list[str]:
+    """Record every SMTP connection the outbox opens."""
+    from mailroute import outbox
+
+    connects: list[str] = []
+    real_connect = outbox._connect
+
+    async def counting(smtp: SmtpConfig) -> object:
+        connects.append(smtp.host)
+        return await real_connect(smtp)
+
+    patch.setattr(outbox, "_connect", counting)
+    return connects
+
+
+def test_a_backlog_goes_over_several_sessions_each_marking_at_once(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``sessions`` a backlog opens up to that many connections; a reply is marked
+    sent before its session sends the next, so when the server is handed one, fewer than
+    ``sessions`` replies it accepted earlier are still unmarked."""
+    from mailroute.outbox import BATCH, SESSIONS
+
+    count = SESSIONS * BATCH + 5
+    replies = [queue(store, number) for number in range(1, count + 1)]
+    most_unmarked = [0]
+    record = smtp_sink._record
+
+    def checking(mail: ReceivedMail) -> None:
+        known = states(store)
+        earlier = [m.message["Message-ID"] for m in smtp_sink.received()]
+        late = sum(1 for message_id in earlier if known[message_id] != "sent")
+        most_unmarked[0] = max(most_unmarked[0], late)
+        record(mail)
+
+    monkeypatch.setattr(smtp_sink, "_record", checking)
+    connects = counting_connects(monkeypatch)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, sessions=SESSIONS)
+    assert sorted(report.sent) == replies
+    assert len(connects) == SESSIONS
+    assert len(smtp_sink.received()) == count
+    assert most_unmarked[0] < SESSIONS
+    assert set(states(store).values()) == {"sent"}
+
+
+def test_a_few_replies_use_one_session(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailroute.outbox import BATCH, SESSIONS
+
+    replies = [queue(store, number) for number in range(1, BATCH)]
+    connects = counting_connects(monkeypatch)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, sessions=SESSIONS)
+    assert report.sent == replies
+    assert len(connects) == 1
+
+
+def test_an_error_stops_every_session_after_the_reply_in_hand(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database fails marking one reply: the run raises once every session stopped;
+    that reply is remembered, none is cut off mid-send, the rest wait for their lease."""
+    from mailroute import outbox
+    from mailroute.errors import TransientError
+
+    count = outbox.SESSIONS * outbox.BATCH
+    for number in range(1, count + 1):
+        queue(store, number)
+    real_update = outbox._update
+    marks = {"count": 0}
+
+    def failing_fifth(books: object, item_id: int, **values: object) -> None:
+        if values.get("state") == "sent":
+            marks["count"] += 1
+            if marks["count"] == 5:
+                raise TransientError("database unavailable: test")
+        real_update(books, item_id, **values)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "_update", failing_fifth)
+    with pytest.raises(TransientError):
+        deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, sessions=outbox.SESSIONS)
+    received = {m.message["Message-ID"] for m in smtp_sink.received()}
+    known = states(store)
+    sent = {message_id for message_id, state in known.items() if state == "sent"}
+    assert len(received) - len(sent) == 1  # the one remembered in _ACCEPTED
+    assert len(received) < count
+    monkeypatch.setattr(outbox, "_update", real_update)
+    later = NOW + timedelta(seconds=RepliesConfig().claim_timeout + 1)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), later,
+                         sessions=outbox.SESSIONS)
+    assert len(report.sent) == count - len(received)
+    assert set(states(store).values()) == {"sent"}
+    assert len(smtp_sink.received()) == count  # none twice
+
+
+def test_a_dropped_database_connection_is_replaced_between_replies(
+    database_url: str, smtp_sink: SmtpSink
+) -> None:
+    """The run keeps one database connection; if the server drops it while SMTP talks
+    (PostgreSQL restarted), the next write reconnects, as the pool's pre-ping would."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a server-side disconnect needs PostgreSQL")
+    from sqlalchemy import text
+
+    from mailroute import outbox
+
+    store = Store(database_url)
+    store.upgrade()
+    try:
+        first, second = queue(store, 1), queue(store, 2)
+        real_sendmail = outbox._sendmail
+        dropped: list[bool] = []
+
+        async def drop_then_send(client: object, sender: str, recipient: str,
+                                 raw: bytes) -> None:
+            if b"<r2@example.com>" in raw and not dropped:  # kill the run's connection
+                with store.engine.connect() as admin:
+                    dropped.extend(admin.execute(text(
+                        "select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where datname = current_database() and pid <> pg_backend_pid()"
+                    )).scalars().all())
+            await real_sendmail(client, sender, recipient, raw)  # type: ignore[arg-type]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(outbox, "_sendmail", drop_then_send)
+            report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW)
+        assert dropped and all(dropped)
+        assert report.sent == [first, second]
+        assert item(store, second).state == "sent"
+    finally:
+        store.dispose()
+
+
+def test_an_unreachable_database_is_transient(smtp_sink: SmtpSink) -> None:
+    from support.services import free_port
+
+    from mailroute.errors import TransientError
+
+    store = Store(f"postgresql+psycopg://mailroute@127.0.0.1:{free_port()}/nowhere")
+    try:
+        with pytest.raises(TransientError, match="database unavailable"):
+            deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW)
+    finally:
+        store.dispose()
+    assert smtp_sink.received() == []
