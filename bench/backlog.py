@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,6 +67,8 @@ class Run:
     helpers: int = 0
     helpers_cpu: float = 0.0
     helpers_rss_mb: float = 0.0
+    dovecot_cpu: float = 0.0  # Dovecot's processes during the run (a new IMAP session each)
+    sink_cpu: float = 0.0  # the bench process during the run: the SMTP sink receiving
     exit_code: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
@@ -133,6 +137,34 @@ def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None)
     """``mailroute run --once`` with its wall time, exit code, CPU and peak RSS."""
     command = mailroute_command("--config", str(config), "run", "--once", profile=profile)
     return run_measured(command, source.env(), log, log.with_suffix(".usage.json"))
+
+
+DOVECOT_PROCESSES = ("dovecot", "imap", "imap-login", "auth", "log", "config", "anvil",
+                     "stats", "indexer", "indexer-worker")
+
+
+def dovecot_cpu() -> float:
+    """CPU seconds used so far by this machine's Dovecot processes (the bench's own)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, tail = f.read().rpartition(")")
+            if head.split("(", 1)[1] in DOVECOT_PROCESSES:
+                fields = tail.split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def own_cpu() -> float:
+    """This process's CPU seconds: while mailroute runs, that is the SMTP sink's work."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def phases(log: Path, spawned: float) -> dict[str, float]:
@@ -222,7 +254,9 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         profile = args.profile
         if profile is not None and args.repeat > 1:
             profile = profile.with_stem(f"{profile.stem}-{number}")
+        before = dovecot_cpu(), own_cpu()
         usage = run_mailroute(source, config, log, profile)
+        run.dovecot_cpu, run.sink_cpu = dovecot_cpu() - before[0], own_cpu() - before[1]
         run.wall, run.exit_code, run.rss_mb = usage.wall, usage.code, usage.rss_mb
         run.cpu_user, run.cpu_system = usage.user, usage.system
         run.helpers, run.helpers_cpu, run.helpers_rss_mb = (
@@ -242,6 +276,7 @@ def report(run: Run, label: str) -> str:
     phase_text = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
     verdict = "met" if run.rate >= target else "NOT met"
     cpu = run.cpu_user + run.cpu_system + run.helpers_cpu
+    whole = cpu + run.dovecot_cpu + run.sink_cpu
     helper_text = (f" + {run.helpers_cpu:.1f} s in {run.helpers} worker process(es)"
                    if run.helpers else "")
     helper_rss = f" (workers {run.helpers_rss_mb:.0f} MB each at most)" if run.helpers else ""
@@ -254,7 +289,11 @@ def report(run: Run, label: str) -> str:
         f"replies {run.outbox.get('sent', 0)} "
         f"sent / {sum(run.outbox.values())} due / {run.received} received; "
         f"check {'OK' if not run.problems else 'FAILED: ' + '; '.join(run.problems)}; "
-        f"(APPEND {run.n / run.append_seconds:.0f} letters/s, not timed)"
+        f"(APPEND {run.n / run.append_seconds:.0f} letters/s, not timed)\n"
+        f"#   CPU of everything on the machine for this run: mailroute {cpu:.1f} s, Dovecot "
+        f"{run.dovecot_cpu:.1f} s, SMTP sink {run.sink_cpu:.1f} s = {whole:.1f} s, "
+        f"{whole / run.n * 1000:.2f} ms a letter; {os.cpu_count()} cores could do at most "
+        f"{run.n / whole * (os.cpu_count() or 1):.0f} letters/s at that cost"
     )
 
 
