@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
@@ -394,7 +394,7 @@ class _Books:
 
     The contract is ``Store.transaction``'s: an OperationalError surfaces as
     TransientError, and on SQLite every transaction first waits for its turn among
-    the process's transactions (``Store._turns``), so intake committing back to back
+    the process's transactions (``Store.turn``), so intake committing back to back
     cannot keep a reply the SMTP server accepted unmarked. What it saves per reply is
     the ORM session, its flush and the pool checkout with its pre-ping; on PostgreSQL
     a write of one statement also runs in autocommit mode (one round trip instead
@@ -415,9 +415,8 @@ class _Books:
 
         ``one_statement``: ``work`` executes a single statement (autocommit allowed).
         """
-        turns = self.store._turns  # the same turn-taking as Store.transaction
         autocommit = one_statement and not self.store.is_sqlite
-        with turns.take() if turns is not None else nullcontext():
+        with self.store.turn():  # the same turn-taking as Store.transaction
             try:
                 return self._run(work, autocommit)
             except OperationalError as exc:

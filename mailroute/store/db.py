@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ class Store:
         A lost connection or a locked database surfaces as TransientError, so the
         caller retries later instead of treating the letter as broken.
         """
-        with self._turns.take() if self._turns else nullcontext():
+        with self.turn():
             session = self._sessions()
             try:
                 with session.begin():
@@ -52,6 +52,11 @@ class Store:
                 raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
             finally:
                 session.close()
+
+    def turn(self) -> AbstractContextManager[None]:
+        """This process's turn for one transaction: on SQLite the write lock is handed
+        over in order (see :class:`_Turns`); elsewhere nothing to wait for."""
+        return self._turns.take() if self._turns else nullcontext()
 
     def dispose(self) -> None:
         self.engine.dispose()
