@@ -73,7 +73,7 @@ def _nothing() -> None:
 
 
 @dataclass
-class _Understanding:
+class _InFlight:
     """A saved batch, (id, bytes) of its new letters, and the job understanding them."""
 
     saved: list[tuple[int, bytes]]
@@ -105,13 +105,13 @@ class _Pass:
         understanding = Understanding(pipeline.context, pipeline.limits,
                                       self.mailbox.workers if backlog else 0)
         try:
-            ahead: deque[_Understanding] = deque()  # saved, being understood, not decided
+            ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
             for start in range(0, len(new), size):
                 if self.stop.is_set():
                     break
                 saved = self._save_batch(list(self.source.fetch(new[start : start + size])))
                 raws = [raw for _id, raw in saved]
-                ahead.append(_Understanding(saved, understanding.submit(raws)))
+                ahead.append(_InFlight(saved, understanding.submit(raws)))
                 if len(ahead) > 1:  # keep one batch being understood while this one is decided
                     self._decide_and_file(understanding, ahead.popleft())
             while ahead and not self.stop.is_set():
@@ -125,7 +125,7 @@ class _Pass:
                              backlog=len(uids))
         return self.report
 
-    def _decide_and_file(self, understanding: Understanding, job: _Understanding) -> None:
+    def _decide_and_file(self, understanding: Understanding, job: _InFlight) -> None:
         """Decide the letters saved up to this batch (older ones left by a crash too), and
         file them with any copies of stored letters the batch held."""
         raws = [raw for _id, raw in job.saved]
