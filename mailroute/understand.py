@@ -11,6 +11,8 @@ pass's rules; a pass with only a few letters does everything in-process.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 import traceback
 from collections.abc import Sequence
@@ -118,6 +120,22 @@ _worker_rules: tuple[AnalysisContext, ParseLimits] | None = None
 def _start_worker(context: AnalysisContext, limits: ParseLimits) -> None:
     global _worker_rules
     _worker_rules = (context, limits)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """Leave as soon as the process that started this worker is gone.
+
+    A worker waits on its task queue, whose both ends it holds, so a parent killed
+    with SIGKILL would leave it (and the forkserver it keeps alive) running forever,
+    holding the daemon's stderr. The parent's sentinel is a pipe only the parent
+    writes to: it reads as closed the moment the parent dies, however it died.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(0)  # nothing to flush: a worker keeps no state of its own
 
 
 def _understand_in_worker(raws: list[bytes]) -> list[Understood]:

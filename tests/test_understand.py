@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,6 +72,49 @@ def test_a_dead_worker_leaves_the_work_to_this_process() -> None:
         assert again.done()  # no pool any more: understood in this process, at once
     finally:
         workers.close()
+
+
+_PARENT_WITH_A_WORKER = """
+import sys, time
+from mailroute.config import Config
+from mailroute.process import Pipeline
+from mailroute.understand import Understanding
+pipeline = Pipeline.from_config(Config())
+workers = Understanding(pipeline.context, pipeline.limits, workers=1)
+assert workers._ready.wait(60), "the worker did not start"
+print(*workers._pool._processes, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie awaiting its reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_worker_leaves_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT_WITH_A_WORKER],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        worker_pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert worker_pids and all(_running(pid) for pid in worker_pids)
+        parent.send_signal(signal.SIGKILL)
+        # A worker holding on would keep the parent's stderr open: this would time out.
+        parent.communicate(timeout=20)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in worker_pids)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
 
 
 @pytest.mark.parametrize("workers", [0, 1])
