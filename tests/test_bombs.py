@@ -344,10 +344,10 @@ def test_many_text_parts_are_read_up_to_the_bound() -> None:
 def test_header_section_is_refused_without_splitting_all_of_it() -> None:
     """50 MB of "X:y" lines: refused in well under a second (was 23 s and 3.3 GB)."""
     raw = many_header_lines(50_000_000)
-    started = time.process_time()
+    started = time.thread_time()
     with pytest.raises(LetterUnreadable, match=r"header section is \d+ bytes; limit is 1048576"):
         parse(raw)
-    assert time.process_time() - started < 2
+    assert time.thread_time() - started < 2
 
 
 def test_header_line_cut_by_the_limit_still_counts_as_header() -> None:

@@ -218,9 +218,9 @@ def test_hostile_references_do_not_bloat_replies(core: Core) -> None:
     ids = b" ".join(b"<%d.thread@client.ru>" % i for i in range(60_000))
     assert len(ids) > 1_000_000 - 100_000
     raw = letter(b"References: " + ids + b" <" + b"L" * 400 + b"@client.ru>")
-    started = time.process_time()
+    started = time.thread_time()
     parsed = parse(raw, limits_with_big_headers())
-    assert time.process_time() - started < 1.0  # was 35 s: a list scanned once per id
+    assert time.thread_time() - started < 1.0  # was 35 s: a list scanned once per id
     assert len(parsed.references) == MAX_IDS
     assert parsed.references[-2] == "<59999.thread@client.ru>"
     assert any("kept the last 100" in d for d in parsed.defects)
