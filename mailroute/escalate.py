@@ -17,7 +17,8 @@ from mailroute import logs, sla
 from mailroute.compose import Identity, compose_notice, new_message_id
 from mailroute.config import WorkflowConfig
 from mailroute.store import Store
-from mailroute.store.models import Escalation, OutboxItem, Request
+from mailroute.store import repository as repo
+from mailroute.store.models import Escalation, Request
 
 log = logs.get("mailroute.escalate")
 OPEN = ("new", "in_progress")
@@ -115,19 +116,4 @@ def _notify(
         workflow.escalation_address,
         new_message_id(request.number, domain),
     )
-    session.add(
-        OutboxItem(
-            request_id=None,
-            letter_id=None,
-            kind="escalation",
-            sender=draft.sender,
-            recipient=draft.recipient,
-            message_id=draft.message_id,
-            subject=draft.subject,
-            raw=draft.raw,
-            state="pending",
-            attempts=0,
-            not_before=now,
-            created_at=now,
-        )
-    )
+    session.add(repo.pending_reply(draft, now, now))

@@ -569,20 +569,7 @@ class _Steps:
         if decision.action == "notice":
             kind = "limit"
         draft = _draft(pipeline, request, self.parsed, kind, unknown_registration)
-        item = OutboxItem(
-            request=request,
-            letter_id=self.letter.id,
-            kind=kind,
-            sender=draft.sender,
-            recipient=draft.recipient,
-            message_id=draft.message_id,
-            subject=draft.subject,
-            raw=draft.raw,
-            state="pending",
-            attempts=0,
-            not_before=pipeline.send_time(now),
-            created_at=now,
-        )
+        item = repo.pending_reply(draft, pipeline.send_time(now), now, request, self.letter.id)
         self.session.add(item)
         self.lookups.reply_queued(item, request)
         event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute import sla
-from mailroute.compose import Identity
+from mailroute.compose import Draft, Identity
 from mailroute.config import SlaConfig
 from mailroute.hours import BusinessCalendar
 from mailroute.report import (
@@ -33,6 +33,7 @@ from mailroute.report import (
     make_report,
 )
 from mailroute.store import Store
+from mailroute.store import repository as repo
 from mailroute.store.models import Escalation, OutboxItem, Request, RequestEvent
 
 Schedule = Literal["daily", "weekly", "monthly"]
@@ -245,7 +246,7 @@ def queue_report_mail(
         for address in addresses:
             message_id = report_message_id(report, identity, address)
             draft = compose_report(report, identity, address, message_id)
-            if _queue(session, draft.sender, address, draft.subject, message_id, draft.raw, now):
+            if _queue(session, draft, now):
                 queued += 1
     return queued
 
@@ -271,32 +272,11 @@ def _recipients(recipients: Iterable[str]) -> list[str]:
     return list(addresses.values())
 
 
-def _queue(
-    session: Session,
-    sender: str,
-    recipient: str,
-    subject: str,
-    message_id: str,
-    raw: bytes,
-    now: datetime,
-) -> bool:
+def _queue(session: Session, draft: Draft, now: datetime) -> bool:
     """Add one outbox row; False when this Message-ID is already queued or sent."""
-    if session.scalar(select(OutboxItem.id).where(OutboxItem.message_id == message_id)):
+    if session.scalar(select(OutboxItem.id).where(OutboxItem.message_id == draft.message_id)):
         return False
-    item = OutboxItem(
-        request_id=None,
-        letter_id=None,
-        kind="report",
-        sender=sender,
-        recipient=recipient,
-        message_id=message_id,
-        subject=subject,
-        raw=raw,
-        state="pending",
-        attempts=0,
-        not_before=now,
-        created_at=now,
-    )
+    item = repo.pending_reply(draft, now, now)
     try:
         with session.begin_nested():
             session.add(item)

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from mailroute.compose import Draft
 from mailroute.store.models import (
     AttachmentRecord,
     Blob,
@@ -367,6 +368,30 @@ def list_requests(session: Session, limit: int | None = None) -> list[tuple[Requ
 
 
 # ------------------------------------------------------------------------------ outbox
+
+
+def pending_reply(
+    draft: Draft,
+    not_before: datetime,
+    now: datetime,
+    request: Request | None = None,
+    letter_id: int | None = None,
+) -> OutboxItem:
+    """The outbox row of a composed draft, to be sent from ``not_before`` on."""
+    return OutboxItem(
+        request=request,
+        letter_id=letter_id,
+        kind=draft.kind,
+        sender=draft.sender,
+        recipient=draft.recipient,
+        message_id=draft.message_id,
+        subject=draft.subject,
+        raw=draft.raw,
+        state="pending",
+        attempts=0,
+        not_before=not_before,
+        created_at=now,
+    )
 
 
 def outbox_counts(session: Session) -> dict[str, int]:
