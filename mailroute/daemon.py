@@ -4,8 +4,9 @@ Threads: the intake loop runs in its own thread (IMAP IDLE blocks); the outbox
 and housekeeping jobs run on an APScheduler ``BackgroundScheduler`` with its
 in-memory job store (durable state is in mailroute's own tables, so several
 instances never share a job store and never run a job twice). The main thread
-only waits for signals: SIGTERM/SIGINT stop after the letter in hand, SIGHUP
-reloads the configuration.
+reads signals (``signals.SignalInbox``; no work runs inside a handler) and pings
+the watchdog: SIGTERM/SIGINT stop after the letter in hand, SIGHUP reloads the
+configuration.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -37,6 +37,7 @@ from mailroute.metrics import Metrics
 from mailroute.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
 from mailroute.process import Pipeline
 from mailroute.reporting import build_report, previous_period, queue_report_mail, sla_targets
+from mailroute.signals import SignalInbox
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.locks import MailboxLock
@@ -227,7 +228,7 @@ class Daemon:
 
     def run_forever(self) -> None:
         """Serve until SIGTERM/SIGINT; returns after a clean stop."""
-        self._install_signals()
+        inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self._warn_calendar()
         if self.config.metrics.listen:
             self.metrics.serve(self.config.metrics.listen)
@@ -237,7 +238,7 @@ class Daemon:
         intake.start()
         log.info("daemon started", mailbox=self.config.mailbox.folder, db=self._db_label())
         try:
-            self._serve(intake)
+            self._serve(intake, inbox)
         finally:
             log.info("daemon stopping")
             self._notifier.stopping()
@@ -247,12 +248,16 @@ class Daemon:
                 self._source.close()
             self._notifier.close()
             self.metrics.close()
+            inbox.close()
             log.info("daemon stopped")
 
-    def _serve(self, intake: threading.Thread) -> None:
-        """Wait for a stop; meanwhile tell systemd we are alive while intake is."""
-        interval = self._notifier.ping_interval or 1.0
-        while not self.stop.wait(min(interval, 1.0)):
+    def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
+        """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""
+        interval = min(self._notifier.ping_interval or 1.0, 1.0)
+        while not self.stop.is_set():
+            self._on_signals(inbox.wait(interval))
+            if self.stop.is_set():
+                break
             if self._ready.is_set() and intake.is_alive() and self._intake_fresh():
                 self._notifier.watchdog()
 
@@ -467,17 +472,14 @@ class Daemon:
 
     # ----------------------------------------------------------------- signals
 
-    def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
-
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("signal received", signal=signal.Signals(signum).name)
-        self.stop.set()
-
-    def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
-        self.reload()
+    def _on_signals(self, received: list[signal.Signals]) -> None:
+        """SIGTERM/SIGINT stop; a burst of SIGHUPs is one reload (all of it is read)."""
+        for signum in dict.fromkeys(received):
+            log.info("signal received", signal=signum.name)
+        if signal.SIGTERM in received or signal.SIGINT in received:
+            self.stop.set()
+        elif signal.SIGHUP in received:
+            self.reload()
 
     def reload(self) -> bool:
         """Re-read the config; keep the old one if the new one is invalid."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,6 +121,54 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(
     assert "config reload rejected" in log and "replies.window" in log
     assert "config reloaded" in log
     assert reply.message["From"].addresses[0].display_name == "Support Line"
+
+
+def test_signals_landing_at_any_moment_never_hang_the_daemon(
+    daemon_config: Path, notify_socket: socket.socket,
+) -> None:
+    """A burst of SIGHUPs while the main thread pings the watchdog 1,000 times a second.
+
+    A reload run inside the signal handler could interrupt a ping holding the
+    notifier's lock and wait for that lock forever: the daemon then neither reloaded,
+    pinged nor stopped. Every signal must be acted on, and SIGTERM must still stop it.
+    """
+    notices: list[str] = []
+    listening = threading.Event()
+    listening.set()
+
+    def listen() -> None:  # a full notification queue must not be what blocks the daemon
+        while listening.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                notices.append(notify_socket.recv(4096).decode())
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(),
+           "WATCHDOG_USEC": "2000", "PYTHONUNBUFFERED": "1"}
+    daemon = subprocess.Popen([*MAILROUTE, "--config", str(daemon_config), "run"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not any("READY=1" in n for n in notices) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("READY=1" in n for n in notices), notices[-5:]
+        for _ in range(60):
+            daemon.send_signal(signal.SIGHUP)
+            time.sleep(0.015)
+        time.sleep(1)
+        reloads_done = sum("configuration reloaded" in n for n in notices)
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=20)
+    finally:
+        listening.clear()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 0, stderr.decode()[-2000:]
+    assert reloads_done >= 1
+    last_reloading = max(i for i, n in enumerate(notices) if "RELOADING=1" in n)
+    assert any("READY=1" in n for n in notices[last_reloading:])  # not left "reloading"
+    assert any("STOPPING=1" in n for n in notices)
 
 
 def test_calendar_warning_names_the_unknown_year() -> None:
