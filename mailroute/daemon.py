@@ -254,10 +254,10 @@ class Daemon:
     def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
         """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""
         interval = min(self._notifier.ping_interval or 1.0, 1.0)
-        while not self.stop.is_set():
+        while True:
             self._on_signals(inbox.wait(interval))
             if self.stop.is_set():
-                break
+                return
             if self._ready.is_set() and intake.is_alive() and self._intake_fresh():
                 self._notifier.watchdog()
 

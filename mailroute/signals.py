@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
+_KNOWN = frozenset(int(signum) for signum in signal.Signals)
+
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:
     """Installed so the default action (terminate) does not run; the wakeup socket
@@ -53,8 +55,7 @@ class SignalInbox:
             if not chunk:
                 break
             received += chunk
-        known = {int(signum) for signum in signal.Signals}
-        return [signal.Signals(number) for number in received if number in known]
+        return [signal.Signals(number) for number in received if number in _KNOWN]
 
     def close(self) -> None:
         """Put the previous handlers back and release the socket pair."""
