@@ -249,21 +249,44 @@ class DovecotServer:
         """Disconnect IMAP clients of *username* (all by default) with ``doveadm kick``.
 
         Unlike ``stop()`` the server keeps accepting new connections, which is what a
-        "connection dropped mid-session" test needs.
+        "connection dropped mid-session" test needs. ``doveadm kick`` only signals the
+        session processes; one of them may still answer a command already on its socket
+        before it handles the signal. So this returns once those processes have exited:
+        afterwards every kicked client's next command fails.
         """
-        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
-        completed = subprocess.run(
-            [doveadm, "-c", str(self.config_file), "kick", username],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=STOP_TIMEOUT,
-        )
+        sessions = self._session_pids(username)
+        completed = self._doveadm("kick", username)
         # doveadm kick exits 68 (EX_NOUSER) when nobody was connected: not an error here.
         if completed.returncode not in (0, 68):
             raise DovecotError(
                 f"doveadm kick failed ({completed.returncode}): {completed.stderr.strip()}"
             )
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while live := [pid for pid in sessions if _process_alive(pid)]:
+            if time.monotonic() > deadline:
+                raise DovecotError(f"kicked IMAP sessions still running: {live}")
+            time.sleep(0.01)
+
+    def _session_pids(self, username: str) -> list[int]:
+        """PIDs of the IMAP session processes of *username* ("*": everyone's)."""
+        completed = self._doveadm("who", "-1", *([] if username == "*" else [username]))
+        if completed.returncode not in (0, 68):
+            raise DovecotError(
+                f"doveadm who failed ({completed.returncode}): {completed.stderr.strip()}"
+            )
+        # "username proto pid ip" per session, under one header line.
+        rows = (line.split() for line in completed.stdout.splitlines()[1:])
+        return [int(row[2]) for row in rows if len(row) >= 3 and row[2].isdigit()]
+
+    def _doveadm(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        return subprocess.run(
+            [doveadm, "-c", str(self.config_file), *arguments],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=STOP_TIMEOUT,
+        )
 
     def log(self) -> str:
         """Dovecot's log and the master's stderr so far, for error messages."""
@@ -440,6 +463,15 @@ def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
                 os.killpg(group, signal.SIGKILL)
             deadline = time.monotonic() + STOP_TIMEOUT
         time.sleep(0.02)
+
+
+def _process_alive(pid: int) -> bool:
+    """True while *pid* runs; a zombie has closed its sockets and counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _live_group_members(group: int) -> list[int]:
