@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.dovecot import ImapAccount
+from support.processes import running
 
 from mailroute.config import Config
 from mailroute.intake.drain import drain
@@ -87,15 +88,6 @@ time.sleep(600)
 """
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie awaiting its reaper."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
 def test_a_worker_leaves_when_its_parent_is_killed() -> None:
     parent = subprocess.Popen([sys.executable, "-c", _PARENT_WITH_A_WORKER],
@@ -103,14 +95,14 @@ def test_a_worker_leaves_when_its_parent_is_killed() -> None:
     try:
         assert parent.stdout is not None
         worker_pids = [int(pid) for pid in parent.stdout.readline().split()]
-        assert worker_pids and all(_running(pid) for pid in worker_pids)
+        assert worker_pids and all(running(pid) for pid in worker_pids)
         parent.send_signal(signal.SIGKILL)
         # A worker holding on would keep the parent's stderr open: this would time out.
         parent.communicate(timeout=20)
         deadline = time.monotonic() + 10
-        while any(_running(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        while any(running(pid) for pid in worker_pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_running(pid) for pid in worker_pids)
+        assert not any(running(pid) for pid in worker_pids)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -48,6 +48,7 @@ from typing import IO
 from imapclient import IMAPClient
 
 from .certs import SelfSignedCertificate, make_certificate
+from .processes import live_group_members, running
 from .services import free_port
 
 DOVECOT_BINARY_ENV = "MAILROUTE_DOVECOT_BINARY"
@@ -255,38 +256,37 @@ class DovecotServer:
         afterwards every kicked client's next command fails.
         """
         sessions = self._session_pids(username)
-        completed = self._doveadm("kick", username)
-        # doveadm kick exits 68 (EX_NOUSER) when nobody was connected: not an error here.
-        if completed.returncode not in (0, 68):
-            raise DovecotError(
-                f"doveadm kick failed ({completed.returncode}): {completed.stderr.strip()}"
-            )
+        self._doveadm("kick", username)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while live := [pid for pid in sessions if _process_alive(pid)]:
+        while live := [pid for pid in sessions if running(pid)]:
             if time.monotonic() > deadline:
                 raise DovecotError(f"kicked IMAP sessions still running: {live}")
             time.sleep(0.01)
 
     def _session_pids(self, username: str) -> list[int]:
         """PIDs of the IMAP session processes of *username* ("*": everyone's)."""
-        completed = self._doveadm("who", "-1", *([] if username == "*" else [username]))
-        if completed.returncode not in (0, 68):
-            raise DovecotError(
-                f"doveadm who failed ({completed.returncode}): {completed.stderr.strip()}"
-            )
+        listing = self._doveadm("who", "-1", *([] if username == "*" else [username]))
         # "username proto pid ip" per session, under one header line.
-        rows = (line.split() for line in completed.stdout.splitlines()[1:])
+        rows = (line.split() for line in listing.splitlines()[1:])
         return [int(row[2]) for row in rows if len(row) >= 3 and row[2].isdigit()]
 
-    def _doveadm(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+    def _doveadm(self, *arguments: str) -> str:
+        """Run ``doveadm`` against this instance; its output, or DovecotError on failure."""
         doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
-        return subprocess.run(
+        completed = subprocess.run(
             [doveadm, "-c", str(self.config_file), *arguments],
             capture_output=True,
             text=True,
             check=False,
             timeout=STOP_TIMEOUT,
         )
+        # 68 (EX_NOUSER): nobody was connected, not an error for kick or who.
+        if completed.returncode not in (0, 68):
+            raise DovecotError(
+                f"doveadm {arguments[0]} failed ({completed.returncode}): "
+                f"{completed.stderr.strip()}"
+            )
+        return completed.stdout
 
     def log(self) -> str:
         """Dovecot's log and the master's stderr so far, for error messages."""
@@ -457,42 +457,12 @@ def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
             process.kill()
             process.wait()
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _live_group_members(group):
+    while live_group_members(group):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
             deadline = time.monotonic() + STOP_TIMEOUT
         time.sleep(0.02)
-
-
-def _process_alive(pid: int) -> bool:
-    """True while *pid* runs; a zombie has closed its sockets and counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _live_group_members(group: int) -> list[int]:
-    """PIDs in process group *group* that are not zombies.
-
-    Zombies are ignored: they hold no sockets, and orphaned ones are reaped by PID 1 at its
-    own pace (more than a second in some containers).
-    """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # Fields after the parenthesised command: state ppid pgrp ...
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == group and state != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 _CONFIG_TEMPLATE = """\
