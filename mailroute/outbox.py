@@ -297,6 +297,10 @@ def check_reachable(smtp: SmtpConfig) -> None:
     asyncio.run(probe())
 
 
+# Long enough for the loop to finish closing a dropped socket; only failures pay it.
+_SETTLE = 0.05
+
+
 async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
     context = tls_context(smtp.tls_verify, smtp.ca_file) if smtp.security != "none" else None
     client = aiosmtplib.SMTP(
@@ -314,15 +318,26 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
         elif smtp.username:
             await client.login(smtp.username, smtp.password.get_secret_value())
     except SmtpTemporaryFailure:
-        await _quit(client)
+        await _abandon(client)
         raise
     except aiosmtplib.SMTPAuthenticationError as exc:
-        await _quit(client)
+        await _abandon(client)
         raise SmtpTemporaryFailure(f"SMTP login refused: {exc.code} {exc.message}") from exc
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        await _quit(client)
+        await _abandon(client)
         raise SmtpTemporaryFailure(f"cannot connect to SMTP {smtp.host}: {exc}") from exc
     return client
+
+
+async def _abandon(client: aiosmtplib.SMTP) -> None:
+    """Close a connection that failed to open, socket included.
+
+    After a failed STARTTLS handshake the library has already dropped its transport,
+    which the event loop closes on its next turns; a run that ends at once (the usual
+    case after a connection failure) would leave that socket to the garbage collector.
+    """
+    await _quit(client)
+    await asyncio.sleep(_SETTLE)
 
 
 async def _login_xoauth2(
