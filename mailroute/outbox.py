@@ -2,6 +2,10 @@
 
 Each reply is claimed for a short lease before it is sent, so two instances
 never send the same row at once, and a claim left by a crashed process expires.
+A batch is claimed at once, but its replies go out one by one behind a server that
+may be slow: so immediately before each reply is handed to SMTP its claim is renewed
+from the clock of that moment, and only while it is still this run's (``claimed_by``).
+A reply whose lease lapsed and that another instance claimed meanwhile is left to it.
 Delivery is at-least-once: a crash after the server accepted a reply and before
 it was marked sent means it is sent again after the lease; its Message-ID is the
 same both times, so the recipient's client shows one letter. A database outage
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -65,6 +71,7 @@ class DeliveryReport:
     sent: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # claim lost to another instance
 
     @property
     def attempted(self) -> int:
@@ -75,6 +82,7 @@ class DeliveryReport:
         self.sent += other.sent
         self.retried += other.retried
         self.failed += other.failed
+        self.skipped += other.skipped
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,8 @@ async def deliver_due_async(
     books = _Books(store)
     try:
         _ACCEPTED.record(books)
-        await _Delivery(books, smtp, replies, now, report, max(sessions, 1)).run()
+        lease = _Lease.start(now, replies, smtp)
+        await _Delivery(books, smtp, replies, now, report, max(sessions, 1), lease).run()
         return report
     finally:
         books.close()
@@ -131,6 +140,7 @@ class _Delivery:
     now: datetime
     report: DeliveryReport
     limit: int
+    lease: _Lease
     sessions: int = 0
     error: Exception | None = None
 
@@ -150,15 +160,15 @@ class _Delivery:
 
     async def _session(self, group: asyncio.TaskGroup) -> None:
         session = _Session(self.smtp)
-        lease = timedelta(seconds=self.replies.claim_timeout)
         try:
             while not self.stopping:
-                claimed = _claim(self.books, self.now, lease, BATCH)
+                claimed = _claim(self.books, self.now, self.lease.length, BATCH,
+                                 self.lease.owner, self.lease.clock())
                 if len(claimed) == BATCH and self.sessions < self.limit:
                     self._open(group)
                 if claimed:
                     await _send_claimed(self.books, session, self.replies, claimed, self.now,
-                                        self.report, lambda: self.stopping)
+                                        self.report, lambda: self.stopping, self.lease)
                 if len(claimed) < BATCH:
                     return
         except Exception as exc:  # raised by run() once the other sessions stopped
@@ -168,18 +178,45 @@ class _Delivery:
             await session.close()
 
 
+@dataclass(frozen=True)
+class _Lease:
+    """This run's claims: who holds them, for how long, and the clock that ages them.
+
+    The clock is the run's ``now`` moved on by the time elapsed since the run began,
+    so a slow server ages a lease exactly as it ages the wall clock, while tests may
+    still pass any ``now``. A renewed lease must outlast the send it covers (bounded
+    by twice ``[smtp] timeout``), so it is never shorter than three timeouts.
+    """
+
+    owner: str
+    length: timedelta
+    began: datetime
+    began_monotonic: float
+
+    @classmethod
+    def start(cls, now: datetime, replies: RepliesConfig, smtp: SmtpConfig) -> _Lease:
+        seconds = max(replies.claim_timeout, 3 * smtp.timeout)
+        return cls(uuid.uuid4().hex, timedelta(seconds=seconds), now, time.monotonic())
+
+    def clock(self) -> datetime:
+        return self.began + timedelta(seconds=time.monotonic() - self.began_monotonic)
+
+
 def claim_due(
     store: Store, now: datetime, lease: timedelta, limit: int = BATCH
 ) -> list[Claimed]:
     """Lease the due replies to this process; others skip them until the lease ends."""
     books = _Books(store)
     try:
-        return _claim(books, now, lease, limit)
+        return _claim(books, now, lease, limit, uuid.uuid4().hex, now)
     finally:
         books.close()
 
 
-def _claim(books: _Books, now: datetime, lease: timedelta, limit: int) -> list[Claimed]:
+def _claim(
+    books: _Books, now: datetime, lease: timedelta, limit: int, owner: str, clock: datetime
+) -> list[Claimed]:
+    """Due replies (due by the run's ``now``) whose claim is free at ``clock``."""
     outbox = _OUTBOX.c
     query = (
         select(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
@@ -188,7 +225,7 @@ def _claim(books: _Books, now: datetime, lease: timedelta, limit: int) -> list[C
         .where(
             outbox.state == "pending",
             outbox.not_before <= now,
-            or_(outbox.claimed_until.is_(None), outbox.claimed_until <= now),
+            or_(outbox.claimed_until.is_(None), outbox.claimed_until <= clock),
         )
         .order_by(outbox.not_before, outbox.id)
         .limit(limit)
@@ -202,7 +239,7 @@ def _claim(books: _Books, now: datetime, lease: timedelta, limit: int) -> list[C
             conn.execute(
                 update(_OUTBOX)
                 .where(outbox.id.in_([row.id for row in rows]))
-                .values(claimed_until=now + lease)
+                .values(claimed_until=clock + lease, claimed_by=owner)
             )
         return [
             Claimed(id=row.id, sender=row.sender, recipient=row.recipient, raw=row.raw,
@@ -247,7 +284,8 @@ async def _send_claimed(
     claimed: Sequence[Claimed],
     now: datetime,
     report: DeliveryReport,
-    stopping: Callable[[], bool] = lambda: False,
+    stopping: Callable[[], bool],
+    lease: _Lease,
 ) -> None:
     for index, item in enumerate(claimed):
         if stopping():
@@ -256,9 +294,32 @@ async def _send_claimed(
             client = await session.open()
         except SmtpTemporaryFailure as exc:  # the rest of the batch waits for its retry
             for waiting in claimed[index:]:
-                _record_retry(books, replies, waiting, now, str(exc), report)
+                if _renew(books, waiting, lease):
+                    _record_retry(books, replies, waiting, now, str(exc), report)
             return
+        if not _renew(books, item, lease):  # the lease lapsed and another took the reply
+            report.skipped.append(item.id)
+            log.info("reply left to another instance", msgid=item.message_id, outbox=item.id,
+                     request=item.request, reason="claim lapsed and was taken")
+            continue
         await _send_one(books, session, replies, client, item, now, report)
+
+
+def _renew(books: _Books, item: Claimed, lease: _Lease) -> bool:
+    """Extend this run's claim on ``item`` from this moment; False when it is not ours.
+
+    One conditional UPDATE: on PostgreSQL it waits for, then re-reads, a row another
+    instance is claiming, and on SQLite writers take turns, so exactly one of two
+    instances racing for a lapsed claim finds it theirs.
+    """
+    table = _OUTBOX.c
+    statement = (
+        update(_OUTBOX)
+        .where(table.id == item.id, table.state == "pending", table.claimed_by == lease.owner)
+        .values(claimed_until=lease.clock() + lease.length)
+    )
+    renewed = books.run(lambda conn: conn.execute(statement).rowcount, one_statement=True)
+    return bool(renewed)
 
 
 async def _send_one(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 from support.smtp import ReceivedMail, SmtpSink
 
 from mailroute.config import RepliesConfig, SmtpConfig
@@ -337,3 +341,71 @@ def test_an_unreachable_database_is_transient(smtp_sink: SmtpSink) -> None:
     finally:
         store.dispose()
     assert smtp_sink.received() == []
+
+
+# ------------------------------------------------------------ two instances, a slow server
+
+
+def queue_many(store: Store, count: int, due: datetime) -> list[int]:
+    """``count`` replies, each to its own customer, due at ``due``."""
+    ids = []
+    with store.transaction() as session:
+        for number in range(1, count + 1):
+            recipient = f"c{number}@customer.example"
+            raw = (f"From: servicedesk@example.com\r\nTo: {recipient}\r\nSubject: [SD-{number:06d}]"
+                   f"\r\nMessage-ID: <m{number}@example.com>\r\n\r\nhi\r\n").encode()
+            row = OutboxItem(
+                kind="acknowledgement", sender="servicedesk@example.com", recipient=recipient,
+                message_id=f"<m{number}@example.com>", subject="s", raw=raw, state="pending",
+                attempts=0, not_before=due, created_at=due,
+            )
+            session.add(row)
+            session.flush()
+            ids.append(row.id)
+    return ids
+
+
+def pending_left(store: Store) -> int:
+    with store.transaction() as session:
+        return len(session.scalars(select(OutboxItem.id).where(OutboxItem.state == "pending"))
+                   .all())
+
+
+def test_two_instances_behind_a_slow_server_send_each_reply_once(
+    database_url: str, smtp_sink: SmtpSink
+) -> None:
+    """Each instance claims a batch of 10 whose sending (0.6 s a reply) outlasts the lease
+    (3 s): the idle instance claims the lapsed rest of the other's third batch, so the
+    holder must check its claim before each send. 30 replies, two instances with stores
+    of their own: 30 delivered, each once."""
+    count = 30
+    first, second = Store(database_url), Store(database_url)
+    first.upgrade()
+    queue_many(first, count, datetime.now(UTC) - timedelta(minutes=1))
+    smtp_sink.data_delay = 0.6
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, security="none", timeout=1)
+    replies = RepliesConfig(claim_timeout=0.5, retry_initial=0.2)
+    errors: list[BaseException] = []
+
+    def instance(store: Store) -> None:
+        try:
+            deadline = time.monotonic() + 120
+            while pending_left(store) and time.monotonic() < deadline:
+                deliver_due(store, smtp, replies, datetime.now(UTC))
+                time.sleep(0.05)
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=instance, args=(store,)) for store in (first, second)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+    finally:
+        first.dispose()
+        second.dispose()
+    assert not errors, errors
+    copies = Counter(mail.message["Message-ID"] for mail in smtp_sink.received())
+    assert len(copies) == count
+    assert sum(copies.values()) == count, f"{sum(copies.values())} copies of {count} replies"

@@ -188,6 +188,9 @@ class OutboxItem(Base):
     __table_args__ = (
         Index("ix_outbox_state_due", "state", "not_before"),
         Index("ix_outbox_recipient_created", "recipient", "created_at"),
+        Index("ix_outbox_counted_created", "counted_as", "created_at"),
+        Index("ix_outbox_domain_created", "recipient_domain", "created_at"),
+        Index("ix_outbox_created", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -204,9 +207,13 @@ class OutboxItem(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[datetime]
     claimed_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(40))  # the process holding the claim
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    # whom the reply counts against for the caps (mailroute.addresses)
+    counted_as: Mapped[str | None] = mapped_column(String(320))
+    recipient_domain: Mapped[str | None] = mapped_column(String(255))
 
     request: Mapped[Request | None] = relationship(back_populates="replies")
 
@@ -235,7 +242,8 @@ class Blob(Base):
 
 
 class Suppression(Base):
-    """An address never to be answered automatically again (it bounced permanently)."""
+    """An address not answered automatically (it bounced permanently) until the
+    suppression expires (``[replies] suppress_for`` after ``created_at``) or is lifted."""
 
     __tablename__ = "suppressions"
 
@@ -243,6 +251,21 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
+
+
+class Alert(Base):
+    """Something the desk must fix, not the customer: a relay refusing our replies, a
+    reply cap reached. Open while ``cleared_at`` is empty; mailed once per incident."""
+
+    __tablename__ = "alerts"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    detail: Mapped[str] = mapped_column(Text)
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    notified_at: Mapped[datetime | None]
+    cleared_at: Mapped[datetime | None]
 
 
 class Organization(Base):

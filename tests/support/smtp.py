@@ -3,12 +3,14 @@
 Replies go out through aiosmtplib, so the tests need a server that speaks real SMTP over a
 real socket (EHLO, pipelining, SMTPUTF8, STARTTLS, 4xx/5xx replies), not a mocked client.
 Messages are kept in memory; ``reply_code`` / ``rcpt_reply_code`` inject failures and
-``stop()``/``start()`` simulate an SMTP outage on the same port. With ``xoauth2`` the server
+``stop()``/``start()`` simulate an SMTP outage on the same port; ``data_delay`` makes
+it a slow server (seconds before each answer to DATA). With ``xoauth2`` the server
 offers AUTH XOAUTH2 (also without TLS, on loopback) and refuses mail before a login.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import email
 import email.policy
@@ -79,6 +81,8 @@ class _RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._sink.data_delay:
+            await asyncio.sleep(self._sink.data_delay)  # a slow relay, before it answers
         code = self._sink.reply_code
         if code is not None:
             return code
@@ -159,6 +163,7 @@ class SmtpSink:
         self._auth_attempts: list[tuple[str, bool]] = []
         self.reply_code: str | None = None
         self.rcpt_reply_code: str | None = None
+        self.data_delay = 0.0
         self._received: list[ReceivedMail] = []
         self._condition = threading.Condition()
         self._controller: Controller | None = None
