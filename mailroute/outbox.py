@@ -372,22 +372,39 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
         tls_context=context,
         timeout=smtp.timeout,
     )
+    where = f"{smtp.host}:{smtp.effective_port()}"
     try:
-        await asyncio.wait_for(client.connect(), smtp.timeout * 2)
-        if smtp.auth == "xoauth2" and smtp.oauth2_token_command:
-            await _login_xoauth2(client, smtp, oauth2.shared(smtp.oauth2_token_command))
-        elif smtp.username:
-            await client.login(smtp.username, smtp.password.get_secret_value())
+        # One deadline for connect, greeting, STARTTLS and login together: the client's
+        # own timeout is per read, and a server dripping a byte at a time never trips it.
+        async with asyncio.timeout(smtp.timeout):
+            await _open(client, smtp)
     except SmtpTemporaryFailure:
         await _abandon(client)
         raise
     except aiosmtplib.SMTPAuthenticationError as exc:
         await _abandon(client)
         raise SmtpTemporaryFailure(f"SMTP login refused: {exc.code} {exc.message}") from exc
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        client.close()  # no QUIT: a server this slow would hold us for its answer too
+        await asyncio.sleep(_SETTLE)
+        raise SmtpTemporaryFailure(
+            f"cannot connect to SMTP {where}: no greeting and login within {smtp.timeout:g} s"
+            " (check that it is an SMTP server and [smtp] security matches its port)"
+        ) from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
         await _abandon(client)
-        raise SmtpTemporaryFailure(f"cannot connect to SMTP {smtp.host}: {exc}") from exc
+        raise SmtpTemporaryFailure(
+            f"cannot connect to SMTP {where}: {exc} (check [smtp] host, port and security)"
+        ) from exc
     return client
+
+
+async def _open(client: aiosmtplib.SMTP, smtp: SmtpConfig) -> None:
+    await client.connect()
+    if smtp.auth == "xoauth2" and smtp.oauth2_token_command:
+        await _login_xoauth2(client, smtp, oauth2.shared(smtp.oauth2_token_command))
+    elif smtp.username:
+        await client.login(smtp.username, smtp.password.get_secret_value())
 
 
 async def _abandon(client: aiosmtplib.SMTP) -> None:

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from support.smtp import ReceivedMail, SmtpSink
+from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
 from mailroute.config import RepliesConfig, SmtpConfig
-from mailroute.outbox import backoff, deliver_due
+from mailroute.outbox import DeliveryReport, backoff, deliver_due
 from mailroute.store import Store
 from mailroute.store.models import OutboxItem
 
@@ -409,3 +409,36 @@ def test_two_instances_behind_a_slow_server_send_each_reply_once(
     copies = Counter(mail.message["Message-ID"] for mail in smtp_sink.received())
     assert len(copies) == count
     assert sum(copies.values()) == count, f"{sum(copies.values())} copies of {count} replies"
+
+
+# ------------------------------------------------------------- a server that drips
+
+
+def test_a_dripping_server_cannot_hold_the_outbox_past_the_timeout(sqlite_url: str) -> None:
+    """Every answer takes 0.7 s, a byte at a time: within the client's per-answer timeout
+    (1 s), so greeting, EHLO and login took 2.1 s and more. Connect, greeting and login
+    now share one deadline (``timeout``): the client gives up before it logs in, the
+    reply waits for its retry, and the error names the server and what to check."""
+    store = Store(sqlite_url)
+    store.upgrade()
+    reply = queue(store)
+    outcome: list[DeliveryReport] = []
+    with DrippingSmtpServer(answer_seconds=0.7) as server:
+        smtp = SmtpConfig(host=server.host, port=server.port, security="none", timeout=1,
+                          username="desk", password="secret")
+        runner = threading.Thread(
+            target=lambda: outcome.append(deliver_due(store, smtp, RepliesConfig(), NOW)),
+            daemon=True,
+        )
+        runner.start()
+        runner.join(60)
+        assert not runner.is_alive(), "the outbox was still connecting after 60 s"
+        commands = list(server.commands)
+    try:
+        assert "AUTH" not in commands, commands
+        (report,) = outcome
+        assert report.retried == [reply] and report.sent == []
+        error = item(store, reply).last_error or ""
+        assert f"127.0.0.1:{server.port}" in error and "within 1 s" in error, error
+    finally:
+        store.dispose()

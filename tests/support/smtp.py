@@ -16,6 +16,7 @@ import email
 import email.policy
 import functools
 import json
+import socket
 import threading
 import time
 from base64 import b64decode
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
@@ -296,3 +297,72 @@ class SmtpSink:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class DrippingSmtpServer:
+    """A scripted SMTP server on 127.0.0.1 that drips every answer a byte at a time.
+
+    aiosmtpd cannot be this slow on purpose. Each answer (greeting, EHLO, AUTH, ...)
+    takes ``answer_seconds`` to arrive, within any per-answer timeout, so a client
+    whose deadline covers one read at a time gets through greeting, EHLO and login
+    in several timeouts. ``commands`` lists the verbs the client got to send.
+    """
+
+    host = "127.0.0.1"
+    _ANSWERS: ClassVar[dict[bytes, bytes]] = {
+        b"EHLO": b"250-slow.example\r\n250 AUTH PLAIN LOGIN\r\n",
+        b"AUTH": b"235 2.7.0 Authentication successful\r\n",
+        b"QUIT": b"221 2.0.0 Bye\r\n",
+    }
+
+    def __init__(self, answer_seconds: float = 0.7) -> None:
+        self.answer_seconds = answer_seconds
+        self.commands: list[str] = []
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, 0))
+        self._listener.listen()
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def __enter__(self) -> DrippingSmtpServer:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            worker = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(worker)
+            worker.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._drip(conn, b"220 slow.example ESMTP\r\n")
+                for line in conn.makefile("rb"):
+                    verb = line.split(b" ", 1)[0].strip().upper()
+                    self.commands.append(verb.decode(errors="replace"))
+                    self._drip(conn, self._ANSWERS.get(verb, b"250 2.0.0 OK\r\n"))
+                    if verb == b"QUIT" or self._stop.is_set():
+                        return
+            except OSError:
+                return  # the client gave up
+
+    def _drip(self, conn: socket.socket, answer: bytes) -> None:
+        interval = self.answer_seconds / len(answer)
+        for byte in answer:
+            conn.sendall(bytes([byte]))
+            if self._stop.wait(interval):
+                return
