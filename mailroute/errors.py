@@ -58,4 +58,17 @@ class LetterUnreadable(PermanentError):
 
 
 class SmtpPermanentFailure(PermanentError):
-    """The SMTP server rejected a reply with a 5xx code."""
+    """The SMTP server rejected a reply with a 5xx code.
+
+    ``stage`` is the command refused (``RCPT``, ``MAIL``, ``DATA``, ``session``),
+    ``code`` the reply code and ``status`` its RFC 3463 enhanced code ("5.1.1", or ""
+    when the server gave none): together they say whether the recipient or the desk
+    is at fault (``mailroute.guard.rejection_names_recipient``).
+    """
+
+    def __init__(self, text: str, stage: str = "session", code: int = 550,
+                 status: str = "") -> None:
+        super().__init__(text)
+        self.stage = stage
+        self.code = code
+        self.status = status

@@ -65,6 +65,27 @@ def decide(
     return Decision("notice", f"reached {policy.limit} replies in {policy.window}")
 
 
+# RFC 3463: class.subject.detail at the start of the reply text ("5.1.1 no such user").
+ENHANCED_STATUS = re.compile(r"\A\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\d)", re.ASCII)
+
+
+def enhanced_status(text: str) -> str:
+    """The RFC 3463 enhanced status code a reply text begins with, or ""."""
+    found = ENHANCED_STATUS.match(text)
+    return ".".join(found.groups()) if found else ""
+
+
+def rejection_names_recipient(stage: str, code: int, status: str) -> bool:
+    """Does this permanent SMTP rejection say the recipient's address is bad?
+
+    Only 5.1.x (addressing: no such mailbox, bad domain) refused at RCPT does. Policy
+    (5.7.x), content (5.6.x), anything refused at MAIL FROM or DATA, or a 5xx without
+    an enhanced code says nothing about the customer: the desk's relay or message is
+    at fault, and suppressing the customer would punish them for it.
+    """
+    return stage == "RCPT" and 500 <= code < 600 and status.startswith("5.1.")
+
+
 def bounced_addresses(letter: ParsedLetter, candidates: Iterable[str] = ()) -> set[str]:
     """Addresses this bounce says are permanently undeliverable.
 

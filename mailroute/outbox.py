@@ -1,5 +1,13 @@
 """Delivering queued replies over SMTP (aiosmtplib): 4xx retried with backoff, 5xx failed.
 
+A 5xx is the customer's fault only when it names the recipient (5.1.x at RCPT): then
+the address is suppressed, for ``[replies] suppress_for``. Any other 5xx (policy,
+content, refused at MAIL FROM or DATA, or one code refusing many recipients in one
+run) is the desk's: the reply fails (``mailroute outbox retry`` sends it again), an
+alert opens (status, metrics, one mail to the escalation address) and nobody is
+suppressed. Suppressions wait for the end of the run, when it is known how many
+recipients one code refused.
+
 Each reply is claimed for a short lease before it is sent, so two instances
 never send the same row at once, and a claim left by a crashed process expires.
 A batch is claimed at once, but its replies go out one by one behind a server that
@@ -38,9 +46,12 @@ import aiosmtplib
 from sqlalchemy import Connection, Table, Update, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from mailroute import logs, oauth2
+from mailroute import alerts, logs, oauth2
+from mailroute.addresses import counted_as
+from mailroute.alerts import AlertMail
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
+from mailroute.guard import enhanced_status, rejection_names_recipient
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import OutboxItem, Request
@@ -58,6 +69,9 @@ BATCH = 10
 # for passes where no other thread's transactions hold the marks up (``run --once``
 # after its drain, and during it on PostgreSQL), not the daemon's outbox job.
 SESSIONS = 4
+# One code refusing this many different recipients in one run is the server's verdict on
+# us (a broken recipient check, a block), not on each of them: nobody is suppressed.
+MANY_RECIPIENTS = 3
 log = logs.get("mailroute.outbox")
 _T = TypeVar("_T")
 _OUTBOX = cast(Table, OutboxItem.__table__)
@@ -72,6 +86,11 @@ class DeliveryReport:
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # claim lost to another instance
+    # refused at RCPT with 5.1.x: suppressed at the end of the run, unless too many
+    refused_recipients: list[tuple[Claimed, SmtpPermanentFailure]] = field(default_factory=list)
+    # refused for the desk's reasons: (outbox id, error); an alert, nobody suppressed
+    desk_rejections: list[tuple[int, str]] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -83,6 +102,9 @@ class DeliveryReport:
         self.retried += other.retried
         self.failed += other.failed
         self.skipped += other.skipped
+        self.refused_recipients += other.refused_recipients
+        self.desk_rejections += other.desk_rejections
+        self.suppressed += other.suppressed
 
 
 @dataclass(frozen=True)
@@ -100,28 +122,69 @@ class Claimed:
 
 
 def deliver_due(
-    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime, sessions: int = 1
+    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime, sessions: int = 1,
+    alert_mail: AlertMail | None = None,
 ) -> DeliveryReport:
     """Send every reply that is due now; blocks until done (runs its own event loop).
 
     ``sessions``: SMTP connections to use at most when a backlog is due (see SESSIONS);
     one keeps at most one reply accepted and not yet marked sent at any moment.
+    ``alert_mail``: where a relay refusing replies for the desk's reasons is reported.
     """
-    return asyncio.run(deliver_due_async(store, smtp, replies, now, sessions))
+    return asyncio.run(deliver_due_async(store, smtp, replies, now, sessions, alert_mail))
 
 
 async def deliver_due_async(
-    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime, sessions: int = 1
+    store: Store, smtp: SmtpConfig, replies: RepliesConfig, now: datetime, sessions: int = 1,
+    alert_mail: AlertMail | None = None,
 ) -> DeliveryReport:
     report = DeliveryReport()
     books = _Books(store)
     try:
         _ACCEPTED.record(books)
         lease = _Lease.start(now, replies, smtp)
-        await _Delivery(books, smtp, replies, now, report, max(sessions, 1), lease).run()
+        try:
+            await _Delivery(books, smtp, replies, now, report, max(sessions, 1), lease).run()
+        finally:
+            _settle_rejections(store, report, now, alert_mail)
         return report
     finally:
         books.close()
+
+
+def _settle_rejections(
+    store: Store, report: DeliveryReport, now: datetime, alert_mail: AlertMail | None
+) -> None:
+    """Suppress the recipients the server said do not exist, unless one code refused
+    many of them (then it is the server's problem); alert on the desk's rejections;
+    clear the alert once a run delivers without any."""
+    by_code: dict[tuple[int, str], list[tuple[Claimed, SmtpPermanentFailure]]] = {}
+    for item, exc in report.refused_recipients:
+        by_code.setdefault((exc.code, exc.status), []).append((item, exc))
+    to_suppress: list[tuple[Claimed, SmtpPermanentFailure]] = []
+    for (code, status), refused in by_code.items():
+        if len({counted_as(item.recipient) for item, _ in refused}) >= MANY_RECIPIENTS:
+            report.desk_rejections += [
+                (item.id, f"{exc} ({len(refused)} recipients refused with {code} {status} "
+                 "in one run: the server's problem, not theirs)") for item, exc in refused]
+        else:
+            to_suppress += refused
+    if not (to_suppress or report.desk_rejections or report.sent):
+        return
+    with store.transaction() as session:
+        for item, exc in to_suppress:
+            if repo.suppress(session, item.recipient, f"SMTP refused: {exc}", now):
+                report.suppressed.append(item.recipient.lower())
+                log.warning("address suppressed", to=item.recipient, outbox=item.id,
+                            reason=f"SMTP {exc.stage} {exc.code} {exc.status}".strip())
+        if report.desk_rejections:
+            _, error = report.desk_rejections[-1]
+            detail = (f"the SMTP relay refuses replies: {error}; "
+                      f"{len(report.desk_rejections)} failed in the last run")
+            alerts.raise_alert(session, alerts.SMTP_RELAY, detail, now, alert_mail,
+                               hits=len(report.desk_rejections))
+        elif report.sent:
+            alerts.clear_alert(session, alerts.SMTP_RELAY, now)
 
 
 @dataclass
@@ -337,7 +400,11 @@ async def _send_one(
             _sendmail(client, item.sender, item.recipient, message), session.smtp.timeout * 2
         )
     except SmtpPermanentFailure as exc:
-        _record_failure(books, item, now, str(exc), report, permanent=True)
+        _record_failure(books, item, now, str(exc), report)
+        if rejection_names_recipient(exc.stage, exc.code, exc.status):
+            report.refused_recipients.append((item, exc))
+        else:
+            report.desk_rejections.append((item.id, str(exc)))
     except SmtpTemporaryFailure as exc:
         if not client.is_connected:
             session.drop()
@@ -452,16 +519,24 @@ async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, raw: b
         await client.sendmail(sender, [recipient], raw)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         code = min((r.code for r in exc.recipients), default=451)
-        raise _by_code(code, "; ".join(f"{r.code} {r.message}" for r in exc.recipients)) from exc
+        message = "; ".join(r.message for r in exc.recipients)
+        raise _by_code("RCPT", code, message) from exc
+    except aiosmtplib.SMTPSenderRefused as exc:
+        raise _by_code("MAIL", exc.code, exc.message) from exc
+    except aiosmtplib.SMTPDataError as exc:
+        raise _by_code("DATA", exc.code, exc.message) from exc
     except aiosmtplib.SMTPResponseException as exc:
-        raise _by_code(exc.code, f"{exc.code} {exc.message}") from exc
+        raise _by_code("session", exc.code, exc.message) from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise SmtpTemporaryFailure(f"SMTP connection failed: {exc}") from exc
 
 
-def _by_code(code: int, text: str) -> SmtpTemporaryFailure | SmtpPermanentFailure:
+def _by_code(
+    stage: str, code: int, message: str
+) -> SmtpTemporaryFailure | SmtpPermanentFailure:
+    text = f"{code} {message} (at {stage})"
     if 500 <= code < 600:
-        return SmtpPermanentFailure(text)
+        return SmtpPermanentFailure(text, stage, code, enhanced_status(message))
     return SmtpTemporaryFailure(text)
 
 
@@ -613,18 +688,10 @@ def _record_retry(
 
 
 def _record_failure(
-    books: _Books,
-    item: Claimed,
-    now: datetime,
-    error: str,
-    report: DeliveryReport,
-    permanent: bool = False,
+    books: _Books, item: Claimed, now: datetime, error: str, report: DeliveryReport
 ) -> None:
     _update(books, item.id, state="failed", attempts=item.attempts + 1, last_error=error,
             claimed_until=None)
-    if permanent:  # the server says the address does not exist: do not write to it again
-        with books.store.transaction() as session:
-            repo.suppress(session, item.recipient, f"SMTP refused: {error}", now)
     report.failed.append(item.id)
     log.error("reply failed", msgid=item.message_id, request=item.request, outbox=item.id,
               to=item.recipient, error=error)

@@ -584,11 +584,11 @@ def test_smtp_outage_then_rejections(tmp_path: Path, imap_account: ImapAccount,
         time.sleep(2)  # several more outbox runs: nothing may go twice
         outage_copies = Counter(m.message["In-Reply-To"] for m in smtp_sink.received())
 
-        smtp_sink.reply_code = "550 5.1.1 no such user here"
+        smtp_sink.rcpt_reply_code = "550 5.1.1 no such user here"  # names the recipient
         deliver(imap_account, rejected)
         wait_until(lambda: db.scalar("select count(*) from outbox where state = 'failed'")
                    == 3, 30, "5xx rejections recorded as failed")
-        smtp_sink.reply_code = None
+        smtp_sink.rcpt_reply_code = None
         time.sleep(2)  # several outbox runs: a failed reply is not retried
         deliver(imap_account, [again])
         wait_until(lambda: db.scalar("select count(*) from requests") == 37, 30,

@@ -8,13 +8,17 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
+from mailroute import alerts
+from mailroute.alerts import AlertMail
+from mailroute.compose import Identity
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.outbox import DeliveryReport, backoff, deliver_due
 from mailroute.store import Store
-from mailroute.store.models import OutboxItem
+from mailroute.store import repository as repo
+from mailroute.store.models import Alert, OutboxItem
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
@@ -92,6 +96,8 @@ def test_5xx_is_failed_not_retried(store: Store, smtp_sink: SmtpSink) -> None:
     assert failed.state == "failed" and "550" in (failed.last_error or "")
     assert deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW + timedelta(days=1)
                        ).attempted == 0
+    with store.transaction() as session:  # 5.1.1 at RCPT names the recipient
+        assert repo.is_suppressed(session, "c@customer.example")
 
 
 def test_server_down_keeps_replies_queued(store: Store, smtp_sink: SmtpSink) -> None:
@@ -442,3 +448,80 @@ def test_a_dripping_server_cannot_hold_the_outbox_past_the_timeout(sqlite_url: s
         assert f"127.0.0.1:{server.port}" in error and "within 1 s" in error, error
     finally:
         store.dispose()
+
+
+# ------------------------------------------------------- whose fault a 5xx is
+
+
+DESK = AlertMail(Identity("servicedesk@example.com", "ServiceDesk"), "duty@example.com")
+
+
+def suppressed(store: Store) -> list[str]:
+    with store.transaction() as session:
+        return [row.address for row in repo.list_suppressions(session)]
+
+
+def relay_alert(store: Store) -> Alert | None:
+    with store.transaction() as session:
+        return session.get(Alert, alerts.SMTP_RELAY)
+
+
+def alert_mails(store: Store) -> list[OutboxItem]:
+    with store.transaction() as session:
+        return list(session.scalars(select(OutboxItem).where(OutboxItem.kind == "alert")))
+
+
+@pytest.mark.parametrize(
+    ("stage", "answer"),
+    [("rcpt", "554 5.7.1 relay access denied"), ("data", "554 5.6.0 content rejected"),
+     ("rcpt", "550 relay not permitted")],
+    ids=["policy-at-rcpt", "content-at-data", "no-enhanced-code"],
+)
+def test_a_refusal_for_the_desks_reasons_suppresses_nobody_and_alerts_once(
+    store: Store, smtp_sink: SmtpSink, stage: str, answer: str
+) -> None:
+    """A relay refusing for policy or content, or without saying the recipient is bad,
+    says nothing about the customer: 5 replies fail (retryable), no address is
+    suppressed, one alert opens with one mail to the escalation address, however many
+    runs the window lasts; the first accepted reply afterwards clears it."""
+    ids = queue_many(store, 5, NOW)
+    setattr(smtp_sink, "rcpt_reply_code" if stage == "rcpt" else "reply_code", answer)
+    for minute in range(3):  # the refusals go on: the alert mail is refused too
+        deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW + timedelta(minutes=minute),
+                    alert_mail=DESK)
+    assert {item(store, reply).state for reply in ids} == {"failed"}
+    assert suppressed(store) == []
+    alert = relay_alert(store)
+    assert alert is not None and alert.cleared_at is None and answer in alert.detail
+    assert len(alert_mails(store)) == 1
+    smtp_sink.rcpt_reply_code = smtp_sink.reply_code = None
+    queue(store, 99)
+    report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW + timedelta(hours=1),
+                         alert_mail=DESK)
+    assert len(report.sent) == 1
+    cleared = relay_alert(store)
+    assert cleared is not None and cleared.cleared_at is not None
+
+
+def test_one_unknown_user_is_suppressed_but_a_code_refusing_many_is_the_servers(
+    store: Store, smtp_sink: SmtpSink
+) -> None:
+    """5.1.1 at RCPT for one recipient suppresses that one; the same code for every
+    recipient of a run (a broken recipient check) suppresses nobody and alerts."""
+    queue_many(store, 1, NOW)
+    smtp_sink.rcpt_reply_code = "550 5.1.1 no such user"
+    deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, alert_mail=DESK)
+    assert suppressed(store) == ["c1@customer.example"]
+    assert relay_alert(store) is None
+    with store.transaction() as session:
+        session.execute(update(OutboxItem).values(state="sent"))
+    for number in range(2, 7):
+        queue(store, number)
+        with store.transaction() as session:
+            session.execute(update(OutboxItem).where(OutboxItem.message_id ==
+                                                     f"<r{number}@example.com>")
+                            .values(recipient=f"d{number}@customer.example"))
+    deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, alert_mail=DESK)
+    assert suppressed(store) == ["c1@customer.example"]
+    alert = relay_alert(store)
+    assert alert is not None and "5 recipients refused" in alert.detail

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from mailroute.addresses import counted_as, domain_of
 from mailroute.compose import Draft
 from mailroute.store.models import (
     AttachmentRecord,
@@ -384,6 +385,8 @@ def pending_reply(
         kind=draft.kind,
         sender=draft.sender,
         recipient=draft.recipient,
+        counted_as=counted_as(draft.recipient),
+        recipient_domain=domain_of(draft.recipient),
         message_id=draft.message_id,
         subject=draft.subject,
         raw=draft.raw,
@@ -439,26 +442,60 @@ def recipients_we_wrote(session: Session, addresses: Iterable[str]) -> list[str]
     return list(rows)
 
 
-def is_suppressed(session: Session, address: str) -> bool:
-    return session.get(Suppression, address.lower()) is not None
+def _active(since: datetime | None) -> Any:
+    """Suppressions made after ``since`` (all of them without it): the ones not expired."""
+    return Suppression.created_at > since if since is not None else true()
 
 
-def suppressed_among(session: Session, addresses: Iterable[str]) -> set[str]:
-    """Which of these (lower-case) addresses are suppressed."""
+def is_suppressed(session: Session, address: str, since: datetime | None = None) -> bool:
+    """Is ``address`` suppressed by a suppression made after ``since`` (not expired)?"""
+    found = session.scalar(select(Suppression.address).where(
+        Suppression.address == address.lower(), _active(since)))
+    return found is not None
+
+
+def suppressed_among(
+    session: Session, addresses: Iterable[str], since: datetime | None = None
+) -> set[str]:
+    """Which of these (lower-case) addresses are suppressed (after ``since``)."""
     found: set[str] = set()
     for chunk in _chunks(addresses):
-        found.update(
-            session.scalars(select(Suppression.address).where(Suppression.address.in_(chunk)))
-        )
+        found.update(session.scalars(select(Suppression.address).where(
+            Suppression.address.in_(chunk), _active(since))))
     return found
+
+
+def list_suppressions(session: Session, since: datetime | None = None) -> list[Suppression]:
+    """The suppressions made after ``since`` (the active ones), newest first."""
+    return list(session.scalars(select(Suppression).where(_active(since))
+                                .order_by(Suppression.created_at.desc(), Suppression.address)))
+
+
+def suppression_count(session: Session, since: datetime | None = None) -> int:
+    return session.scalar(select(func.count()).select_from(Suppression)
+                          .where(_active(since))) or 0
+
+
+def lift_suppression(session: Session, address: str) -> bool:
+    """Answer ``address`` again; False when it was not suppressed."""
+    found = session.get(Suppression, address.strip().lower())
+    if found is None:
+        return False
+    session.delete(found)
+    return True
 
 
 def suppress(
     session: Session, address: str, reason: str, now: datetime, letter_id: int | None = None
 ) -> bool:
-    """Stop answering ``address``; False when it already was suppressed."""
+    """Stop answering ``address`` from ``now``; False when it already had a suppression
+    (which this renews: a new permanent failure restarts its time)."""
     address = address.lower()
-    if session.get(Suppression, address) is not None:
+    existing = session.get(Suppression, address)
+    if existing is not None:
+        existing.created_at, existing.reason = now, reason
+        if letter_id is not None:
+            existing.letter_id = letter_id
         return False
     try:
         with session.begin_nested():
