@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     o_retry = o_commands.add_parser("retry", parents=[common], help="send a failed reply again")
     o_retry.add_argument("id", type=int)
     o_retry.set_defaults(handler=cmd_outbox_retry)
+
+    suppressions = commands.add_parser(
+        "suppressions", parents=[common], help="addresses not answered after a permanent bounce"
+    )
+    s_commands = suppressions.add_subparsers(title="suppressions commands", metavar="ACTION")
+    s_list = s_commands.add_parser("list", parents=[common], help="active suppressions")
+    s_list.add_argument("--json", action="store_true")
+    s_list.set_defaults(handler=cmd_suppressions_list)
+    s_lift = s_commands.add_parser("lift", parents=[common], help="answer an address again")
+    s_lift.add_argument("address")
+    s_lift.set_defaults(handler=cmd_suppressions_lift)
 
     orgs = commands.add_parser("orgs", parents=[common], help="the customer registry")
     org_commands = orgs.add_subparsers(title="orgs commands", metavar="ACTION")
@@ -393,7 +404,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mailroute.health import check_health, render
 
     config = load_config(args)
-    health = check_health(open_store(config), config.health, datetime.now(UTC))
+    health = check_health(open_store(config), config.health, datetime.now(UTC),
+                          timedelta(seconds=config.replies.suppress_for))
     print(json.dumps(health.as_dict(), indent=2) if args.json else render(health))
     return 0 if health.healthy else EXIT_FAILURE
 
@@ -452,6 +464,25 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
         raise MailrouteError(str(exc.args[0])) from None
     print(_outcome_text(outcome))
     return 0 if outcome.state != "quarantined" else EXIT_FAILURE
+
+
+def cmd_suppressions_list(args: argparse.Namespace) -> int:
+    from mailroute.operations import suppression_rows
+
+    config = load_config(args)
+    rows = suppression_rows(open_store(config), datetime.now(UTC),
+                            timedelta(seconds=config.replies.suppress_for))
+    _print_rows(rows, args.json, ("address", "since", "until", "reason"))
+    return 0
+
+
+def cmd_suppressions_lift(args: argparse.Namespace) -> int:
+    from mailroute.operations import lift_suppression
+
+    if not lift_suppression(open_store(load_config(args)), args.address):
+        raise MailrouteError(f"{args.address} is not suppressed")
+    print(f"{args.address.strip().lower()} will be answered again")
+    return 0
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:

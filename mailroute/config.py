@@ -321,6 +321,22 @@ class RepliesConfig(Section):
         "the next is one final notice, then none until the window has passed.",
     )
     per_sender_window: float = Field(3600.0, gt=0, description="Seconds of that window.")
+    per_domain_limit: int = Field(
+        30,
+        ge=1,
+        description="Automatic replies to one domain per `per_sender_window`; more are "
+        "not sent (logged, counted, shown by `status`). Addresses are counted as people: "
+        "lower-case, +tag removed, Gmail dots ignored.",
+    )
+    desk_hourly_limit: int = Field(
+        300, ge=1, description="Automatic replies of the whole desk per hour; more are not sent."
+    )
+    suppress_for: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description='How long an address that bounced permanently is not answered: seconds, '
+        'or a duration such as "30d", "12h", "90m".',
+    )
     no_reply_patterns: list[str] = Field(
         default_factory=lambda: [
             r"^(no-?reply|do-?not-?reply|donotreply|noreply-.*|bounces?)@",
@@ -340,6 +356,25 @@ class RepliesConfig(Section):
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         return _valid_regex(patterns)
+
+    @field_validator("suppress_for", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return _seconds(value)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: object) -> object:
+    """ "30d", "12h", "90m", "45s" as seconds; anything else is left to the field's type."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text[-1:] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
+            return float(text[:-1]) * _UNITS[text[-1]]
+        if not text.replace(".", "", 1).isdigit():
+            raise ValueError(f'expected seconds or a duration such as "30d", "12h": {value!r}')
+    return value
 
 
 class LoggingConfig(Section):

@@ -3,9 +3,12 @@
 Machine mail is already ignored before a request exists (loops.py). This is
 the second line, for robots that look human: never answer the desk's own
 addresses or no-reply style addresses, never answer an address whose mail
-bounced permanently, and answer one address at most ``limit`` times per
-``window`` — the reply after that is one final notice, then silence until the
-window has passed.
+bounced permanently (until the suppression expires), and answer one address at
+most ``limit`` times per ``window`` — the reply after that is one final notice,
+then silence until the window has passed. Addresses are counted as people
+(``mailroute.addresses``: ``victim+1@`` and ``victim+2@`` are one), and a domain
+and the desk as a whole have caps of their own, so rotating spellings or domains
+cannot turn the desk into a mail cannon.
 """
 
 from __future__ import annotations
@@ -26,14 +29,33 @@ class ReplyPolicy:
     no_reply: tuple[re.Pattern[str], ...]
     limit: int
     window: timedelta
+    domain_limit: int = 30
+    desk_limit: int = 300  # per DESK_WINDOW
+    suppress_for: timedelta = timedelta(days=30)
 
     @classmethod
     def build(
-        cls, own: Iterable[str], patterns: Iterable[str], limit: int, window_seconds: float
+        cls, own: Iterable[str], patterns: Iterable[str], limit: int, window_seconds: float,
+        domain_limit: int = 30, desk_limit: int = 300, suppress_for_seconds: float = 30 * 86400.0,
     ) -> ReplyPolicy:
         compiled = tuple(re.compile(pattern, re.IGNORECASE) for pattern in patterns)
         return cls(frozenset(a.lower() for a in own), compiled, limit, timedelta(
-            seconds=window_seconds))
+            seconds=window_seconds), domain_limit, desk_limit,
+            timedelta(seconds=suppress_for_seconds))
+
+
+DESK_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Recent:
+    """Automatic replies lately: to this person (per ``window``, and whether the final
+    notice was one), to their domain (per ``window``) and by the desk (per hour)."""
+
+    person: int = 0
+    notice_sent: bool = False
+    domain: int = 0
+    desk: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,12 +64,11 @@ class Decision:
 
     action: str
     reason: str = ""
+    cap: str = ""  # "address", "domain" or "desk" when a reply cap decided
 
 
-def decide(
-    address: str, policy: ReplyPolicy, recent_replies: int, notice_sent: bool, suppressed: bool
-) -> Decision:
-    """What to do about a reply to ``address``, given what was sent to it lately."""
+def decide(address: str, policy: ReplyPolicy, recent: Recent, suppressed: bool) -> Decision:
+    """What to do about a reply to ``address``, given what was sent lately."""
     address = address.strip().lower()
     if not EMAIL.fullmatch(address):
         return Decision("refuse", f"not a deliverable address: {address!r}")
@@ -58,11 +79,19 @@ def decide(
             return Decision("refuse", f"no-reply address (matches {pattern.pattern!r})")
     if suppressed:
         return Decision("refuse", "earlier mail to this address bounced permanently")
-    if recent_replies < policy.limit:
-        return Decision("send")
-    if notice_sent:
-        return Decision("refuse", f"over {policy.limit} replies in {policy.window}; notice sent")
-    return Decision("notice", f"reached {policy.limit} replies in {policy.window}")
+    if recent.person >= policy.limit:
+        if recent.notice_sent:
+            return Decision("refuse", f"over {policy.limit} replies in {policy.window}; "
+                            "notice sent", "address")
+        return Decision("notice", f"reached {policy.limit} replies in {policy.window}",
+                        "address")
+    if recent.domain >= policy.domain_limit:
+        return Decision("refuse", f"domain cap: {policy.domain_limit} replies to its domain "
+                        f"in {policy.window}", "domain")
+    if recent.desk >= policy.desk_limit:
+        return Decision("refuse", f"desk cap: {policy.desk_limit} automatic replies in "
+                        f"{DESK_WINDOW}", "desk")
+    return Decision("send")
 
 
 # RFC 3463: class.subject.detail at the start of the reply text ("5.1.1 no such user").

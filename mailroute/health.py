@@ -2,7 +2,10 @@
 
 Unhealthy (exit code 1) when the mailbox has not been polled successfully for
 ``max_poll_age`` seconds, when an error is newer than the last good poll, or
-when a reply due more than ``max_reply_delay`` seconds ago is still unsent.
+when a reply due more than ``max_reply_delay`` seconds ago is still unsent, while
+the SMTP relay refuses replies for the desk's reasons (an open ``smtp-relay``
+alert), and while the desk-wide reply cap holds replies back (hit within the hour).
+Reply caps hit lately and the number of active suppressions are shown too.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from mailroute import alerts
 from mailroute.config import HealthConfig
+from mailroute.guard import DESK_WINDOW
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import MailboxState, OutboxItem
+from mailroute.store.models import Alert, MailboxState, OutboxItem
 
 
 @dataclass
@@ -31,6 +36,10 @@ class Health:
     oldest_unsent_due: datetime | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    alerts: list[str] = field(default_factory=list)  # open: the desk must act
+    caps: list[str] = field(default_factory=list)  # reply caps hit within the hour
+    suppressed: int = 0  # addresses not answered (suppressions not expired)
+    desk_cap_hit: bool = False
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -52,10 +61,16 @@ class Health:
             "oldest_unsent_due": iso(self.oldest_unsent_due),
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
+            "alerts": self.alerts,
+            "caps": self.caps,
+            "suppressed": self.suppressed,
         }
 
 
-def check_health(store: Store, config: HealthConfig, now: datetime) -> Health:
+def check_health(
+    store: Store, config: HealthConfig, now: datetime,
+    suppress_for: timedelta = timedelta(days=30),
+) -> Health:
     with store.transaction() as session:
         health = Health(
             pending_letters=repo.pending_count(session),
@@ -66,6 +81,8 @@ def check_health(store: Store, config: HealthConfig, now: datetime) -> Health:
             ),
         )
         mailboxes = list(session.scalars(select(MailboxState)))
+        health.suppressed = repo.suppression_count(session, now - suppress_for)
+        _summarise_alerts(health, alerts.all_alerts(session), now)
     _summarise_mailboxes(health, mailboxes)
     health.problems = _problems(health, config, now)
     return health
@@ -81,8 +98,24 @@ def _summarise_mailboxes(health: Health, mailboxes: list[MailboxState]) -> None:
         health.last_error, health.last_error_at = latest.last_error, latest.last_error_at
 
 
+def _summarise_alerts(health: Health, found: list[Alert], now: datetime) -> None:
+    for alert in found:
+        if alert.key in alerts.CAPS:
+            if now - alert.last_seen_at <= DESK_WINDOW:
+                kind = alert.key.partition(":")[2]
+                health.caps.append(f"{kind}: {alert.detail}, last at "
+                                   f"{alert.last_seen_at:%Y-%m-%d %H:%M} UTC ({alert.hits} in all)")
+                health.desk_cap_hit |= alert.key == alerts.CAP_DESK
+        elif alert.cleared_at is None:
+            health.alerts.append(f"{alert.detail} (since {alert.started_at:%Y-%m-%d %H:%M} "
+                                 f"UTC, {alert.hits} replies)")
+
+
 def _problems(health: Health, config: HealthConfig, now: datetime) -> list[str]:
-    problems = []
+    problems = list(health.alerts)
+    if health.desk_cap_hit:
+        problems.append("the desk cap holds automatic replies back: "
+                        "[replies] desk_hourly_limit was reached within the hour")
     if health.last_poll_at is None:
         problems.append("the mailbox has never been polled")
     elif now - health.last_poll_at > timedelta(seconds=config.max_poll_age):
@@ -109,6 +142,8 @@ def render(health: Health) -> str:
         f"  letters pending       {health.pending_letters}",
         f"  quarantined           {health.quarantined}",
         f"  outbox                {outbox or 'empty'}",
+        f"  suppressed addresses  {health.suppressed}",
+        *(f"  reply cap hit         {cap}" for cap in health.caps),
         f"  oldest unsent reply   due {data['oldest_unsent_due'] or '-'}",
         f"  last error            {health.last_error or '-'}"
         + (f" at {data['last_error_at']}" if health.last_error_at else ""),

@@ -9,16 +9,19 @@ pipeline, as if it had arrived, for reproducing a support case.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from mailroute import logs
 from mailroute.intake.drain import header_message_id
 from mailroute.process import Outcome, Pipeline, process_letter
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, OutboxItem
+
+log = logs.get("mailroute.operations")
 
 REPLAY_MAILBOX = "replay"
 
@@ -100,6 +103,26 @@ def retry_reply(store: Store, item_id: int, now: datetime) -> dict[str, Any]:
             raise LookupError(f"outbox item {item_id} was already sent at {item.sent_at}")
         item.state, item.not_before, item.claimed_until = "pending", now, None
         return _outbox_row(item)
+
+
+def suppression_rows(store: Store, now: datetime, suppress_for: timedelta) -> list[dict[str, Any]]:
+    """The suppressions not expired yet, newest first, with the moment each ends."""
+    with store.transaction() as session:
+        return [
+            {"address": row.address, "since": row.created_at.isoformat(),
+             "until": (row.created_at + suppress_for).isoformat(), "reason": row.reason,
+             "letter": row.letter_id}
+            for row in repo.list_suppressions(session, now - suppress_for)
+        ]
+
+
+def lift_suppression(store: Store, address: str) -> bool:
+    """Answer ``address`` again; False when it was not suppressed."""
+    with store.transaction() as session:
+        lifted = repo.lift_suppression(session, address)
+    if lifted:
+        log.info("suppression lifted", address=address.strip().lower())
+    return lifted
 
 
 def _letter_row(letter: Letter) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailroute import logs
+from mailroute import alerts, logs
 from mailroute.analysis import Analysis, AnalysisContext
 from mailroute.compose import (
     Draft,
@@ -31,7 +31,14 @@ from mailroute.compose import (
 )
 from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.errors import TransientError
-from mailroute.guard import EMAIL, Decision, ReplyPolicy, bounced_addresses, decide
+from mailroute.guard import (
+    DESK_WINDOW,
+    EMAIL,
+    Decision,
+    ReplyPolicy,
+    bounced_addresses,
+    decide,
+)
 from mailroute.hours import BusinessCalendar
 from mailroute.organizations import merged_registry
 from mailroute.parse import ParsedLetter, ParseLimits
@@ -130,6 +137,9 @@ class Pipeline:
                 config.replies.no_reply_patterns,
                 config.replies.per_sender_limit,
                 config.replies.per_sender_window,
+                config.replies.per_domain_limit,
+                config.replies.desk_hourly_limit,
+                config.replies.suppress_for,
             ),
         )
 
@@ -265,6 +275,8 @@ def _lookups_for(
         senders=[p.sender.email for p in letters if p.sender],
         attachment_hashes=[a.sha256 for p in letters for a in p.attachments],
         replies_since=now - pipeline.guard.window,
+        desk_since=now - DESK_WINDOW,
+        suppressed_since=now - pipeline.guard.suppress_for,
     )
 
 
@@ -553,6 +565,9 @@ class _Steps:
         if not pipeline.replies_enabled:
             return None
         decision = self.guard(request.requester)
+        if decision.cap:  # a cap reached: counted and shown by `status`
+            alerts.raise_alert(self.session, f"cap:{decision.cap}",
+                               f"{decision.reason} (last: {request.requester})", now)
         if decision.action == "refuse":
             repo.add_event(
                 self.session, request, "reply_suppressed", now, reply=kind,
@@ -577,9 +592,9 @@ class _Steps:
         return kind
 
     def guard(self, address: str) -> Decision:
-        recent, notice_sent = self.lookups.recent_replies(address)
+        recent = self.lookups.recent_replies(address)
         suppressed = self.lookups.is_suppressed(address)
-        return decide(address, self.pipeline.guard, recent, notice_sent, suppressed)
+        return decide(address, self.pipeline.guard, recent, suppressed)
 
 
 def _supplied(request: Request, analysis: Analysis) -> list[str]:

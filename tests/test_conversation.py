@@ -20,6 +20,7 @@ from support.smtp import ReceivedMail, SmtpSink
 from mailroute.config import Config
 from mailroute.daemon import Daemon
 from mailroute.escalate import escalate_breaches
+from mailroute.health import check_health
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request
@@ -357,3 +358,52 @@ def test_permanent_bounce_suppresses_further_replies(
     assert len(smtp_sink.received()) == 1  # ...but not answered
     with daemon.store.transaction() as session:
         assert repo.is_suppressed(session, "a.berg@lakeside-logistics.example")
+
+
+def customer_letter(sender: str, number: int) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "servicedesk@example.com"
+    message["Subject"] = f"Не работает выгрузка {number}"
+    message["Message-ID"] = f"<caps-{number}@sender.example>"
+    message.set_content(f"Здравствуйте! Выгрузка {number} не работает. ООО «Ромашка», "
+                        "рег. номер 800555111")
+    return bytes(message)
+
+
+def test_a_rotating_sub_address_gets_the_cap_and_one_notice(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    """victim+1@, victim+2@, ... Victim+N@ reach one mailbox: 12 letters, in two passes,
+    get the per-address cap (5) and one notice, not 12 replies."""
+    daemon, clock = rig(replies={"window": "always"})
+    for number in range(12):
+        if number == 6:
+            daemon.run_once()
+        spelling = "Victim" if number % 2 else "victim"
+        deliver(imap_account, customer_letter(f"{spelling}+{number}@customer.example", number),
+                clock.now)
+    daemon.run_once()
+    kinds = [m.message["X-Mailroute-Kind"] for m in smtp_sink.received()]
+    assert len(kinds) == 6 and kinds[-1] == "limit" and "limit" not in kinds[:-1], kinds
+    assert len(requests(daemon)) == 12  # every letter is still registered
+
+
+def test_domain_and_desk_caps_hold_and_status_shows_them(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    """Different people at one domain: at most ``per_domain_limit`` replies; across
+    domains, at most ``desk_hourly_limit``. Both are shown by `status`."""
+    daemon, clock = rig(replies={"window": "always", "per_domain_limit": 3,
+                                 "desk_hourly_limit": 5})
+    for number in range(6):
+        deliver(imap_account, customer_letter(f"person{number}@one.example", number), clock.now)
+    daemon.run_once()
+    assert len(smtp_sink.received()) == 3
+    for number in range(10, 14):
+        deliver(imap_account, customer_letter(f"someone@d{number}.example", number), clock.now)
+    daemon.run_once()
+    assert len(smtp_sink.received()) == 5
+    health = check_health(daemon.store, daemon.config.health, clock.now)
+    assert {cap.split(":")[0] for cap in health.caps} == {"domain", "desk"}, health.caps
+    assert any("desk cap" in problem for problem in health.problems), health.problems

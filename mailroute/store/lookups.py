@@ -20,6 +20,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from mailroute.addresses import counted_as, domain_of
+from mailroute.guard import Recent
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, OutboxItem, Request
 
@@ -36,6 +38,8 @@ class BatchLookups:
         senders: Iterable[str],
         attachment_hashes: Iterable[str],
         replies_since: datetime,
+        desk_since: datetime | None = None,
+        suppressed_since: datetime | None = None,
     ) -> None:
         self.session = session
         self._earlier = repo.processed_with_message_ids(session, message_ids)
@@ -47,10 +51,19 @@ class BatchLookups:
         self._requests = repo.requests_by_id(session, owners)  # held: the identity map is weak
         addresses = {address.lower() for address in senders if address}
         self._asked = addresses
-        self._suppressed = repo.suppressed_among(session, addresses)
+        self._suppressed_since = suppressed_since
+        self._suppressed = repo.suppressed_among(session, addresses, suppressed_since)
         self._since = replies_since
-        self._replies = repo.replies_to_each_since(session, addresses, replies_since)
+        people = {counted_as(address) for address in addresses}
+        self._people = people
+        self._replies = repo.replies_to_each_since(session, people, replies_since)
+        self._domains = {domain_of(address) for address in addresses}
+        self._domain_replies = repo.replies_to_domains_since(session, self._domains,
+                                                             replies_since)
+        self._desk_replies = (repo.automatic_replies_since(session, desk_since)
+                              if desk_since is not None else 0)
         self._queued_here: Counter[str] = Counter()
+        self._domain_queued_here: Counter[str] = Counter()
         self._notices_here: set[str] = set()
         self._blobs = repo.stored_blobs(session, attachment_hashes)
         self._counter: int | None = None
@@ -105,24 +118,36 @@ class BatchLookups:
 
     # ------------------------------------------------------------------ replies
 
-    def recent_replies(self, address: str) -> tuple[int, bool]:
-        """What :func:`repo.replies_to_since` says for ``address`` now."""
-        address = address.lower()
-        if address not in self._asked:
-            return repo.replies_to_since(self.session, address, self._since)
-        count, notice = self._replies.get(address, (0, False))
-        return count + self._queued_here[address], notice or address in self._notices_here
+    def recent_replies(self, address: str) -> Recent:
+        """What the outbox says was sent lately to the person at ``address``, to their
+        domain and by the whole desk, counting what this batch queued."""
+        person, domain = counted_as(address), domain_of(address)
+        if person in self._people:  # asked before the batch: add what it queued since
+            count, notice = self._replies.get(person, (0, False))
+            count, notice = count + self._queued_here[person], notice or (
+                person in self._notices_here)
+        else:  # the query sees this batch's rows too (autoflush)
+            count, notice = repo.replies_to_since(self.session, address, self._since)
+        if domain in self._domains:
+            to_domain = self._domain_replies.get(domain, 0) + self._domain_queued_here[domain]
+        else:
+            to_domain = repo.replies_to_domains_since(self.session, [domain], self._since).get(
+                domain, 0)
+        return Recent(count, notice, to_domain, self._desk_replies)
 
     def reply_queued(self, item: OutboxItem, request: Request) -> None:
-        self._queued_here[item.recipient] += 1
+        person = counted_as(item.recipient)
+        self._queued_here[person] += 1
+        self._domain_queued_here[domain_of(item.recipient)] += 1
+        self._desk_replies += item.kind in repo.AUTOMATIC_REPLIES
         if item.kind == "limit":
-            self._notices_here.add(item.recipient)
+            self._notices_here.add(person)
         self._replies_here[item.message_id] = request
 
     def is_suppressed(self, address: str) -> bool:
         address = address.lower()
         if address not in self._asked:
-            return repo.is_suppressed(self.session, address)
+            return repo.is_suppressed(self.session, address, self._suppressed_since)
         return address in self._suppressed
 
     def suppressed(self, address: str) -> None:

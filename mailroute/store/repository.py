@@ -406,29 +406,61 @@ AUTOMATIC_REPLIES = ("acknowledgement", "clarification", "limit")
 
 
 def replies_to_since(session: Session, address: str, since: datetime) -> tuple[int, bool]:
-    """(automatic replies to ``address`` since then, whether one was the final notice)."""
-    return replies_to_each_since(session, [address], since).get(address, (0, False))
+    """(automatic replies to the person at ``address`` since then, whether one was the
+    final notice); every spelling of the address counts (``mailroute.addresses``)."""
+    person = counted_as(address)
+    return replies_to_each_since(session, [person], since).get(person, (0, False))
 
 
 def replies_to_each_since(
-    session: Session, addresses: Iterable[str], since: datetime
+    session: Session, people: Iterable[str], since: datetime
 ) -> dict[str, tuple[int, bool]]:
-    """:func:`replies_to_since` for many recipients at once (those with none are left out)."""
+    """:func:`replies_to_since` for many people at once, keyed by :func:`counted_as`
+    (``people`` given in that form; those with none are left out)."""
     counts: dict[str, tuple[int, bool]] = {}
-    for chunk in _chunks(addresses):
+    for chunk in _chunks(people):
         rows = session.execute(
-            select(OutboxItem.recipient, OutboxItem.kind, func.count())
+            select(OutboxItem.counted_as, OutboxItem.kind, func.count())
             .where(
-                OutboxItem.recipient.in_(chunk),
+                OutboxItem.counted_as.in_(chunk),
                 OutboxItem.created_at >= since,
                 OutboxItem.kind.in_(AUTOMATIC_REPLIES),
             )
-            .group_by(OutboxItem.recipient, OutboxItem.kind)
+            .group_by(OutboxItem.counted_as, OutboxItem.kind)
         )
-        for recipient, kind, count in rows:
-            total, notice = counts.get(recipient, (0, False))
-            counts[recipient] = (total + int(count), notice or kind == "limit")
+        for person, kind, count in rows:
+            if person is None:
+                continue
+            total, notice = counts.get(person, (0, False))
+            counts[person] = (total + int(count), notice or kind == "limit")
     return counts
+
+
+def replies_to_domains_since(
+    session: Session, domains: Iterable[str], since: datetime
+) -> dict[str, int]:
+    """Automatic replies to each of these (lower-case) domains since then."""
+    counts: dict[str, int] = {}
+    for chunk in _chunks(domains):
+        rows = session.execute(
+            select(OutboxItem.recipient_domain, func.count())
+            .where(
+                OutboxItem.recipient_domain.in_(chunk),
+                OutboxItem.created_at >= since,
+                OutboxItem.kind.in_(AUTOMATIC_REPLIES),
+            )
+            .group_by(OutboxItem.recipient_domain)
+        )
+        counts.update({domain: int(count) for domain, count in rows if domain})
+    return counts
+
+
+def automatic_replies_since(session: Session, since: datetime) -> int:
+    """Automatic replies of the whole desk since then (the desk-wide cap)."""
+    return session.scalar(
+        select(func.count()).select_from(OutboxItem)
+        .where(OutboxItem.created_at >= since, OutboxItem.kind.in_(AUTOMATIC_REPLIES))
+    ) or 0
 
 
 def recipients_we_wrote(session: Session, addresses: Iterable[str]) -> list[str]:
