@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import config as config_module
 from mailroute import logs
+from mailroute.alerts import AlertMail
 from mailroute.config import Config
 from mailroute.errors import ConfigError, MailrouteError, TransientError
 from mailroute.escalate import escalate_breaches
@@ -219,10 +220,22 @@ class Daemon:
         ``run --once`` uses several; the daemon's outbox job one, as intake runs beside
         it and on SQLite every mark may wait for an intake transaction.
         """
+        alert_mail = AlertMail(self.pipeline.identity, self.config.workflow.escalation_address)
         report = deliver_due(self.store, self.config.smtp, self.config.replies, self.clock(),
-                             sessions)
+                             sessions, alert_mail)
         self.metrics.observe_delivery(report)
+        if report.sent:  # SMTP works: an error from start-up or an outage is over
+            self._smtp_works()
         return report
+
+    def _smtp_works(self) -> None:
+        """A reply was accepted: forget the recorded SMTP error, so `status` clears."""
+        self._recovered("smtp")
+        try:
+            with self.store.transaction() as session:
+                repo.clear_errors(session, "smtp: ")
+        except (TransientError, SQLAlchemyError):
+            pass  # the next accepted reply tries again
 
     # ----------------------------------------------------------------- forever
 
@@ -346,13 +359,16 @@ class Daemon:
             log.exception("escalation error", error=f"{type(exc).__name__}: {exc}")
 
     def _outbox_job(self) -> None:
+        """One outbox pass; a failure is logged when it starts (a traceback only for
+        what is not a known outage), not on every run, and its end once."""
         try:
             self.send_due()
+        except (TransientError, SQLAlchemyError) as exc:
+            self._failed("outbox", f"{type(exc).__name__}: {exc}".replace("\n", " "))
+        except Exception as exc:  # keep the job scheduled
+            self._failed("outbox", f"{type(exc).__name__}: {exc}", with_traceback=True)
+        else:
             self._recovered("outbox")
-        except TransientError as exc:
-            self._failed("outbox", str(exc))
-        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
-            log.exception("outbox error", error=f"{type(exc).__name__}: {exc}")
 
     def _wake_outbox(self) -> None:
         if self._scheduler is not None:
@@ -442,16 +458,17 @@ class Daemon:
 
     # ------------------------------------------------------ errors, logged once
 
-    def _failed(self, part: str, error: str) -> None:
+    def _failed(self, part: str, error: str, with_traceback: bool = False) -> None:
         """Log a failure when it starts, not on every retry; keep it for `mailroute status`.
 
         The text changes while the outage lasts (a dropped connection, then refused
-        ones): each new text is recorded for `status`, the log says it once.
+        ones): each new text is recorded for `status`, the log says it once
+        (``with_traceback``: with the exception being handled, for an unexpected one).
         """
         self.metrics.observe_error(part)
         previous = self._failing.get(part)
         if previous is None:
-            log.error(
+            (log.exception if with_traceback else log.error)(
                 "connection lost" if part == "intake" else f"{part} failing", part=part, error=error
             )
         if previous != error:

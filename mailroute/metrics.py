@@ -12,9 +12,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mailroute import alerts
 from mailroute.intake.drain import DrainReport
 from mailroute.outbox import DeliveryReport
 from mailroute.store import Store
@@ -34,6 +35,10 @@ class Metrics:
                                ["result"], registry=self.registry)
         self.errors = Counter("mailroute_errors", "Failures by part (intake = IMAP, smtp, ...)",
                               ["part"], registry=self.registry)
+        self.rejections = Counter("mailroute_smtp_rejections",
+                                  "Replies refused with 5xx, by fault: desk (relay policy, "
+                                  "content) or recipient (suppressed)", ["fault"],
+                                  registry=self.registry)
         self.breaches = Counter("mailroute_sla_breaches", "SLA breaches reported, by target",
                                 ["target"], registry=self.registry)
         self.poll_seconds = Histogram("mailroute_poll_seconds", "Duration of one mailbox pass",
@@ -55,6 +60,10 @@ class Metrics:
                               ("failed", report.failed)):
             if items:
                 self.replies.labels(result).inc(len(items))
+        if report.desk_rejections:
+            self.rejections.labels("desk").inc(len(report.desk_rejections))
+        if report.suppressed:
+            self.rejections.labels("recipient").inc(len(report.suppressed))
 
     def observe_breaches(self, breaches: Iterable[tuple[str, str]]) -> None:
         for _request, target in breaches:
@@ -84,12 +93,13 @@ class QueueCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         try:
             with self.store.transaction() as session:
                 outbox = repo.outbox_counts(session)
                 pending = repo.pending_count(session)
                 quarantined = repo.quarantined_count(session)
+                found = alerts.all_alerts(session)
         except Exception:  # a scrape must not fail because the database is away
             return
         gauge = GaugeMetricFamily("mailroute_outbox", "Outbox rows by state", labels=["state"])
@@ -100,3 +110,12 @@ class QueueCollector(Collector):
                                 value=pending)
         yield GaugeMetricFamily("mailroute_quarantined", "Letters in quarantine",
                                 value=quarantined)
+        caps = CounterMetricFamily("mailroute_reply_caps_hit",
+                                   "Automatic replies held back by a cap", labels=["cap"])
+        for cap in alerts.CAPS:
+            hits = sum(a.hits for a in found if a.key == cap)
+            caps.add_metric([cap.partition(":")[2]], hits)
+        yield caps
+        yield GaugeMetricFamily("mailroute_alerts_open", "Open alerts (the desk must act)",
+                                value=sum(1 for a in found
+                                          if a.key not in alerts.CAPS and a.cleared_at is None))

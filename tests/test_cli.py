@@ -140,3 +140,43 @@ def test_report_command_formats(
     assert main([*base, "report", *period, "--format", "html", "--output", str(html)]) == 0
     assert "<svg" in html.read_text(encoding="utf-8")
     assert main([*base, "report", "--from", "2026-11-10", "--to", "2026-11-01"]) == 1
+
+
+def test_suppressions_expire_are_listed_lifted_and_counted_by_status(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A suppression older than ``suppress_for`` no longer silences anyone; the active
+    ones are listed, one can be lifted, and `status` counts them."""
+    from datetime import UTC, datetime, timedelta
+
+    from mailroute.store import Store
+    from mailroute.store import repository as repo
+
+    config = write_config(tmp_path / "config.toml", account=None, sink=None,
+                          database_url=sqlite_url, maildir=tmp_path / "Maildir",
+                          extra={"replies": {"suppress_for": "30d"}})
+    base = ["--config", str(config)]
+    assert main([*base, "db", "upgrade"]) == 0
+    now = datetime.now(UTC)
+    store = Store(sqlite_url)
+    try:
+        with store.transaction() as session:
+            repo.suppress(session, "old@customer.example", "bounce", now - timedelta(days=31))
+            repo.suppress(session, "Gone@Customer.example", "SMTP refused: 550 5.1.1", now)
+            repo.suppress(session, "lift.me@customer.example", "bounce", now)
+        with store.transaction() as session:
+            since = now - timedelta(days=30)
+            assert not repo.is_suppressed(session, "old@customer.example", since)  # expired
+            assert repo.is_suppressed(session, "gone@customer.example", since)
+    finally:
+        store.dispose()
+    capsys.readouterr()
+    assert main([*base, "suppressions", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(row["address"] for row in listed) == [
+        "gone@customer.example", "lift.me@customer.example"]
+    assert main([*base, "suppressions", "lift", "LIFT.me@customer.example"]) == 0
+    assert main([*base, "suppressions", "lift", "lift.me@customer.example"]) == 1  # not any more
+    capsys.readouterr()
+    main([*base, "status", "--json"])
+    assert json.loads(capsys.readouterr().out)["suppressed"] == 1

@@ -6,9 +6,12 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from structlog.testing import capture_logs
 from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
 from mailroute import alerts
@@ -525,3 +528,69 @@ def test_one_unknown_user_is_suppressed_but_a_code_refusing_many_is_the_servers(
     assert suppressed(store) == ["c1@customer.example"]
     alert = relay_alert(store)
     assert alert is not None and "5 recipients refused" in alert.detail
+
+
+# ------------------------------------------------- the daemon's outbox job and status
+
+
+def daemon_for(database_url: str, sink: SmtpSink) -> Any:
+    from mailroute.config import Config
+    from mailroute.daemon import Daemon
+
+    config = Config.model_validate({
+        "mailbox": {"maildir": "/nonexistent"},
+        "smtp": {"host": sink.host, "port": sink.port, "security": "none", "timeout": 5},
+        "database": {"url": database_url}, "replies": {"window": "always"},
+    })
+    store = Store(database_url)
+    store.upgrade()
+    return Daemon(config, store, clock=lambda: NOW)
+
+
+def test_status_clears_the_smtp_error_after_the_first_accepted_reply(
+    database_url: str, smtp_sink: SmtpSink
+) -> None:
+    """SMTP was down at start-up (recorded for `status`); once a reply is accepted the
+    error is over, even if no mailbox poll comes after it (IDLE waits a long time)."""
+    from mailroute.health import check_health
+
+    daemon = daemon_for(database_url, smtp_sink)
+    try:
+        with daemon.store.transaction() as session:
+            repo.record_poll(session, "INBOX", 1, NOW - timedelta(seconds=5))
+        smtp_sink.stop()
+        daemon._announce_ready()  # SMTP unreachable: recorded, status unhealthy
+        assert any("smtp" in p for p in check_health(daemon.store, daemon.config.health,
+                                                    NOW).problems)
+        smtp_sink.start()
+        queue(daemon.store)
+        assert daemon.send_due().sent
+        health = check_health(daemon.store, daemon.config.health, NOW)
+        assert health.problems == [] and health.last_error is None, health.problems
+    finally:
+        daemon.store.dispose()
+
+
+def test_a_broken_database_is_logged_once_per_outage_by_the_outbox_job(
+    sqlite_url: str, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    """Three outbox runs against a database file that is not a database: one error line,
+    no traceback; then one 'recovered' line when it is readable again."""
+    daemon = daemon_for(sqlite_url, smtp_sink)
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    good = path.read_bytes()
+    try:
+        with capture_logs() as logged:
+            daemon.store.engine.dispose()
+            path.write_bytes(b"this is not a database" * 100)
+            for _ in range(3):
+                daemon._outbox_job()
+            daemon.store.engine.dispose()
+            path.write_bytes(good)
+            daemon._outbox_job()
+            daemon._outbox_job()
+    finally:
+        daemon.store.dispose()
+    events = [(e["event"], e.get("exc_info")) for e in logged if e["log_level"] != "debug"
+              and e["event"] in ("outbox failing", "outbox recovered", "outbox error")]
+    assert events == [("outbox failing", None), ("outbox recovered", None)], logged

@@ -562,3 +562,13 @@ def record_poll(
     else:
         state.last_error = error
         state.last_error_at = at
+
+
+def clear_errors(session: Session, prefix: str) -> None:
+    """Forget the recorded errors that begin with ``prefix`` (``"smtp: "``): that part
+    works again, so `status` must not keep reporting it."""
+    session.execute(
+        update(MailboxState)
+        .where(MailboxState.last_error.startswith(prefix, autoescape=True))
+        .values(last_error=None, last_error_at=None)
+    )
