@@ -4,7 +4,8 @@ One row per thing that happened: a fetched letter (``letters``, its raw bytes ke
 forever in ``letter_bytes``), a request (``requests``) with its history (``request_events``), the
 replies waiting or sent (``outbox``), attachment metadata (``attachments``) and
 content (``blobs``, content-addressed), request-number counters (``counters``)
-and the last known state of each mailbox (``mailboxes``).
+and the last known state of each mailbox (``mailboxes``), with the letters its server
+would not serve or file (``letter_faults``).
 """
 
 from __future__ import annotations
@@ -301,3 +302,24 @@ class MailboxState(Base):
     backlog: Mapped[int | None] = mapped_column(Integer)  # letters in the folder at last poll
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None]
+
+
+class LetterFault(Base):
+    """A letter the server would not serve or file: retried on its own, shown by `status`.
+
+    One letter's fault must not hold back the rest of the folder, so the letter is set
+    aside until ``next_attempt_at`` while the others go on; the row goes once it works.
+    """
+
+    __tablename__ = "letter_faults"
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(10))  # fetch | file
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    first_failed_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]

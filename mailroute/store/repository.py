@@ -7,12 +7,12 @@ unit of work is (one letter, one reply).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, true, update
+from sqlalchemy import delete, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -24,6 +24,7 @@ from mailroute.store.models import (
     Counter,
     Letter,
     LetterBytes,
+    LetterFault,
     MailboxState,
     OutboxItem,
     Request,
@@ -537,6 +538,71 @@ def suppress(
     except IntegrityError:
         return False  # another instance recorded it first
     return True
+
+
+# ----------------------------------------------------------------------- letter faults
+
+
+def record_letter_fault(
+    session: Session,
+    mailbox: str,
+    uidvalidity: int,
+    uid: str,
+    *,
+    action: str,
+    error: str,
+    now: datetime,
+    retry_after: Callable[[int], timedelta],
+) -> LetterFault:
+    """Note one more failure to fetch or file a letter; it rests until its next attempt.
+
+    ``retry_after(attempts)`` is the pause after that many failures in a row.
+    """
+    fault = session.scalar(
+        select(LetterFault).where(
+            LetterFault.mailbox == mailbox,
+            LetterFault.uidvalidity == uidvalidity,
+            LetterFault.uid == uid,
+        )
+    )
+    if fault is None:
+        fault = LetterFault(mailbox=mailbox, uidvalidity=uidvalidity, uid=uid, attempts=0,
+                            first_failed_at=now)
+        session.add(fault)
+    fault.attempts += 1
+    fault.action, fault.error = action, error
+    fault.next_attempt_at = now + retry_after(fault.attempts)
+    session.flush()
+    return fault
+
+
+def clear_letter_faults(session: Session, mailbox: str, uidvalidity: int,
+                        uids: Iterable[str]) -> None:
+    """These letters were fetched or filed after all."""
+    for chunk in _chunks(uids):
+        session.execute(
+            delete(LetterFault).where(
+                LetterFault.mailbox == mailbox,
+                LetterFault.uidvalidity == uidvalidity,
+                LetterFault.uid.in_(chunk),
+            )
+        )
+
+
+def letter_faults(session: Session, mailbox: str | None = None) -> list[LetterFault]:
+    """Letters set aside (of one mailbox, or all), the longest-failing first."""
+    query = select(LetterFault).order_by(LetterFault.first_failed_at, LetterFault.id)
+    if mailbox is not None:
+        query = query.where(LetterFault.mailbox == mailbox)
+    return list(session.scalars(query))
+
+
+def letter_fault_counts(session: Session) -> dict[str, int]:
+    """action (fetch, file) -> letters set aside."""
+    rows = session.execute(
+        select(LetterFault.action, func.count()).group_by(LetterFault.action)
+    )
+    return {action: count for action, count in rows}
 
 
 # ----------------------------------------------------------------------------- mailbox
