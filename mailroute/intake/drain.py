@@ -11,6 +11,10 @@ A crash after 1 finds the UID already saved and does not fetch it twice; after
 before its bytes are in the database, so nothing is lost. Bytes already stored
 under another key (after a UIDVALIDITY change, or a second copy) are recognised
 by their SHA-256 and filed like the stored letter, never processed twice.
+
+A letter the server will not serve, or will not move, is set aside in
+``letter_faults`` with a backoff of its own (``FAULT_RETRY_FIRST`` doubling up to
+``FAULT_RETRY_MAX``) while the rest of the folder goes on; `status` shows it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
 
 from mailroute import logs
 from mailroute.config import MailboxConfig
-from mailroute.intake.source import FetchedLetter, MailSource
+from mailroute.intake.arrival import plausible_arrival
+from mailroute.intake.source import FetchedLetter, MailSource, UnservedLetter
 from mailroute.process import Outcome, Pipeline, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
@@ -35,6 +42,14 @@ log = logs.get("mailroute.intake")
 MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse the save
     rb"^message-id:[ \t]*(<[\x21-\x3d\x3f-\x7e\x80-\xff]{1,990}>)", re.IGNORECASE | re.MULTILINE
 )
+FAULT_RETRY_FIRST = timedelta(minutes=1)
+FAULT_RETRY_MAX = timedelta(hours=1)
+
+
+def fault_retry_after(attempts: int) -> timedelta:
+    """The pause before a letter's next attempt after ``attempts`` failures in a row."""
+    pause: timedelta = FAULT_RETRY_FIRST * 2 ** min(attempts - 1, 16)
+    return min(pause, FAULT_RETRY_MAX)
 
 
 @dataclass
@@ -45,6 +60,8 @@ class DrainReport:
     saved: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
     filed: dict[str, int] = field(default_factory=dict)
+    unserved: int = 0  # letters the server would not hand over this pass
+    refused: int = 0  # letters it would not move
 
     def count(self, state: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.state == state)
@@ -92,13 +109,15 @@ class _Pass:
     report: DrainReport = field(default_factory=DrainReport)
     uidvalidity: int = 0
     copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
+    resting: set[str] = field(default_factory=set)  # uids set aside until a later pass
 
     def run(self) -> DrainReport:
         self.uidvalidity = self.source.select()
         uids = self.source.list_uids()
         with self.store.transaction() as session:
             known = repo.known_uids(session, self.source.name, self.uidvalidity, uids)
-        new = [uid for uid in uids if uid not in known]
+            self.resting = self._resting(session)
+        new = [uid for uid in uids if uid not in known and uid not in self.resting]
         size = self.mailbox.batch_size
         backlog = len(new) >= 2 * size  # worth starting workers for
         pipeline = self.pipeline
@@ -109,7 +128,7 @@ class _Pass:
             for start in range(0, len(new), size):
                 if self.stop.is_set():
                     break
-                saved = self._save_batch(list(self.source.fetch(new[start : start + size])))
+                saved = self._save_batch(self._fetch(new[start : start + size]))
                 raws = [raw for _id, raw in saved]
                 ahead.append(_InFlight(saved, understanding.submit(raws)))
                 if len(ahead) > 1:  # keep one batch being understood while this one is decided
@@ -135,22 +154,67 @@ class _Pass:
         self._process_and_file(up_to=max(ready, default=0), ready=ready)
         self.progress()
 
+    def _resting(self, session: Session) -> set[str]:
+        """UIDs of this folder whose fault's next attempt is still to come."""
+        now = self.clock()
+        return {fault.uid for fault in repo.letter_faults(session, self.source.name)
+                if fault.uidvalidity == self.uidvalidity and fault.next_attempt_at > now}
+
+    def _fetch(self, uids: list[str]) -> list[FetchedLetter]:
+        """The batch's letters; those the server would not serve are set aside."""
+        letters: list[FetchedLetter] = []
+        unserved: dict[str, str] = {}
+        for item in self.source.fetch(uids):
+            if isinstance(item, UnservedLetter):
+                unserved[item.uid] = item.error
+            else:
+                letters.append(item)
+        self._set_aside(unserved, "fetch")
+        self.report.unserved += len(unserved)
+        return letters
+
+    def _set_aside(self, failures: Mapping[str, str], action: str) -> None:
+        """Record each failed letter with its own next attempt, and say so once per attempt."""
+        if not failures:
+            return
+        now = self.clock()
+        with self.store.transaction() as session:
+            for uid, error in failures.items():
+                fault = repo.record_letter_fault(
+                    session, self.source.name, self.uidvalidity, uid, action=action,
+                    error=error, now=now, retry_after=fault_retry_after,
+                )
+                log.warning("letter set aside", uid=uid, action=action, error=error,
+                            attempts=fault.attempts, retry_at=fault.next_attempt_at.isoformat())
+        self.resting.update(failures)
+
     def _save_batch(self, batch: list[FetchedLetter]) -> list[tuple[int, bytes]]:
         """Commit a fetched batch's raw bytes in one transaction (one fsync, not one per
         letter). Nothing has moved on the server yet: a failure re-fetches the batch.
         Returns (id, bytes) of the letters saved anew."""
         now = self.clock()
         arrivals = [
-            repo.Arrival(f.uid, f.raw, header_message_id(f.raw), f.received_at or now)
+            repo.Arrival(f.uid, f.raw, header_message_id(f.raw), self._arrival(f, now))
             for f in batch
         ]
         with self.store.transaction() as session:
             saved = repo.save_letters(session, self.source.name, self.uidvalidity, arrivals, now)
             ids = [(letter.id, is_new) for letter, is_new in saved]
+            repo.clear_letter_faults(session, self.source.name, self.uidvalidity,
+                                     [f.uid for f in batch])
         for fetched, (letter_id, is_new) in zip(batch, ids, strict=True):
             self._note_saved(fetched, letter_id, is_new)
         return [(letter_id, f.raw) for f, (letter_id, is_new) in zip(batch, ids, strict=True)
                 if is_new]
+
+    @staticmethod
+    def _arrival(fetched: FetchedLetter, now: datetime) -> datetime:
+        """The server's arrival time, or ``now`` when it cannot be true (and a log line)."""
+        arrival = plausible_arrival(fetched.received_at, fetched.raw, now)
+        if arrival.replaced:
+            log.warning("arrival time replaced", uid=fetched.uid, reason=arrival.replaced,
+                        used=arrival.at.isoformat())
+        return arrival.at
 
     def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:
         self.report.fetched += 1
@@ -171,21 +235,29 @@ class _Pass:
             copy_states = repo.letter_states(session, list(self.copies.values()))
         by_folder: dict[str, list[str]] = {}
         for uid, state in moves.values():
-            by_folder.setdefault(self._folder_for(state), []).append(uid)
+            if uid not in self.resting:
+                by_folder.setdefault(self._folder_for(state), []).append(uid)
         for uid, letter_id in list(self.copies.items()):
             state = copy_states.get(letter_id, "pending")
             if state != "pending":
                 by_folder.setdefault(self._folder_for(state), []).append(uid)
                 del self.copies[uid]
+        refused: dict[str, str] = {}
         for folder, uids in by_folder.items():
-            self.source.file(uids, folder)
-            self.report.filed[folder] = self.report.filed.get(folder, 0) + len(uids)
-            log.info("letters filed", folder=folder, count=len(uids))
+            refused_here = self.source.file(uids, folder)
+            refused.update(refused_here)
+            filed = len(uids) - len(refused_here)
+            self.report.filed[folder] = self.report.filed.get(folder, 0) + filed
+            log.info("letters filed", folder=folder, count=filed)
         with self.store.transaction() as session:
-            for folder in by_folder:
-                ids = [lid for lid, (_uid, state) in moves.items()
-                       if self._folder_for(state) == folder]
+            for folder, uids in by_folder.items():
+                moved = set(uids) - refused.keys()
+                ids = [lid for lid, (uid, state) in moves.items()
+                       if uid in moved and self._folder_for(state) == folder]
                 repo.mark_filed(session, ids, folder)
+                repo.clear_letter_faults(session, self.source.name, self.uidvalidity, moved)
+        self._set_aside(refused, "file")
+        self.report.refused += len(refused)
 
     def _folder_for(self, state: str) -> str:
         if state == "quarantined":

@@ -49,13 +49,14 @@ class MaildirSource:
             received = datetime.fromtimestamp(_mtime(path), tz=UTC)
             yield FetchedLetter(uid=uid, raw=raw, received_at=received)
 
-    def file(self, uids: Sequence[str], folder: str) -> None:
+    def file(self, uids: Sequence[str], folder: str) -> dict[str, str]:
         target = self._ensure_folder(folder)
         files = self._files()
         for uid in uids:
             path = files.get(uid)
             if path is not None:
                 path.rename(target / "cur" / f"{uid}:2,S")
+        return {}
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(min(timeout, self.config.poll_interval))

@@ -21,6 +21,15 @@ class FetchedLetter:
     received_at: datetime | None
 
 
+@dataclass(frozen=True)
+class UnservedLetter:
+    """A letter the server would not hand over (a NO, a broken literal, a timeout on it
+    alone): set aside with its own backoff so the rest of the folder goes on."""
+
+    uid: str
+    error: str
+
+
 class MailSource(Protocol):
     """A folder of new letters, and folders to file them into once they are saved.
 
@@ -36,11 +45,13 @@ class MailSource(Protocol):
     def list_uids(self) -> list[str]:
         """UIDs of all letters in the intake folder, in arrival order."""
 
-    def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter]:
-        """The raw bytes of these letters, without marking them seen."""
+    def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter | UnservedLetter]:
+        """The raw bytes of these letters, without marking them seen; a letter the server
+        will not serve comes as UnservedLetter, the outage of the server as an error."""
 
-    def file(self, uids: Sequence[str], folder: str) -> None:
-        """Move these letters to ``folder``, creating it if needed."""
+    def file(self, uids: Sequence[str], folder: str) -> dict[str, str]:
+        """Move these letters to ``folder``, creating it if needed; returns uid -> reason
+        for letters the server refused to move (the others were moved)."""
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Block until something may have arrived, ``timeout`` passes, or ``stop`` is set."""
