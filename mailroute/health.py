@@ -4,7 +4,9 @@ Unhealthy (exit code 1) when the mailbox has not been polled successfully for
 ``max_poll_age`` seconds, when an error is newer than the last good poll, or
 when a reply due more than ``max_reply_delay`` seconds ago is still unsent, while
 the SMTP relay refuses replies for the desk's reasons (an open ``smtp-relay``
-alert), and while the desk-wide reply cap holds replies back (hit within the hour).
+alert), while the desk-wide reply cap holds replies back (hit within the hour),
+and while the server will not serve or move a letter (it waits in the intake
+folder, retried on its own, and needs a person to look at the server).
 Reply caps hit lately and the number of active suppressions are shown too.
 """
 
@@ -40,6 +42,7 @@ class Health:
     caps: list[str] = field(default_factory=list)  # reply caps hit within the hour
     suppressed: int = 0  # addresses not answered (suppressions not expired)
     desk_cap_hit: bool = False
+    letter_faults: list[str] = field(default_factory=list)  # "uid N (fetch): error", oldest first
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -64,6 +67,7 @@ class Health:
             "alerts": self.alerts,
             "caps": self.caps,
             "suppressed": self.suppressed,
+            "letter_faults": self.letter_faults,
         }
 
 
@@ -83,6 +87,11 @@ def check_health(
         mailboxes = list(session.scalars(select(MailboxState)))
         health.suppressed = repo.suppression_count(session, now - suppress_for)
         _summarise_alerts(health, alerts.all_alerts(session), now)
+        health.letter_faults = [
+            f"uid {fault.uid} ({fault.action}, {fault.attempts} attempts since "
+            f"{fault.first_failed_at:%Y-%m-%d %H:%M} UTC): {fault.error}"
+            for fault in repo.letter_faults(session)
+        ]
     _summarise_mailboxes(health, mailboxes)
     health.problems = _problems(health, config, now)
     return health
@@ -124,6 +133,9 @@ def _problems(health: Health, config: HealthConfig, now: datetime) -> list[str]:
         health.last_poll_at is None or health.last_error_at > health.last_poll_at
     ):
         problems.append(f"failing: {health.last_error}")
+    if health.letter_faults:
+        problems.append(f"{len(health.letter_faults)} letter(s) the server will not serve or "
+                        f"move, e.g. {health.letter_faults[0]}")
     late = health.oldest_unsent_due
     if late and now - late > timedelta(seconds=config.max_reply_delay):
         problems.append(f"a reply due at {late:%Y-%m-%d %H:%M} UTC is still unsent")
@@ -147,5 +159,7 @@ def render(health: Health) -> str:
         f"  oldest unsent reply   due {data['oldest_unsent_due'] or '-'}",
         f"  last error            {health.last_error or '-'}"
         + (f" at {data['last_error_at']}" if health.last_error_at else ""),
+        f"  letters set aside     {len(health.letter_faults)}",
     ]
+    lines += [f"    {fault}" for fault in health.letter_faults[:10]]
     return "\n".join(lines)

@@ -39,6 +39,9 @@ class Metrics:
                                   "Replies refused with 5xx, by fault: desk (relay policy, "
                                   "content) or recipient (suppressed)", ["fault"],
                                   registry=self.registry)
+        self.letter_faults = Counter("mailroute_letter_faults",
+                                     "Letters the server would not serve (fetch) or move (file)",
+                                     ["action"], registry=self.registry)
         self.breaches = Counter("mailroute_sla_breaches", "SLA breaches reported, by target",
                                 ["target"], registry=self.registry)
         self.poll_seconds = Histogram("mailroute_poll_seconds", "Duration of one mailbox pass",
@@ -54,6 +57,9 @@ class Metrics:
             self.letters.labels(outcome.state).inc()
             if outcome.state == "processed" and outcome.request_type:
                 self.requests.labels(outcome.request_type).inc()
+        for action, count in (("fetch", report.unserved), ("file", report.refused)):
+            if count:
+                self.letter_faults.labels(action).inc(count)
 
     def observe_delivery(self, report: DeliveryReport) -> None:
         for result, items in (("sent", report.sent), ("retried", report.retried),
@@ -100,6 +106,7 @@ class QueueCollector(Collector):
                 pending = repo.pending_count(session)
                 quarantined = repo.quarantined_count(session)
                 found = alerts.all_alerts(session)
+                faults = repo.letter_fault_counts(session)
         except Exception:  # a scrape must not fail because the database is away
             return
         gauge = GaugeMetricFamily("mailroute_outbox", "Outbox rows by state", labels=["state"])
@@ -119,3 +126,9 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("mailroute_alerts_open", "Open alerts (the desk must act)",
                                 value=sum(1 for a in found
                                           if a.key not in alerts.CAPS and a.cleared_at is None))
+        aside = GaugeMetricFamily("mailroute_letters_set_aside",
+                                  "Letters waiting for their own retry: the server would not "
+                                  "serve (fetch) or move (file) them", labels=["action"])
+        for action in ("fetch", "file"):
+            aside.add_metric([action], faults.get(action, 0))
+        yield aside

@@ -212,11 +212,16 @@ class ImapSource:
 
     def _fetch_checked(self, uids: Sequence[str]) -> list[FetchedLetter]:
         """One FETCH, every item checked: the UID one asked for, BODY[] present and exactly
-        RFC822.SIZE bytes long (a literal longer than that held the next response's
-        bytes; a shorter one was cut)."""
+        RFC822.SIZE bytes long (a shorter literal was cut), and in a batch every UID
+        answered: a literal announced too long swallows the start of the next response,
+        and imapclient then files the next letter's body under this UID and drops the
+        next one. A letter expunged meanwhile looks the same, and costs one refetch."""
         wanted = {int(uid) for uid in uids}
         with _mapped("fetch"):
             response = self._require().fetch(sorted(wanted), FETCH_ITEMS)
+        if len(wanted) > 1 and (missing := wanted - set(response)):
+            raise _Malformed(f"FETCH of {len(wanted)} letters did not answer UID "
+                             f"{min(missing)} (and {len(missing) - 1} more)")
         letters = []
         for uid in sorted(response):
             data = response[uid]

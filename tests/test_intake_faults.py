@@ -1,0 +1,233 @@
+"""Servers that misbehave: one letter it will not serve, a dripped greeting, bad clocks.
+
+Dovecot cannot produce most of these, so they run against the scripted server in
+tests/support/imapserver.py; arrival times also against Dovecot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from support.dovecot import ImapAccount
+from support.imapserver import ScriptedImapServer
+
+from mailroute.config import Config, HealthConfig
+from mailroute.errors import MailboxUnavailable
+from mailroute.health import check_health
+from mailroute.intake.drain import drain
+from mailroute.intake.imap import ImapSource
+from mailroute.metrics import Metrics
+from mailroute.process import Pipeline
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.models import Letter
+
+NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
+
+
+def letter(number: int, date: str = "Tue, 08 Dec 2026 08:00:00 +0000") -> bytes:
+    return (f"From: customer{number}@example.org\r\nTo: servicedesk@example.com\r\n"
+            f"Subject: printer {number} does not print\r\nDate: {date}\r\n"
+            f"Message-ID: <scripted-{number}@example.org>\r\n\r\n"
+            f"Printer number {number} in room {number} stopped printing.\r\n").encode()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedImapServer]:
+    with ScriptedImapServer() as server:
+        yield server
+
+
+_stores: list[Store] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_stores() -> Iterator[None]:
+    yield
+    for store in _stores:
+        store.dispose()
+    _stores.clear()
+
+
+def setup(host: str, port: int, database_url: str, username: str = "desk",
+          password: str = "secret", **mailbox: object) -> tuple[Config, Store, Pipeline]:
+    config = Config.model_validate({
+        "mailbox": {"host": host, "port": port, "security": "none", "username": username,
+                    "password": password, **mailbox},
+        "database": {"url": database_url},
+        "replies": {"window": "always"},
+    })
+    store = Store(database_url)
+    store.upgrade()
+    _stores.append(store)
+    return config, store, Pipeline.from_config(config)
+
+
+def stored(store: Store) -> dict[str, tuple[bytes, datetime]]:
+    with store.transaction() as session:
+        return {row.uid: (row.raw, row.received_at) for row in session.query(Letter)}
+
+
+# ------------------------------------------------------- one letter the server cannot serve
+
+
+@pytest.mark.parametrize("fault", ["no", "short", "long"])
+def test_one_letter_the_server_cannot_serve_does_not_block_the_rest(
+    scripted: ScriptedImapServer, database_url: str, fault: str
+) -> None:
+    """NO [SERVERBUG], a literal cut short, a literal that swallows the next response: the
+    other 19 letters are saved byte-exact and filed; the bad one waits with its own
+    backoff, is shown by status and the metrics, and is taken once the server serves it."""
+    originals = {scripted.add(letter(n), NOW - timedelta(hours=1)): letter(n)
+                 for n in range(1, 21)}
+    bad = 7
+    scripted.faults[bad] = fault
+    config, store, pipeline = setup(scripted.host, scripted.port, database_url, timeout=2)
+    clock = [NOW]
+    source = ImapSource(config.mailbox)
+    try:
+        report = drain(source, store, pipeline, config.mailbox, lambda: clock[0])
+    finally:
+        source.close()
+
+    saved = stored(store)
+    assert sorted(map(int, saved)) == sorted(set(originals) - {bad})
+    assert all(saved[str(uid)][0] == originals[uid] for uid in originals if uid != bad)
+    assert scripted.uids("INBOX") == [bad]
+    assert len(scripted.uids("Processed")) == 19
+    assert report.unserved == 1
+    with store.transaction() as session:
+        (fault_row,) = repo.letter_faults(session)
+        assert (fault_row.uid, fault_row.action, fault_row.attempts) == (str(bad), "fetch", 1)
+        assert fault_row.next_attempt_at == NOW + timedelta(minutes=1)
+    health = check_health(store, HealthConfig(), NOW)
+    assert not health.healthy
+    assert any("will not serve" in problem and f"uid {bad}" in problem
+               for problem in health.problems)
+    metrics = Metrics(store)
+    metrics.observe_drain(report, 1.0)
+    assert metrics.registry.get_sample_value("mailroute_letters_set_aside",
+                                             {"action": "fetch"}) == 1
+    assert metrics.registry.get_sample_value("mailroute_letter_faults_total",
+                                             {"action": "fetch"}) == 1
+
+    # Resting: the next pass does not ask for it again; nor does it fail.
+    asked = len(scripted.fetches)
+    source = ImapSource(config.mailbox)
+    try:
+        drain(source, store, pipeline, config.mailbox, lambda: clock[0])
+        assert len(scripted.fetches) == asked
+
+        # Served again after its backoff: saved, filed, no longer reported.
+        del scripted.faults[bad]
+        clock[0] = NOW + timedelta(minutes=2)
+        drain(source, store, pipeline, config.mailbox, lambda: clock[0])
+    finally:
+        source.close()
+    assert stored(store)[str(bad)][0] == originals[bad]
+    assert scripted.uids("INBOX") == []
+    with store.transaction() as session:
+        assert repo.letter_faults(session) == []
+
+
+def test_a_letter_that_fails_again_backs_off_further(
+    scripted: ScriptedImapServer, sqlite_url: str
+) -> None:
+    scripted.add(letter(1), NOW)
+    scripted.faults[1] = "no"
+    config, store, pipeline = setup(scripted.host, scripted.port, sqlite_url)
+    source = ImapSource(config.mailbox)
+    try:
+        for minutes in (0, 2, 5):
+            drain(source, store, pipeline, config.mailbox, lambda m=minutes: NOW + timedelta(minutes=m))
+    finally:
+        source.close()
+    with store.transaction() as session:
+        (fault,) = repo.letter_faults(session)
+    assert fault.attempts == 3
+    assert fault.next_attempt_at == NOW + timedelta(minutes=5 + 4)
+    assert "SERVERBUG" in fault.error
+
+
+def test_a_server_that_goes_away_is_an_outage_not_a_letter_fault(
+    scripted: ScriptedImapServer, sqlite_url: str
+) -> None:
+    for n in range(1, 4):
+        scripted.add(letter(n), NOW)
+    config, store, pipeline = setup(scripted.host, scripted.port, sqlite_url, timeout=2)
+    source = ImapSource(config.mailbox)
+    source.select()
+    uids = source.list_uids()
+    scripted.close()
+    try:
+        with pytest.raises(MailboxUnavailable):
+            list(source.fetch(uids))
+    finally:
+        source.close()
+
+
+# ------------------------------------------------------------------- dripped greeting
+
+
+def test_a_dripped_greeting_does_not_hold_intake_past_timeout(
+    scripted: ScriptedImapServer,
+) -> None:
+    """One byte every 0.2 s keeps each read well inside a 1 s timeout; the whole connect
+    must still give up after about 1 s, naming the server."""
+    scripted.drip_greeting = True
+    config = Config.model_validate({"mailbox": {
+        "host": scripted.host, "port": scripted.port, "security": "none",
+        "username": "desk", "password": "secret", "timeout": 1}})
+    source = ImapSource(config.mailbox)
+    outcome: list[BaseException | int] = []
+
+    def connect() -> None:
+        try:
+            outcome.append(source.select())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(30)
+    elapsed = time.monotonic() - started
+    source.close()
+    assert not thread.is_alive(), "connect still waiting for the greeting after 30 s"
+    (error,) = outcome
+    assert isinstance(error, MailboxUnavailable)
+    assert f"{scripted.host}:{scripted.port}" in str(error)
+    assert "mailbox.timeout" in str(error)
+    assert elapsed < 15
+
+
+# ----------------------------------------------------------------------- arrival times
+
+
+@pytest.mark.parametrize("internaldate", [
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(2099, 1, 1, tzinfo=UTC),
+])
+def test_an_implausible_arrival_time_is_replaced_by_the_time_first_seen(
+    imap_account: ImapAccount, database_url: str, internaldate: datetime
+) -> None:
+    """Dovecot keeps whatever INTERNALDATE an APPEND gives; an SLA clock must not."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    date = now.strftime("%a, %d %b %Y %H:%M:%S +0000")
+    with imap_account.client() as imap:
+        imap.append("INBOX", letter(1, date), msg_time=internaldate)
+        imap.append("INBOX", letter(2, date), msg_time=now - timedelta(hours=2))
+    config, store, pipeline = setup(imap_account.host, imap_account.port, database_url,
+                                    imap_account.username, imap_account.password)
+    source = ImapSource(config.mailbox)
+    try:
+        drain(source, store, pipeline, config.mailbox, lambda: now)
+    finally:
+        source.close()
+    arrivals = {raw: received for raw, received in stored(store).values()}
+    assert arrivals[letter(1, date)] == now
+    assert arrivals[letter(2, date)] == now - timedelta(hours=2)  # plausible: kept
