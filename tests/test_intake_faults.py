@@ -143,7 +143,8 @@ def test_a_letter_that_fails_again_backs_off_further(
     source = ImapSource(config.mailbox)
     try:
         for minutes in (0, 2, 5):
-            drain(source, store, pipeline, config.mailbox, lambda m=minutes: NOW + timedelta(minutes=m))
+            moment = NOW + timedelta(minutes=minutes)
+            drain(source, store, pipeline, config.mailbox, lambda at=moment: at)
     finally:
         source.close()
     with store.transaction() as session:
@@ -158,7 +159,7 @@ def test_a_server_that_goes_away_is_an_outage_not_a_letter_fault(
 ) -> None:
     for n in range(1, 4):
         scripted.add(letter(n), NOW)
-    config, store, pipeline = setup(scripted.host, scripted.port, sqlite_url, timeout=2)
+    config, _store, _pipeline = setup(scripted.host, scripted.port, sqlite_url, timeout=2)
     source = ImapSource(config.mailbox)
     source.select()
     uids = source.list_uids()
