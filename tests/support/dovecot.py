@@ -40,7 +40,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -148,7 +148,7 @@ class DovecotServer:
     host = "127.0.0.1"
 
     def __init__(
-        self, root: Path | None = None, *, oauth2_introspection_url: str | None = None
+        self, root: Path | None = None, *, oauth2_introspection_url: str | None = None,
     ) -> None:
         self.binary = dovecot_binary()
         if not self.binary.is_file():
@@ -245,6 +245,29 @@ class DovecotServer:
         temporary.chmod(0o644)  # the auth process runs as the dovecot user
         os.replace(temporary, user_file)
         return ImapAccount(self.host, self.port, username, password)
+
+    def fill_maildir(self, username: str, count: int, letter: Callable[[int], bytes]) -> None:
+        """Put ``letter(0)`` ... ``letter(count - 1)`` straight into the user's INBOX on disk.
+
+        Far faster than APPEND for a folder of 200,000 letters: files go to ``cur/``
+        (Dovecot need not rename them out of ``new/``), each named with its size
+        (``,S=``, and ``,W=`` as the letters have CRLF line ends) so Dovecot need not read
+        it to know it. Dovecot gives them UIDs, in name order, when the folder is next
+        opened.
+        """
+        mail_user = _mail_user()
+        maildir = self.root / "home" / username / "Maildir"
+        for path in (maildir.parent, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
+            path.mkdir(exist_ok=True)
+            os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
+        cur = maildir / "cur"
+        base = int(time.time())
+        for number in range(count):
+            raw = letter(number)
+            size = len(raw)
+            path = cur / f"{base}.M{number:07d}P1.mailroute,S={size},W={size}:2,"
+            path.write_bytes(raw)
+            os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
 
     def kill_connections(self, username: str = "*") -> None:
         """Disconnect IMAP clients of *username* (all by default) with ``doveadm kick``.

@@ -13,7 +13,9 @@ Faults per UID (``ScriptedImapServer.faults[uid] = ...``):
 - ``"no"``: any FETCH naming this UID is answered ``NO [SERVERBUG]``;
 - ``"short"``: its literal is announced 40 bytes shorter than the letter (broken);
 - ``"long"``: its literal is announced 40 bytes longer, so it swallows what follows;
-- ``"wrong-uid"``: its FETCH response names another UID.
+- ``"wrong-uid"``: its FETCH response names another UID;
+- ``"over-quota"``: any MOVE or COPY naming it is refused ``NO [OVERQUOTA]`` (Dovecot's
+  quota lets a MOVE within one quota root through, so it cannot show this).
 
 ``drip_greeting`` sends the greeting one byte every ``drip_interval`` seconds.
 """
@@ -278,6 +280,12 @@ class _Session:
     def transfer(self, tag: str, args: str, remove: bool) -> None:
         uid_set, _, folder = args.partition(" ")
         folder = _unquote(folder)
+        with self.server._lock:
+            top_uid = max((m.uid for m in self.messages()), default=0)
+        if any(self.server.faults.get(uid) == "over-quota"
+               for uid in _parse_set(uid_set, top_uid)):
+            self.line(f"{tag} NO [OVERQUOTA] Quota exceeded (mailbox for user is full)")
+            return
         expunged = []
         with self.server._lock:
             messages = self.messages()
