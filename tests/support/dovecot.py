@@ -148,7 +148,7 @@ class DovecotServer:
     host = "127.0.0.1"
 
     def __init__(
-        self, root: Path | None = None, *, oauth2_introspection_url: str | None = None,
+        self, root: Path | None = None, *, oauth2_introspection_url: str | None = None
     ) -> None:
         self.binary = dovecot_binary()
         if not self.binary.is_file():
