@@ -209,14 +209,27 @@ def test_a_dripped_greeting_does_not_hold_intake_past_timeout(
 # ----------------------------------------------------------------------- arrival times
 
 
-@pytest.mark.parametrize("internaldate", [
-    datetime(1970, 1, 1, tzinfo=UTC),
-    datetime(2099, 1, 1, tzinfo=UTC),
-])
+def test_a_future_arrival_time_is_replaced_by_the_time_first_seen(
+    scripted: ScriptedImapServer, sqlite_url: str
+) -> None:
+    """2099 would never breach. (Dovecot itself turns a future APPEND date into now.)"""
+    scripted.add(letter(1), datetime(2099, 1, 1, tzinfo=UTC))
+    scripted.add(letter(2), NOW + timedelta(hours=20))  # within a day: clocks drift
+    config, store, pipeline = setup(scripted.host, scripted.port, sqlite_url)
+    source = ImapSource(config.mailbox)
+    try:
+        drain(source, store, pipeline, config.mailbox, lambda: NOW)
+    finally:
+        source.close()
+    arrivals = {raw: received for raw, received in stored(store).values()}
+    assert arrivals == {letter(1): NOW, letter(2): NOW + timedelta(hours=20)}
+
+
+@pytest.mark.parametrize("internaldate", [datetime(1970, 1, 1, tzinfo=UTC)])
 def test_an_implausible_arrival_time_is_replaced_by_the_time_first_seen(
     imap_account: ImapAccount, database_url: str, internaldate: datetime
 ) -> None:
-    """Dovecot keeps whatever INTERNALDATE an APPEND gives; an SLA clock must not."""
+    """Dovecot keeps an APPEND's INTERNALDATE of 1970; an SLA clock must not."""
     now = datetime.now(UTC).replace(microsecond=0)
     date = now.strftime("%a, %d %b %Y %H:%M:%S +0000")
     with imap_account.client() as imap:
