@@ -499,13 +499,26 @@ class Daemon:
             self.reload()
 
     def reload(self) -> bool:
-        """Re-read the config; keep the old one if the new one is invalid."""
+        """Re-read the config; keep the old one, and keep running, if that fails in any way.
+
+        A reload runs on the main thread: whatever escaped from here (the database
+        away while the registry is re-read, an unreadable templates directory, a bug)
+        ended the daemon. Every failure is one log line and the old config stays.
+        """
         self._notifier.reloading("reloading configuration")
         try:
             fresh = config_module.load(self.config_path)
             pipeline = Pipeline.from_config(fresh, self.store)
         except (ConfigError, ValueError) as exc:
-            log.error("config reload rejected", error=str(exc).replace("\n", " "))
+            log.error("config reload rejected", error=_one_line(exc))
+            return False
+        except TransientError as exc:
+            log.error("config reload failed", error=_one_line(exc),
+                      detail="the old config is kept; send SIGHUP again once this is resolved")
+            return False
+        except Exception as exc:  # a reload must never stop the daemon
+            log.error("config reload failed", error=f"{type(exc).__name__}: {_one_line(exc)}",
+                      detail="the old config is kept")
             return False
         else:
             self.config, self.pipeline = fresh, pipeline
@@ -516,3 +529,7 @@ class Daemon:
 
     def _db_label(self) -> str:
         return self.store.engine.url.render_as_string(hide_password=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ")

@@ -1,0 +1,209 @@
+"""The database fails under a running daemon: a reload never kills it, a replaced or
+unlinked SQLite file stops intake (letters stay in the INBOX) and `status` says why.
+
+Each test has a database of its own: PostgreSQL ones are made unreachable by refusing
+connections to that database only (``ALLOW_CONNECTIONS false`` and ending its sessions),
+never by stopping the server other tests share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+from support.configs import write_config
+from support.databases import postgres_server_url
+from support.dovecot import ImapAccount
+from support.smtp import SmtpSink
+
+MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+
+
+def letter(tag: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = f"{tag}@client.example"
+    message["To"] = "servicedesk@example.com"
+    message["Subject"] = f"Не работает отчёт {tag}"
+    message["Message-ID"] = f"<{tag}@client.example>"
+    message.set_content(f"Не работает отчёт {tag}.\n\nООО «Клиент»\nрег. номер 800123456")
+    return bytes(message)
+
+
+def mailroute(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MAILROUTE, "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+class RunningDaemon:
+    """``mailroute run`` in a subprocess: its log in a file, its sd_notify messages kept."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self.notices: list[str] = []
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(log.with_suffix(".notify")))
+        self._notify.settimeout(0.1)
+        env = {**os.environ, "NOTIFY_SOCKET": self._notify.getsockname(),
+               "PYTHONUNBUFFERED": "1"}
+        with log.open("ab") as stderr:
+            self.process = subprocess.Popen([*MAILROUTE, "--config", str(config), "run"],
+                                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        self._listening = True
+        self._listener = threading.Thread(target=self._listen, daemon=True)
+        self._listener.start()
+
+    def _listen(self) -> None:
+        """Read every notification at once: a full datagram queue would block the daemon."""
+        while self._listening:
+            with contextlib.suppress(TimeoutError, OSError):
+                self.notices.append(self._notify.recv(4096).decode())
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def events(self, name: str) -> int:
+        return self.text().count(f'event="{name}"')
+
+    def wait_notice(self, wanted: str, after: int = 0, timeout: float = 30) -> int:
+        """Wait for an sd_notify message containing ``wanted`` at index ``after`` or later;
+        returns its index."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = list(self.notices)
+            for index in range(after, len(seen)):
+                if wanted in seen[index]:
+                    return index
+            assert self.alive, f"daemon exited {self.process.returncode}: {self.text()[-3000:]}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {wanted!r} within {timeout} s: {self.notices[after:][-5:]}")
+
+    def reload(self) -> None:
+        """SIGHUP, and wait until the daemon says it is ready again."""
+        seen = len(self.notices)
+        self.process.send_signal(signal.SIGHUP)
+        reloading = self.wait_notice("RELOADING=1", after=seen)
+        self.wait_notice("READY=1", after=reloading)
+
+    def terminate(self) -> int:
+        if self.alive:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise
+
+    def close(self) -> None:
+        if self.alive:
+            self.terminate()
+        self._listening = False
+        self._listener.join()
+        self._notify.close()
+
+
+@contextmanager
+def running(config: Path, log: Path) -> Iterator[RunningDaemon]:
+    daemon = RunningDaemon(config, log)
+    try:
+        daemon.wait_notice("READY=1")
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def configured(tmp_path: Path, account: ImapAccount, sink: SmtpSink, url: str) -> Path:
+    config = write_config(tmp_path / "config.toml", account=account, sink=sink,
+                          database_url=url,
+                          extra={"mailbox": {"timeout": 5}, "smtp": {"timeout": 5}})
+    result = mailroute(config, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    return config
+
+
+def renamed_sender(config: Path, name: str) -> None:
+    """A valid config that differs: replies come from another display name."""
+    current = config.read_text(encoding="utf-8")
+    assert 'from_name = "ServiceDesk"' in current
+    config.write_text(current.replace('from_name = "ServiceDesk"', f'from_name = "{name}"'),
+                      encoding="utf-8")
+
+
+def sender_name(sink: SmtpSink, count: int) -> str:
+    reply = sink.wait_for(count, timeout=30)[count - 1]
+    return str(reply.message["From"].addresses[0].display_name)
+
+
+# ----------------------------------------------------------- PostgreSQL unreachable
+
+
+@contextmanager
+def connections_refused(url: str) -> Iterator[None]:
+    """This test's database refuses new connections and its sessions are ended; the
+    server and every other database go on serving."""
+    name = make_url(url).database
+    admin = create_engine(postgres_server_url(), isolation_level="AUTOCOMMIT",
+                          poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE datname = :name AND pid <> pg_backend_pid()"),
+                         {"name": name})
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def test_a_valid_reload_while_postgresql_is_unreachable_keeps_the_daemon(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, postgres_url: str,
+) -> None:
+    """The reload re-reads the imported registry from the database; with the database
+    away that raised out of the main loop and the daemon exited 1."""
+    config = configured(tmp_path, imap_account, smtp_sink, postgres_url)
+    with running(config, tmp_path / "daemon.log") as daemon:
+        with connections_refused(postgres_url):
+            renamed_sender(config, "During Outage")
+            daemon.reload()
+            time.sleep(1)
+            assert daemon.alive, daemon.text()[-3000:]
+        imap_account.append(letter("after-outage"))
+        assert sender_name(smtp_sink, 1) == "ServiceDesk"  # the old config was kept
+        daemon.reload()  # the database is back: the same config now applies
+        imap_account.append(letter("after-reload"))
+        assert sender_name(smtp_sink, 2) == "During Outage"
+        assert daemon.terminate() == 0
+    log = daemon.text()
+    assert daemon.events("config reload failed") == 1, log
+    assert "database unavailable" in log and "config reloaded" in log
+    assert "Traceback" not in log, log
+    assert imap_account.uids("INBOX") == []
