@@ -401,11 +401,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mailroute.health import check_health, render
+    from mailroute.health import Health, check_health, database_file_problems, render
 
     config = load_config(args)
-    health = check_health(open_store(config), config.health, datetime.now(UTC),
-                          timedelta(seconds=config.replies.suppress_for))
+    problems = database_file_problems(config.database.url)
+    if problems:
+        health = Health(problems=problems)
+    else:
+        health = check_health(open_store(config), config.health, datetime.now(UTC),
+                              timedelta(seconds=config.replies.suppress_for))
     print(json.dumps(health.as_dict(), indent=2) if args.json else render(health))
     return 0 if health.healthy else EXIT_FAILURE
 

@@ -6,6 +6,7 @@
     ├── ConfigError                bad configuration: refuse to start (names key and line)
     ├── DatabaseNotReady           schema missing or behind: run `mailroute db upgrade`
     ├── TransientError             try again later (server away, 4xx, lock held)
+    │   ├── DatabaseFileReplaced   the SQLite file was moved, replaced or deleted under us
     │   ├── MailboxUnavailable     IMAP/Maildir cannot be reached or selected
     │   └── SmtpTemporaryFailure   SMTP 4xx or connection trouble
     └── PermanentError             retrying will not help
@@ -34,6 +35,14 @@ class DatabaseNotReady(MailrouteError):
 
 class TransientError(MailrouteError):
     """A failure that may go away by itself; the operation is retried with backoff."""
+
+
+class DatabaseFileReplaced(TransientError):
+    """The SQLite file this process opened is no longer the file at its path.
+
+    Writing on would put records in a file nobody will read again (or start a second
+    database at the path), so nothing is written until the file is back.
+    """
 
 
 class MailboxUnavailable(TransientError):

@@ -1,4 +1,4 @@
-"""`mailroute status`: is the daemon doing its job? Read from the database only.
+"""`mailroute status`: is the daemon doing its job? Read from the database.
 
 Unhealthy (exit code 1) when the mailbox has not been polled successfully for
 ``max_poll_age`` seconds, when an error is newer than the last good poll, or
@@ -8,6 +8,10 @@ alert), while the desk-wide reply cap holds replies back (hit within the hour),
 and while the server will not serve or move a letter (it waits in the intake
 folder, retried on its own, and needs a person to look at the server).
 Reply caps hit lately and the number of active suppressions are shown too.
+
+A SQLite file is looked at before it is opened: when it is missing, or a running
+daemon reported (in the alarm file beside it) that it is not the file it opened,
+that is the only problem shown, since the rows at the path are not the daemon's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mailroute.config import HealthConfig
 from mailroute.guard import DESK_WINDOW
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.store.db import read_alarm, sqlite_file
 from mailroute.store.models import Alert, MailboxState, OutboxItem
 
 
@@ -69,6 +74,21 @@ class Health:
             "suppressed": self.suppressed,
             "letter_faults": self.letter_faults,
         }
+
+
+def database_file_problems(url: str) -> list[str]:
+    """Problems with the SQLite file itself, found without opening it (opening a
+    missing file would create an empty database at its path)."""
+    path = sqlite_file(url)
+    if path is None:
+        return []
+    if not path.exists():
+        return [
+            f"the SQLite database {path} does not exist: moved or deleted? A running "
+            "daemon writes nothing until it is back"
+        ]
+    alarm = read_alarm(path)
+    return [alarm] if alarm else []
 
 
 def check_health(

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -207,3 +206,98 @@ def test_a_valid_reload_while_postgresql_is_unreachable_keeps_the_daemon(
     assert "database unavailable" in log and "config reloaded" in log
     assert "Traceback" not in log, log
     assert imap_account.uids("INBOX") == []
+
+
+# ------------------------------------------------------ the SQLite file under our feet
+
+
+def sqlite_path(url: str) -> Path:
+    return Path(make_url(url).database or "")
+
+
+def status(config: Path) -> tuple[int, dict[str, object]]:
+    result = mailroute(config, "status", "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def noticed_or_filed(daemon: RunningDaemon, account: ImapAccount) -> Callable[[], bool]:
+    """The daemon logged the file problem, or (the fault) filed the letters anyway."""
+    return lambda: (daemon.events("database file replaced") >= 1
+                    or not account.uids("INBOX"))
+
+
+def test_sqlite_file_moved_away_stops_intake_until_it_is_back(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, sqlite_url: str,
+) -> None:
+    """Letters were filed while their records went to the unlinked file, silently.
+    Now intake stops (letters stay in the INBOX), `status` names the file, a reload
+    meanwhile keeps the daemon, and all resumes when the file is back."""
+    config = configured(tmp_path, imap_account, smtp_sink, sqlite_url)
+    path = sqlite_path(sqlite_url)
+    away = path.with_name("moved-away.db")
+    with running(config, tmp_path / "daemon.log") as daemon:
+        imap_account.append(letter("before"))
+        sender_name(smtp_sink, 1)
+        path.rename(away)
+        for number in range(3):
+            imap_account.append(letter(f"while-away-{number}"))
+        wait_until(noticed_or_filed(daemon, imap_account), 30, "the daemon noticed")
+        renamed_sender(config, "Meanwhile")
+        daemon.reload()
+        time.sleep(2)  # time to (wrongly) file the letters
+        assert daemon.alive, daemon.text()[-3000:]
+        assert len(imap_account.uids("INBOX")) == 3
+        code, health = status(config)
+        assert not path.exists(), "status created an empty database at the path"
+        away.rename(path)
+        wait_until(lambda: imap_account.uids("INBOX") == [], 60, "intake resumed")
+        assert len(smtp_sink.wait_for(4, timeout=30)) == 4
+        back_code, back_health = status(config)
+        assert daemon.terminate() == 0
+    log = daemon.text()
+    assert code == 1 and str(path) in " ".join(health["problems"]), health  # type: ignore[arg-type]
+    assert back_code == 0, back_health
+    assert daemon.events("database file replaced") == 1, log
+    assert daemon.events("database file back") == 1, log
+    assert daemon.events("config reload failed") == 1, log
+    assert "Traceback" not in log, log
+    engine = create_engine(sqlite_url, poolclass=NullPool)
+    with engine.connect() as conn:
+        requests = conn.execute(text("select count(*) from requests")).scalar()
+        filed = conn.execute(text("select count(*) from letters where filed_to is not null")
+                             ).scalar()
+    engine.dispose()
+    assert requests == 4 and filed == 4
+
+
+def test_sqlite_file_replaced_keeps_letters_in_the_inbox_and_status_says_why(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, sqlite_url: str,
+) -> None:
+    """A copy renamed over the file (a restored backup): the daemon must not go on
+    writing to the file it has open, which nobody will read again."""
+    config = configured(tmp_path, imap_account, smtp_sink, sqlite_url)
+    path = sqlite_path(sqlite_url)
+    with running(config, tmp_path / "daemon.log") as daemon:
+        imap_account.append(letter("before"))
+        sender_name(smtp_sink, 1)
+        copy = path.with_name("restored.db")
+        copy.write_bytes(path.read_bytes())
+        copy.replace(path)
+        for number in range(2):
+            imap_account.append(letter(f"after-restore-{number}"))
+        wait_until(noticed_or_filed(daemon, imap_account), 30, "the daemon noticed")
+        time.sleep(2)  # time to (wrongly) file the letters
+        code, health = status(config)
+        text_status = mailroute(config, "status")
+        inbox = imap_account.uids("INBOX")
+        assert daemon.alive, daemon.text()[-3000:]
+        assert daemon.terminate() == 0
+    assert len(inbox) == 2
+    assert code == 1, health
+    (problem,) = health["problems"]  # type: ignore[misc]
+    assert str(path) in problem and "replaced" in problem
+    assert "UNHEALTHY" in text_status.stdout and str(path) in text_status.stdout
+    assert daemon.events("database file replaced") == 1, daemon.text()
+    after_stop, _ = status(config)
+    assert after_stop == 0 or not path.with_name(path.name + ".alarm").exists()
+    assert len(smtp_sink.received()) == 1

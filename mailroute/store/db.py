@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections import deque
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,16 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailroute.errors import DatabaseNotReady, TransientError
+from mailroute import logs
+from mailroute.errors import DatabaseFileReplaced, DatabaseNotReady, TransientError
 
+log = logs.get("mailroute.store")
 SQLITE_TURN_SECONDS = 30.0  # as long as SQLite's own busy_timeout below
+ALARM_SUFFIX = ".alarm"  # beside the SQLite file while its daemon finds it replaced
 
 
 class Store:
@@ -31,6 +37,11 @@ class Store:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._turns = _Turns(SQLITE_TURN_SECONDS) if self.is_sqlite else None
+        path = sqlite_file(url)
+        self._file = _FileWatch(path) if path is not None else None
+        if self._file is not None:
+            event.listen(self.engine, "do_connect", self._file.before_connect)
+            event.listen(self.engine, "connect", self._file.connected)
 
     @property
     def is_sqlite(self) -> bool:
@@ -48,6 +59,8 @@ class Store:
             try:
                 with session.begin():
                     yield session
+                    if self._file is not None:  # commit nothing to a file no longer in place
+                        self._file.check()
             except OperationalError as exc:
                 raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
             finally:
@@ -55,11 +68,18 @@ class Store:
 
     def turn(self) -> AbstractContextManager[None]:
         """This process's turn for one transaction: on SQLite the write lock is handed
-        over in order (see :class:`_Turns`); elsewhere nothing to wait for."""
-        return self._turns.take() if self._turns else nullcontext()
+        over in order (see :class:`_Turns`); elsewhere nothing to wait for.
+
+        On a SQLite file the turn is refused (DatabaseFileReplaced) while the file at
+        the path is not the one this process opened."""
+        if self._turns is None:
+            return nullcontext()
+        return self._turns.take(self._file.check if self._file is not None else None)
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._file is not None:
+            self._file.close()
 
     # ------------------------------------------------------------------ schema
 
@@ -108,9 +128,12 @@ class _Turns:
         self._held = False
 
     @contextmanager
-    def take(self) -> Iterator[None]:
+    def take(self, check: Callable[[], None] | None = None) -> Iterator[None]:
+        """The turn; ``check`` runs once it is ours, and may refuse it by raising."""
         self._acquire()
         try:
+            if check is not None:
+                check()
             yield
         finally:
             self._release()
@@ -136,6 +159,130 @@ class _Turns:
                 self._waiting.popleft().set()  # handed straight over: still held
             else:
                 self._held = False
+
+
+class _FileWatch:
+    """Is the SQLite file this process opened still the file at its path?
+
+    A file moved away, deleted or replaced (a restored backup, ``mv new.db
+    mailroute.db``) under a running process stays open: without this, letters were
+    filed while their records went to the unlinked file, and nothing said so. The
+    path's device and inode are compared with those noted when the first connection
+    opened it, before every transaction (a stat, about a microsecond) and before
+    every new connection (which would otherwise create an empty file at the path).
+    The first refusal is logged and written to an alarm file beside the database for
+    `mailroute status`; the file coming back is logged once too.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.alarm = alarm_path(path)
+        self._opened: tuple[int, int] | None = None
+        self._problem: str | None = None
+        self._lock = threading.Lock()
+
+    def before_connect(self, *_args: Any) -> None:
+        """Engine ``do_connect`` hook: no new connection while the file is not in place."""
+        self.check()
+
+    def connected(self, _dbapi_connection: Any, _record: Any) -> None:
+        """Engine ``connect`` hook: the first connection notes which file it opened."""
+        with self._lock:
+            if self._opened is None:
+                self._opened = _identity(self.path)
+
+    def check(self) -> None:
+        """Raise DatabaseFileReplaced unless the path still names the file opened."""
+        with self._lock:
+            if self._opened is None:
+                return  # nothing opened yet: whatever is at the path is ours
+            problem = self._compare(_identity(self.path))
+            self._note(problem)
+        if problem is not None:
+            raise DatabaseFileReplaced(problem)
+
+    def close(self) -> None:
+        """The process stops using the file: its alarm, if any, goes with it."""
+        with self._lock:
+            if self._problem is not None:
+                with suppress(OSError):
+                    self.alarm.unlink()
+
+    def _compare(self, current: tuple[int, int] | None) -> str | None:
+        if current == self._opened:
+            return None
+        happened = "was moved away or deleted" if current is None else "was replaced"
+        return (
+            f"the SQLite database {self.path} {happened} under the running daemon; intake "
+            "is stopped and nothing is written until the file it opened is back at that "
+            "path (or the daemon is restarted to use the new one)"
+        )
+
+    def _note(self, problem: str | None) -> None:
+        """Log and raise the alarm when the problem starts; clear both when it ends."""
+        if problem == self._problem:
+            return
+        if problem is not None:
+            log.error("database file replaced", path=str(self.path), error=problem)
+            self._write_alarm(problem)
+        else:
+            log.info("database file back", path=str(self.path))
+            with suppress(OSError):
+                self.alarm.unlink()
+        self._problem = problem
+
+    def _write_alarm(self, problem: str) -> None:
+        alarm = {"pid": os.getpid(), "since": datetime.now(UTC).isoformat(), "problem": problem}
+        scratch = self.alarm.with_name(f"{self.alarm.name}.{os.getpid()}")
+        try:
+            scratch.write_text(json.dumps(alarm), encoding="utf-8")
+            scratch.replace(self.alarm)
+        except OSError as exc:  # the log line above is still there
+            log.warning("database alarm not written", path=str(self.alarm), error=str(exc))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def alarm_path(database: Path) -> Path:
+    """Where a daemon says that the SQLite file at ``database`` is not the one it opened."""
+    return database.with_name(database.name + ALARM_SUFFIX)
+
+
+def read_alarm(database: Path) -> str | None:
+    """The problem a live daemon reported for this SQLite file, if any.
+
+    An alarm left by a process that has died is ignored: the next daemon will open
+    whatever file is at the path, so the mismatch it reported is gone with it.
+    """
+    try:
+        alarm = json.loads(alarm_path(database).read_text(encoding="utf-8"))
+        pid, problem = int(alarm["pid"]), str(alarm["problem"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, under another user
+    return f"{problem} (reported by pid {pid} since {alarm.get('since', '?')})"
 
 
 def make_engine(url: str) -> Engine:
