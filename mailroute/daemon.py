@@ -11,6 +11,7 @@ configuration.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -294,6 +295,9 @@ class Daemon:
         log.info("daemon ready")
 
     def _start_scheduler(self) -> BackgroundScheduler:
+        # APScheduler warns on every run it skips or misses (a job slowed by an
+        # outage, a loaded machine); the jobs log their own failures, once each.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = BackgroundScheduler(
             jobstores={"default": MemoryJobStore()},
             executors={"default": ThreadPoolExecutor(2)},
@@ -334,29 +338,47 @@ class Daemon:
         )
 
     def _report_job(self) -> None:
+        self._guarded("report", self._queue_report)
+
+    def _queue_report(self) -> None:
         """Queue the previous period's report for the recipients (once per period)."""
-        try:
-            queued = send_period_report(self.store, self.config, self.pipeline, self.clock())
-            if queued:
-                log.info("report queued", recipients=queued)
-                self._wake_outbox()
-        except TransientError as exc:
-            self._failed("report", str(exc))
-        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
-            log.exception("report error", error=f"{type(exc).__name__}: {exc}")
+        queued = send_period_report(self.store, self.config, self.pipeline, self.clock())
+        if queued:
+            log.info("report queued", recipients=queued)
+            self._wake_outbox()
 
     def _escalation_job(self) -> None:
+        self._guarded("escalation", self._escalate)
+
+    def _escalate(self) -> None:
+        breaches = escalate_breaches(
+            self.store, self.config.workflow, self.pipeline.identity, self.clock()
+        )
+        self.metrics.observe_breaches(breaches)
+        if breaches:
+            self._wake_outbox()
+
+    def _guarded(self, part: str, work: Callable[[], None]) -> bool:
+        """One run of a scheduled job; True when it worked.
+
+        The job stays scheduled whatever happens. A failure is logged when it starts
+        (with its traceback if it is neither a known outage nor a database error),
+        not on every run, and "recovered" once when a run works again: during an
+        outage a job running every few seconds must not fill the log.
+        """
         try:
-            breaches = escalate_breaches(
-                self.store, self.config.workflow, self.pipeline.identity, self.clock()
-            )
-            self.metrics.observe_breaches(breaches)
-            if breaches:
-                self._wake_outbox()
+            work()
         except TransientError as exc:
-            self._failed("escalation", str(exc))
-        except Exception as exc:  # keep the job scheduled; the traceback goes to the log
-            log.exception("escalation error", error=f"{type(exc).__name__}: {exc}")
+            self._failed(part, str(exc))
+            return False
+        except SQLAlchemyError as exc:  # the database, in a way nobody mapped: no bug here
+            self._failed(part, f"{type(exc).__name__}: {_one_line(exc)}")
+            return False
+        except Exception as exc:  # a bug: its traceback, once
+            self._failed(part, f"{type(exc).__name__}: {exc}", with_traceback=True)
+            return False
+        self._recovered(part)
+        return True
 
     def _outbox_job(self) -> None:
         """One outbox pass; a failure is logged when it starts (a traceback only for
@@ -409,8 +431,10 @@ class Daemon:
             log.error("intake stopped", error=str(exc))
             self.stop.set()
             return
-        except Exception as exc:  # a bug must not end intake for good: log, back off
-            log.exception("intake error", error=f"{type(exc).__name__}: {exc}")
+        except SQLAlchemyError as exc:  # the database, in a way nobody mapped
+            self._failed("intake", f"{type(exc).__name__}: {_one_line(exc)}")
+        except Exception as exc:  # a bug must not end intake for good: log once, back off
+            self._failed("intake", f"{type(exc).__name__}: {exc}", with_traceback=True)
         self._drop_source()
         self.stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)

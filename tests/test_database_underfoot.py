@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -301,3 +302,143 @@ def test_sqlite_file_replaced_keeps_letters_in_the_inbox_and_status_says_why(
     after_stop, _ = status(config)
     assert after_stop == 0 or not path.with_name(path.name + ".alarm").exists()
     assert len(smtp_sink.received()) == 1
+
+
+# ------------------------------------------------------- one error logged per outage
+
+
+def daemon_on(tmp_path: Path, url: str) -> Any:
+    """An in-process Daemon on a Maildir and ``url``, with a weekly report to send."""
+    from mailroute.config import Config
+    from mailroute.daemon import Daemon
+    from mailroute.store import Store
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    config = Config.model_validate({
+        "mailbox": {"maildir": str(maildir), "address": "servicedesk@example.com"},
+        "database": {"url": url},
+        "reports": {"schedule": "weekly", "recipients": ["head@example.com"]},
+    })
+    store = Store(url)
+    store.upgrade()
+    return Daemon(config, store)
+
+
+@contextmanager
+def outage(url: str) -> Iterator[None]:
+    """The database away: PostgreSQL refuses this database's connections; the SQLite
+    file is moved aside (the store refuses to write to a file no longer in place)."""
+    if not url.startswith("sqlite"):
+        with connections_refused(url):
+            yield
+        return
+    path = sqlite_path(url)
+    aside = path.with_name("aside.db")
+    path.rename(aside)
+    try:
+        yield
+    finally:
+        aside.rename(path)
+
+
+def events(captured: list[dict[str, Any]], name: str) -> int:
+    return sum(1 for entry in captured if entry["event"] == name)
+
+
+def test_each_job_logs_one_error_and_one_recovery_per_outage(
+    tmp_path: Path, database_url: str,
+) -> None:
+    """Escalation and report jobs: two outages, three runs of each job in each. The
+    jobs never said "recovered", so the second outage went unlogged."""
+    import structlog
+
+    daemon = daemon_on(tmp_path, database_url)
+    jobs = {"escalation": daemon._escalation_job, "report": daemon._report_job}
+    try:
+        with structlog.testing.capture_logs() as captured:
+            for _ in range(2):
+                for job in jobs.values():
+                    job()  # works
+                with outage(database_url):
+                    for _ in range(3):
+                        for job in jobs.values():
+                            job()
+            for job in jobs.values():
+                job()
+    finally:
+        daemon.store.dispose()
+    for part in jobs:
+        assert events(captured, f"{part} failing") == 2, captured
+        assert events(captured, f"{part} recovered") == 2, captured
+        assert events(captured, f"{part} error") == 0, captured
+
+
+def test_an_unmapped_database_error_is_one_line_per_outage(
+    tmp_path: Path, postgres_url: str,
+) -> None:
+    """A table gone (ProgrammingError, not a connection fault): the escalation job and
+    intake logged a traceback on every run; now one line each, then one recovery."""
+    import structlog
+
+    from mailroute.store.locks import MailboxLock
+
+    daemon = daemon_on(tmp_path, postgres_url)
+    (tmp_path / "Maildir" / "new" / "1700000000.1.test").write_bytes(letter("table-gone"))
+    daemon.stop.set()  # intake's backoff waits return at once
+    lock = MailboxLock(daemon.store, "maildir")
+    engine = create_engine(postgres_url, poolclass=NullPool)
+    try:
+        with structlog.testing.capture_logs() as captured:
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE requests RENAME TO requests_away"))
+                conn.execute(text("ALTER TABLE letters RENAME TO letters_away"))
+            for _ in range(3):
+                daemon._escalation_job()
+                daemon._intake_round(lock)
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE requests_away RENAME TO requests"))
+                conn.execute(text("ALTER TABLE letters_away RENAME TO letters"))
+            daemon._escalation_job()
+            daemon._intake_round(lock)
+    finally:
+        lock.release()
+        engine.dispose()
+        daemon.store.dispose()
+    for failing, recovered in (("escalation failing", "escalation recovered"),
+                               ("connection lost", "connection restored")):
+        lines = [entry for entry in captured if entry["event"] == failing]
+        assert len(lines) == 1, captured
+        assert "ProgrammingError" in lines[0]["error"] and "exc_info" not in lines[0]
+        assert events(captured, recovered) == 1, captured
+
+
+def test_a_bug_in_a_job_is_one_traceback_per_outage(
+    tmp_path: Path, sqlite_url: str, monkeypatch: Any,
+) -> None:
+    """A job that raises something unexpected on every run logs its traceback once."""
+    import structlog
+
+    from mailroute import daemon as daemon_module
+
+    daemon = daemon_on(tmp_path, sqlite_url)
+    real = daemon_module.escalate_breaches
+    broken = {"runs": 3}
+
+    def escalate(*args: Any) -> Any:
+        if broken["runs"]:
+            broken["runs"] -= 1
+            raise RuntimeError("a bug in escalation")
+        return real(*args)
+
+    monkeypatch.setattr(daemon_module, "escalate_breaches", escalate)
+    try:
+        with structlog.testing.capture_logs() as captured:
+            for _ in range(4):
+                daemon._escalation_job()
+    finally:
+        daemon.store.dispose()
+    (line,) = [entry for entry in captured if entry["event"] == "escalation failing"]
+    assert "a bug in escalation" in line["error"] and line["exc_info"]
+    assert events(captured, "escalation recovered") == 1, captured
