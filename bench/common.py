@@ -83,11 +83,11 @@ def mailroute_command(*args: str, profile: Path | None = None) -> list[str]:
     into the venv), which writes its report there (.html, .txt or .json by extension).
     """
     if profile is None:
-        return [sys.executable, "-m", "mailroute.cli", *args]
+        return [sys.executable, "-m", "mailroute", *args]
     renderer = {".html": "html", ".json": "json", ".pstats": "pstats"}.get(
         profile.suffix, "text")
     return [sys.executable, "-m", "pyinstrument", "-r", renderer, "-o", str(profile),
-            "-p", "show_all=false", "-m", "mailroute.cli", *args]
+            "-p", "show_all=false", "-m", "mailroute", *args]
 
 
 # Why a wrapper: Python spawns children with vfork, and Linux carries the parent's RSS

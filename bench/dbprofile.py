@@ -105,7 +105,7 @@ class Ledger:
 
 
 def module_of(path: str) -> str:
-    """``sqlalchemy``, ``email``, ``mailroute/classify.py`` ...: who spends the time."""
+    """``sqlalchemy``, ``email``, ``mailroute/core/classify.py`` ...: who spends the time."""
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1].split("/", 1)[0]
     if "/mailroute/" in path:
@@ -163,16 +163,16 @@ def apply_what_ifs(args: argparse.Namespace, store: Any) -> str:
     if args.cache_ssl_context:
         import functools
 
-        import mailroute.outbox
+        import mailroute.mail.outbox
 
-        real = mailroute.outbox.ssl.create_default_context
+        real = mailroute.mail.outbox.ssl.create_default_context
         cached = functools.lru_cache(maxsize=8)(lambda cafile=None: real(cafile=cafile))
 
         class _Ssl:
             create_default_context = staticmethod(cached)
-            CERT_NONE = mailroute.outbox.ssl.CERT_NONE
+            CERT_NONE = mailroute.mail.outbox.ssl.CERT_NONE
 
-        mailroute.outbox.ssl = _Ssl  # type: ignore[assignment]
+        mailroute.mail.outbox.ssl = _Ssl  # type: ignore[assignment]
         done.append("one SSL context per process")
     if args.log_level != "info":
         done.append(f"log level {args.log_level}")
@@ -186,7 +186,7 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
 
     from mailroute import config as config_module
     from mailroute import logs
-    from mailroute.daemon import Daemon
+    from mailroute.service.daemon import Daemon
     from mailroute.store import Store
 
     with contextlib.ExitStack() as stack:

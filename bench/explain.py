@@ -54,9 +54,9 @@ class Pass:
 
 def run_pass(files: list[Path], explainer: object) -> Pass:
     """Explain every file once, timing each stage with perf_counter."""
-    from mailroute.analysis import analyze
+    from mailroute.core.letter import parse
+    from mailroute.core.verdict import analyze
     from mailroute.errors import LetterUnreadable
-    from mailroute.parse import parse
 
     context = explainer.context  # type: ignore[attr-defined]
     result = Pass()
@@ -117,7 +117,7 @@ def main() -> int:
 def measure(args: argparse.Namespace, label: str, workdir: Path) -> int:
     import mailroute
     from mailroute.config import Config
-    from mailroute.explain import Explainer
+    from mailroute.ops.explain import Explainer
 
     # A child process writes the letters: the generator's garbage stays out of our RSS.
     mix = subprocess.run(

@@ -76,7 +76,7 @@ class Sample:
 def answered_letters(n: int, seed: int) -> Iterator[GeneratedLetter]:
     """People's letters that the pipeline will answer, each from its own sender."""
     from mailroute.config import Config
-    from mailroute.explain import Explainer
+    from mailroute.ops.explain import Explainer
 
     explainer = Explainer.from_config(Config())
     now = datetime.now(UTC)

@@ -79,10 +79,10 @@ def huge_run(source: Source, workdir: Path, db: str, raw: bytes, via: str,
 
 def traced(raw: bytes) -> str:
     """Peak traced allocation of each step that touches the whole letter, in letter sizes."""
-    from mailroute.analysis import analyze
     from mailroute.config import Config
-    from mailroute.explain import Explainer
-    from mailroute.parse import parse
+    from mailroute.core.letter import parse
+    from mailroute.core.verdict import analyze
+    from mailroute.ops.explain import Explainer
     from mailroute.store.repository import fingerprint
 
     context = Explainer.from_config(Config()).context

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute import logs
-from mailroute.compose import Identity, compose_notice, new_message_id
+from mailroute.core.compose import Identity, compose_notice, new_message_id
 from mailroute.store import repository as repo
 from mailroute.store.models import Alert
 

@@ -12,12 +12,13 @@ The field descriptions below are the documentation of ``config.example.toml``.
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import os
 import re
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -455,7 +456,7 @@ class ClassificationRule(Section):
     @field_validator("words", "phrases", "unless")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        from mailroute.words import Pattern
+        from mailroute.core.words import Pattern
 
         for source in patterns:
             Pattern.compile(source)
@@ -519,7 +520,7 @@ class RoutingRule(Section):
     @field_validator("words")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        from mailroute.words import Pattern
+        from mailroute.core.words import Pattern
 
         for source in patterns:
             Pattern.compile(source)
@@ -824,12 +825,62 @@ def _read_registry_csv(config: Config, path: str | Path | None) -> None:
     """Append the customers of ``registry.csv`` (relative to the config file)."""
     if not config.registry.csv:
         return
-    from mailroute.registry import read_csv
-
     file = Path(os.path.expandvars(config.registry.csv))
     if not file.is_absolute() and path is not None:
         file = Path(path).parent / file
     config.registry.organizations.extend(read_csv(file))
+
+
+_REGISTRY_COLUMNS = {
+    "name": "name",
+    "organization": "name",
+    "registration_numbers": "registration_numbers",
+    "registration_number": "registration_numbers",
+    "domains": "domains",
+    "domain": "domains",
+    "tier": "tier",
+}
+
+
+def read_csv(path: Path) -> list[RegistryOrganization]:
+    """Customers from a CSV file; a bad row is a ConfigError naming file and line.
+
+    Layout (header row required; several values in a cell separated by ";")::
+
+        name,registration_numbers,domains,tier
+        ООО «Ромашка»,800123456;800123457,romashka.ru,gold
+    """
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return list(_registry_rows(csv.DictReader(handle), path))
+    except OSError as exc:
+        raise ConfigError(f"registry.csv: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"registry.csv: {path} is not UTF-8: {exc}") from None
+
+
+def _registry_rows(reader: csv.DictReader[str], path: Path) -> Iterable[RegistryOrganization]:
+    columns = {c: _REGISTRY_COLUMNS.get((c or "").strip().lower()) for c in reader.fieldnames or []}
+    if "name" not in columns.values():
+        raise ConfigError(f"registry.csv: {path}: header row needs a 'name' column")
+    for row in reader:
+        data: dict[str, object] = {}
+        for column, value in row.items():
+            key = columns.get(column)
+            if key is None or value is None or not value.strip():
+                continue
+            data[key] = value.strip() if key in ("name", "tier") else _registry_values(value)
+        if not data.get("name"):
+            continue
+        try:
+            yield RegistryOrganization.model_validate(data)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{path}:{reader.line_num}: registry.csv: {problem}") from None
+
+
+def _registry_values(cell: str) -> list[str]:
+    return [v for v in (p.strip() for p in re.split(r"[;|\n]", cell)) if v]
 
 
 def _credential_path(value: str, config_path: str | Path | None) -> Path:

@@ -72,7 +72,7 @@ class SmtpPermanentFailure(PermanentError):
     ``stage`` is the command refused (``RCPT``, ``MAIL``, ``DATA``, ``session``),
     ``code`` the reply code and ``status`` its RFC 3463 enhanced code ("5.1.1", or ""
     when the server gave none): together they say whether the recipient or the desk
-    is at fault (``mailroute.guard.rejection_names_recipient``).
+    is at fault (``mailroute.core.reply_policy.rejection_names_recipient``).
     """
 
     def __init__(self, text: str, stage: str = "session", code: int = 550,

@@ -37,11 +37,11 @@ import pytest
 from sqlalchemy import create_engine, select
 from support.configs import sample_letters, write_config
 
+from mailroute.core.letter import ParseLimits, parse
 from mailroute.errors import LetterUnreadable
-from mailroute.parse import ParseLimits, parse
 from mailroute.store.models import AttachmentRecord, Blob, Letter, LetterBytes
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 MB = 1024 * 1024
 LIMIT = ParseLimits()
 HEAD = (
@@ -185,7 +185,7 @@ class Run:
     stderr: str
 
 
-# `python -m mailroute.cli ARGS`, writing the process's VmHWM to $HWM_FILE at exit.
+# `python -m mailroute ARGS`, writing the process's VmHWM to $HWM_FILE at exit.
 MEASURED = (
     "import atexit, os, runpy, sys\n"
     "def hwm():\n"
@@ -195,7 +195,7 @@ MEASURED = (
     "        out.write(kb)\n"
     "atexit.register(hwm)\n"
     "sys.argv[0] = 'mailroute'\n"
-    "runpy.run_module('mailroute.cli', run_name='__main__')\n"
+    "runpy.run_module('mailroute', run_name='__main__')\n"
 )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from mailroute import config
-from mailroute.analysis import AnalysisContext, analyze
-from mailroute.classify import RuleSet, Texts, builtin_rules, classify, parse_rules
 from mailroute.config import ClassificationConfig, ClassificationRule
+from mailroute.core.classify import RuleSet, Texts, classify, parse_rules
+from mailroute.core.verdict import analyze
+from mailroute.packaged import analysis_context, builtin_rules
 from tests.support.letter import letter
 
 
@@ -215,14 +216,14 @@ def test_config_file_overrides_reach_the_analysis(tmp_path: object) -> None:
         'sets = { request_type = "change_request", weight = 9 }\n',
         encoding="utf-8",
     )
-    context = AnalysisContext.from_config(config.load(path, environ={}))
+    context = analysis_context(config.load(path, environ={}))
     result = analyze(letter("Срочно: выходит ошибка при записи.\nООО «Ромашка»"), context)
     assert (result.request_type, result.priority) == ("change_request", "low")
     assert "type:error-words" in [r.rule for r in result.reasons]
 
 
 def test_reasons_name_the_deciding_rules() -> None:
-    context = AnalysisContext.from_config(config.Config())
+    context = analysis_context(config.Config())
     result = analyze(
         letter("Срочно! База не открывается ни на одном компьютере, ошибка.", subject="Инцидент"),
         context,

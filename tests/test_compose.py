@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailroute.compose import (
+from mailroute.core.compose import (
     LANGUAGES,
     NO_ADDRESS,
     Identity,
@@ -32,6 +32,7 @@ from mailroute.compose import (
     one_line,
     thread_ids,
 )
+from mailroute.packaged import load_templates
 
 IDENTITY = Identity("servicedesk@example.com", "ServiceDesk")
 
@@ -49,7 +50,7 @@ def render(kind: str, reply_facts: ReplyFacts, thread: Thread | None = None,
            templates: Templates | None = None):
     thread = thread or Thread("client@customer.example", "Иван", "<orig@customer.example>",
                               ("<older@customer.example>",))
-    draft = compose(kind, reply_facts, thread, IDENTITY, templates or Templates.load(),
+    draft = compose(kind, reply_facts, thread, IDENTITY, templates or load_templates(),
                     "<reply-1@example.com>")
     return draft, message_from_bytes(draft.raw, policy=policy.default)
 
@@ -106,7 +107,7 @@ def test_template_override_and_no_code_execution(tmp_path: Path) -> None:
         "Subject: [$number] Принято\n\nНомер $number. ${__import__('os')} $unknown\n",
         encoding="utf-8",
     )
-    _, message = render("acknowledgement", facts(), templates=Templates.load(str(tmp_path)))
+    _, message = render("acknowledgement", facts(), templates=load_templates(str(tmp_path)))
     assert message["Subject"] == "[SD-000042] Принято"
     body = message.get_content()
     assert "Номер SD-000042." in body
@@ -225,7 +226,7 @@ _LONG_OK = re.compile(r"(?:[!-~]+:)? ?[!-~]+")  # one unbreakable token on the l
 
 
 def reply_cases() -> list[tuple[str, ReplyFacts, Thread, Identity, Templates]]:
-    builtin = Templates.load()
+    builtin = load_templates()
     lines = Templates({key: BODY_LINES for key in builtin.texts})
     due = datetime(2026, 11, 23, 11, 0, tzinfo=ZoneInfo("Europe/Moscow"))
     cases = []
@@ -448,7 +449,7 @@ def test_from_name_is_inert() -> None:
     """The desk's own name gets the customer's treatment: an "=?" in it stays text
     (EmailMessage decoded it, so a configured name could carry a line break)."""
     identity = Identity("desk@example.com", "=?utf-8?q?=0D=0ABcc:_x@y?= Desk")
-    draft = compose("acknowledgement", facts(), Thread("a@b.cc"), identity, Templates.load(),
+    draft = compose("acknowledgement", facts(), Thread("a@b.cc"), identity, load_templates(),
                     "<r@x.y>")
     check_wire_format(draft.raw)
     sender = message_from_bytes(draft.raw, policy=policy.default)["From"].addresses
@@ -456,20 +457,20 @@ def test_from_name_is_inert() -> None:
         ("= ?utf-8?q?=0D=0ABcc:_x@y?= Desk", "desk@example.com")]
     with pytest.raises(ValueError, match="From address"):
         compose("acknowledgement", facts(), Thread("a@b.cc"), Identity("desk <x>", "D"),
-                Templates.load(), "<r@x.y>")
+                load_templates(), "<r@x.y>")
 
 
 def test_internal_values_cannot_break_the_header() -> None:
     """The kind and the number are ours, yet no control character reaches the wire:
     a line break is refused (as EmailMessage refused it), anything else encoded."""
     draft = compose("acknowledgement", facts(number="SD-1\x00\x7f\x1b"), Thread("a@b.cc"),
-                    IDENTITY, Templates.load(), "<r@x.y>")
+                    IDENTITY, load_templates(), "<r@x.y>")
     check_wire_format(draft.raw)
     assert read_back(draft.raw)["X-Mailroute-Request"] == "SD-1\x00\x7f\x1b"
     for number in ("SD-1\r\nBcc: x@y", "SD-1\nBcc: x@y", "SD-1\rBcc: x@y"):
         with pytest.raises(ValueError, match="line break"):
             compose("acknowledgement", facts(number=number), Thread("a@b.cc"), IDENTITY,
-                    Templates.load(), "<r@x.y>")
+                    load_templates(), "<r@x.y>")
     with pytest.raises(ValueError, match="msg-id"):
-        compose("acknowledgement", facts(), Thread("a@b.cc"), IDENTITY, Templates.load(),
+        compose("acknowledgement", facts(), Thread("a@b.cc"), IDENTITY, load_templates(),
                 "<r@x.y>\r\nBcc: x@y")

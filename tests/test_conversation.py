@@ -18,13 +18,13 @@ from support.dovecot import ImapAccount
 from support.smtp import ReceivedMail, SmtpSink
 
 from mailroute.config import Config
-from mailroute.daemon import Daemon
-from mailroute.escalate import escalate_breaches
-from mailroute.health import check_health
+from mailroute.ops.health import check_health
+from mailroute.ops.tickets import change_status
+from mailroute.pipeline.escalations import escalate_breaches
+from mailroute.service.daemon import Daemon
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request
-from mailroute.tickets import change_status
 
 MSK = ZoneInfo("Europe/Moscow")
 MONDAY_NOON = datetime(2026, 11, 16, 12, 0, tzinfo=MSK)  # in the past: Dovecot clamps
@@ -282,7 +282,7 @@ def test_breach_is_escalated_once(
 def test_weekly_report_is_mailed_once(
     rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
 ) -> None:
-    from mailroute.daemon import send_period_report
+    from mailroute.service.daemon import send_period_report
 
     daemon, clock = rig(window="always", reports={"recipients": ["boss@desk.example"]})
     deliver(imap_account, sample_letters()[0], clock.now)

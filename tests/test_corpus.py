@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mailroute import config, parse
-from mailroute.analysis import AnalysisContext, analyze
+from mailroute import config
+from mailroute.core.letter import parse
+from mailroute.core.verdict import analyze
+from mailroute.packaged import analysis_context
 
 FIELDS = ("action", "ignore_reason", "request_type", "priority", "organization",
           "registration_number", "missing", "reply", "language")
@@ -41,13 +43,13 @@ def _same(field: str, expected: object, got: object) -> bool:
 
 def score(corpus: Path) -> tuple[dict[str, int], int, list[str]]:
     """Right answers per field, the number of letters, and the wrong items."""
-    context = AnalysisContext.from_config(config.Config())
+    context = analysis_context(config.Config())
     lines = (corpus / "labels.jsonl").read_text("utf-8").splitlines()
     labels = [json.loads(line) for line in lines if line.strip()]
     right = dict.fromkeys(FIELDS, 0)
     wrong = []
     for label in labels:
-        got = analyze(parse.parse((corpus / label["file"]).read_bytes()), context).as_dict()
+        got = analyze(parse((corpus / label["file"]).read_bytes()), context).as_dict()
         for field in FIELDS:
             if _same(field, label[field], got[field]):
                 right[field] += 1

@@ -19,7 +19,7 @@ from support.configs import sample_letters, write_config
 from support.dovecot import ImapAccount
 from support.smtp import SmtpSink
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 
 
 @pytest.fixture
@@ -174,8 +174,8 @@ def test_signals_landing_at_any_moment_never_hang_the_daemon(
 def test_calendar_warning_names_the_unknown_year() -> None:
     from datetime import UTC, datetime
 
-    from mailroute.daemon import calendar_warning
-    from mailroute.hours import BusinessCalendar
+    from mailroute.core.business_calendar import BusinessCalendar
+    from mailroute.service.daemon import calendar_warning
 
     calendar = BusinessCalendar()
     known = calendar.known_until().year
@@ -300,7 +300,7 @@ def maildir_daemon(tmp_path: Path, sink: SmtpSink, database_url: str, count: int
                    batch_size: int) -> Any:
     """A Daemon on a Maildir of ``count`` letters that each get an acknowledgement."""
     from mailroute.config import Config
-    from mailroute.daemon import Daemon
+    from mailroute.service.daemon import Daemon
     from mailroute.store import Store
 
     maildir = tmp_path / "Maildir"
@@ -349,7 +349,7 @@ class Watched:
 def watching(daemon: Any, sink: SmtpSink, wait_at: int, ready: Callable[[], bool]
              ) -> list[Watched]:
     """Make the daemon open Watched sources; returns the list they are put in."""
-    from mailroute.intake import open_source
+    from mailroute.mail.mailbox import open_source
 
     sources: list[Watched] = []
 
@@ -398,7 +398,7 @@ def flaky_outbox(monkeypatch: pytest.MonkeyPatch) -> tuple[list[BaseException], 
     (errors to raise, names of the threads that called it)."""
     import threading
 
-    from mailroute import daemon as daemon_module
+    from mailroute.service import daemon as daemon_module
 
     real = daemon_module.deliver_due
     failures: list[BaseException] = []

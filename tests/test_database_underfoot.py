@@ -31,7 +31,7 @@ from support.databases import postgres_server_url
 from support.dovecot import ImapAccount
 from support.smtp import SmtpSink
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 
 
 def letter(tag: str) -> bytes:
@@ -310,7 +310,7 @@ def test_sqlite_file_replaced_keeps_letters_in_the_inbox_and_status_says_why(
 def daemon_on(tmp_path: Path, url: str) -> Any:
     """An in-process Daemon on a Maildir and ``url``, with a weekly report to send."""
     from mailroute.config import Config
-    from mailroute.daemon import Daemon
+    from mailroute.service.daemon import Daemon
     from mailroute.store import Store
 
     maildir = tmp_path / "Maildir"
@@ -420,7 +420,7 @@ def test_a_bug_in_a_job_is_one_traceback_per_outage(
     """A job that raises something unexpected on every run logs its traceback once."""
     import structlog
 
-    from mailroute import daemon as daemon_module
+    from mailroute.service import daemon as daemon_module
 
     daemon = daemon_on(tmp_path, sqlite_url)
     real = daemon_module.escalate_breaches

@@ -10,9 +10,9 @@ from support.configs import sample_letters
 from support.dovecot import ImapAccount
 
 from mailroute.config import Config
-from mailroute.intake.drain import drain, header_message_id
-from mailroute.intake.imap import ImapSource
-from mailroute.process import Pipeline
+from mailroute.mail.imap import ImapSource
+from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.intake import drain, header_message_id
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request

@@ -24,7 +24,7 @@ from support.smtp import SmtpSink
 
 from mailroute.store.models import Letter, LetterBytes, OutboxItem, Request
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 
 
 def mailroute(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

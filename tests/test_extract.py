@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailroute.extract import (
+from mailroute.core.extract import (
     find_organization,
     find_registration_number,
     normalize_org,

@@ -1,6 +1,6 @@
 """Faults against the real servers: nothing lost, no loops, no one in.
 
-Each test runs the real daemon (``python -m mailroute.cli run``) in a subprocess
+Each test runs the real daemon (``python -m mailroute run``) in a subprocess
 against a private Dovecot, an aiosmtpd sink and SQLite or PostgreSQL, injects a
 fault while it works through a backlog, and then checks the books letter by
 letter:
@@ -43,16 +43,16 @@ from support.dovecot import DovecotServer, ImapAccount
 from support.services import free_port, require_service
 from support.smtp import SmtpSink
 
-from mailroute import outbox
 from mailroute.config import MailboxConfig, RepliesConfig, SmtpConfig
 from mailroute.errors import MailboxUnavailable, TransientError
-from mailroute.intake.imap import ImapSource
+from mailroute.mail import outbox
+from mailroute.mail.imap import ImapSource
 from mailroute.store import Store
 from mailroute.store.locks import MailboxLock
 from mailroute.store.models import OutboxItem
 from mailroute.store.repository import fingerprint
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 SEED = 20261123
 CLAIM_TIMEOUT = 2.0  # seconds; a killed daemon's claimed replies are free again after this
 

@@ -53,12 +53,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailroute import analysis as analysis_module
-from mailroute.analysis import Analysis, AnalysisContext, analyze
-from mailroute.compose import KINDS, Draft, Identity, ReplyFacts, Templates, Thread, compose
 from mailroute.config import Config
+from mailroute.core import verdict as analysis_module
+from mailroute.core.compose import KINDS, Draft, Identity, ReplyFacts, Thread, compose
+from mailroute.core.letter import ParsedLetter, parse
+from mailroute.core.verdict import Analysis, analyze
 from mailroute.errors import LetterUnreadable
-from mailroute.parse import ParsedLetter, parse
+from mailroute.packaged import analysis_context, load_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIRS = (
@@ -133,8 +134,8 @@ class Core:
     """The pure stages configured as the daemon configures them by default."""
 
     def __init__(self) -> None:
-        self.context = AnalysisContext.from_config(Config())
-        self.templates = Templates.load()
+        self.context = analysis_context(Config())
+        self.templates = load_templates()
         self.identity = Identity(DESK, "ServiceDesk")
 
     def run(self, raw: bytes, tally: Tally) -> None:

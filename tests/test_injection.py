@@ -33,20 +33,20 @@ from support.configs import write_config
 from support.smtp import SmtpSink
 from test_fuzz import OUR_HEADERS, Core, check_reply, check_storable
 
-from mailroute import process
-from mailroute.analysis import analyze
-from mailroute.compose import (
+from mailroute.core.compose import (
     NO_ADDRESS,
     Identity,
     ReplyFacts,
-    Templates,
     Thread,
     compose,
 )
-from mailroute.parse import MAX_IDS, ParsedLetter, ParseLimits, parse
+from mailroute.core.letter import MAX_IDS, ParsedLetter, ParseLimits, parse
+from mailroute.core.verdict import analyze
+from mailroute.packaged import load_templates
+from mailroute.pipeline import decide
 from mailroute.store.models import AttachmentRecord, Blob, Letter, OutboxItem, Request
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 DESK = "servicedesk@example.com"
 IDENTITY = Identity(DESK, "ServiceDesk")
 BCC = re.compile(rb"^(bcc|cc|x-injected):", re.IGNORECASE | re.MULTILINE)
@@ -171,7 +171,7 @@ def test_display_name_stays_one_mailbox(name: str) -> None:
     a long ASCII name with specials lost its quotes when the stdlib folded the line
     (tests/hostile/unclosed-angle-long-name.eml)."""
     draft = compose("acknowledgement", facts(), Thread("ivan@client.ru", name), IDENTITY,
-                    Templates.load(), "<r-1@example.com>")
+                    load_templates(), "<r-1@example.com>")
     to = message_from_bytes(draft.raw, policy=policy.default)["To"]
     assert [(a.addr_spec) for a in to.addresses] == ["ivan@client.ru"]
     assert len(to.addresses) == 1
@@ -189,7 +189,7 @@ def test_display_name_stays_one_mailbox(name: str) -> None:
 def test_recipient_the_header_cannot_carry(address: str, header: str | None, envelope: str) -> None:
     """Found by fuzzing: a non-ASCII address made compose raise (letter quarantined)."""
     draft = compose("acknowledgement", facts(), Thread(address, "Иван"), IDENTITY,
-                    Templates.load(), "<r-1@example.com>")
+                    load_templates(), "<r-1@example.com>")
     message = message_from_bytes(draft.raw, policy=policy.default)
     if header is None:
         assert str(message["To"]) == NO_ADDRESS
@@ -279,7 +279,7 @@ def test_template_values_are_text_not_code(core: Core, tmp_path: Path, subject: 
     (tmp_path / "acknowledgement.en.txt").write_text(
         "Subject: [$number] $subject\n\nYou wrote: $subject ($number)\n", encoding="utf-8")
     draft = compose("acknowledgement", facts(language="en", subject=subject),
-                    Thread("ivan@client.ru"), IDENTITY, Templates.load(str(tmp_path)), "<r@x>")
+                    Thread("ivan@client.ru"), IDENTITY, load_templates(str(tmp_path)), "<r@x>")
     body = message_from_bytes(draft.raw, policy=policy.default).get_content()
     assert f"You wrote: {subject} (SD-000042)" in body
     assert not Path("/tmp/owned").exists()
@@ -288,7 +288,7 @@ def test_template_values_are_text_not_code(core: Core, tmp_path: Path, subject: 
 def test_replies_are_plain_text_never_html(core: Core) -> None:
     """Every kind and language: one text/plain part; markup from a letter stays text."""
     evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
-    templates = Templates.load()
+    templates = load_templates()
     for kind in ("acknowledgement", "clarification"):
         for lang in ("ru", "en"):
             draft = compose(kind, facts(language=lang, subject=evil, missing=("organization",)),
@@ -488,9 +488,9 @@ def test_nul_in_message_id_does_not_block_the_mailbox(
 def test_our_message_ids_are_not_derived_from_the_request_number() -> None:
     """Knowing SD-000001 (it is in every subject) does not give the Message-ID: 128
     random bits from the operating system stand between them, new for every reply."""
-    from mailroute.compose import new_message_id
+    from mailroute.core.compose import new_message_id
 
-    assert process.new_message_id is new_message_id  # process.py's own ids come from here
+    assert decide.new_message_id is new_message_id  # decide.py's own ids come from here
     ids = [new_message_id("SD-000001", "example.com") for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     randoms = {int(i[1:].split(".")[0], 16) for i in ids}
@@ -547,7 +547,7 @@ def test_message_ids_are_not_predictable_from_earlier_replies() -> None:
     Were the ids drawn from the `random` module (as `email.utils.make_msgid`'s are),
     624 of its 32-bit outputs would rebuild its state and predict the next id.
     """
-    from mailroute.compose import new_message_id
+    from mailroute.core.compose import new_message_id
 
     seen = [new_message_id("SD-000100", "example.com") for _ in range(156)]
     words: list[int] = []

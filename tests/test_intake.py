@@ -11,8 +11,8 @@ from support.dovecot import ImapAccount
 
 from mailroute.config import MailboxConfig
 from mailroute.errors import MailboxUnavailable
-from mailroute.intake.imap import ImapSource
-from mailroute.intake.maildir import MaildirSource
+from mailroute.mail.imap import ImapSource
+from mailroute.mail.maildir import MaildirSource
 
 LETTER = b"From: a@b.example\r\nSubject: one\r\nMessage-ID: <1@b>\r\n\r\nbody\r\n"
 

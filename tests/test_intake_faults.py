@@ -17,11 +17,11 @@ from support.imapserver import ScriptedImapServer
 
 from mailroute.config import Config, HealthConfig
 from mailroute.errors import MailboxUnavailable
-from mailroute.health import check_health
-from mailroute.intake.drain import drain
-from mailroute.intake.imap import ImapSource
-from mailroute.metrics import Metrics
-from mailroute.process import Pipeline
+from mailroute.mail.imap import ImapSource
+from mailroute.ops.health import check_health
+from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.intake import drain
+from mailroute.service.metrics import Metrics
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter

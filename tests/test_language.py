@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailroute.language import detect
+from mailroute.core.language import detect
 
 
 def test_russian_with_english_product_names_is_russian() -> None:

@@ -28,16 +28,16 @@ from support.services import free_port, require_service
 from support.smtp import SmtpSink
 
 from mailroute import config as config_module
-from mailroute import oauth2
 from mailroute.config import MailboxConfig, RepliesConfig, SmtpConfig
 from mailroute.errors import ConfigError, MailboxUnavailable, TransientError
-from mailroute.intake.imap import ImapSource
-from mailroute.oauth2 import TokenCommandFailed, TokenSource, parse_output
-from mailroute.outbox import deliver_due
+from mailroute.mail import oauth2
+from mailroute.mail.imap import ImapSource
+from mailroute.mail.oauth2 import TokenCommandFailed, TokenSource, parse_output
+from mailroute.mail.outbox import deliver_due
 from mailroute.store import Store
 from mailroute.store.models import OutboxItem
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 GOOD = "ya29.good-token-0123456789abcdef"
 BAD = "ya29.revoked-token-fedcba9876543210"
 DESK = "servicedesk@example.com"

@@ -16,9 +16,9 @@ from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
 from mailroute import alerts
 from mailroute.alerts import AlertMail
-from mailroute.compose import Identity
 from mailroute.config import RepliesConfig, SmtpConfig
-from mailroute.outbox import DeliveryReport, backoff, deliver_due
+from mailroute.core.compose import Identity
+from mailroute.mail.outbox import DeliveryReport, backoff, deliver_due
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Alert, OutboxItem
@@ -124,7 +124,7 @@ def test_gives_up_after_deadline(store: Store, smtp_sink: SmtpSink) -> None:
 
 
 def test_claimed_reply_is_not_sent_twice(store: Store, smtp_sink: SmtpSink) -> None:
-    from mailroute.outbox import claim_due
+    from mailroute.mail.outbox import claim_due
 
     reply = queue(store)
     lease = timedelta(seconds=120)
@@ -152,7 +152,7 @@ def test_each_reply_is_marked_sent_before_the_next_one_goes(
     """At-least-once stays one reply wide: when the server is handed a reply, every reply
     it accepted before is already 'sent' in the database (one commit per reply, not per
     batch), across claim batches."""
-    from mailroute import outbox
+    from mailroute.mail import outbox
 
     count = outbox.BATCH + 3
     replies = [queue(store, number) for number in range(1, count + 1)]
@@ -179,7 +179,7 @@ def test_a_claim_takes_a_bounded_batch_so_a_crash_strands_few(
     store: Store, smtp_sink: SmtpSink
 ) -> None:
     """A process that claimed and died strands at most BATCH replies, for one lease."""
-    from mailroute.outbox import BATCH, claim_due
+    from mailroute.mail.outbox import BATCH, claim_due
 
     replies = [queue(store, number) for number in range(1, BATCH + 4)]
     lease = timedelta(seconds=120)
@@ -195,7 +195,7 @@ def test_a_claim_takes_a_bounded_batch_so_a_crash_strands_few(
 
 def test_one_smtp_session_serves_every_batch(store: Store, smtp_sink: SmtpSink) -> None:
     """Replies of several claim batches go over one connection (one EHLO, one QUIT)."""
-    from mailroute import outbox
+    from mailroute.mail import outbox
 
     for number in range(1, 2 * outbox.BATCH + 2):
         queue(store, number)
@@ -208,7 +208,7 @@ def test_one_smtp_session_serves_every_batch(store: Store, smtp_sink: SmtpSink) 
 
 def counting_connects(patch: pytest.MonkeyPatch) -> list[str]:
     """Record every SMTP connection the outbox opens."""
-    from mailroute import outbox
+    from mailroute.mail import outbox
 
     connects: list[str] = []
     real_connect = outbox._connect
@@ -227,7 +227,7 @@ def test_a_backlog_goes_over_several_sessions_each_marking_at_once(
     """With ``sessions`` a backlog opens up to that many connections; a reply is marked
     sent before its session sends the next, so when the server is handed one, fewer than
     ``sessions`` replies it accepted earlier are still unmarked."""
-    from mailroute.outbox import BATCH, SESSIONS
+    from mailroute.mail.outbox import BATCH, SESSIONS
 
     count = SESSIONS * BATCH + 5
     replies = [queue(store, number) for number in range(1, count + 1)]
@@ -254,7 +254,7 @@ def test_a_backlog_goes_over_several_sessions_each_marking_at_once(
 def test_a_few_replies_use_one_session(
     store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mailroute.outbox import BATCH, SESSIONS
+    from mailroute.mail.outbox import BATCH, SESSIONS
 
     replies = [queue(store, number) for number in range(1, BATCH)]
     connects = counting_connects(monkeypatch)
@@ -268,8 +268,8 @@ def test_an_error_stops_every_session_after_the_reply_in_hand(
 ) -> None:
     """The database fails marking one reply: the run raises once every session stopped;
     that reply is remembered, none is cut off mid-send, the rest wait for their lease."""
-    from mailroute import outbox
     from mailroute.errors import TransientError
+    from mailroute.mail import outbox
 
     count = outbox.SESSIONS * outbox.BATCH
     for number in range(1, count + 1):
@@ -309,7 +309,7 @@ def test_a_dropped_database_connection_is_replaced_between_replies(
     PostgreSQL only: a SQLite file has no server to drop the connection."""
     from sqlalchemy import text
 
-    from mailroute import outbox
+    from mailroute.mail import outbox
 
     store = Store(postgres_url)
     store.upgrade()
@@ -535,7 +535,7 @@ def test_one_unknown_user_is_suppressed_but_a_code_refusing_many_is_the_servers(
 
 def daemon_for(database_url: str, sink: SmtpSink) -> Any:
     from mailroute.config import Config
-    from mailroute.daemon import Daemon
+    from mailroute.service.daemon import Daemon
 
     config = Config.model_validate({
         "mailbox": {"maildir": "/nonexistent"},
@@ -552,7 +552,7 @@ def test_status_clears_the_smtp_error_after_the_first_accepted_reply(
 ) -> None:
     """SMTP was down at start-up (recorded for `status`); once a reply is accepted the
     error is over, even if no mailbox poll comes after it (IDLE waits a long time)."""
-    from mailroute.health import check_health
+    from mailroute.ops.health import check_health
 
     daemon = daemon_for(database_url, smtp_sink)
     try:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from mailroute import process
 from mailroute.config import Config
-from mailroute.process import Outcome, Pipeline, process_letter, process_pending
+from mailroute.pipeline import decide
+from mailroute.pipeline.decide import Outcome, Pipeline, process_letter, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Blob, Counter, Letter, OutboxItem, Request, RequestEvent
@@ -134,14 +134,14 @@ def test_a_batch_decides_as_letter_by_letter_would(
 def test_a_fault_midway_quarantines_that_letter_alone(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_draft = process._draft
+    real_draft = decide._draft
 
     def draft(pipeline: Pipeline, request: Request, *args: Any, **kwargs: Any) -> Any:
         if request.subject == "Ошибка в отчёте 3":
             raise RuntimeError("a bug meets an odd letter")
         return real_draft(pipeline, request, *args, **kwargs)
 
-    monkeypatch.setattr(process, "_draft", draft)
+    monkeypatch.setattr(decide, "_draft", draft)
     save(store, [letter(n) for n in range(1, 6)])
     outcomes = process_pending(store, Pipeline.from_config(Config()), lambda: NOW)
 
@@ -192,7 +192,7 @@ def test_a_value_the_database_refuses_quarantines_that_letter_alone(
 
 
 def test_batches_hold_a_bounded_number_of_bytes() -> None:
-    pending = [(1, 10), (2, process.BATCH_BYTES), (3, 10), (4, 10)]
-    assert list(process._batches(pending)) == [[1], [2], [3, 4]]
-    many = [(i, 1) for i in range(process.BATCH_LETTERS + 1)]
-    assert [len(b) for b in process._batches(many)] == [process.BATCH_LETTERS, 1]
+    pending = [(1, 10), (2, decide.BATCH_BYTES), (3, 10), (4, 10)]
+    assert list(decide._batches(pending)) == [[1], [2], [3, 4]]
+    many = [(i, 1) for i in range(decide.BATCH_LETTERS + 1)]
+    assert [len(b) for b in decide._batches(many)] == [decide.BATCH_LETTERS, 1]

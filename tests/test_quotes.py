@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailroute.quotes import split
+from mailroute.core.quotes import split
 
 NEW = "Не проводится документ реализации, выходит ошибка."
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailroute.compose import Identity
-from mailroute.hours import BusinessCalendar
-from mailroute.report import (
+from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.compose import Identity
+from mailroute.core.report import (
     Breach,
     Report,
     RequestFacts,
@@ -40,7 +40,7 @@ from mailroute.report import (
     report_subject,
     status_at,
 )
-from mailroute.sla import Targets
+from mailroute.core.sla import Targets
 
 MSK = ZoneInfo("Europe/Moscow")
 CALENDAR = BusinessCalendar()

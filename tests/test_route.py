@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailroute.config import RoutingConfig
-from mailroute.route import Facts, route
+from mailroute.core.route import Facts, route
 
 CONFIG = RoutingConfig.model_validate(
     {

@@ -20,7 +20,7 @@ from support.smtp import SmtpSink
 from mailroute.store import Store
 from mailroute.store.locks import MailboxLock
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 
 
 @pytest.fixture

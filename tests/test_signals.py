@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 
-from mailroute.signals import SignalInbox
+from mailroute.service.signals import SignalInbox
 
 
 def test_signals_arrive_in_order_and_nothing_runs_in_the_handler() -> None:

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailroute.config import SlaConfig
-from mailroute.hours import BusinessCalendar
-from mailroute.sla import DueTimes, breaches, due_times, resume, targets_for
+from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.sla import DueTimes, breaches, due_times, resume, targets_for
 
 MSK = ZoneInfo("Europe/Moscow")
 CAL = BusinessCalendar()

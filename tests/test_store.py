@@ -80,7 +80,7 @@ def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) ->
     from email.message import EmailMessage
 
     from mailroute.config import Config
-    from mailroute.process import Pipeline, process_letter
+    from mailroute.pipeline.decide import Pipeline, process_letter
     from mailroute.store.models import AttachmentRecord, Blob
 
     store.upgrade()

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from support.services import require_service
 
-from mailroute import systemd
-from mailroute.systemd import Notifier, notify, watchdog_interval
+from mailroute.service import systemd
+from mailroute.service.systemd import Notifier, notify, watchdog_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_DIR = ROOT / "systemd"

@@ -11,8 +11,8 @@ from support.smtp import SmtpSink
 
 from mailroute.config import MailboxConfig, RepliesConfig, SmtpConfig
 from mailroute.errors import MailboxUnavailable
-from mailroute.intake.imap import ImapSource
-from mailroute.outbox import deliver_due
+from mailroute.mail.imap import ImapSource
+from mailroute.mail.outbox import deliver_due
 from mailroute.store import Store
 from mailroute.store.models import OutboxItem
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from mailroute.addresses import counted_as, domain_of
-from mailroute.compose import Draft
+from mailroute.core.compose import Draft
 from mailroute.store.models import (
     AttachmentRecord,
     Blob,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailroute.parse import Address, ParsedLetter
+from mailroute.core.letter import Address, ParsedLetter
 
 DESK = "servicedesk@example.com"
 

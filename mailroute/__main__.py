@@ -1,0 +1,5 @@
+"""`python -m mailroute`: the command line."""
+
+from mailroute.cli import main
+
+raise SystemExit(main())

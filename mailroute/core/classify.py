@@ -1,0 +1,260 @@
+"""Request type and priority by rules that are data (``rules.toml`` + the config).
+
+How the rules decide, in order:
+
+1. **Markers.** A rule with ``marker = true`` that matches the subject, else the
+   first line after the greeting, fixes the request type ("Инцидент", "ЗНИ:" …);
+   the markers' regexes anchor them at the start or end of the line, so the same
+   words mid-sentence do not count.
+2. **Votes.** Every other matching type rule adds its ``weight`` to its type; the
+   type with most votes wins (ties: incident, improvement — offered wording beats
+   neutral "доработать" —, change request, service request); no votes at all:
+   ``default_request_type``.
+3. **Priority.** Change requests and improvements are ``low``; service requests
+   ``normal``; an incident is ``critical`` when a critical rule matches and no
+   ``normal`` rule (a veto: "не к спеху") does.
+
+A match preceded by a negation ("не срочно", "not urgent") does not count for a
+rule with ``negatable = true``; a match covered by one of the rule's ``unless``
+phrases ("ошибка в документации") does not count either.
+
+Pure: the packaged ``rules.toml`` is read by :func:`mailroute.packaged.builtin_rules`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from mailroute.config import ClassificationConfig, ClassificationRule
+from mailroute.core.words import Index, Key, Pattern, Vocabulary, index, negated
+
+TYPES = ("incident", "improvement", "change_request", "service_request")
+LOW_TYPES = frozenset({"change_request", "improvement"})
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The parts of a letter rules can look at, by field name."""
+
+    subject: str = ""
+    first_line: str = ""
+    own_text: str = ""
+    signature: str = ""
+    text: str = ""
+    sender: str = ""
+    headers: Mapping[str, str] | None = None
+
+    def field(self, name: str) -> str:
+        if name.startswith("header:"):
+            return (self.headers or {}).get(name.removeprefix("header:"), "")
+        value: str = getattr(self, name)
+        return value
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A rule that matched: its name, what it sets and where it matched."""
+
+    rule: ClassificationRule
+    field: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule compiled for matching."""
+
+    spec: ClassificationRule
+    patterns: tuple[Pattern, ...]
+    regex: re.Pattern[str] | None
+    unless: tuple[Pattern, ...]
+    # Which patterns are filed under each key (first two words, or first part: see
+    # words.Key), so a text is only tried with the patterns whose key it holds, still in
+    # the rule's order; the vocabulary covers at least these keys (a RuleSet shares one
+    # among its rules).
+    by_first: Mapping[Key, tuple[int, ...]]
+    vocabulary: Vocabulary
+
+    @classmethod
+    def compile(cls, spec: ClassificationRule) -> Rule:
+        patterns = tuple(Pattern.compile(p) for p in [*spec.words, *spec.phrases])
+        by_first: dict[Key, list[int]] = {}
+        for i, pattern in enumerate(patterns):
+            by_first.setdefault(pattern.key, []).append(i)
+        return cls(
+            spec=spec,
+            patterns=patterns,
+            regex=re.compile(spec.regex, re.IGNORECASE | re.MULTILINE) if spec.regex else None,
+            unless=tuple(Pattern.compile(p) for p in spec.unless),
+            by_first={first: tuple(at) for first, at in by_first.items()},
+            vocabulary=Vocabulary.of(patterns),
+        )
+
+    def match(self, texts: Texts) -> Hit | None:
+        """The first field (in the rule's order) where the rule matches."""
+        seen: list[str] = []
+        for name in self.spec.fields:
+            text = texts.field(name)
+            if text in seen:  # the same text in an earlier field did not match
+                continue
+            evidence = self._match_text(text)
+            if evidence is not None:
+                return Hit(self.spec, name, evidence)
+            seen.append(text)
+        return None
+
+    def _match_text(self, text: str) -> str | None:
+        if not text:
+            return None
+        # A rule of a regex alone (the markers) needs the words only once the regex matched.
+        words = index(text) if self.patterns else None
+        blocked: list[tuple[int, int]] | None = None  # the unless spans, found when needed
+        if words is not None:
+            for i in self._candidates(words):
+                for span in self.patterns[i].spans(words):
+                    if blocked is None:
+                        blocked = self._blocked(words)
+                    if self._counts(words, span, blocked):
+                        return " ".join(words.words[span[0] : span[1]])
+        if self.regex is not None:
+            for found in self.regex.finditer(text):
+                if words is None:
+                    words = index(text)
+                span = _token_span(words, found.start(), found.end())
+                if blocked is None:
+                    blocked = self._blocked(words)
+                if self._counts(words, span, blocked):
+                    return found.group(0).strip()
+        return None
+
+    def _candidates(self, words: Index) -> Sequence[int]:
+        """The patterns (by index, in order) whose key occurs in the text."""
+        present = self.by_first.keys() & words.present(self.vocabulary)
+        if not present:
+            return ()
+        if len(present) == 1:
+            return self.by_first[present.pop()]
+        return sorted(i for first in present for i in self.by_first[first])
+
+    def _blocked(self, words: Index) -> list[tuple[int, int]]:
+        return [span for u in self.unless for span in u.spans(words)]
+
+    def _counts(self, words: Index, span: tuple[int, int], blocked: list[tuple[int, int]]) -> bool:
+        if self.spec.negatable and negated(words.words, span):
+            return False
+        return not any(b0 <= span[0] < b1 or span[0] <= b0 < span[1] for b0, b1 in blocked)
+
+
+def _token_span(words: Index, start: int, end: int) -> tuple[int, int]:
+    """The token span of a character span (for negation and ``unless`` checks)."""
+    first = words.token_at(start)
+    return first, max(first + 1, words.token_at(end))
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The effective rules: built-in ones, overridden, extended and disabled by config."""
+
+    rules: tuple[Rule, ...]
+    default_request_type: str = "service_request"
+
+    @classmethod
+    def build(
+        cls, builtin: Sequence[ClassificationRule], config: ClassificationConfig
+    ) -> RuleSet:
+        by_name = {rule.name: rule for rule in builtin}
+        for rule in config.rules:
+            by_name[rule.name] = rule
+        disabled = set(config.disabled)
+        active = [Rule.compile(r) for name, r in by_name.items() if name not in disabled]
+        # One vocabulary for all rules: a text is scanned for it once, not once per rule.
+        shared = Vocabulary.of(p for rule in active for p in rule.patterns)
+        active = [replace(rule, vocabulary=shared) for rule in active]
+        return cls(tuple(active), config.default_request_type)
+
+    @property
+    def markers(self) -> Iterable[Rule]:
+        return (r for r in self.rules if r.spec.marker)
+
+    @property
+    def voters(self) -> Iterable[Rule]:
+        return (r for r in self.rules if not r.spec.marker and r.spec.sets.request_type)
+
+    @property
+    def priority_rules(self) -> Iterable[Rule]:
+        return (r for r in self.rules if not r.spec.marker and r.spec.sets.priority)
+
+
+def parse_rules(text: str) -> tuple[ClassificationRule, ...]:
+    """Rules from TOML text with ``[[rules]]`` tables."""
+    data = tomllib.loads(text)
+    return tuple(ClassificationRule.model_validate(item) for item in data.get("rules", []))
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Type and priority, with the rule hits that decided them."""
+
+    request_type: str
+    priority: str
+    type_hits: tuple[Hit, ...]
+    priority_hits: tuple[Hit, ...]
+    scores: Mapping[str, float]
+    by_marker: bool
+
+
+def classify(texts: Texts, rules: RuleSet) -> Verdict:
+    """Decide request type and priority of one letter."""
+    marker = _marker(texts, rules)
+    request_type: str
+    type_hits: tuple[Hit, ...]
+    scores: dict[str, float]
+    if marker is not None:
+        request_type, type_hits, scores = marker.rule.sets.request_type or "", (marker,), {}
+    else:
+        request_type, type_hits, scores = _vote(texts, rules)
+    priority, priority_hits = _priority(texts, rules, request_type)
+    return Verdict(
+        request_type, priority, type_hits, priority_hits, scores, by_marker=marker is not None
+    )
+
+
+def _marker(texts: Texts, rules: RuleSet) -> Hit | None:
+    """A marker in the subject beats one on the first line."""
+    hits = [hit for rule in rules.markers if (hit := rule.match(texts)) is not None]
+    for field in ("subject", "first_line"):
+        for hit in hits:
+            if hit.field == field:
+                return hit
+    return hits[0] if hits else None
+
+
+def _vote(texts: Texts, rules: RuleSet) -> tuple[str, tuple[Hit, ...], dict[str, float]]:
+    hits = [hit for rule in rules.voters if (hit := rule.match(texts)) is not None]
+    scores = dict.fromkeys(TYPES, 0.0)
+    for hit in hits:
+        scores[hit.rule.sets.request_type or ""] += hit.rule.sets.weight
+    best = max(TYPES, key=lambda t: (scores[t], -TYPES.index(t)))
+    if scores[best] <= 0:
+        return rules.default_request_type, (), scores
+    winners = tuple(h for h in hits if h.rule.sets.request_type == best)
+    return best, winners, scores
+
+
+def _priority(texts: Texts, rules: RuleSet, request_type: str) -> tuple[str, tuple[Hit, ...]]:
+    if request_type in LOW_TYPES:
+        return "low", ()
+    if request_type != "incident":
+        return "normal", ()
+    hits = [hit for rule in rules.priority_rules if (hit := rule.match(texts)) is not None]
+    vetoes = tuple(h for h in hits if h.rule.sets.priority == "normal")
+    if vetoes:
+        return "normal", vetoes
+    critical = tuple(h for h in hits if h.rule.sets.priority == "critical")
+    return ("critical", critical) if critical else ("normal", ())

@@ -1,0 +1,1 @@
+"""Read models and operator actions behind the CLI: tickets, letters, customers, health, explain."""

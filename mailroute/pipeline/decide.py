@@ -1,0 +1,680 @@
+"""Saved letters → pure stages → request, follow-up or ignore record + outbox row.
+
+Letters are decided in batches, oldest first, one transaction a batch. A failure
+inside a pure stage (parse, analyze, compose) is the letter's fault: it is
+quarantined with the stage and the traceback, and the queue moves on. A database
+failure is nobody's fault: it propagates as TransientError and the letters stay
+pending for the next round.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from mailroute import alerts, logs
+from mailroute.config import Config, SlaConfig, WorkflowConfig
+from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.compose import (
+    Draft,
+    Identity,
+    ReplyFacts,
+    Templates,
+    Thread,
+    compose,
+    new_message_id,
+)
+from mailroute.core.customers import tier_of
+from mailroute.core.letter import ParsedLetter, ParseLimits
+from mailroute.core.reply_policy import (
+    DESK_WINDOW,
+    EMAIL,
+    Decision,
+    ReplyPolicy,
+    bounced_addresses,
+    decide,
+)
+from mailroute.core.verdict import Analysis, AnalysisContext
+from mailroute.errors import TransientError
+from mailroute.ops.customers import merged_registry
+from mailroute.packaged import analysis_context, load_templates
+from mailroute.pipeline.status import reopen, set_status, start_clocks
+from mailroute.pipeline.workers import Fault, Understood, understand
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.lookups import BatchLookups
+from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent
+
+log = logs.get("mailroute.pipeline.decide")
+TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
+PUBLIC_MAIL_DOMAINS = frozenset(  # a shared domain says nothing about the organization
+    [
+        "gmail.com",
+        "googlemail.com",
+        "yandex.ru",
+        "ya.ru",
+        "yandex.com",
+        "mail.ru",
+        "bk.ru",
+        "inbox.ru",
+        "list.ru",
+        "rambler.ru",
+        "outlook.com",
+        "hotmail.com",
+        "live.com",
+        "yahoo.com",
+        "icloud.com",
+        "me.com",
+        "proton.me",
+        "protonmail.com",
+        "gmx.de",
+        "gmx.net",
+        "aol.com",
+    ]
+)
+
+HOURS_TEXT = {
+    "ru": "по рабочим дням с {open} до {close} ({zone})",
+    "en": "on working days from {open} to {close} ({zone})",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one letter."""
+
+    letter_id: int
+    state: str
+    request: str | None = None
+    reply: str | None = None
+    detail: str = ""
+    request_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything processing needs, built once from the config (and again on reload)."""
+
+    context: AnalysisContext
+    calendar: BusinessCalendar
+    templates: Templates
+    identity: Identity
+    window: str
+    replies_enabled: bool
+    limits: ParseLimits
+    sla: SlaConfig
+    workflow: WorkflowConfig
+    guard: ReplyPolicy
+
+    @classmethod
+    def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
+        """With a store, the registry also holds the organizations imported into it."""
+        context = analysis_context(config)
+        if store is not None:
+            context = replace(context, registry=merged_registry(config.registry, store))
+        return cls(
+            context=context,
+            calendar=BusinessCalendar.from_config(config.business_hours),
+            templates=load_templates(config.replies.templates_dir),
+            identity=Identity(config.smtp.from_address, config.smtp.from_name),
+            window=config.replies.window,
+            replies_enabled=config.replies.enabled,
+            limits=ParseLimits(
+                max_bytes=config.limits.max_message_bytes,
+                max_parts=config.limits.max_parts,
+                max_depth=config.limits.max_depth,
+                max_header_bytes=config.limits.max_header_bytes,
+                max_text_chars=config.limits.max_text_chars,
+            ),
+            sla=config.sla,
+            workflow=config.workflow,
+            guard=ReplyPolicy.build(
+                config.mailbox.own_addresses() | {config.smtp.from_address.lower()},
+                config.replies.no_reply_patterns,
+                config.replies.per_sender_limit,
+                config.replies.per_sender_window,
+                config.replies.per_domain_limit,
+                config.replies.desk_hourly_limit,
+                config.replies.suppress_for,
+            ),
+        )
+
+    def tier_of(self, registration_number: str | None) -> str | None:
+        """The customer's support tier, when a registry knows the number."""
+        return tier_of(self.context.registry, registration_number)
+
+    def hours_text(self, language: str) -> str:
+        cal = self.calendar
+        zone = str(cal.zone)
+        if zone == "Europe/Moscow":
+            zone = "МСК" if language == "ru" else "Moscow time"
+        pattern = HOURS_TEXT.get(language, HOURS_TEXT["en"])
+        return pattern.format(open=f"{cal.open:%H:%M}", close=f"{cal.close:%H:%M}", zone=zone)
+
+    def send_time(self, now: datetime) -> datetime:
+        """When a reply composed now may go out."""
+        return now if self.window == "always" else self.calendar.next_opening(now)
+
+
+BATCH_LETTERS = 100  # letters decided in one transaction
+BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter goes alone
+
+
+def process_pending(
+    store: Store,
+    pipeline: Pipeline,
+    clock: Callable[[], datetime],
+    limit: int = 1000,
+    *,
+    up_to: int | None = None,
+    ready: Mapping[int, Understood] | None = None,
+) -> list[Outcome]:
+    """Process the saved letters still pending, oldest first (only those with ids up to
+    ``up_to``, if given). ``ready`` holds letters already understood, by id."""
+    with store.transaction() as session:
+        pending = repo.pending_letters(session, limit, up_to)
+    outcomes = []
+    for letter_ids in _batches(pending):
+        outcomes += process_batch(store, pipeline, letter_ids, clock(), ready)
+    return outcomes
+
+
+def _batches(pending: list[tuple[int, int]]) -> Iterator[list[int]]:
+    batch: list[int] = []
+    size = 0
+    for letter_id, letter_size in pending:
+        if batch and (len(batch) >= BATCH_LETTERS or size + letter_size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(letter_id)
+        size += letter_size
+    if batch:
+        yield batch
+
+
+def process_letter(
+    store: Store, pipeline: Pipeline, letter_id: int, now: datetime
+) -> Outcome | None:
+    """Decide one letter; None if another worker already did."""
+    outcomes = process_batch(store, pipeline, [letter_id], now)
+    return outcomes[0] if outcomes else None
+
+
+def process_batch(
+    store: Store,
+    pipeline: Pipeline,
+    letter_ids: list[int],
+    now: datetime,
+    ready: Mapping[int, Understood] | None = None,
+) -> list[Outcome]:
+    """Decide these letters, oldest first, in one transaction (one commit, shared lookups).
+
+    A letter that cannot be read or understood is quarantined within the batch. A
+    fault once a letter has begun to change the database (a bug meeting an odd
+    letter, a value the database refuses) rolls the whole batch back; its letters
+    are then decided one per transaction, and the faulty one is quarantined alone.
+    Letters another worker holds are skipped: they are not in the result.
+    """
+    try:
+        decided = _decide_batch(store, pipeline, letter_ids, now, ready or {})
+    except (_Unprocessable, DataError) as exc:
+        fault = exc.fault if isinstance(exc, _Unprocessable) else _refused(exc)
+        if len(letter_ids) > 1:
+            log.warning("batch decided again letter by letter", letters=len(letter_ids),
+                        error=fault.reason)
+            return [outcome for letter_id in letter_ids
+                    for outcome in process_batch(store, pipeline, [letter_id], now, ready)]
+        decided = _quarantine_alone(store, letter_ids[0], fault)
+    for outcome, letter in decided:
+        _log(outcome, letter)
+    return [outcome for outcome, _letter in decided]
+
+
+def _decide_batch(
+    store: Store,
+    pipeline: Pipeline,
+    letter_ids: list[int],
+    now: datetime,
+    ready: Mapping[int, Understood],
+) -> list[tuple[Outcome, Letter]]:
+    decided = []
+    with store.transaction() as session:
+        with_raw = any(letter_id not in ready for letter_id in letter_ids)
+        letters = repo.lock_pending_letters(session, letter_ids, with_raw=with_raw)
+        understood = [
+            ready.get(letter.id) or understand(letter.raw, pipeline.context, pipeline.limits)
+            for letter in letters
+        ]
+        lookups = _lookups_for(session, pipeline, understood, now)
+        queued: list[tuple[RequestEvent, OutboxItem]] = []
+        for letter, known in zip(letters, understood, strict=True):
+            outcome = _decide(session, lookups, pipeline, letter, known, now, queued)
+            letter.attempts += 1
+            lookups.decided(letter)
+            decided.append((outcome, letter))
+        lookups.finish()
+        if queued:
+            session.flush()  # the replies get their ids, which their history names
+            for event, item in queued:
+                event.detail = {**event.detail, "outbox": item.id}
+    return decided
+
+
+def _lookups_for(
+    session: Session, pipeline: Pipeline, understood: list[Understood], now: datetime
+) -> BatchLookups:
+    letters = [known.parsed for known in understood if known.parsed is not None]
+    return BatchLookups(
+        session,
+        message_ids=[p.message_id for p in letters if p.message_id],
+        references=[m for p in letters for m in (*p.in_reply_to, *p.references)],
+        senders=[p.sender.email for p in letters if p.sender],
+        attachment_hashes=[a.sha256 for p in letters for a in p.attachments],
+        replies_since=now - pipeline.guard.window,
+        desk_since=now - DESK_WINDOW,
+        suppressed_since=now - pipeline.guard.suppress_for,
+    )
+
+
+def _quarantine_alone(store: Store, letter_id: int, fault: Fault) -> list[tuple[Outcome, Letter]]:
+    with store.transaction() as session:
+        for letter in repo.lock_pending_letters(session, [letter_id], with_raw=False):
+            letter.attempts += 1
+            return [(_quarantine(letter, fault), letter)]
+    return []
+
+
+def _refused(exc: DataError) -> Fault:
+    return Fault("store", f"database refused a value: {exc.orig}")
+
+
+class _Unprocessable(Exception):
+    """A letter's fault after it began to change the database: the batch is undone."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.reason)
+        self.fault = fault
+
+
+def _decide(
+    session: Session,
+    lookups: BatchLookups,
+    pipeline: Pipeline,
+    letter: Letter,
+    known: Understood,
+    now: datetime,
+    queued: list[tuple[RequestEvent, OutboxItem]],
+) -> Outcome:
+    parsed, analysis = known.parsed, known.analysis
+    if parsed is None:
+        assert known.fault is not None
+        return _quarantine(letter, known.fault)
+    _describe_letter(letter, parsed)
+    earlier = lookups.earlier_letter(parsed.message_id)
+    if earlier:
+        earlier_id, letter.request_id = earlier
+        letter.state = "duplicate"
+        return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
+    if analysis is None:
+        assert known.fault is not None
+        return _quarantine(letter, known.fault)
+    steps = _Steps(session, lookups, pipeline, letter, parsed, analysis, now, queued)
+    stage = "store"
+    try:
+        letter.analysis = analysis.as_dict()
+        steps.store_attachments()
+        if analysis.action == "ignore":
+            letter.state = "ignored"
+            letter.ignore_reason = analysis.ignore_reason
+            if analysis.ignore_reason == "bounce":
+                steps.suppress_bounced()
+            return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
+        stage = "thread"
+        request = _find_thread(session, lookups, parsed)
+        stage = "compose"
+        if request is not None:
+            return steps.follow_up(request)
+        return steps.new_request()
+    except (SQLAlchemyError, TransientError):
+        raise  # the database's trouble, not the letter's: retry later
+    except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
+        reason = f"{type(exc).__name__}: {exc}"
+        raise _Unprocessable(Fault(stage, reason, traceback.format_exc())) from exc
+
+
+def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
+    letter.message_id = parsed.message_id
+    letter.sender = parsed.sender.email if parsed.sender else None
+    letter.subject = parsed.subject
+
+
+def _quarantine(letter: Letter, fault: Fault) -> Outcome:
+    letter.state = "quarantined"
+    letter.stage = fault.stage
+    text = fault.reason if fault.trace is None else f"{fault.reason}\n{fault.trace}"
+    letter.error = text.replace("\x00", "\\x00")  # PostgreSQL text holds no NUL
+    return Outcome(letter.id, "quarantined", detail=f"{fault.stage}: {fault.reason}")
+
+
+# ---------------------------------------------------------------------------- threads
+
+
+def _find_thread(session: Session, lookups: BatchLookups, parsed: ParsedLetter) -> Request | None:
+    """The request this letter continues, or None for a new one.
+
+    A reference to one of our Message-IDs is proof enough (only recipients of
+    the thread know them). A ``[SD-…]`` token alone is not: anyone can type it,
+    so it attaches only when the sender already belongs to the request.
+    """
+    by_reference = lookups.request_by_message_ids(
+        [*parsed.in_reply_to, *reversed(parsed.references)]
+    )
+    if by_reference is not None:
+        return by_reference
+    match = TOKEN.search(parsed.subject or "")
+    if not match:
+        return None
+    request = repo.request_by_number(session, match.group(1))
+    sender = parsed.sender.email if parsed.sender else ""
+    if request is None:
+        return None
+    if not _belongs_to(request, sender):
+        log.warning(
+            "token from stranger",
+            msgid=parsed.message_id,
+            request=request.number,
+            sender=sender,
+            action="new request",
+        )
+        return None
+    return request
+
+
+def _belongs_to(request: Request, sender: str) -> bool:
+    if not sender:
+        return False
+    participants = {request.requester, *(x.sender for x in request.letters if x.sender)}
+    if sender in participants:
+        return True
+    domain = _domain(sender)
+    return domain == _domain(request.requester) and domain not in PUBLIC_MAIL_DOMAINS
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class _Steps:
+    """What deciding one letter does to the database, with everything it needs at hand."""
+
+    session: Session
+    lookups: BatchLookups
+    pipeline: Pipeline
+    letter: Letter
+    parsed: ParsedLetter
+    analysis: Analysis
+    now: datetime
+    queued: list[tuple[RequestEvent, OutboxItem]]  # replies whose history awaits their ids
+
+    def store_attachments(self) -> None:
+        for item in self.parsed.attachments:
+            repo.add_attachment(
+                self.session,
+                self.letter,
+                filename=item.filename,
+                content_type=item.content_type,
+                content=item.content,
+                sha256=item.sha256,
+                inline=item.inline,
+                store_content=self.lookups.blob_needed(item.sha256),
+            )
+
+    def suppress_bounced(self) -> None:
+        """A permanent bounce of our mail: stop answering that address automatically."""
+        parsed, letter = self.parsed, self.letter
+        texts = [parsed.text, *(f.text for f in parsed.forwarded)]
+        headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
+        mentioned = EMAIL.findall(" ".join([*texts, *headers]))
+        with self.session.no_autoflush:  # this batch's replies are not sent: none bounced
+            candidates = repo.recipients_we_wrote(self.session, mentioned)
+        for address in sorted(bounced_addresses(parsed, candidates)):
+            reason = f"bounce in letter {letter.id}"
+            if repo.suppress(self.session, address, reason, self.now, letter.id):
+                self.lookups.suppressed(address)
+                log.warning(
+                    "address suppressed",
+                    msgid=parsed.message_id,
+                    letter=letter.id,
+                    address=address,
+                    reason="permanent bounce",
+                )
+
+    def new_request(self, parent: Request | None = None) -> Outcome:
+        parsed, analysis, letter, now = self.parsed, self.analysis, self.letter, self.now
+        request = Request(
+            number=self.lookups.next_request_number(),
+            status="awaiting_customer" if analysis.missing else "new",
+            request_type=analysis.request_type or "service_request",
+            priority=analysis.priority or "normal",
+            queue=analysis.queue,
+            organization=analysis.organization,
+            registration_number=analysis.registration_number,
+            tier=self.pipeline.tier_of(analysis.registration_number),
+            requester=parsed.sender.email if parsed.sender else "",
+            requester_name=parsed.sender.name if parsed.sender else None,
+            subject=parsed.subject,
+            language=analysis.language,
+            missing=list(analysis.missing),
+            reasons=[r.__dict__ for r in analysis.reasons],
+            created_at=now,
+            updated_at=now,
+            parent_id=parent.id if parent else None,
+            clarifications=0,
+        )
+        if not analysis.missing:
+            start_clocks(request, letter.received_at, self.pipeline.calendar, self.pipeline.sla)
+        self.session.add(request)
+        letter.request = request  # by relationship: the id comes with the batch's flush
+        letter.state = "processed"
+        repo.add_event(
+            self.session,
+            request,
+            "created",
+            now,
+            letter=letter.id,
+            status=request.status,
+            parent=parent.number if parent else None,
+        )
+        if parent is not None:
+            repo.add_event(self.session, parent, "continued", now, request=request.number)
+        reply = self.queue_reply(request, analysis.reply, analysis.unknown_registration)
+        return Outcome(letter.id, "processed", request.number, reply,
+                       request_type=request.request_type)
+
+    def follow_up(self, request: Request) -> Outcome:
+        """Attach to the request; reopen it, or fill in what a clarification asked for."""
+        pipeline, letter, now = self.pipeline, self.letter, self.now
+        if request.status == "closed" and pipeline.workflow.closed_reply == "new":
+            return self.new_request(parent=request)
+        letter.request = request
+        letter.state = "follow_up"
+        request.updated_at = now
+        supplied = _supplied(request, self.analysis)
+        repo.add_event(self.session, request, "follow_up", now, letter=letter.id,
+                       supplied=supplied)
+        if request.status in ("resolved", "closed"):
+            reopen(self.session, request, now, pipeline.calendar, pipeline.sla)
+            return Outcome(letter.id, "follow_up", request.number, detail="reopened")
+        if request.status != "awaiting_customer":
+            return Outcome(letter.id, "follow_up", request.number)
+        request.missing = [item for item in request.missing if item not in supplied]
+        if not request.missing:
+            return self.complete(request)
+        if request.clarifications < pipeline.workflow.max_clarifications:
+            reply = self.queue_reply(request, "clarification", self.analysis.unknown_registration)
+            return Outcome(letter.id, "follow_up", request.number, reply, detail="still missing")
+        return self.to_humans(request)
+
+    def complete(self, request: Request) -> Outcome:
+        """The customer supplied the last missing item: the SLA starts, we acknowledge."""
+        pipeline, now = self.pipeline, self.now
+        request.tier = pipeline.tier_of(request.registration_number)
+        set_status(self.session, request, "new", now, pipeline.calendar,
+                   reason="details complete")
+        start_clocks(request, now, pipeline.calendar, pipeline.sla)
+        reply = self.queue_reply(request, "acknowledgement")
+        return Outcome(self.letter.id, "follow_up", request.number, reply, detail="complete")
+
+    def to_humans(self, request: Request) -> Outcome:
+        """Clarification rounds are used up: a person takes over, the SLA starts."""
+        pipeline, now = self.pipeline, self.now
+        request.queue = pipeline.workflow.human_queue
+        set_status(
+            self.session,
+            request,
+            "new",
+            now,
+            pipeline.calendar,
+            reason=f"still missing after {request.clarifications} clarifications",
+        )
+        start_clocks(request, now, pipeline.calendar, pipeline.sla)
+        log.warning(
+            "request needs a person",
+            request=request.number,
+            queue=request.queue,
+            missing=",".join(request.missing),
+        )
+        return Outcome(self.letter.id, "follow_up", request.number, detail="to human queue")
+
+    def queue_reply(
+        self, request: Request, kind: str, unknown_registration: str | None = None
+    ) -> str | None:
+        if kind not in ("acknowledgement", "clarification") or not request.requester:
+            return None
+        if kind == "clarification":
+            request.clarifications += 1
+        pipeline, now = self.pipeline, self.now
+        if not pipeline.replies_enabled:
+            return None
+        decision = self.guard(request.requester)
+        if decision.cap:  # a cap reached: counted and shown by `status`
+            alerts.raise_alert(self.session, f"cap:{decision.cap}",
+                               f"{decision.reason} (last: {request.requester})", now)
+        if decision.action == "refuse":
+            repo.add_event(
+                self.session, request, "reply_suppressed", now, reply=kind,
+                reason=decision.reason,
+            )
+            log.warning(
+                "reply suppressed",
+                msgid=self.parsed.message_id,
+                request=request.number,
+                to=request.requester,
+                reason=decision.reason,
+            )
+            return None
+        if decision.action == "notice":
+            kind = "limit"
+        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration)
+        item = repo.pending_reply(draft, pipeline.send_time(now), now, request, self.letter.id)
+        self.session.add(item)
+        self.lookups.reply_queued(item, request)
+        event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)
+        self.queued.append((event, item))
+        return kind
+
+    def guard(self, address: str) -> Decision:
+        recent = self.lookups.recent_replies(address)
+        suppressed = self.lookups.is_suppressed(address)
+        return decide(address, self.pipeline.guard, recent, suppressed)
+
+
+def _supplied(request: Request, analysis: Analysis) -> list[str]:
+    """Which of the request's missing items this follow-up provides (and copy them over)."""
+    supplied = []
+    if "organization" in request.missing and analysis.organization:
+        request.organization = analysis.organization
+        supplied.append("organization")
+    if "registration_number" in request.missing and analysis.registration_number:
+        request.registration_number = analysis.registration_number
+        supplied.append("registration_number")
+    if "description" in request.missing and "description" not in analysis.missing:
+        supplied.append("description")
+    if "subject" in request.missing and _new_subject(analysis.letter.subject):
+        request.subject = _new_subject(analysis.letter.subject)
+        supplied.append("subject")
+    return supplied
+
+
+def _new_subject(subject: str | None) -> str:
+    """A subject the customer wrote, not our reply's subject coming back with Re:."""
+    text = TOKEN.sub("", subject or "")
+    text = re.sub(
+        r"^\s*((re|fwd?|ответ|отв|пересл)\s*(\[\d+\])?\s*:\s*)+", "", text, flags=re.IGNORECASE
+    ).strip()
+    ours = (
+        "Требуются уточнения",
+        "More details needed",
+        "Обращение зарегистрировано",
+        "Request registered",
+    )
+    return "" if any(text.startswith(prefix) for prefix in ours) else text
+
+
+def _draft(
+    pipeline: Pipeline,
+    request: Request,
+    parsed: ParsedLetter,
+    kind: str,
+    unknown_registration: str | None = None,
+) -> Draft:
+    facts = ReplyFacts(
+        number=request.number,
+        request_type=request.request_type,
+        priority=request.priority,
+        language=request.language,
+        subject=request.subject,
+        missing=tuple(request.missing),
+        unknown_registration=unknown_registration,
+        first_response_due=_local(pipeline, request.first_response_due),
+        hours=pipeline.hours_text(request.language),
+    )
+    thread = Thread(
+        recipient=request.requester,
+        recipient_name=parsed.sender.name if parsed.sender else "",
+        message_id=parsed.message_id,
+        references=parsed.references,
+    )
+    domain = _domain(pipeline.identity.address) or "mailroute.invalid"
+    message_id = new_message_id(request.number, domain)
+    return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
+
+
+def _local(pipeline: Pipeline, moment: datetime | None) -> datetime | None:
+    return moment.astimezone(pipeline.calendar.zone) if moment else None
+
+
+def _log(outcome: Outcome, letter: Letter) -> None:
+    fields = {"msgid": letter.message_id, "uid": letter.uid, "letter": letter.id}
+    if outcome.state == "quarantined":
+        log.error("letter quarantined", **fields, error=outcome.detail)
+    elif outcome.state == "processed":
+        log.info("request created", **fields, request=outcome.request, type=outcome.request_type)
+    elif outcome.state == "follow_up":
+        log.info("follow-up attached", **fields, request=outcome.request, detail=outcome.detail)
+    else:
+        log.info(f"letter {outcome.state}", **fields, reason=outcome.detail)
+    if outcome.reply:
+        log.info(
+            "reply queued", msgid=letter.message_id, request=outcome.request, kind=outcome.reply
+        )

@@ -1,0 +1,275 @@
+"""Empty the intake folder: save each letter, process it, then file it on the server.
+
+The order is what makes crashes harmless:
+
+1. the raw bytes are committed under (mailbox, UIDVALIDITY, UID);
+2. the letter is processed from the saved copy, in its own transaction;
+3. only then is it moved to ``processed_folder`` or ``quarantine_folder``.
+
+A crash after 1 finds the UID already saved and does not fetch it twice; after
+2 the letter is only moved; after 3 it is gone from the folder. Nothing is moved
+before its bytes are in the database, so nothing is lost. Bytes already stored
+under another key (after a UIDVALIDITY change, or a second copy) are recognised
+by their SHA-256 and filed like the stored letter, never processed twice.
+
+A letter the server will not serve, or will not move, is set aside in
+``letter_faults`` with a backoff of its own (``FAULT_RETRY_FIRST`` doubling up to
+``FAULT_RETRY_MAX``) while the rest of the folder goes on; `status` shows it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from mailroute import logs
+from mailroute.config import MailboxConfig
+from mailroute.core.arrival import plausible_arrival
+from mailroute.mail.mailbox import FetchedLetter, MailSource, UnservedLetter
+from mailroute.pipeline.decide import Outcome, Pipeline, process_pending
+from mailroute.pipeline.workers import Understanding, Understood
+from mailroute.store import Store
+from mailroute.store import repository as repo
+
+log = logs.get("mailroute.mail.mailbox")
+MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse the save
+    rb"^message-id:[ \t]*(<[\x21-\x3d\x3f-\x7e\x80-\xff]{1,990}>)", re.IGNORECASE | re.MULTILINE
+)
+FAULT_RETRY_FIRST = timedelta(minutes=1)
+FAULT_RETRY_MAX = timedelta(hours=1)
+
+
+def fault_retry_after(attempts: int) -> timedelta:
+    """The pause before a letter's next attempt after ``attempts`` failures in a row."""
+    pause: timedelta = FAULT_RETRY_FIRST * 2 ** min(attempts - 1, 16)
+    return min(pause, FAULT_RETRY_MAX)
+
+
+@dataclass
+class DrainReport:
+    """What one pass over the folder did."""
+
+    fetched: int = 0
+    saved: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    filed: dict[str, int] = field(default_factory=dict)
+    unserved: int = 0  # letters the server would not hand over this pass
+    refused: int = 0  # letters it would not move
+
+    def count(self, state: str) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.state == state)
+
+
+def drain(
+    source: MailSource,
+    store: Store,
+    pipeline: Pipeline,
+    mailbox: MailboxConfig,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None = None,
+    progress: Callable[[], None] | None = None,
+) -> DrainReport:
+    """One pass: every letter in the folder now is saved, decided and filed.
+
+    ``progress`` is called after each batch is filed: proof, in the middle of a
+    long backlog, that the mailbox and the database both work again.
+    """
+    return _Pass(source, store, pipeline, mailbox, clock, stop or threading.Event(),
+                 progress or _nothing).run()
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass
+class _InFlight:
+    """A saved batch, (id, bytes) of its new letters, and the job understanding them."""
+
+    saved: list[tuple[int, bytes]]
+    future: Future[list[Understood]]
+
+
+@dataclass
+class _Pass:
+    source: MailSource
+    store: Store
+    pipeline: Pipeline
+    mailbox: MailboxConfig
+    clock: Callable[[], datetime]
+    stop: threading.Event
+    progress: Callable[[], None]
+    report: DrainReport = field(default_factory=DrainReport)
+    uidvalidity: int = 0
+    copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
+    resting: set[str] = field(default_factory=set)  # uids set aside until a later pass
+
+    def run(self) -> DrainReport:
+        self.uidvalidity = self.source.select()
+        uids = self.source.list_uids()
+        with self.store.transaction() as session:
+            known = repo.known_uids(session, self.source.name, self.uidvalidity, uids)
+            self.resting = self._resting(session)
+        new = [uid for uid in uids if uid not in known and uid not in self.resting]
+        size = self.mailbox.batch_size
+        backlog = len(new) >= 2 * size  # worth starting workers for
+        pipeline = self.pipeline
+        understanding = Understanding(pipeline.context, pipeline.limits,
+                                      self.mailbox.workers if backlog else 0)
+        try:
+            ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
+            for start in range(0, len(new), size):
+                if self.stop.is_set():
+                    break
+                saved = self._save_batch(self._fetch(new[start : start + size]))
+                raws = [raw for _id, raw in saved]
+                ahead.append(_InFlight(saved, understanding.submit(raws)))
+                if len(ahead) > 1:  # keep one batch being understood while this one is decided
+                    self._decide_and_file(understanding, ahead.popleft())
+            while ahead and not self.stop.is_set():
+                self._decide_and_file(understanding, ahead.popleft())
+        finally:
+            understanding.close()
+        if not self.stop.is_set():
+            self._process_and_file()  # letters saved before a crash, decided or not
+        with self.store.transaction() as session:
+            repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
+                             backlog=len(uids))
+        return self.report
+
+    def _decide_and_file(self, understanding: Understanding, job: _InFlight) -> None:
+        """Decide the letters saved up to this batch (older ones left by a crash too), and
+        file them with any copies of stored letters the batch held."""
+        raws = [raw for _id, raw in job.saved]
+        verdicts = understanding.results(job.future, raws)
+        ready = {letter_id: known for (letter_id, _raw), known in
+                 zip(job.saved, verdicts, strict=True)}
+        self._process_and_file(up_to=max(ready, default=0), ready=ready)
+        self.progress()
+
+    def _resting(self, session: Session) -> set[str]:
+        """UIDs of this folder whose fault's next attempt is still to come."""
+        now = self.clock()
+        return {fault.uid for fault in repo.letter_faults(session, self.source.name)
+                if fault.uidvalidity == self.uidvalidity and fault.next_attempt_at > now}
+
+    def _fetch(self, uids: list[str]) -> list[FetchedLetter]:
+        """The batch's letters; those the server would not serve are set aside."""
+        letters: list[FetchedLetter] = []
+        unserved: dict[str, str] = {}
+        for item in self.source.fetch(uids):
+            if isinstance(item, UnservedLetter):
+                unserved[item.uid] = item.error
+            else:
+                letters.append(item)
+        self._set_aside(unserved, "fetch")
+        self.report.unserved += len(unserved)
+        return letters
+
+    def _set_aside(self, failures: Mapping[str, str], action: str) -> None:
+        """Record each failed letter with its own next attempt, and say so once per attempt."""
+        if not failures:
+            return
+        now = self.clock()
+        with self.store.transaction() as session:
+            for uid, error in failures.items():
+                fault = repo.record_letter_fault(
+                    session, self.source.name, self.uidvalidity, uid, action=action,
+                    error=error, now=now, retry_after=fault_retry_after,
+                )
+                log.warning("letter set aside", uid=uid, action=action, error=error,
+                            attempts=fault.attempts, retry_at=fault.next_attempt_at.isoformat())
+        self.resting.update(failures)
+
+    def _save_batch(self, batch: list[FetchedLetter]) -> list[tuple[int, bytes]]:
+        """Commit a fetched batch's raw bytes in one transaction (one fsync, not one per
+        letter). Nothing has moved on the server yet: a failure re-fetches the batch.
+        Returns (id, bytes) of the letters saved anew."""
+        now = self.clock()
+        arrivals = [
+            repo.Arrival(f.uid, f.raw, header_message_id(f.raw), self._arrival(f, now))
+            for f in batch
+        ]
+        with self.store.transaction() as session:
+            saved = repo.save_letters(session, self.source.name, self.uidvalidity, arrivals, now)
+            ids = [(letter.id, is_new) for letter, is_new in saved]
+            repo.clear_letter_faults(session, self.source.name, self.uidvalidity,
+                                     [f.uid for f in batch])
+        for fetched, (letter_id, is_new) in zip(batch, ids, strict=True):
+            self._note_saved(fetched, letter_id, is_new)
+        return [(letter_id, f.raw) for f, (letter_id, is_new) in zip(batch, ids, strict=True)
+                if is_new]
+
+    @staticmethod
+    def _arrival(fetched: FetchedLetter, now: datetime) -> datetime:
+        """The server's arrival time, or ``now`` when it cannot be true (and a log line)."""
+        arrival = plausible_arrival(fetched.received_at, fetched.raw, now)
+        if arrival.replaced:
+            log.warning("arrival time replaced", uid=fetched.uid, reason=arrival.replaced,
+                        used=arrival.at.isoformat())
+        return arrival.at
+
+    def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:
+        self.report.fetched += 1
+        if is_new:
+            self.report.saved += 1
+            log.info("letter fetched", uid=fetched.uid, letter=letter_id, size=len(fetched.raw))
+        else:
+            self.copies[fetched.uid] = letter_id
+            log.info("letter already stored", uid=fetched.uid, letter=letter_id)
+
+    def _process_and_file(
+        self, up_to: int | None = None, ready: Mapping[int, Understood] | None = None
+    ) -> None:
+        self.report.outcomes += process_pending(self.store, self.pipeline, self.clock,
+                                                up_to=up_to, ready=ready)
+        with self.store.transaction() as session:
+            moves = repo.letters_to_file(session, self.source.name, self.uidvalidity)
+            copy_states = repo.letter_states(session, list(self.copies.values()))
+        by_folder: dict[str, list[str]] = {}
+        for uid, state in moves.values():
+            if uid not in self.resting:
+                by_folder.setdefault(self._folder_for(state), []).append(uid)
+        for uid, letter_id in list(self.copies.items()):
+            state = copy_states.get(letter_id, "pending")
+            if state != "pending":
+                by_folder.setdefault(self._folder_for(state), []).append(uid)
+                del self.copies[uid]
+        refused: dict[str, str] = {}
+        for folder, uids in by_folder.items():
+            refused_here = self.source.file(uids, folder)
+            refused.update(refused_here)
+            filed = len(uids) - len(refused_here)
+            self.report.filed[folder] = self.report.filed.get(folder, 0) + filed
+            log.info("letters filed", folder=folder, count=filed)
+        with self.store.transaction() as session:
+            for folder, uids in by_folder.items():
+                moved = set(uids) - refused.keys()
+                ids = [lid for lid, (uid, state) in moves.items()
+                       if uid in moved and self._folder_for(state) == folder]
+                repo.mark_filed(session, ids, folder)
+                repo.clear_letter_faults(session, self.source.name, self.uidvalidity, moved)
+        self._set_aside(refused, "file")
+        self.report.refused += len(refused)
+
+    def _folder_for(self, state: str) -> str:
+        if state == "quarantined":
+            return self.mailbox.quarantine_folder
+        return self.mailbox.processed_folder
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID from the header block, cheaply, for logs before full parsing."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    head = raw[: end if end >= 0 else 65536]
+    match = MESSAGE_ID.search(head)
+    return match.group(1).decode("ascii", "replace") if match else None

@@ -1,0 +1,559 @@
+"""Wiring: the intake loop, the outbox job, signals. No business logic lives here.
+
+Threads: the intake loop runs in its own thread (IMAP IDLE blocks); the outbox
+and housekeeping jobs run on an APScheduler ``BackgroundScheduler`` with its
+in-memory job store (durable state is in mailroute's own tables, so several
+instances never share a job store and never run a job twice). The main thread
+reads signals (``signals.SignalInbox``; no work runs inside a handler) and pings
+the watchdog: SIGTERM/SIGINT stop after the letter in hand, SIGHUP reloads the
+configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailroute import config as config_module
+from mailroute import logs
+from mailroute.alerts import AlertMail
+from mailroute.config import Config
+from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.errors import ConfigError, MailrouteError, TransientError
+from mailroute.mail.mailbox import MailSource, open_source
+from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
+from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.escalations import escalate_breaches
+from mailroute.pipeline.intake import DrainReport, drain
+from mailroute.pipeline.reports import build_report, previous_period, queue_report_mail, sla_targets
+from mailroute.service.metrics import Metrics
+from mailroute.service.signals import SignalInbox
+from mailroute.service.systemd import Notifier
+from mailroute.store import Store
+from mailroute.store import repository as repo
+from mailroute.store.locks import MailboxLock
+
+log = logs.get("mailroute.service.daemon")
+Clock = Callable[[], datetime]
+MAX_BACKOFF = 300.0
+STOP_GRACE = 8.0
+SENDER_IDLE = 0.5  # seconds between outbox passes during `run --once` when no batch was filed
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def send_period_report(store: Store, config: Config, pipeline: Pipeline, now: datetime) -> int:
+    """Build the last complete period's report and queue it; returns the rows queued."""
+    calendar = pipeline.calendar
+    schedule = config.reports.schedule
+    if schedule == "never":
+        return 0
+    start, end = previous_period(now, schedule, calendar)
+    report = build_report(store, calendar, start, end, now, targets=sla_targets(config.sla))
+    return queue_report_mail(store, report, pipeline.identity, config.reports.recipients, now)
+
+
+def calendar_warning(calendar: BusinessCalendar, now: datetime) -> str | None:
+    """Say so when the coming year's official days off and transfers are not known.
+
+    The government publishes each year's production calendar late in the year
+    before; until the `holidays` package knows it, set [business_hours]
+    extra_holidays / extra_workdays by hand.
+    """
+    coming = now.astimezone(calendar.zone).year + 1
+    if calendar.calendar_known_for(coming):
+        return None
+    return (
+        f"the {calendar.calendar} production calendar for {coming} is not known to this "
+        "installation: update the `holidays` package or list the days off and transferred "
+        "working days in [business_hours] extra_holidays / extra_workdays"
+    )
+
+
+@dataclass
+class RunReport:
+    """What ``run --once`` did."""
+
+    drain: DrainReport
+    delivery: DeliveryReport
+
+
+class _Sender:
+    """Runs the outbox in a thread of its own while ``run --once`` drains the folder.
+
+    ``wake`` (called after each filed batch) starts another outbox pass; without
+    one, a pass runs every ``SENDER_IDLE`` seconds. The first error ends the thread:
+    a TransientError is logged and left to the final pass after the drain, which
+    meets it again or finds the database back; anything else is raised once the
+    drain is over. ``delivery`` holds what the thread's passes sent. Not ``enabled``,
+    it does nothing.
+    """
+
+    def __init__(self, send: Callable[[], DeliveryReport], enabled: bool = True) -> None:
+        self._send = send
+        self._enabled = enabled
+        self._wakeup = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self.delivery = DeliveryReport()
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> _Sender:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._wakeup.set()
+        if self._enabled:
+            self._thread.join()
+        if exc_info[0] is None and self.error is not None and not isinstance(
+            self.error, TransientError
+        ):
+            raise self.error
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self._wakeup.wait(SENDER_IDLE)
+            self._wakeup.clear()
+            if self._done.is_set():
+                return  # the final pass after the drain sends the rest
+            try:
+                self.delivery.add(self._send())
+            except TransientError as exc:
+                self.error = exc
+                log.warning("outbox paused until the drain ends", error=str(exc))
+                return
+            except BaseException as exc:  # raised in the caller's thread once the drain ends
+                self.error = exc
+                log.error("outbox stopped", error=f"{type(exc).__name__}: {exc}")
+                return
+
+
+@dataclass
+class Daemon:
+    """One mailroute instance: a mailbox, a database, an SMTP server."""
+
+    config: Config
+    store: Store
+    source_factory: Callable[[Any], MailSource] = open_source
+    clock: Clock = utc_now
+    config_path: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.pipeline = Pipeline.from_config(self.config, self.store)
+        self._source: MailSource | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._failing: dict[str, str] = {}
+        self._notifier = Notifier()
+        self.metrics = Metrics(self.store)
+        self._ready = threading.Event()
+        self._standby = False
+        self._heartbeat = time.monotonic()
+        self._backoff = 1.0  # seconds before the intake loop's next attempt after a failure
+
+    # ---------------------------------------------------------------- one pass
+
+    def calendar_warning(self) -> str | None:
+        """A warning when next year's production calendar is not known yet (logged at start)."""
+        return calendar_warning(self.pipeline.calendar, self.clock())
+
+    def run_once(self) -> RunReport:
+        """Drain the folder, send the replies that are due, return what happened.
+
+        On PostgreSQL replies go out while the drain is still going (a sender thread
+        runs the outbox after every filed batch); then one last outbox pass sends the
+        rest. If another instance holds the mailbox, only the replies are sent.
+        """
+        self._warn_calendar()
+        source = self.source_factory(self.config.mailbox)
+        lock = MailboxLock(self.store, source.name)
+        report = DrainReport()
+        delivery = DeliveryReport()
+        sessions = 1  # standby: the holder's intake runs meanwhile
+        try:
+            if lock.acquire():
+                sessions = SESSIONS
+                # On SQLite a reply's mark waits for the drain's batch transaction (one
+                # turn each): ~15 % of the replies went out during the drain, the run was
+                # no faster, and marks waited up to 160 ms (the at-least-once window)
+                # instead of about 1 ms. So there the replies wait for the drain's end.
+                with _Sender(lambda: self.send_due(sessions=SESSIONS),
+                             enabled=not self.store.is_sqlite) as sender:
+                    report = drain(source, self.store, self.pipeline, self.config.mailbox,
+                                   self.clock, progress=sender.wake)
+                delivery = sender.delivery
+            else:
+                log.warning("standby", reason="another instance is draining this mailbox")
+        finally:
+            lock.release()
+            source.close()
+        delivery.add(self.send_due(sessions=sessions))
+        return RunReport(report, delivery)
+
+    def _warn_calendar(self) -> None:
+        warning = self.calendar_warning()
+        if warning:
+            log.warning("calendar incomplete", detail=warning)
+
+    def send_due(self, sessions: int = 1) -> DeliveryReport:
+        """One outbox pass over up to ``sessions`` SMTP connections (see outbox.SESSIONS).
+
+        ``run --once`` uses several; the daemon's outbox job one, as intake runs beside
+        it and on SQLite every mark may wait for an intake transaction.
+        """
+        alert_mail = AlertMail(self.pipeline.identity, self.config.workflow.escalation_address)
+        report = deliver_due(self.store, self.config.smtp, self.config.replies, self.clock(),
+                             sessions, alert_mail)
+        self.metrics.observe_delivery(report)
+        if report.sent:  # SMTP works: an error from start-up or an outage is over
+            self._smtp_works()
+        return report
+
+    def _smtp_works(self) -> None:
+        """A reply was accepted: forget the recorded SMTP error, so `status` clears."""
+        self._recovered("smtp")
+        try:
+            with self.store.transaction() as session:
+                repo.clear_errors(session, "smtp: ")
+        except (TransientError, SQLAlchemyError):
+            pass  # the next accepted reply tries again
+
+    # ----------------------------------------------------------------- forever
+
+    def run_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT; returns after a clean stop."""
+        inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        self._warn_calendar()
+        if self.config.metrics.listen:
+            self.metrics.serve(self.config.metrics.listen)
+            log.info("metrics served", listen=self.config.metrics.listen)
+        self._scheduler = self._start_scheduler()
+        intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        intake.start()
+        log.info("daemon started", mailbox=self.config.mailbox.folder, db=self._db_label())
+        try:
+            self._serve(intake, inbox)
+        finally:
+            log.info("daemon stopping")
+            self._notifier.stopping()
+            intake.join(STOP_GRACE)
+            self._scheduler.shutdown(wait=True)
+            if self._source is not None:
+                self._source.close()
+            self._notifier.close()
+            self.metrics.close()
+            inbox.close()
+            log.info("daemon stopped")
+
+    def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
+        """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""
+        interval = min(self._notifier.ping_interval or 1.0, 1.0)
+        while True:
+            self._on_signals(inbox.wait(interval))
+            if self.stop.is_set():
+                return
+            if self._ready.is_set() and intake.is_alive() and self._intake_fresh():
+                self._notifier.watchdog()
+
+    def _intake_fresh(self) -> bool:
+        """The intake loop came round recently (a hung IMAP call would stop it)."""
+        limit = self.config.mailbox.idle_timeout + 3 * self.config.mailbox.timeout + 60
+        return time.monotonic() - self._heartbeat < limit
+
+    def _announce_ready(self) -> None:
+        """READY=1 once the mailbox, the database and SMTP have all answered."""
+        if self._ready.is_set():
+            return
+        try:
+            check_reachable(self.config.smtp)
+        except TransientError as exc:
+            self._failed("smtp", str(exc))
+            return
+        self._recovered("smtp")
+        self._ready.set()
+        self._notifier.ready("mailbox, database and SMTP reached")
+        log.info("daemon ready")
+
+    def _start_scheduler(self) -> BackgroundScheduler:
+        # APScheduler warns on every run it skips or misses (a job slowed by an
+        # outage, a loaded machine); the jobs log their own failures, once each.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+            timezone=UTC,
+        )
+        scheduler.add_job(
+            self._outbox_job,
+            "interval",
+            seconds=self.config.replies.send_interval,
+            id="outbox",
+            next_run_time=self.clock(),
+        )
+        scheduler.add_job(
+            self._escalation_job,
+            "interval",
+            seconds=self.config.workflow.escalation_interval,
+            id="escalation",
+        )
+        schedule = self.config.reports
+        if schedule.recipients and schedule.schedule != "never":
+            scheduler.add_job(self._report_job, self._report_trigger(), id="report")
+        scheduler.start()
+        return scheduler
+
+    def _report_trigger(self) -> CronTrigger:
+        reports, zone = self.config.reports, self.pipeline.calendar.zone
+        day: dict[str, dict[str, Any]] = {
+            "daily": {},
+            "weekly": {"day_of_week": "mon"},
+            "monthly": {"day": 1},
+        }
+        return CronTrigger(
+            hour=reports.send_at.hour,
+            minute=reports.send_at.minute,
+            timezone=zone,
+            **day[reports.schedule],
+        )
+
+    def _report_job(self) -> None:
+        self._guarded("report", self._queue_report)
+
+    def _queue_report(self) -> None:
+        """Queue the previous period's report for the recipients (once per period)."""
+        queued = send_period_report(self.store, self.config, self.pipeline, self.clock())
+        if queued:
+            log.info("report queued", recipients=queued)
+            self._wake_outbox()
+
+    def _escalation_job(self) -> None:
+        self._guarded("escalation", self._escalate)
+
+    def _escalate(self) -> None:
+        breaches = escalate_breaches(
+            self.store, self.config.workflow, self.pipeline.identity, self.clock()
+        )
+        self.metrics.observe_breaches(breaches)
+        if breaches:
+            self._wake_outbox()
+
+    def _guarded(self, part: str, work: Callable[[], None]) -> bool:
+        """One run of a scheduled job; True when it worked.
+
+        The job stays scheduled whatever happens. A failure is logged when it starts
+        (with its traceback if it is neither a known outage nor a database error),
+        not on every run, and "recovered" once when a run works again: during an
+        outage a job running every few seconds must not fill the log.
+        """
+        try:
+            work()
+        except TransientError as exc:
+            self._failed(part, str(exc))
+            return False
+        except SQLAlchemyError as exc:  # the database, in a way nobody mapped: no bug here
+            self._failed(part, f"{type(exc).__name__}: {_one_line(exc)}")
+            return False
+        except Exception as exc:  # a bug: its traceback, once
+            self._failed(part, f"{type(exc).__name__}: {exc}", with_traceback=True)
+            return False
+        self._recovered(part)
+        return True
+
+    def _outbox_job(self) -> None:
+        """One outbox pass; a failure is logged when it starts (a traceback only for
+        what is not a known outage), not on every run, and its end once."""
+        try:
+            self.send_due()
+        except (TransientError, SQLAlchemyError) as exc:
+            self._failed("outbox", f"{type(exc).__name__}: {exc}".replace("\n", " "))
+        except Exception as exc:  # keep the job scheduled
+            self._failed("outbox", f"{type(exc).__name__}: {exc}", with_traceback=True)
+        else:
+            self._recovered("outbox")
+
+    def _wake_outbox(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
+
+    def _intake_loop(self) -> None:
+        lock = MailboxLock(self.store, self.source_factory(self.config.mailbox).name)
+        try:
+            while not self.stop.is_set():
+                self._intake_round(lock)
+        finally:
+            lock.release()
+
+    def _take_mailbox(self, lock: MailboxLock) -> bool:
+        """Hold the mailbox lock, or stand by (said once) while another instance does."""
+        if lock.acquire():
+            if self._standby:
+                log.info("taking over the mailbox", mailbox=lock.mailbox)
+                self._standby = False
+            return True
+        if not self._standby:
+            log.info("standby", reason="another instance is draining this mailbox")
+            self._standby = True
+        self._heartbeat = time.monotonic()
+        self._announce_ready()
+        self.stop.wait(self.config.mailbox.poll_interval)
+        return False
+
+    def _intake_round(self, lock: MailboxLock) -> None:
+        """One pass of the intake loop; after a failure, waits out the backoff."""
+        try:
+            if self._take_mailbox(lock):
+                self._drain_and_wait()
+            return
+        except TransientError as exc:
+            self._failed("intake", str(exc))
+        except MailrouteError as exc:
+            log.error("intake stopped", error=str(exc))
+            self.stop.set()
+            return
+        except SQLAlchemyError as exc:  # the database, in a way nobody mapped
+            self._failed("intake", f"{type(exc).__name__}: {_one_line(exc)}")
+        except Exception as exc:  # a bug must not end intake for good: log once, back off
+            self._failed("intake", f"{type(exc).__name__}: {exc}", with_traceback=True)
+        self._drop_source()
+        self.stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _intake_working(self) -> None:
+        """Letters moved again: the outage is over, and the next one backs off from 1 s.
+
+        Called after every filed batch, not only after a whole pass: a backlog can
+        take minutes, and a second outage within it is a new one.
+        """
+        self._backoff = 1.0
+        self._recovered("intake")
+
+    def _drain_and_wait(self) -> None:
+        """Empty the folder, then wait (IDLE or poll) for more."""
+        if self._source is None:
+            self._source = self.source_factory(self.config.mailbox)
+        self._heartbeat = started = time.monotonic()
+        report = drain(
+            self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop,
+            progress=self._intake_working,
+        )
+        self.metrics.observe_drain(report, time.monotonic() - started)
+        self._intake_working()
+        self._announce_ready()
+        if any(outcome.reply for outcome in report.outcomes):
+            self._wake_outbox()
+        self._publish_status()
+        self._heartbeat = time.monotonic()
+        self._source.wait(self.config.mailbox.idle_timeout, self.stop)
+
+    def _publish_status(self) -> None:
+        with self.store.transaction() as session:
+            outbox = repo.outbox_counts(session)
+        polled = self.clock().strftime("%H:%M:%S")
+        self._notifier.status(
+            f"last poll {polled} UTC; outbox pending {outbox.get('pending', 0)}, "
+            f"failed {outbox.get('failed', 0)}"
+        )
+
+    def _drop_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+
+    # ------------------------------------------------------ errors, logged once
+
+    def _failed(self, part: str, error: str, with_traceback: bool = False) -> None:
+        """Log a failure when it starts, not on every retry; keep it for `mailroute status`.
+
+        The text changes while the outage lasts (a dropped connection, then refused
+        ones): each new text is recorded for `status`, the log says it once
+        (``with_traceback``: with the exception being handled, for an unexpected one).
+        """
+        self.metrics.observe_error(part)
+        previous = self._failing.get(part)
+        if previous is None:
+            (log.exception if with_traceback else log.error)(
+                "connection lost" if part == "intake" else f"{part} failing", part=part, error=error
+            )
+        if previous != error:
+            self._remember_error(part, error)
+        self._failing[part] = error
+
+    def _remember_error(self, part: str, error: str) -> None:
+        name = (self._source or self.source_factory(self.config.mailbox)).name
+        try:
+            with self.store.transaction() as session:
+                repo.record_poll(session, name, None, self.clock(), error=f"{part}: {error}")
+        except (TransientError, SQLAlchemyError):
+            pass  # the database may be what is failing; the log line is there
+
+    def _recovered(self, part: str) -> None:
+        if self._failing.pop(part, None) is not None:
+            log.info("connection restored" if part == "intake" else f"{part} recovered", part=part)
+
+    # ----------------------------------------------------------------- signals
+
+    def _on_signals(self, received: list[signal.Signals]) -> None:
+        """SIGTERM/SIGINT stop; a burst of SIGHUPs is one reload (all of it is read)."""
+        for signum in dict.fromkeys(received):
+            log.info("signal received", signal=signum.name)
+        if signal.SIGTERM in received or signal.SIGINT in received:
+            self.stop.set()
+        elif signal.SIGHUP in received:
+            self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the config; keep the old one, and keep running, if that fails in any way.
+
+        A reload runs on the main thread: whatever escaped from here (the database
+        away while the registry is re-read, an unreadable templates directory, a bug)
+        ended the daemon. Every failure is one log line and the old config stays.
+        """
+        self._notifier.reloading("reloading configuration")
+        try:
+            fresh = config_module.load(self.config_path)
+            pipeline = Pipeline.from_config(fresh, self.store)
+        except (ConfigError, ValueError) as exc:
+            log.error("config reload rejected", error=_one_line(exc))
+            return False
+        except TransientError as exc:
+            log.error("config reload failed", error=_one_line(exc),
+                      detail="the old config is kept; send SIGHUP again once this is resolved")
+            return False
+        except Exception as exc:  # a reload must never stop the daemon
+            log.error("config reload failed", error=f"{type(exc).__name__}: {_one_line(exc)}",
+                      detail="the old config is kept")
+            return False
+        else:
+            self.config, self.pipeline = fresh, pipeline
+            log.info("config reloaded", source=self.config_path)
+            return True
+        finally:
+            self._notifier.ready("configuration reloaded")
+
+    def _db_label(self) -> str:
+        return self.store.engine.url.render_as_string(hide_password=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ")

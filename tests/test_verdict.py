@@ -1,0 +1,95 @@
+"""The pipeline as a whole: ignore results, missing items, reply kind, explain JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailroute import config
+from mailroute.core.verdict import analyze, has_description
+from mailroute.packaged import analysis_context
+from tests.support.letter import DESK, letter
+
+CONTEXT = analysis_context(config.Config())
+SIGNATURE = "\n\nООО «Ромашка»\nрег. номер 800 123 456\n"
+
+
+def test_a_complete_letter_is_acknowledged() -> None:
+    result = analyze(letter("Добрый день!\nНе проводится документ, ошибка." + SIGNATURE), CONTEXT)
+    assert (result.action, result.reply, result.missing) == ("ticket", "acknowledgement", ())
+    assert result.queue == "first-line"
+
+
+def test_ignored_letters_carry_nothing_but_the_reason_and_language() -> None:
+    result = analyze(letter("Я в отпуске до 14 декабря." + SIGNATURE,
+                            headers={"Auto-Submitted": "auto-replied"}), CONTEXT)
+    assert result.as_dict() | {"reasons": []} == result.as_dict() | {
+        "action": "ignore", "ignore_reason": "auto_reply", "request_type": None,
+        "priority": None, "organization": None, "registration_number": None, "missing": [],
+        "reply": "none", "language": "ru", "queue": None, "reasons": []}
+
+
+def test_missing_items_in_spec_order() -> None:
+    result = analyze(letter("Добрый день!\n\nС уважением,\nИван", subject=None), CONTEXT)
+    assert result.missing == ("subject", "description", "organization", "registration_number")
+    assert result.reply == "clarification"
+
+
+@pytest.mark.parametrize("subject", ["", "   ", "Re:", "FW: ", "(без темы)", "(no subject)"])
+def test_blank_subjects(subject: str) -> None:
+    result = analyze(letter("Не проводится документ, ошибка." + SIGNATURE, subject=subject),
+                     CONTEXT)
+    assert result.missing == ("subject",)
+
+
+def test_without_a_description_the_type_comes_from_the_subject() -> None:
+    found = letter("Добрый день, во вложении." + SIGNATURE, subject="Ошибка в отчёте")
+    result = analyze(found, CONTEXT)
+    assert (result.request_type, result.missing) == ("incident", ("description",))
+    found = letter("Добрый день!" + SIGNATURE, subject="Вопрос по отчётности")
+    assert analyze(found, CONTEXT).request_type == "service_request"
+
+
+@pytest.mark.parametrize(
+    "own",
+    ["во вложении.", "См. вложение", "Прошу помочь!", "Позвоните мне, пожалуйста.",
+     "Повторно направляю, ответа пока не получили.", "Please see the attached screenshot.",
+     "Прошу зарегистрировать обращение. Подробности во вложении.", "Срочно!!!",
+     "Our registration number is 800 615 222. The company is Westbrook Analytics LLC."],
+)
+def test_words_that_state_no_request(own: str) -> None:
+    assert not has_description(own)
+
+
+@pytest.mark.parametrize(
+    "own",
+    ["Не работает печать накладных.", "Прошу выставить счёт.",
+     "Ошибка при печати, скрин во вложении.", "How do I export the trial balance?"],
+)
+def test_short_requests_are_descriptions(own: str) -> None:
+    assert has_description(own)
+
+
+def test_explain_json_has_the_spec_fields_and_more() -> None:
+    data = analyze(letter("Не проводится документ." + SIGNATURE, sender="Ivan@Client.ru"),
+                   CONTEXT).as_dict()
+    assert set(data) == {"action", "ignore_reason", "request_type", "priority", "organization",
+                         "registration_number", "missing", "reply", "language", "queue",
+                         "reasons", "message_id", "subject", "requester"}
+    assert data["requester"] == "ivan@client.ru"
+    assert all(set(r) == {"rule", "sets", "detail"} for r in data["reasons"])  # type: ignore[union-attr]
+
+
+def test_quoted_history_decides_nothing() -> None:
+    text = ("Добрый день!\nСпасибо, посмотрим.\n\n16.11.2026 10:15, ServiceDesk пишет:\n"
+            "> СРОЧНО! Ошибка у всех пользователей. ООО «Вендор», рег. номер 800 000 001\n")
+    result = analyze(letter(text, subject="Re: Обращение", to=()), CONTEXT)
+    assert result.organization is None and result.registration_number is None
+    assert result.priority == "normal"
+
+
+def test_the_desks_display_name_marks_the_vendor() -> None:
+    from mailroute.core.letter import Address
+
+    to = (Address("ServiceDesk ООО «Вендор Софт»", DESK),)
+    text = "Не проводится документ.\n\nООО «Вендор Софт»\nрег. номер 800 123 456"
+    assert analyze(letter(text, to=to), CONTEXT).organization is None

@@ -1,0 +1,143 @@
+"""Understanding letters in a worker process: the same verdicts, in order, survivable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from support.dovecot import ImapAccount
+from support.processes import running
+
+from mailroute.config import Config
+from mailroute.mail.imap import ImapSource
+from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.intake import drain
+from mailroute.pipeline.workers import Understanding, understand
+from mailroute.store import Store
+from mailroute.store.models import Letter, Request
+
+LETTERS = sorted((Path(__file__).parent / "letters").glob("*.eml"))[:40]
+BROKEN = b"From: a@b.example\r\nContent-Type: multipart/mixed\r\n\r\nno boundary at all"
+
+
+def verdict_summary(raw: bytes, pipeline: Pipeline, known: object) -> tuple[object, ...]:
+    parsed, analysis, fault = known.parsed, known.analysis, known.fault  # type: ignore[attr-defined]
+    return (
+        parsed.message_id if parsed else None,
+        parsed.text if parsed else None,
+        [a.sha256 for a in parsed.attachments] if parsed else None,
+        analysis.as_dict() if analysis else None,
+        (fault.stage, fault.reason) if fault else None,
+    )
+
+
+def test_a_worker_gives_the_verdicts_this_process_would() -> None:
+    pipeline = Pipeline.from_config(Config())
+    raws = [path.read_bytes() for path in LETTERS] + [BROKEN, b"\x00\xff" * 10]
+    here = [understand(raw, pipeline.context, pipeline.limits) for raw in raws]
+    workers = Understanding(pipeline.context, pipeline.limits, workers=1)
+    try:
+        assert workers._ready.wait(60), "the worker did not start"
+        job = workers.submit(raws)
+        assert not job.done()  # handed to the worker (this process would have finished it)
+        there = workers.results(job, raws)
+    finally:
+        workers.close()
+    assert [verdict_summary(r, pipeline, k) for r, k in zip(raws, there, strict=True)] == [
+        verdict_summary(r, pipeline, k) for r, k in zip(raws, here, strict=True)]
+    assert sum(1 for known in there if known.analysis is not None) >= len(LETTERS) - 2
+
+
+def test_a_dead_worker_leaves_the_work_to_this_process() -> None:
+    pipeline = Pipeline.from_config(Config())
+    raws = [path.read_bytes() for path in LETTERS[:5]]
+    workers = Understanding(pipeline.context, pipeline.limits, workers=1)
+    try:
+        assert workers._ready.wait(60), "the worker did not start"
+        pool = workers._pool
+        assert pool is not None
+        for pid in list(pool._processes):  # the executor's own record of its workers
+            os.kill(pid, signal.SIGKILL)
+        job = workers.submit(raws)
+        verdicts = workers.results(job, raws)
+        assert [k.parsed.message_id for k in verdicts if k.parsed] == [
+            understand(r, pipeline.context, pipeline.limits).parsed.message_id  # type: ignore[union-attr]
+            for r in raws]
+        again = workers.submit(raws)
+        assert again.done()  # no pool any more: understood in this process, at once
+    finally:
+        workers.close()
+
+
+_PARENT_WITH_A_WORKER = """
+import sys, time
+from mailroute.config import Config
+from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.workers import Understanding
+pipeline = Pipeline.from_config(Config())
+workers = Understanding(pipeline.context, pipeline.limits, workers=1)
+assert workers._ready.wait(60), "the worker did not start"
+print(*workers._pool._processes, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_a_worker_leaves_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT_WITH_A_WORKER],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        worker_pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert worker_pids and all(running(pid) for pid in worker_pids)
+        parent.send_signal(signal.SIGKILL)
+        # A worker holding on would keep the parent's stderr open: this would time out.
+        parent.communicate(timeout=20)
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(running(pid) for pid in worker_pids)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_backlog_is_decided_in_arrival_order_with_or_without_workers(
+    imap_account: ImapAccount, sqlite_url: str, workers: int
+) -> None:
+    for path in LETTERS[:23]:
+        imap_account.append(path.read_bytes())
+    config = Config.model_validate({
+        "mailbox": {"host": imap_account.host, "port": imap_account.port, "security": "none",
+                    "username": imap_account.username, "password": imap_account.password,
+                    "batch_size": 5, "workers": workers},
+        "replies": {"window": "always"},
+    })
+    store = Store(sqlite_url)
+    store.upgrade()
+    source = ImapSource(config.mailbox)
+    try:
+        report = drain(source, store, Pipeline.from_config(config), config.mailbox,
+                       lambda: datetime.now(UTC))
+        with store.transaction() as session:
+            letters = session.query(Letter).order_by(Letter.id).all()
+            numbers = [
+                session.get(Request, letter.request_id).number  # type: ignore[union-attr]
+                for letter in letters if letter.state == "processed"
+            ]
+            states = [letter.state for letter in letters]
+    finally:
+        source.close()
+        store.dispose()
+    assert report.fetched == 23 and len(report.outcomes) == 23
+    assert "pending" not in states
+    assert numbers == sorted(numbers) and len(numbers) == len(set(numbers)) >= 12
+    assert [o.letter_id for o in report.outcomes] == sorted(o.letter_id for o in report.outcomes)
