@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support.corpus import DEV_CORPUS, OWN_LETTERS, dev_corpus
 
 from mailroute import config
 from mailroute.core.letter import parse
@@ -21,9 +22,8 @@ from mailroute.packaged import analysis_context
 
 FIELDS = ("action", "ignore_reason", "request_type", "priority", "organization",
           "registration_number", "missing", "reply", "language")
-HERE = Path(__file__).resolve().parent
-OWN = HERE / "letters"
-DEV = HERE.parent.parent / "shared" / "corpus" / "dev"
+OWN = OWN_LETTERS
+DEV = DEV_CORPUS
 MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95}
 
 
@@ -70,8 +70,8 @@ def _table(name: str, right: dict[str, int], total: int, wrong: list[str]) -> st
 
 @pytest.mark.parametrize("corpus", [OWN, DEV], ids=["tests/letters", "shared dev corpus"])
 def test_field_accuracy(corpus: Path) -> None:
-    if not (corpus / "labels.jsonl").exists():
-        pytest.skip(f"no labelled corpus at {corpus}")
+    if corpus == DEV:
+        dev_corpus()  # fails, rather than skips, when the corpus is required
     right, total, wrong = score(corpus)
     print(_table(str(corpus), right, total, wrong))
     low = {f: right[f] / total for f in FIELDS if right[f] / total < MIN_FIELD_ACCURACY[corpus]}

@@ -349,7 +349,7 @@ class Watched:
 def watching(daemon: Any, sink: SmtpSink, wait_at: int, ready: Callable[[], bool]
              ) -> list[Watched]:
     """Make the daemon open Watched sources; returns the list they are put in."""
-    from mailroute.mail.mailbox import open_source
+    from mailroute.mail.sources import open_source
 
     sources: list[Watched] = []
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.corpus import DEV_CORPUS
 
 from mailroute.config import Config
 from mailroute.core import verdict as analysis_module
@@ -63,7 +64,7 @@ from mailroute.packaged import analysis_context, load_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIRS = (
-    Path("/work/shared/corpus/dev"),
+    DEV_CORPUS,
     ROOT / "tests" / "letters",
     ROOT / "mailroute" / "samples",
     ROOT / "tests" / "hostile",

@@ -14,13 +14,12 @@ from sqlalchemy import select, update
 from structlog.testing import capture_logs
 from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
-from mailroute import alerts
-from mailroute.alerts import AlertMail
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.core.compose import Identity
 from mailroute.mail.outbox import DeliveryReport, backoff, deliver_due
-from mailroute.store import Store
+from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
+from mailroute.store.alerts import AlertMail
 from mailroute.store.models import Alert, OutboxItem
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
+from support.corpus import dev_corpus
 
-from mailroute.addresses import counted_as
 from mailroute.config import RepliesConfig
+from mailroute.core.addresses import counted_as
 from mailroute.core.letter import parse
 from mailroute.core.reply_policy import (
     Recent,
@@ -19,7 +19,6 @@ from mailroute.core.reply_policy import (
     rejection_names_recipient,
 )
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dev"
 POLICY = ReplyPolicy.build(["servicedesk@example.com", "help@example.com"],
                            RepliesConfig().no_reply_patterns, 5, 3600)
 
@@ -83,15 +82,13 @@ def test_only_an_addressing_failure_at_rcpt_names_the_recipient(
     assert rejection_names_recipient(stage, code, enhanced_status(text)) is names_recipient
 
 
-@pytest.mark.skipif(not DEV.is_dir(), reason="dev corpus not beside the repository")
 def test_dsn_final_recipient() -> None:
-    letter = parse((DEV / "010.eml").read_bytes())
+    letter = parse((dev_corpus() / "010.eml").read_bytes())
     assert bounced_addresses(letter) == {"g.fedosova@ural-polimer.rus"}
 
 
-@pytest.mark.skipif(not DEV.is_dir(), reason="dev corpus not beside the repository")
 def test_text_bounce_only_names_addresses_we_wrote_to() -> None:
-    letter = parse((DEV / "033.eml").read_bytes())
+    letter = parse((dev_corpus() / "033.eml").read_bytes())
     assert bounced_addresses(letter) == set()  # no structured report: no guesses
     assert bounced_addresses(letter, ["a.zhukova@tehnokom-spb.ru", "other@x.example"]) == {
         "a.zhukova@tehnokom-spb.ru"}

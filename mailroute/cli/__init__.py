@@ -520,7 +520,7 @@ def cmd_orgs_import(args: argparse.Namespace) -> int:
 
 
 def cmd_orgs_list(args: argparse.Namespace) -> int:
-    from mailroute.ops.customers import imported
+    from mailroute.pipeline.customers import imported
 
     rows = [org.model_dump() for org in imported(open_store(load_config(args)))]
     for row in rows:

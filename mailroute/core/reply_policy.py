@@ -6,7 +6,7 @@ addresses or no-reply style addresses, never answer an address whose mail
 bounced permanently (until the suppression expires), and answer one address at
 most ``limit`` times per ``window`` — the reply after that is one final notice,
 then silence until the window has passed. Addresses are counted as people
-(``mailroute.addresses``: ``victim+1@`` and ``victim+2@`` are one), and a domain
+(``mailroute.core.addresses``: ``victim+1@`` and ``victim+2@`` are one), and a domain
 and the desk as a whole have caps of their own, so rotating spellings or domains
 cannot turn the desk into a mail cannon.
 """

@@ -6,10 +6,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from mailroute.config import MailboxConfig
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -58,14 +55,3 @@ class MailSource(Protocol):
 
     def close(self) -> None:
         """Log out and release the connection; safe to call twice."""
-
-
-def open_source(config: MailboxConfig) -> MailSource:
-    """The source the config describes: a Maildir path, else IMAP."""
-    if config.maildir:
-        from mailroute.mail.maildir import MaildirSource
-
-        return MaildirSource(config)
-    from mailroute.mail.imap import ImapSource
-
-    return ImapSource(config)

@@ -46,16 +46,16 @@ import aiosmtplib
 from sqlalchemy import Connection, Table, Update, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from mailroute import alerts, logs
-from mailroute.addresses import counted_as
-from mailroute.alerts import AlertMail
+from mailroute import logs
 from mailroute.config import RepliesConfig, SmtpConfig
+from mailroute.core.addresses import counted_as
 from mailroute.core.reply_policy import enhanced_status, rejection_names_recipient
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
 from mailroute.mail import oauth2
 from mailroute.mail.tls import tls_context
-from mailroute.store import Store
+from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
+from mailroute.store.alerts import AlertMail
 from mailroute.store.models import OutboxItem, Request
 
 # Replies claimed at a time by one SMTP session. A crash strands at most this many

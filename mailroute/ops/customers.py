@@ -11,10 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
-from mailroute.config import RegistryConfig, RegistryOrganization, read_csv
-from mailroute.core.customers import Registry
+from mailroute.config import read_csv
 from mailroute.store import Store
 from mailroute.store.models import Organization
 
@@ -35,24 +34,3 @@ def import_csv(store: Store, path: Path, now: datetime) -> int:
             for row in rows
         )
     return len(rows)
-
-
-def imported(store: Store) -> list[RegistryOrganization]:
-    with store.transaction() as session:
-        return [
-            RegistryOrganization(
-                name=o.name,
-                registration_numbers=o.registration_numbers,
-                domains=o.domains,
-                tier=o.tier,
-            )
-            for o in session.scalars(select(Organization).order_by(Organization.id))
-        ]
-
-
-def merged_registry(config: RegistryConfig, store: Store) -> Registry | None:
-    """The config's customers, then the imported ones; None when there are neither."""
-    organizations = [*config.organizations, *imported(store)]
-    if not organizations:
-        return Registry.from_config(config)
-    return Registry.from_config(RegistryConfig(csv=None, organizations=organizations))

@@ -22,10 +22,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from mailroute import alerts
 from mailroute.config import HealthConfig
 from mailroute.core.reply_policy import DESK_WINDOW
-from mailroute.store import Store
+from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.db import read_alarm, sqlite_file
 from mailroute.store.models import Alert, MailboxState, OutboxItem

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailroute import alerts, logs
+from mailroute import logs
 from mailroute.config import Config, SlaConfig, WorkflowConfig
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.compose import (
@@ -42,11 +42,11 @@ from mailroute.core.reply_policy import (
 )
 from mailroute.core.verdict import Analysis, AnalysisContext
 from mailroute.errors import TransientError
-from mailroute.ops.customers import merged_registry
 from mailroute.packaged import analysis_context, load_templates
+from mailroute.pipeline.customers import merged_registry
 from mailroute.pipeline.status import reopen, set_status, start_clocks
 from mailroute.pipeline.workers import Fault, Understood, understand
-from mailroute.store import Store
+from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
 from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent

@@ -28,12 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import config as config_module
 from mailroute import logs
-from mailroute.alerts import AlertMail
 from mailroute.config import Config
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.errors import ConfigError, MailrouteError, TransientError
-from mailroute.mail.mailbox import MailSource, open_source
+from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
+from mailroute.mail.sources import open_source
 from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.pipeline.intake import DrainReport, drain
@@ -43,6 +43,7 @@ from mailroute.service.signals import SignalInbox
 from mailroute.service.systemd import Notifier
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.store.alerts import AlertMail
 from mailroute.store.locks import MailboxLock
 
 log = logs.get("mailroute.service.daemon")

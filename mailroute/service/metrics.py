@@ -15,10 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mailroute import alerts
 from mailroute.mail.outbox import DeliveryReport
 from mailroute.pipeline.intake import DrainReport
-from mailroute.store import Store
+from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 
 

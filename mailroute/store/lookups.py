@@ -20,7 +20,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from mailroute.addresses import counted_as, domain_of
+from mailroute.core.addresses import counted_as, domain_of
 from mailroute.core.reply_policy import Recent
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, OutboxItem, Request

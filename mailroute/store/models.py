@@ -212,7 +212,7 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
-    # whom the reply counts against for the caps (mailroute.addresses)
+    # whom the reply counts against for the caps (mailroute.core.addresses)
     counted_as: Mapped[str | None] = mapped_column(String(320))
     recipient_domain: Mapped[str | None] = mapped_column(String(255))
 

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from mailroute.addresses import counted_as, domain_of
+from mailroute.core.addresses import counted_as, domain_of
 from mailroute.core.compose import Draft
 from mailroute.store.models import (
     AttachmentRecord,
@@ -408,7 +408,7 @@ AUTOMATIC_REPLIES = ("acknowledgement", "clarification", "limit")
 
 def replies_to_since(session: Session, address: str, since: datetime) -> tuple[int, bool]:
     """(automatic replies to the person at ``address`` since then, whether one was the
-    final notice); every spelling of the address counts (``mailroute.addresses``)."""
+    final notice); every spelling of the address counts (``mailroute.core.addresses``)."""
     person = counted_as(address)
     return replies_to_each_since(session, [person], since).get(person, (0, False))
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import mailroute.store.models
-from mailroute.addresses import counted_as, domain_of
+from mailroute.core.addresses import counted_as, domain_of
 
 revision: str = "0007"
 down_revision: str | None = "0006"

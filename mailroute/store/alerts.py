@@ -24,7 +24,7 @@ from mailroute.core.compose import Identity, compose_notice, new_message_id
 from mailroute.store import repository as repo
 from mailroute.store.models import Alert
 
-log = logs.get("mailroute.alerts")
+log = logs.get("mailroute.store.alerts")
 
 SMTP_RELAY = "smtp-relay"  # the relay refuses replies for reasons of the desk's own
 CAP_ADDRESS, CAP_DOMAIN, CAP_DESK = "cap:address", "cap:domain", "cap:desk"
