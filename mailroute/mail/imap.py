@@ -31,6 +31,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from mailroute import logs
 from mailroute.config import MailboxConfig
+from mailroute.core.identity import imap_mailbox_name
 from mailroute.errors import MailboxUnavailable
 from mailroute.mail import oauth2
 from mailroute.mail.mailbox import FetchedLetter, UnservedLetter
@@ -61,8 +62,8 @@ class ImapSource:
         tokens: oauth2.TokenSource | None = None,
     ) -> None:
         self.config = config
-        self.name = (
-            f"imap://{config.username}@{config.host}:{config.effective_port()}/{config.folder}"
+        self.name = imap_mailbox_name(
+            config.username, config.host, config.effective_port(), config.folder
         )
         self._factory = client_factory or WatchedIMAPClient
         # Shared per command, not per source: the daemon makes a new source after each

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute import logs
@@ -39,6 +40,7 @@ from mailroute.store import Store
 from mailroute.store import repository as repo
 
 log = logs.get("mailroute.mail.mailbox")
+SAVE_ATTEMPTS = 3  # a batch saved meanwhile by another writer is looked at again
 MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse the save
     rb"^message-id:[ \t]*(<[\x21-\x3d\x3f-\x7e\x80-\xff]{1,990}>)", re.IGNORECASE | re.MULTILINE
 )
@@ -110,6 +112,7 @@ class _Pass:
     uidvalidity: int = 0
     copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
     resting: set[str] = field(default_factory=set)  # uids set aside until a later pass
+    reused: set[str] = field(default_factory=set)  # UIDs of filed letters, in the folder again
 
     def run(self) -> DrainReport:
         self.uidvalidity = self.source.select()
@@ -117,7 +120,8 @@ class _Pass:
         with self.store.transaction() as session:
             known = repo.known_uids(session, self.source.name, self.uidvalidity, uids)
             self.resting = self._resting(session)
-        new = [uid for uid in uids if uid not in known and uid not in self.resting]
+        self.reused = known.filed
+        new = [uid for uid in uids if uid not in known.unfiled and uid not in self.resting]
         size = self.mailbox.batch_size
         backlog = len(new) >= 2 * size  # worth starting workers for
         pipeline = self.pipeline
@@ -197,11 +201,7 @@ class _Pass:
             repo.Arrival(f.uid, f.raw, header_message_id(f.raw), self._arrival(f, now))
             for f in batch
         ]
-        with self.store.transaction() as session:
-            saved = repo.save_letters(session, self.source.name, self.uidvalidity, arrivals, now)
-            ids = [(letter.id, is_new) for letter, is_new in saved]
-            repo.clear_letter_faults(session, self.source.name, self.uidvalidity,
-                                     [f.uid for f in batch])
+        ids = self._save(arrivals, [f.uid for f in batch], now)
         for fetched, (letter_id, is_new) in zip(batch, ids, strict=True):
             self._note_saved(fetched, letter_id, is_new)
         return [(letter_id, f.raw) for f, (letter_id, is_new) in zip(batch, ids, strict=True)
@@ -216,8 +216,32 @@ class _Pass:
                         used=arrival.at.isoformat())
         return arrival.at
 
+    def _save(
+        self, arrivals: list[repo.Arrival], uids: list[str], now: datetime
+    ) -> list[tuple[int, bool]]:
+        """(id, is_new) of each arrival. A writer that saved some of these bytes between
+        our look and our insert (the unique fingerprint says so) makes us look again."""
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            try:
+                with self.store.transaction() as session:
+                    saved = repo.save_letters(session, self.source.name, self.uidvalidity,
+                                              arrivals, now)
+                    ids = [(letter.id, is_new) for letter, is_new in saved]
+                    repo.clear_letter_faults(session, self.source.name, self.uidvalidity, uids)
+                    return ids
+            except IntegrityError:
+                if attempt == SAVE_ATTEMPTS:
+                    raise
+                log.info("letters saved meanwhile by another writer", letters=len(arrivals))
+        raise AssertionError("unreachable")
+
     def _note_saved(self, fetched: FetchedLetter, letter_id: int, is_new: bool) -> None:
         self.report.fetched += 1
+        if fetched.uid in self.reused:
+            log.warning("UID reused by the server", uid=fetched.uid, letter=letter_id,
+                        uidvalidity=self.uidvalidity,
+                        action="saved as a new letter" if is_new else "same bytes as a letter "
+                        "stored before: filed like it")
         if is_new:
             self.report.saved += 1
             log.info("letter fetched", uid=fetched.uid, letter=letter_id, size=len(fetched.raw))

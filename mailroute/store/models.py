@@ -70,10 +70,16 @@ class Letter(Base):
 
     __tablename__ = "letters"
     __table_args__ = (
-        UniqueConstraint("mailbox", "uidvalidity", "uid"),
-        Index("ix_letters_state", "state"),
-        Index("ix_letters_unfiled", "mailbox", "uidvalidity",
+        Index("ix_letters_uid", "mailbox", "uidvalidity", "uid"),
+        # One letter in the folder per key; a filed letter's UID may come back on a new one
+        # (a server that reuses UIDs), which is then a letter of its own.
+        Index("uq_letters_unfiled_uid", "mailbox", "uidvalidity", "uid", unique=True,
               sqlite_where=text("filed_to IS NULL"), postgresql_where=text("filed_to IS NULL")),
+        # Saved once: two writers cannot both insert the same bytes (copy_of: rows two
+        # writers saved before this index existed, kept for their history).
+        Index("uq_letters_sha256", "sha256", unique=True,
+              sqlite_where=text("copy_of IS NULL"), postgresql_where=text("copy_of IS NULL")),
+        Index("ix_letters_state", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -81,11 +87,14 @@ class Letter(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uid: Mapped[str] = mapped_column(String(255))
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # sender + text + attachments, normalised: what a re-delivery with other bytes keeps
+    content_key: Mapped[str | None] = mapped_column(String(64))
+    copy_of: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime]
     fetched_at: Mapped[datetime]
-    # pending -> processed | follow_up | ignored | duplicate | quarantined
+    # pending -> processed | follow_up | note | ignored | duplicate | quarantined
     state: Mapped[str] = mapped_column(String(20), default="pending")
     sender: Mapped[str | None] = mapped_column(String(320))
     subject: Mapped[str | None] = mapped_column(Text)

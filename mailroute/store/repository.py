@@ -52,20 +52,35 @@ def _chunks(values: Iterable[Key]) -> Iterator[list[Key]]:
 # ----------------------------------------------------------------------------- letters
 
 
-def known_uids(session: Session, mailbox: str, uidvalidity: int, uids: Sequence[str]) -> set[str]:
-    """Which of these UIDs of this mailbox generation are saved already."""
-    found: set[str] = set()
+@dataclass
+class KnownUids:
+    """What the database knows of the UIDs in a folder."""
+
+    unfiled: set[str]  # saved, not yet moved out: not fetched again
+    filed: set[str]  # only letters already moved out had them: the server reused them
+
+
+def known_uids(
+    session: Session, mailbox: str, uidvalidity: int, uids: Sequence[str]
+) -> KnownUids:
+    """Which of these UIDs of this mailbox generation are saved already.
+
+    A UID whose letters were all filed, yet is in the folder again, names another
+    letter (a server that lost its UID state); it is fetched and judged by its bytes.
+    """
+    known = KnownUids(set(), set())
     for chunk in _chunks(uids):
-        found.update(
-            session.scalars(
-                select(Letter.uid).where(
-                    Letter.mailbox == mailbox,
-                    Letter.uidvalidity == uidvalidity,
-                    Letter.uid.in_(chunk),
-                )
+        rows = session.execute(
+            select(Letter.uid, Letter.filed_to).where(
+                Letter.mailbox == mailbox,
+                Letter.uidvalidity == uidvalidity,
+                Letter.uid.in_(chunk),
             )
         )
-    return found
+        for uid, filed_to in rows:
+            (known.filed if filed_to is not None else known.unfiled).add(uid)
+    known.filed -= known.unfiled
+    return known
 
 
 @dataclass(frozen=True)
@@ -100,12 +115,16 @@ def save_letters(
     """Store each letter's raw bytes under (mailbox, UIDVALIDITY, UID); (letter, is_new) each.
 
     The same bytes seen again under another key (a UIDVALIDITY change, a second
-    copy in the folder, twice in this batch) return the letter already stored.
+    copy in the folder, twice in this batch) return the letter already stored. A
+    unique index backs this: if another writer saves the same bytes first, the
+    flush raises IntegrityError, and the caller saves the batch again (then finding
+    that writer's letter).
     """
     hashes = [fingerprint(arrival.raw) for arrival in arrivals]
     stored: dict[str, Letter] = {}
     for chunk in _chunks(hashes):
-        for letter in session.scalars(select(Letter).where(Letter.sha256.in_(chunk))):
+        originals = select(Letter).where(Letter.sha256.in_(chunk), Letter.copy_of.is_(None))
+        for letter in session.scalars(originals):
             stored.setdefault(letter.sha256, letter)
     saved = []
     for arrival, sha in zip(arrivals, hashes, strict=True):
