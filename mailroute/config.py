@@ -654,6 +654,24 @@ class MetricsConfig(Section):
         return value
 
 
+class SecurityConfig(Section):
+    """Whose word about a sender to believe."""
+
+    trusted_authserv_id: str = Field(
+        "",
+        description="authserv-id of our receiving server's Authentication-Results headers "
+        '(RFC 8601); a letter failing DMARC there does not join a request by its From; "" '
+        "for none (no such header is believed: anyone can write one).",
+    )
+
+    @field_validator("trusted_authserv_id")
+    @classmethod
+    def _one_token(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[\w.-]+", value):
+            raise ValueError(f"{value!r} is not an authserv-id (a host name, e.g. mx.example.com)")
+        return value
+
+
 class ReportsConfig(Section):
     """The periodic report mailed to managers (`mailroute report` prints one on demand)."""
 
@@ -703,6 +721,7 @@ class Config(BaseModel):
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)  # type: ignore[arg-type]
     health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
     reports: ReportsConfig = Field(default_factory=ReportsConfig)  # type: ignore[arg-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
 

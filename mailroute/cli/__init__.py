@@ -247,7 +247,7 @@ def _run_summary(report: Any) -> str:
     drained, delivery = report.drain, report.delivery
     states = ", ".join(
         f"{state}={drained.count(state)}"
-        for state in ("processed", "follow_up", "ignored", "duplicate", "quarantined")
+        for state in ("processed", "follow_up", "note", "ignored", "duplicate", "quarantined")
     )
     return (
         f"mailroute: fetched {drained.fetched} letter(s): {states}; replies sent "

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailroute import logs
 from mailroute.config import Config, SlaConfig, WorkflowConfig
+from mailroute.core.authresults import authentication_results, dmarc_fails
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.compose import (
     Draft,
@@ -31,6 +32,7 @@ from mailroute.core.compose import (
     new_message_id,
 )
 from mailroute.core.customers import tier_of
+from mailroute.core.identity import content_key
 from mailroute.core.letter import ParsedLetter, ParseLimits
 from mailroute.core.reply_policy import (
     DESK_WINDOW,
@@ -111,6 +113,7 @@ class Pipeline:
     sla: SlaConfig
     workflow: WorkflowConfig
     guard: ReplyPolicy
+    trusted_authserv_id: str = ""  # whose Authentication-Results to believe; "" nobody's
 
     @classmethod
     def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
@@ -143,6 +146,7 @@ class Pipeline:
                 config.replies.desk_hourly_limit,
                 config.replies.suppress_for,
             ),
+            trusted_authserv_id=config.security.trusted_authserv_id,
         )
 
     def tier_of(self, registration_number: str | None) -> str | None:
@@ -316,11 +320,17 @@ def _decide(
         assert known.fault is not None
         return _quarantine(letter, known.fault)
     _describe_letter(letter, parsed)
-    earlier = lookups.earlier_letter(parsed.message_id)
-    if earlier:
-        earlier_id, letter.request_id = earlier
+    earlier = lookups.earlier_letters(parsed.message_id)
+    repeated = _repeated(letter, earlier)
+    if repeated is not None:
+        letter.request_id = repeated.request_id
         letter.state = "duplicate"
-        return Outcome(letter.id, "duplicate", detail=f"same Message-ID as letter {earlier_id}")
+        return Outcome(letter.id, "duplicate",
+                       detail=f"same Message-ID and content as letter {repeated.id}")
+    if earlier:
+        log.warning("Message-ID reused by another letter", msgid=parsed.message_id,
+                    letter=letter.id, sender=letter.sender, earlier=earlier[0].id,
+                    action="decided as a letter of its own")
     if analysis is None:
         assert known.fault is not None
         return _quarantine(letter, known.fault)
@@ -336,11 +346,13 @@ def _decide(
                 steps.suppress_bounced()
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
-        request = _find_thread(session, lookups, parsed)
+        join = _find_thread(session, lookups, parsed, _Sender.of(letter, parsed, pipeline))
         stage = "compose"
-        if request is not None:
-            return steps.follow_up(request)
-        return steps.new_request()
+        if join is None:
+            return steps.new_request()
+        if join.trusted:
+            return steps.follow_up(join.request)
+        return steps.note(join.request, join.reason)
     except (SQLAlchemyError, TransientError):
         raise  # the database's trouble, not the letter's: retry later
     except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
@@ -352,6 +364,26 @@ def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
     letter.message_id = parsed.message_id
     letter.sender = parsed.sender.email if parsed.sender else None
     letter.subject = parsed.subject
+    letter.content_key = content_key(letter.sender, parsed.text,
+                                     (item.sha256 for item in parsed.attachments))
+
+
+def _repeated(letter: Letter, earlier: list[repo.EarlierLetter]) -> repo.EarlierLetter | None:
+    """The earlier letter this one re-delivers: same Message-ID and same content.
+
+    A Message-ID alone proves nothing (scanners and ERP exports stamp one on every
+    letter), and the bytes differ between delivery paths; the content key does not.
+    Letters decided before content keys were kept are compared by sender and subject.
+    """
+    for candidate in earlier:
+        if candidate.content_key is not None:
+            if candidate.content_key == letter.content_key:
+                return candidate
+        elif (candidate.sender or "").lower() == (letter.sender or "").lower() and (
+            candidate.subject == letter.subject
+        ):
+            return candidate
+    return None
 
 
 def _quarantine(letter: Letter, fault: Fault) -> Outcome:
@@ -365,45 +397,115 @@ def _quarantine(letter: Letter, fault: Fault) -> Outcome:
 # ---------------------------------------------------------------------------- threads
 
 
-def _find_thread(session: Session, lookups: BatchLookups, parsed: ParsedLetter) -> Request | None:
-    """The request this letter continues, or None for a new one.
+@dataclass(frozen=True)
+class _Join:
+    """The request a letter continues; ``trusted`` when its sender may change it."""
 
-    A reference to one of our Message-IDs is proof enough (only recipients of
-    the thread know them). A ``[SD-…]`` token alone is not: anyone can type it,
-    so it attaches only when the sender already belongs to the request.
+    request: Request
+    trusted: bool
+    reason: str = ""  # why not, when not
+
+
+MEMBER_STATES = ("processed", "follow_up")  # a note's sender does not join the request
+
+
+@dataclass
+class _Sender:
+    """Who a letter is from, and whether our receiving server vouches for the From."""
+
+    address: str
+    raw: Callable[[], bytes]
+    trusted_authserv_id: str
+    _dmarc_failed: bool | None = None
+
+    @classmethod
+    def of(cls, letter: Letter, parsed: ParsedLetter, pipeline: Pipeline) -> _Sender:
+        address = parsed.sender.email if parsed.sender else ""
+        return cls(address, lambda: letter.raw, pipeline.trusted_authserv_id)
+
+    def dmarc_failed(self) -> bool:
+        """Our server's Authentication-Results say the From domain failed DMARC (read only
+        when the question comes up: the letter's bytes may not be at hand)."""
+        if not self.trusted_authserv_id or not self.address:
+            return False
+        if self._dmarc_failed is None:
+            results = authentication_results(self.raw())
+            self._dmarc_failed = dmarc_fails(results, self.trusted_authserv_id,
+                                             _domain(self.address))
+        return self._dmarc_failed
+
+    def belongs_to(self, request: Request) -> bool:
+        """The requester or a recorded participant, by a From nobody has disproved."""
+        return _belongs_to(request, self.address) and not self.dmarc_failed()
+
+    def colleague_of(self, request: Request) -> bool:
+        """From the requester's own (non-public) domain."""
+        domain = _domain(self.address)
+        return (bool(self.address) and domain == _domain(request.requester)
+                and domain not in PUBLIC_MAIL_DOMAINS and not self.dmarc_failed())
+
+    def why_not(self, request: Request) -> str:
+        if _belongs_to(request, self.address):
+            return "From fails DMARC for its domain"
+        return "sender is not the requester or a participant"
+
+
+def _find_thread(
+    session: Session, lookups: BatchLookups, parsed: ParsedLetter, sender: _Sender
+) -> _Join | None:
+    """The request this letter continues, and whether it may change it; None for a new one.
+
+    A reference to one of our Message-IDs proves the thread (only its recipients
+    know them), but only the requester or a participant may change the request:
+    anyone else's letter is attached as a note for a person. A customer's
+    Message-ID proves nothing (everyone on Cc knows it, some software reuses
+    it): it counts only for letters from the requester or a participant. Nor
+    does a ``[SD-…]`` token (anyone can type it): from a member it is a
+    follow-up, from the requester's own domain a note, else a new request.
+    A From that failed DMARC at our server is not a member's.
     """
-    by_reference = lookups.request_by_message_ids(
-        [*parsed.in_reply_to, *reversed(parsed.references)]
-    )
-    if by_reference is not None:
-        return by_reference
+    references = [m for m in (*parsed.in_reply_to, *reversed(parsed.references)) if m]
+    ours = lookups.request_by_our_message_ids(references)
+    if ours is not None:
+        if sender.belongs_to(ours):
+            return _Join(ours, trusted=True)
+        return _Join(ours, trusted=False, reason=sender.why_not(ours))
+    theirs = lookups.requests_by_their_message_ids(references)
+    for request in theirs:
+        if sender.belongs_to(request):
+            return _Join(request, trusted=True)
     match = TOKEN.search(parsed.subject or "")
+    if theirs:
+        log.warning("reference from outside the request", msgid=parsed.message_id,
+                    request=theirs[0].number, sender=sender.address,
+                    reason=sender.why_not(theirs[0]),
+                    action="by token" if match else "new request")
     if not match:
         return None
-    request = repo.request_by_number(session, match.group(1))
-    sender = parsed.sender.email if parsed.sender else ""
-    if request is None:
+    named = repo.request_by_number(session, match.group(1))
+    if named is None:
         return None
-    if not _belongs_to(request, sender):
-        log.warning(
-            "token from stranger",
-            msgid=parsed.message_id,
-            request=request.number,
-            sender=sender,
-            action="new request",
-        )
-        return None
-    return request
+    if sender.belongs_to(named):
+        return _Join(named, trusted=True)
+    if sender.colleague_of(named):
+        return _Join(named, trusted=False, reason="token from the requester's domain")
+    log.warning(
+        "token from stranger",
+        msgid=parsed.message_id,
+        request=named.number,
+        sender=sender.address,
+        reason=sender.why_not(named),
+        action="new request",
+    )
+    return None
 
 
 def _belongs_to(request: Request, sender: str) -> bool:
     if not sender:
         return False
-    participants = {request.requester, *(x.sender for x in request.letters if x.sender)}
-    if sender in participants:
-        return True
-    domain = _domain(sender)
-    return domain == _domain(request.requester) and domain not in PUBLIC_MAIL_DOMAINS
+    participants = {request.requester.lower(), *(
+        x.sender.lower() for x in request.letters if x.sender and x.state in MEMBER_STATES)}
+    return sender.lower() in participants
 
 
 def _domain(address: str) -> str:
@@ -500,6 +602,16 @@ class _Steps:
         reply = self.queue_reply(request, analysis.reply, analysis.unknown_registration)
         return Outcome(letter.id, "processed", request.number, reply,
                        request_type=request.request_type)
+
+    def note(self, request: Request, reason: str) -> Outcome:
+        """A letter on the request from someone who may not change it: kept with the
+        request for a person to read; no field is merged, nothing is reopened."""
+        letter = self.letter
+        letter.request = request
+        letter.state = "note"
+        repo.add_event(self.session, request, "note", self.now, letter=letter.id,
+                       sender=letter.sender, reason=reason)
+        return Outcome(letter.id, "note", request.number, detail=reason)
 
     def follow_up(self, request: Request) -> Outcome:
         """Attach to the request; reopen it, or fill in what a clarification asked for."""
@@ -672,6 +784,9 @@ def _log(outcome: Outcome, letter: Letter) -> None:
         log.info("request created", **fields, request=outcome.request, type=outcome.request_type)
     elif outcome.state == "follow_up":
         log.info("follow-up attached", **fields, request=outcome.request, detail=outcome.detail)
+    elif outcome.state == "note":
+        log.warning("letter attached as a note", **fields, request=outcome.request,
+                    sender=letter.sender, reason=outcome.detail)
     else:
         log.info(f"letter {outcome.state}", **fields, reason=outcome.detail)
     if outcome.reply:

@@ -46,8 +46,9 @@ class BatchLookups:
         self._decided_here: set[str] = set()
         self._replies_of, self._letters_of = repo.threads_of(session, references)
         self._replies_here: dict[str, Request] = {}
-        self._letters_here: dict[str, Request | int] = {}
-        owners = {*self._replies_of.values(), *self._letters_of.values()}
+        self._letters_here: dict[str, list[Request | int]] = {}
+        owners = {*self._replies_of.values(),
+                  *(owner for ids in self._letters_of.values() for owner in ids)}
         self._requests = repo.requests_by_id(session, owners)  # held: the identity map is weak
         addresses = {address.lower() for address in senders if address}
         self._asked = addresses
@@ -71,14 +72,14 @@ class BatchLookups:
 
     # ------------------------------------------------------------------ letters
 
-    def earlier_letter(self, message_id: str | None) -> tuple[int, int | None] | None:
-        """(id, request id) of a decided letter with this Message-ID, if there is one."""
+    def earlier_letters(self, message_id: str | None) -> list[repo.EarlierLetter]:
+        """The decided letters with this Message-ID, oldest first."""
         if not message_id:
-            return None
+            return []
         if message_id in self._decided_here:  # decided in this batch: ask the database,
             found = repo.processed_with_message_ids(self.session, [message_id])  # which the
-            return found.get(message_id)  # autoflush brings up to date; rare (re-deliveries)
-        return self._earlier.get(message_id)
+            return found.get(message_id, [])  # autoflush brings up to date; rare
+        return self._earlier.get(message_id, [])
 
     def decided(self, letter: Letter) -> None:
         """``letter`` now has a final state in this transaction."""
@@ -90,21 +91,31 @@ class BatchLookups:
         # batch made or found is there as an object with no id in the row yet
         owner = letter.request_id if letter.request_id is not None else letter.request
         if owner is not None:
-            self._letters_here.setdefault(letter.message_id, owner)
+            self._letters_here.setdefault(letter.message_id, []).append(owner)
 
     # ------------------------------------------------------------------ threads
 
-    def request_by_message_ids(self, message_ids: Iterable[str]) -> Request | None:
-        """What :func:`repo.request_by_message_ids` says now: a reply of ours or a
-        letter these Message-IDs name, the first id in the given order that matches."""
-        ids = [m for m in message_ids if m]
-        for before, here in ((self._replies_of, self._replies_here),
-                             (self._letters_of, self._letters_here)):
-            for message_id in ids:
-                owner = before.get(message_id) or here.get(message_id)
-                if owner is not None:
-                    return self._request(owner)
+    def request_by_our_message_ids(self, message_ids: Iterable[str]) -> Request | None:
+        """The request a reply of ours with one of these Message-IDs belongs to (the first
+        id in the given order that is one of ours)."""
+        for message_id in message_ids:
+            owner = self._replies_of.get(message_id) or self._replies_here.get(message_id)
+            if owner is not None:
+                return self._request(owner)
         return None
+
+    def requests_by_their_message_ids(self, message_ids: Iterable[str]) -> list[Request]:
+        """The requests customers' letters with these Message-IDs joined, in the order of
+        the ids given, then oldest first: more than one when a Message-ID was reused."""
+        found: list[Request] = []
+        for message_id in message_ids:
+            owners = [*self._letters_of.get(message_id, ()),
+                      *self._letters_here.get(message_id, ())]
+            for owner in owners:
+                request = self._request(owner)
+                if request is not None and all(request is not seen for seen in found):
+                    found.append(request)
+        return found
 
     def _request(self, owner: Request | int) -> Request | None:
         if isinstance(owner, Request):

@@ -33,7 +33,7 @@ from mailroute.store.models import (
 )
 
 REQUEST_COUNTER = "request"
-FINAL_LETTER_STATES = ("processed", "follow_up", "ignored", "duplicate", "quarantined")
+FINAL_LETTER_STATES = ("processed", "follow_up", "note", "ignored", "duplicate", "quarantined")
 
 
 IN_LIST = 500  # values per IN (...) list: well under every backend's parameter limit
@@ -193,23 +193,38 @@ def lock_pending_letters(
     return list(session.scalars(query))
 
 
-ORIGINAL_LETTER_STATES = ("processed", "follow_up", "ignored")  # what a duplicate copies
+ORIGINAL_LETTER_STATES = ("processed", "follow_up", "note", "ignored")  # what a duplicate copies
+
+
+@dataclass(frozen=True)
+class EarlierLetter:
+    """A decided letter that carried a Message-ID: whether a new one repeats it is
+    told by content (``content_key``; None for letters decided before it was kept,
+    which are compared by sender and subject)."""
+
+    id: int
+    request_id: int | None
+    content_key: str | None
+    sender: str | None
+    subject: str | None
 
 
 def processed_with_message_ids(
     session: Session, message_ids: Iterable[str]
-) -> dict[str, tuple[int, int | None]]:
-    """Message-ID -> (id, request id) of the first decided letter carrying it."""
-    found: dict[str, tuple[int, int | None]] = {}
+) -> dict[str, list[EarlierLetter]]:
+    """Message-ID -> the decided letters carrying it, oldest first."""
+    found: dict[str, list[EarlierLetter]] = {}
     for chunk in _chunks(message_ids):
-        rows = session.execute(  # states filtered here: the planner must pick the
-            select(Letter.message_id, Letter.id, Letter.request_id, Letter.state)  # Message-ID
-            .where(Letter.message_id.in_(chunk))  # index, not scan every processed letter
+        rows = session.execute(  # states filtered here: the planner must pick the Message-ID
+            select(Letter.message_id, Letter.state, Letter.id, Letter.request_id,  # index,
+                   Letter.content_key, Letter.sender, Letter.subject)  # not scan every
+            .where(Letter.message_id.in_(chunk))  # processed letter
             .order_by(Letter.id)
         )
-        for message_id, letter_id, request_id, state in rows:
+        for message_id, state, letter_id, request_id, key, sender, subject in rows:
             if message_id is not None and state in ORIGINAL_LETTER_STATES:
-                found.setdefault(message_id, (letter_id, request_id))
+                found.setdefault(message_id, []).append(
+                    EarlierLetter(letter_id, request_id, key, sender, subject))
     return found
 
 
@@ -336,33 +351,40 @@ def request_by_number(session: Session, number: str) -> Request | None:
 def request_by_message_ids(session: Session, message_ids: Iterable[str]) -> Request | None:
     """The request one of these Message-IDs belongs to: our replies or its letters."""
     ids = [m for m in message_ids if m]
-    for owners in threads_of(session, ids):
-        for message_id in ids:
-            if message_id in owners:
-                return session.get(Request, owners[message_id])
+    replies, letters = threads_of(session, ids)
+    for message_id in ids:
+        if message_id in replies:
+            return session.get(Request, replies[message_id])
+    for message_id in ids:
+        if message_id in letters:
+            return session.get(Request, letters[message_id][0])
     return None
 
 
 def threads_of(
     session: Session, message_ids: Iterable[str]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Message-ID -> request id, of our replies and of customers' letters, in that order
-    of trust: a reference to a reply we sent is the stronger proof of the thread."""
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Message-ID -> request id of our replies, and -> request ids (oldest first) of
+    customers' letters. Ours are proof of the thread (only its recipients know them);
+    a customer's may be known to everyone on Cc, and reused by other senders."""
     wanted = [m for m in message_ids if m]
     replies: dict[str, int] = {}
-    letters: dict[str, int] = {}
+    letters: dict[str, list[int]] = {}
     for chunk in _chunks(wanted):
-        for owners, rows in (
-            (replies, session.execute(
-                select(OutboxItem.message_id, OutboxItem.request_id)
-                .where(OutboxItem.message_id.in_(chunk)).order_by(OutboxItem.id))),
-            (letters, session.execute(
-                select(Letter.message_id, Letter.request_id)
-                .where(Letter.message_id.in_(chunk)).order_by(Letter.id))),
-        ):
-            for message_id, request_id in rows:
-                if message_id is not None and request_id is not None:
-                    owners.setdefault(message_id, request_id)
+        rows = session.execute(
+            select(OutboxItem.message_id, OutboxItem.request_id)
+            .where(OutboxItem.message_id.in_(chunk)).order_by(OutboxItem.id))
+        for message_id, request_id in rows:
+            if request_id is not None:
+                replies.setdefault(message_id, request_id)
+        rows = session.execute(
+            select(Letter.message_id, Letter.request_id)
+            .where(Letter.message_id.in_(chunk)).order_by(Letter.id))
+        for message_id, request_id in rows:
+            if message_id is not None and request_id is not None:
+                owners = letters.setdefault(message_id, [])
+                if request_id not in owners:
+                    owners.append(request_id)
     return replies, letters
 
 
