@@ -377,3 +377,59 @@ def test_a_uid_reused_for_a_new_letter_is_registered(
     with daemon.store.transaction() as session:
         keys = [(x.uidvalidity, x.uid) for x in session.query(Letter).order_by(Letter.id)]
     assert keys == [(validity, "1"), (validity, "1")]
+
+
+def test_the_migration_keeps_letters_two_spellings_saved_twice(database_url: str) -> None:
+    """0007 on a database that two instances (`inbox`, `INBOX`) wrote before it: names
+    become canonical, the second saves become copies of the first, nothing is deleted."""
+    from alembic import command
+
+    from mailroute.store.db import _alembic_config
+
+    store = Store(database_url)
+    config = _alembic_config(store.url)
+    command.upgrade(config, "0006")
+    rows = [  # id, mailbox, uid, sha256, state, filed_to
+        (1, "imap://desk@Mail.Example:143/inbox", "1", "a", "processed", "Processed"),
+        (2, "imap://desk@mail.example:143/INBOX", "1", "a", "processed", "Processed"),
+        (3, "imap://desk@mail.example:143/INBOX", "2", "b", "processed", None),
+        (4, "imap://desk@Mail.Example:143/inbox", "2", "b", "pending", None),
+        (5, "imap://desk@Mail.Example:143/inbox", "3", "c", "pending", None),
+    ]
+    try:
+        with store.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO requests (id, number, status, request_type, priority, requester,"
+                " language, missing, reasons, created_at, updated_at, clarifications)"
+                " VALUES (9, 'SD-000009', 'new', 'incident', 'normal', 'a@b', 'ru', '[]', '[]',"
+                " :now, :now, 0)"), {"now": NOW})
+            for letter_id, mailbox, uid, sha, state, filed in rows:
+                connection.execute(text(
+                    "INSERT INTO letters (id, mailbox, uidvalidity, uid, sha256, size,"
+                    " received_at, fetched_at, state, attempts, filed_to, request_id) VALUES"
+                    " (:id, :mailbox, 7, :uid, :sha, 1, :now, :now, :state, 0, :filed, :req)"),
+                    {"id": letter_id, "mailbox": mailbox, "uid": uid, "sha": sha,
+                     "state": state, "filed": filed, "now": NOW,
+                     "req": 9 if state == "processed" else None})
+                connection.execute(text(
+                    "INSERT INTO letter_bytes (letter_id, raw) VALUES (:id, :raw)"),
+                    {"id": letter_id, "raw": sha.encode()})
+            for name in ("imap://desk@Mail.Example:143/inbox", "imap://desk@mail.example:143/INBOX"):
+                connection.execute(text("INSERT INTO mailboxes (name) VALUES (:name)"),
+                                   {"name": name})
+        store.upgrade()
+        with store.engine.connect() as connection:
+            found = connection.execute(text(
+                "SELECT id, mailbox, copy_of, state, request_id FROM letters ORDER BY id")).all()
+            names = connection.execute(text("SELECT name FROM mailboxes")).scalars().all()
+    finally:
+        store.dispose()
+    canonical = "imap://desk@mail.example:143/INBOX"
+    assert [tuple(row) for row in found] == [
+        (1, "imap://desk@Mail.Example:143/inbox", None, "processed", 9),  # key taken
+        (2, canonical, 1, "processed", 9),  # saved twice before: kept, marked
+        (3, canonical, None, "processed", 9),
+        (4, "imap://desk@Mail.Example:143/inbox", 3, "duplicate", 9),  # key taken: old name
+        (5, canonical, None, "pending", None),
+    ]
+    assert names == [canonical]
