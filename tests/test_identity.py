@@ -380,7 +380,7 @@ def test_a_uid_reused_for_a_new_letter_is_registered(
 
 
 def test_the_migration_keeps_letters_two_spellings_saved_twice(database_url: str) -> None:
-    """0007 on a database that two instances (`inbox`, `INBOX`) wrote before it: names
+    """0009 on a database that two instances (`inbox`, `INBOX`) wrote before it: names
     become canonical, the second saves become copies of the first, nothing is deleted."""
     from alembic import command
 
@@ -388,7 +388,7 @@ def test_the_migration_keeps_letters_two_spellings_saved_twice(database_url: str
 
     store = Store(database_url)
     config = _alembic_config(store.url)
-    command.upgrade(config, "0006")
+    command.upgrade(config, "0008")
     rows = [  # id, mailbox, uid, sha256, state, filed_to
         (1, "imap://desk@Mail.Example:143/inbox", "1", "a", "processed", "Processed"),
         (2, "imap://desk@mail.example:143/INBOX", "1", "a", "processed", "Processed"),
