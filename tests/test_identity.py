@@ -22,13 +22,13 @@ from support.configs import write_config
 from support.dovecot import DovecotServer, ImapAccount
 from support.smtp import SmtpSink
 
-from mailroute.authresults import authentication_results, dmarc_fails
 from mailroute.config import Config
-from mailroute.daemon import Daemon
-from mailroute.identity import canonical_folder, content_key, imap_mailbox_name
+from mailroute.core.authresults import authentication_results, dmarc_fails
+from mailroute.core.identity import canonical_folder, content_key, imap_mailbox_name
+from mailroute.ops.tickets import change_status
+from mailroute.service.daemon import Daemon
 from mailroute.store import Store
 from mailroute.store.models import Letter, LetterBytes, Request, RequestEvent
-from mailroute.tickets import change_status
 
 MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
 NOW = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # a Monday, in the past (Dovecot clamps)
