@@ -30,7 +30,7 @@ from mailroute.service.daemon import Daemon
 from mailroute.store import Store
 from mailroute.store.models import Letter, LetterBytes, Request, RequestEvent
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 NOW = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # a Monday, in the past (Dovecot clamps)
 
 
