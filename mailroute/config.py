@@ -701,6 +701,11 @@ class LimitsConfig(Section):
         200_000, ge=1000,
         description="Characters of body text analysed; the rest is kept but not read.",
     )
+    letter_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="CPU seconds one letter may take to be parsed and analysed; a letter "
+        "over it is quarantined naming the stage that overran (the bytes are kept).",
+    )
 
 
 class Config(BaseModel):

@@ -7,6 +7,7 @@ ready (run ``mailroute db upgrade``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     q_show.set_defaults(handler=cmd_quarantine_show)
     q_retry = q_commands.add_parser("retry", parents=[common], help="process it again")
     q_retry.add_argument("id", type=int)
+    q_retry.add_argument(
+        "--letter-seconds", type=_positive_seconds, metavar="SECONDS",
+        help="CPU budget for this letter instead of [limits] letter_seconds",
+    )
     q_retry.set_defaults(handler=cmd_quarantine_retry)
 
     outbox = commands.add_parser("outbox", parents=[common], help="replies waiting or sent")
@@ -196,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's Maildir and database here")
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("give more than 0 and at most 3600 seconds")
+    return seconds
 
 
 def _aware_datetime(text: str) -> datetime:
@@ -409,7 +424,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         health = Health(problems=problems)
     else:
         health = check_health(open_store(config), config.health, datetime.now(UTC),
-                              timedelta(seconds=config.replies.suppress_for))
+                              timedelta(seconds=config.replies.suppress_for),
+                              letter_seconds=config.limits.letter_seconds)
     print(json.dumps(health.as_dict(), indent=2) if args.json else render(health))
     return 0 if health.healthy else EXIT_FAILURE
 
@@ -460,10 +476,11 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     store = open_store(config)
+    pipeline = Pipeline.from_config(config, store)
+    if args.letter_seconds is not None:
+        pipeline = dataclasses.replace(pipeline, letter_seconds=args.letter_seconds)
     try:
-        outcome = retry_letter(
-            store, Pipeline.from_config(config, store), args.id, datetime.now(UTC)
-        )
+        outcome = retry_letter(store, pipeline, args.id, datetime.now(UTC))
     except LookupError as exc:
         raise MailrouteError(str(exc.args[0])) from None
     print(_outcome_text(outcome))

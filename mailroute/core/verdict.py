@@ -16,7 +16,7 @@ Pure: no IO, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -155,14 +155,24 @@ class AnalysisContext:
 # --------------------------------------------------------------------------- pipeline
 
 
-def analyze(letter: ParsedLetter, context: AnalysisContext) -> Analysis:
-    """Decide what ``letter`` becomes."""
+def _no_stage(name: str) -> None:
+    pass
+
+
+def analyze(
+    letter: ParsedLetter, context: AnalysisContext, stage: Callable[[str], None] = _no_stage
+) -> Analysis:
+    """Decide what ``letter`` becomes. ``stage`` is told each step as it begins: a letter
+    that runs over its time budget is quarantined naming the step that overran."""
+    stage("analyze:quotes")
     parts = quotes.split(letter.text)
+    stage("analyze:language")
     lang = language.detect(parts.own, letter.subject, letter.text)
+    stage("analyze:machine_mail")
     machine = machine_mail.check(letter, context.own_addresses)
     if machine is not None:
         return _ignored(letter, parts, lang, machine)
-    return _ticket(letter, parts, lang, context)
+    return _ticket(letter, parts, lang, context, stage)
 
 
 def _ignored(
@@ -200,12 +210,20 @@ class _Identity:
 
 
 def _ticket(
-    letter: ParsedLetter, parts: quotes.Split, lang: language.Language, context: AnalysisContext
+    letter: ParsedLetter,
+    parts: quotes.Split,
+    lang: language.Language,
+    context: AnalysisContext,
+    stage: Callable[[str], None],
 ) -> Analysis:
     subject = clean_subject(letter.subject)
+    stage("analyze:description")
     described = has_description(parts.own)
+    stage("analyze:classify")
     verdict = classify.classify(_texts(letter, parts, subject, described), context.rules)
+    stage("analyze:organization")
     who = _identify(letter, parts, subject, context)
+    stage("analyze:route")
     missing = _missing(letter.subject, described, who)
     sender_domain = _domain(letter)
     queue = route.route(

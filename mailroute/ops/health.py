@@ -12,6 +12,9 @@ Reply caps hit lately and the number of active suppressions are shown too.
 A SQLite file is looked at before it is opened: when it is missing, or a running
 daemon reported (in the alarm file beside it) that it is not the file it opened,
 that is the only problem shown, since the rows at the path are not the daemon's.
+
+While a letter has been in hand for longer than its budget (``[limits]
+letter_seconds``) the desk is stuck on it, whatever the polls say: unhealthy.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Health:
     suppressed: int = 0  # addresses not answered (suppressions not expired)
     desk_cap_hit: bool = False
     letter_faults: list[str] = field(default_factory=list)  # "uid N (fetch): error", oldest first
+    in_hand_since: datetime | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +76,7 @@ class Health:
             "caps": self.caps,
             "suppressed": self.suppressed,
             "letter_faults": self.letter_faults,
+            "in_hand_since": iso(self.in_hand_since),
         }
 
 
@@ -92,8 +97,9 @@ def database_file_problems(url: str) -> list[str]:
 
 def check_health(
     store: Store, config: HealthConfig, now: datetime,
-    suppress_for: timedelta = timedelta(days=30),
+    suppress_for: timedelta = timedelta(days=30), letter_seconds: float | None = None,
 ) -> Health:
+    """``letter_seconds``: the budget a letter in hand is held against (none: not checked)."""
     with store.transaction() as session:
         health = Health(
             pending_letters=repo.pending_count(session),
@@ -113,6 +119,7 @@ def check_health(
         ]
     _summarise_mailboxes(health, mailboxes)
     health.problems = _problems(health, config, now)
+    health.problems += _stuck(health, now, letter_seconds)
     return health
 
 
@@ -124,6 +131,19 @@ def _summarise_mailboxes(health: Health, mailboxes: list[MailboxState]) -> None:
     if errors:
         latest = max(errors, key=lambda m: m.last_error_at or datetime.min)
         health.last_error, health.last_error_at = latest.last_error, latest.last_error_at
+    in_hand = [m.in_hand_since for m in mailboxes if m.in_hand_since]
+    health.in_hand_since = min(in_hand, default=None)
+
+
+def _stuck(health: Health, now: datetime, letter_seconds: float | None) -> list[str]:
+    since = health.in_hand_since
+    if since is None or letter_seconds is None:
+        return []
+    held = (now - since).total_seconds()
+    if held <= letter_seconds:
+        return []
+    return [f"a letter has been in hand for {held:.0f} s (since {since:%H:%M:%S} UTC); "
+            f"its budget is {letter_seconds:g} s"]
 
 
 def _summarise_alerts(health: Health, found: list[Alert], now: datetime) -> None:
@@ -171,6 +191,7 @@ def render(health: Health) -> str:
         f"  last successful poll  {data['last_poll_at'] or 'never'}",
         f"  backlog in folder     {'-' if health.backlog is None else health.backlog}",
         f"  letters pending       {health.pending_letters}",
+        f"  letter in hand since  {data['in_hand_since'] or '-'}",
         f"  quarantined           {health.quarantined}",
         f"  outbox                {outbox or 'empty'}",
         f"  suppressed addresses  {health.suppressed}",

@@ -47,7 +47,7 @@ from mailroute.errors import TransientError
 from mailroute.packaged import analysis_context, load_templates
 from mailroute.pipeline.customers import merged_registry
 from mailroute.pipeline.status import reopen, set_status, start_clocks
-from mailroute.pipeline.workers import Fault, Understood, understand
+from mailroute.pipeline.workers import Fault, Understanding, Understood
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
@@ -113,6 +113,7 @@ class Pipeline:
     sla: SlaConfig
     workflow: WorkflowConfig
     guard: ReplyPolicy
+    letter_seconds: float  # CPU budget to understand one letter (in a worker process)
     trusted_authserv_id: str = ""  # whose Authentication-Results to believe; "" nobody's
 
     @classmethod
@@ -146,6 +147,7 @@ class Pipeline:
                 config.replies.desk_hourly_limit,
                 config.replies.suppress_for,
             ),
+            letter_seconds=config.limits.letter_seconds,
             trusted_authserv_id=config.security.trusted_authserv_id,
         )
 
@@ -178,14 +180,16 @@ def process_pending(
     *,
     up_to: int | None = None,
     ready: Mapping[int, Understood] | None = None,
+    understanding: Understanding | None = None,
 ) -> list[Outcome]:
     """Process the saved letters still pending, oldest first (only those with ids up to
-    ``up_to``, if given). ``ready`` holds letters already understood, by id."""
+    ``up_to``, if given). ``ready`` holds letters already understood, by id; the others
+    are understood by ``understanding`` (or a worker started for the purpose)."""
     with store.transaction() as session:
         pending = repo.pending_letters(session, limit, up_to)
     outcomes = []
     for letter_ids in _batches(pending):
-        outcomes += process_batch(store, pipeline, letter_ids, clock(), ready)
+        outcomes += process_batch(store, pipeline, letter_ids, clock(), ready, understanding)
     return outcomes
 
 
@@ -216,6 +220,7 @@ def process_batch(
     letter_ids: list[int],
     now: datetime,
     ready: Mapping[int, Understood] | None = None,
+    understanding: Understanding | None = None,
 ) -> list[Outcome]:
     """Decide these letters, oldest first, in one transaction (one commit, shared lookups).
 
@@ -226,14 +231,14 @@ def process_batch(
     Letters another worker holds are skipped: they are not in the result.
     """
     try:
-        decided = _decide_batch(store, pipeline, letter_ids, now, ready or {})
+        decided = _decide_batch(store, pipeline, letter_ids, now, ready or {}, understanding)
     except (_Unprocessable, DataError) as exc:
         fault = exc.fault if isinstance(exc, _Unprocessable) else _refused(exc)
         if len(letter_ids) > 1:
             log.warning("batch decided again letter by letter", letters=len(letter_ids),
                         error=fault.reason)
-            return [outcome for letter_id in letter_ids
-                    for outcome in process_batch(store, pipeline, [letter_id], now, ready)]
+            return [outcome for letter_id in letter_ids for outcome in
+                    process_batch(store, pipeline, [letter_id], now, ready, understanding)]
         decided = _quarantine_alone(store, letter_ids[0], fault)
     for outcome, letter in decided:
         _log(outcome, letter)
@@ -246,15 +251,13 @@ def _decide_batch(
     letter_ids: list[int],
     now: datetime,
     ready: Mapping[int, Understood],
+    understanding: Understanding | None,
 ) -> list[tuple[Outcome, Letter]]:
     decided = []
     with store.transaction() as session:
         with_raw = any(letter_id not in ready for letter_id in letter_ids)
         letters = repo.lock_pending_letters(session, letter_ids, with_raw=with_raw)
-        understood = [
-            ready.get(letter.id) or understand(letter.raw, pipeline.context, pipeline.limits)
-            for letter in letters
-        ]
+        understood = _understood(pipeline, letters, ready, understanding)
         lookups = _lookups_for(session, pipeline, understood, now)
         queued: list[tuple[RequestEvent, OutboxItem]] = []
         for letter, known in zip(letters, understood, strict=True):
@@ -268,6 +271,27 @@ def _decide_batch(
             for event, item in queued:
                 event.detail = {**event.detail, "outbox": item.id}
     return decided
+
+
+def _understood(
+    pipeline: Pipeline,
+    letters: list[Letter],
+    ready: Mapping[int, Understood],
+    understanding: Understanding | None,
+) -> list[Understood]:
+    """The verdicts of ``letters``: from ``ready``, or from a worker under the budget."""
+    unknown = [letter for letter in letters if letter.id not in ready]
+    verdicts = dict(ready)
+    if unknown:
+        worker = understanding or Understanding(pipeline.context, pipeline.limits, 1,
+                                                pipeline.letter_seconds)
+        try:
+            found = worker.understand_all([letter.raw for letter in unknown])
+        finally:
+            if understanding is None:
+                worker.close()
+        verdicts.update(zip((letter.id for letter in unknown), found, strict=True))
+    return [verdicts[letter.id] for letter in letters]
 
 
 def _lookups_for(

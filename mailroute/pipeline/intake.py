@@ -35,7 +35,7 @@ from mailroute.config import MailboxConfig
 from mailroute.core.arrival import plausible_arrival
 from mailroute.mail.mailbox import FetchedLetter, MailSource, UnservedLetter
 from mailroute.pipeline.decide import Outcome, Pipeline, process_pending
-from mailroute.pipeline.workers import Understanding, Understood
+from mailroute.pipeline.workers import Interrupted, Understanding, Understood
 from mailroute.store import Store
 from mailroute.store import repository as repo
 
@@ -123,39 +123,55 @@ class _Pass:
         self.reused = known.filed
         new = [uid for uid in uids if uid not in known.unfiled and uid not in self.resting]
         size = self.mailbox.batch_size
-        backlog = len(new) >= 2 * size  # worth starting workers for
+        backlog = len(new) >= 2 * size  # worth more than one worker
         pipeline = self.pipeline
         understanding = Understanding(pipeline.context, pipeline.limits,
-                                      self.mailbox.workers if backlog else 0)
+                                      self.mailbox.workers if backlog else 1,
+                                      pipeline.letter_seconds, self.stop, self._note_slow)
         try:
-            ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
-            for start in range(0, len(new), size):
-                if self.stop.is_set():
-                    break
-                saved = self._save_batch(self._fetch(new[start : start + size]))
-                raws = [raw for _id, raw in saved]
-                ahead.append(_InFlight(saved, understanding.submit(raws)))
-                if len(ahead) > 1:  # keep one batch being understood while this one is decided
-                    self._decide_and_file(understanding, ahead.popleft())
-            while ahead and not self.stop.is_set():
-                self._decide_and_file(understanding, ahead.popleft())
+            self._save_and_decide(new, size, understanding)
+            if not self.stop.is_set():
+                self._process_and_file(understanding=understanding)  # left by a crash
+        except Interrupted:
+            log.info("stopped with letters in hand", detail="they stay pending for the next run")
         finally:
             understanding.close()
-        if not self.stop.is_set():
-            self._process_and_file()  # letters saved before a crash, decided or not
         with self.store.transaction() as session:
             repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
                              backlog=len(uids))
         return self.report
 
+    def _save_and_decide(self, new: list[str], size: int, understanding: Understanding) -> None:
+        """Fetch and save batch after batch; each is understood while the one before it
+        is decided and filed."""
+        ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
+        for start in range(0, len(new), size):
+            if self.stop.is_set():
+                return
+            saved = self._save_batch(self._fetch(new[start : start + size]))
+            raws = [raw for _id, raw in saved]
+            ahead.append(_InFlight(saved, understanding.submit(raws)))
+            if len(ahead) > 1:  # keep one batch being understood while this one is decided
+                self._decide_and_file(understanding, ahead.popleft())
+        while ahead and not self.stop.is_set():
+            self._decide_and_file(understanding, ahead.popleft())
+
+    def _note_slow(self, since: datetime | None) -> None:
+        """A letter has been in hand for a while (``since``), or no longer (None)."""
+        try:
+            with self.store.transaction() as session:
+                repo.note_in_hand(session, self.source.name, since)
+        except Exception as exc:  # the database may be away: `status` says so by itself
+            log.warning("cannot record the letter in hand", error=f"{type(exc).__name__}: {exc}")
+
     def _decide_and_file(self, understanding: Understanding, job: _InFlight) -> None:
         """Decide the letters saved up to this batch (older ones left by a crash too), and
         file them with any copies of stored letters the batch held."""
-        raws = [raw for _id, raw in job.saved]
-        verdicts = understanding.results(job.future, raws)
+        verdicts = understanding.results(job.future)
         ready = {letter_id: known for (letter_id, _raw), known in
                  zip(job.saved, verdicts, strict=True)}
-        self._process_and_file(up_to=max(ready, default=0), ready=ready)
+        self._process_and_file(up_to=max(ready, default=0), ready=ready,
+                               understanding=understanding)
         self.progress()
 
     def _resting(self, session: Session) -> set[str]:
@@ -250,10 +266,14 @@ class _Pass:
             log.info("letter already stored", uid=fetched.uid, letter=letter_id)
 
     def _process_and_file(
-        self, up_to: int | None = None, ready: Mapping[int, Understood] | None = None
+        self,
+        up_to: int | None = None,
+        ready: Mapping[int, Understood] | None = None,
+        understanding: Understanding | None = None,
     ) -> None:
         self.report.outcomes += process_pending(self.store, self.pipeline, self.clock,
-                                                up_to=up_to, ready=ready)
+                                                up_to=up_to, ready=ready,
+                                                understanding=understanding)
         with self.store.transaction() as session:
             moves = repo.letters_to_file(session, self.source.name, self.uidvalidity)
             copy_states = repo.letter_states(session, list(self.copies.values()))

@@ -1,28 +1,51 @@
-"""The pure stages of a letter, parse then analyze, as one verdict; in worker processes
-when a backlog makes that pay.
+"""The pure stages of a letter, parse then analyze, as one verdict; always in a worker
+process, under a time budget.
 
-Parsing and analysing are most of a letter's CPU time and touch nothing, so while the
-main process stores one batch, a worker can already understand the next: a backlog
-then uses both cores. A worker is a process started for one drain pass (a
-forkserver child, so nothing of the daemon's threads is copied), holding the
-pass's rules; a pass with only a few letters does everything in-process.
+A letter is hostile input: one crafted letter once sent a regular expression into
+backtracking for minutes, and every letter behind it waited. So no letter is
+understood in the daemon's own process. A worker (a forkserver child, so nothing of
+the daemon's threads is copied) understands letters one after another and says
+which stage it is in; the process that started it watches the CPU time the letter
+has cost. A letter over ``letter_seconds`` (CPU, or ten times that in wall time for
+a worker that is stuck without spending CPU) is given up: the worker is killed, the
+letter gets a ``Fault`` naming the stage that overran and the budget (it is
+quarantined, its bytes kept), a fresh worker takes the letters after it. A stop
+(SIGTERM) kills the worker at once and raises ``Interrupted``: the letters in hand
+stay pending for the next run.
+
+Parsing and analysing are most of a letter's CPU time, so while the main process
+stores one batch a worker can already understand the next: a backlog uses both
+cores (``workers`` processes; at least one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import threading
+import time
 import traceback
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 
+from mailroute import logs
 from mailroute.core.letter import ParsedLetter, ParseLimits, parse
 from mailroute.core.verdict import Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
+
+log = logs.get("mailroute.pipeline.workers")
+POLL_SECONDS = 0.05  # how often a letter's cost and a stop are looked at
+WALL_FACTOR = 10  # a worker stuck without spending CPU is given up after this many budgets
+SLOW_NOTE_SECONDS = 1.0  # a letter in hand this long is recorded for `status`
+DEATHS_PER_LETTER = 2  # a letter that kills its worker twice is quarantined
 
 
 @dataclass(frozen=True)
@@ -44,101 +67,375 @@ class Understood:
     fault: Fault | None = None
 
 
-def understand(raw: bytes, context: AnalysisContext, limits: ParseLimits) -> Understood:
-    """Parse and analyse; every failure is the letter's, returned, never raised."""
-    stage = "parse"
+class Interrupted(Exception):
+    """A stop was asked for while letters were being understood; they stay pending."""
+
+
+def _no_stage(name: str) -> None:
+    pass
+
+
+def understand(
+    raw: bytes,
+    context: AnalysisContext,
+    limits: ParseLimits,
+    stage: Callable[[str], None] = _no_stage,
+) -> Understood:
+    """Parse and analyse; every failure is the letter's, returned, never raised.
+
+    This runs unbounded: the daemon calls it only inside a worker (``Understanding``).
+    """
+    step = "parse"
     parsed = None
     try:
+        stage(step)
         parsed = parse(raw, limits)
-        stage = "analyze"
-        return Understood(parsed, analyze(parsed, context))
+        step = "analyze"
+
+        def entered(name: str) -> None:
+            nonlocal step
+            step = name
+            stage(name)
+
+        return Understood(parsed, analyze(parsed, context, entered))
     except LetterUnreadable as exc:
         return Understood(parsed, None, Fault(exc.stage, exc.reason))
     except Exception as exc:  # a bug meeting an odd letter must not stop the queue
-        return Understood(parsed, None, Fault(stage, f"{type(exc).__name__}: {exc}",
+        return Understood(parsed, None, Fault(step, f"{type(exc).__name__}: {exc}",
                                               traceback.format_exc()))
 
 
-class Understanding:
-    """Understands batches of letters, in ``workers`` processes (0: in this one).
+def overran(stage: str, budget: float, cpu: float, wall: float) -> Fault:
+    """The fault of a letter given up at its budget."""
+    return Fault(stage, f"{stage} took more than the {budget:g} s budget "
+                        f"([limits] letter_seconds; {cpu:.1f} s CPU, {wall:.1f} s in hand)")
 
-    Starting a worker takes about a second (a forkserver, imports), so it starts in
-    the background and batches are understood here until it answers: the first
-    letters of a backlog do not wait for it.
+
+SlowNote = Callable[[datetime | None], None]
+
+
+class Understanding:
+    """Understands batches of letters in ``workers`` worker processes (at least one),
+    each letter under ``letter_seconds``.
+
+    ``submit`` hands a batch to the next worker and returns at once; ``results``
+    waits for it. ``on_slow`` is called with the moment a letter was taken in hand
+    once it has been in hand for a second, and with None when it is done: what
+    `mailroute status` reads to say a letter is in hand for too long.
     """
 
-    def __init__(self, context: AnalysisContext, limits: ParseLimits, workers: int) -> None:
+    def __init__(
+        self,
+        context: AnalysisContext,
+        limits: ParseLimits,
+        workers: int,
+        letter_seconds: float,
+        stop: threading.Event | None = None,
+        on_slow: SlowNote | None = None,
+    ) -> None:
         self.context, self.limits = context, limits
-        self._pool: ProcessPoolExecutor | None = None
-        self._ready = threading.Event()
-        if workers > 0:
-            self._pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_start_worker,
-                initargs=(context, limits),
-            )
-            threading.Thread(target=self._warm_up, args=(self._pool,), name="workers",
-                             daemon=True).start()
-
-    def _warm_up(self, pool: ProcessPoolExecutor) -> None:
-        try:
-            pool.submit(_understand_in_worker, []).result()
-        except (BrokenProcessPool, RuntimeError, OSError):
-            return  # never ready: everything is understood in this process
-        self._ready.set()
+        self._stop = stop or threading.Event()
+        self._slots = [
+            _Slot(context, limits, letter_seconds, self._stop, on_slow)
+            for _ in range(max(1, workers))
+        ]
+        self._turns = itertools.cycle(self._slots)
 
     def submit(self, raws: Sequence[bytes]) -> Future[list[Understood]]:
         """Start understanding these letters; the future's list is in the same order."""
-        if self._pool is not None and self._ready.is_set():
-            try:
-                return self._pool.submit(_understand_in_worker, list(raws))
-            except (BrokenProcessPool, RuntimeError):
-                self._pool = None  # a worker died: carry on in this process
-        done: Future[list[Understood]] = Future()
-        done.set_result([understand(raw, self.context, self.limits) for raw in raws])
-        return done
+        job: Future[list[Understood]] = Future()
+        next(self._turns).jobs.put((list(raws), job))
+        return job
 
-    def results(self, job: Future[list[Understood]], raws: Sequence[bytes]) -> list[Understood]:
-        """The job's verdicts; if its worker died (a letter may have killed it), the
-        letters are understood here instead, and later batches stay here too."""
-        try:
-            return job.result()
-        except BrokenProcessPool:
-            self._pool = None
-            return [understand(raw, self.context, self.limits) for raw in raws]
+    def results(self, job: Future[list[Understood]]) -> list[Understood]:
+        """The job's verdicts; raises Interrupted if a stop came first."""
+        return job.result()
+
+    def understand_all(self, raws: Sequence[bytes]) -> list[Understood]:
+        return self.results(self.submit(raws))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop every worker (a letter in hand is abandoned, not judged)."""
+        for slot in self._slots:
+            slot.close()
 
 
-_worker_rules: tuple[AnalysisContext, ParseLimits] | None = None
+class _Slot:
+    """One worker process and the thread that feeds and watches it, job after job."""
+
+    def __init__(
+        self,
+        context: AnalysisContext,
+        limits: ParseLimits,
+        budget: float,
+        stop: threading.Event,
+        on_slow: SlowNote | None,
+    ) -> None:
+        self.context, self.limits, self.budget = context, limits, budget
+        self.stop, self.on_slow = stop, on_slow
+        self.jobs: queue.SimpleQueue[tuple[list[bytes], Future[list[Understood]]] | None] = (
+            queue.SimpleQueue())
+        self.worker: _Worker | None = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="understanding", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while (item := self.jobs.get()) is not None:
+                raws, job = item
+                if not job.set_running_or_notify_cancel():
+                    continue
+                try:
+                    job.set_result(self._understand(raws))
+                except BaseException as exc:  # Interrupted, or a bug: the caller sees it
+                    self._kill()
+                    job.set_exception(exc)
+            self._release()
+        finally:
+            self._kill()
+
+    def _understand(self, raws: list[bytes]) -> list[Understood]:
+        verdicts: list[Understood] = []
+        deaths = 0
+        while len(verdicts) < len(raws):
+            if self.stop.is_set() or self._closing.is_set():
+                raise Interrupted("stop requested")
+            worker = self._worker()
+            worker.send(raws[len(verdicts):])
+            done, fault = self._watch(worker, verdicts, len(raws))
+            if fault is None:
+                break  # every letter has its verdict
+            self._kill()
+            deaths = deaths + 1 if fault.stage == "died" else DEATHS_PER_LETTER
+            if deaths >= DEATHS_PER_LETTER:
+                stage = done or "parse"
+                reason = fault.reason if fault.stage != "died" else (
+                    f"the worker understanding it died ({fault.reason}), twice")
+                verdicts.append(Understood(None, None, Fault(stage, reason)))
+                log.error("letter given up", stage=stage, error=reason)
+                deaths = 0
+        return verdicts
+
+    def _watch(
+        self, worker: _Worker, verdicts: list[Understood], total: int
+    ) -> tuple[str | None, Fault | None]:
+        """Collect verdicts until the batch is done (None, None), or the letter in hand
+        overran its budget or killed the worker: (its stage, the fault)."""
+        letter = _InHand(worker.cpu())
+        while len(verdicts) < total:
+            if self.stop.is_set() or self._closing.is_set():
+                self._kill()
+                raise Interrupted("stop requested")
+            message = worker.receive(POLL_SECONDS)
+            if message is not None:
+                kind, payload, cpu_now = message
+                if kind == "died":
+                    return letter.stage, Fault("died", worker.exit_reason())
+                if kind == "stage":
+                    if payload == "parse":
+                        letter.finish(self.on_slow)
+                        letter = _InHand(cpu_now)
+                    letter.stage = str(payload)
+                else:
+                    assert isinstance(payload, Understood)
+                    verdicts.append(payload)
+                    letter.finish(self.on_slow)
+                    letter = _InHand(cpu_now)
+                continue
+            cpu, wall = worker.cpu() - letter.cpu_start, time.monotonic() - letter.wall_start
+            if cpu > self.budget or wall > self.budget * WALL_FACTOR:
+                letter.finish(self.on_slow)
+                return letter.stage, overran(letter.stage, self.budget, cpu, wall)
+            letter.note_if_slow(self.on_slow)
+        letter.finish(self.on_slow)
+        return None, None
+
+    def _worker(self) -> _Worker:
+        if self.worker is None:
+            self.worker = _IDLE.take(self.context, self.limits) or _Worker(self.context,
+                                                                           self.limits)
+        return self.worker
+
+    def _kill(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill()
+
+    def _release(self) -> None:
+        """The worker is between letters: the next pass may use it."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            _IDLE.give_back(worker)
 
 
-def _start_worker(context: AnalysisContext, limits: ParseLimits) -> None:
-    global _worker_rules
-    _worker_rules = (context, limits)
+class _InHand:
+    """The letter a worker is on: since when, from what CPU time, at what stage."""
+
+    def __init__(self, cpu_start: float) -> None:
+        self.cpu_start = cpu_start
+        self.wall_start = time.monotonic()
+        self.taken_at = datetime.now(UTC)
+        self.stage = "parse"
+        self.noted = False
+
+    def note_if_slow(self, on_slow: SlowNote | None) -> None:
+        if on_slow and not self.noted and time.monotonic() - self.wall_start > SLOW_NOTE_SECONDS:
+            self.noted = True
+            _in_background(on_slow, self.taken_at)
+
+    def finish(self, on_slow: SlowNote | None) -> None:
+        if on_slow and self.noted:
+            self.noted = False
+            _in_background(on_slow, None)
+
+
+def _in_background(note: SlowNote, moment: datetime | None) -> None:
+    """A database write must not hold up the watch over the budget."""
+    threading.Thread(target=note, args=(moment,), name="slow-note", daemon=True).start()
+
+
+_DIED = ("died", None, 0.0)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class _Worker:
+    """A worker process and its end of the pipe."""
+
+    def __init__(self, context: AnalysisContext, limits: ParseLimits) -> None:
+        self.context, self.limits = context, limits
+        ctx = _context()
+        self.conn, child = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=_serve, args=(child, context, limits), name="mailroute-understand",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self._stat = Path(f"/proc/{self.process.pid}/stat")
+        self._started = time.monotonic()
+
+    def serves(self, context: AnalysisContext, limits: ParseLimits) -> bool:
+        return self.context is context and self.limits == limits
+
+    def send(self, raws: list[bytes]) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+            self.conn.send(raws)  # if it died, the next receive says so
+
+    def receive(self, timeout: float) -> tuple[str, object, float] | None:
+        """The worker's next message ("stage", name, cpu) or ("done", verdict, cpu); None
+        if none came in ``timeout``; ("died", None, 0) if it died."""
+        try:
+            if not self.conn.poll(timeout):
+                return None if self.process.is_alive() else _DIED
+            message: tuple[str, object, float] = self.conn.recv()
+            return message
+        except (EOFError, OSError):
+            return _DIED
+
+    def cpu(self) -> float:
+        """CPU seconds the worker has used; wall time since its start where /proc is absent.
+        The same clock as the ``time.process_time()`` the worker reports."""
+        try:
+            fields = self._stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return time.monotonic() - self._started
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    def exit_reason(self) -> str:
+        self.process.join(1)
+        code = self.process.exitcode
+        return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class _IdleWorkers:
+    """Workers kept between drain passes: starting one costs up to a second (the
+    forkserver prepares the main module), and most passes bring a letter or two.
+    A worker is bound to the rules it was started with; after a reload the old
+    ones are stopped as they are met."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+
+    def take(self, context: AnalysisContext, limits: ParseLimits) -> _Worker | None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        found = None
+        for worker in idle:
+            usable = worker.serves(context, limits) and worker.process.is_alive()
+            if usable and found is None:
+                found = worker
+            elif usable:
+                self.give_back(worker)
+            else:
+                worker.kill()
+        return found
+
+    def give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if len(self._idle) < self.KEEP:
+                self._idle.append(worker)
+                return
+        worker.kill()
+
+
+_IDLE = _IdleWorkers()
+_preloaded = False
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    """The forkserver imports mailroute once; each worker forked from it starts at once."""
+    global _preloaded
+    ctx = multiprocessing.get_context("forkserver")
+    if not _preloaded:
+        ctx.set_forkserver_preload(["mailroute.pipeline.workers"])
+        _preloaded = True
+    return ctx
+
+
+def _serve(
+    conn: multiprocessing.connection.Connection, context: AnalysisContext, limits: ParseLimits
+) -> None:
+    """The worker: understand each batch received, saying each stage as it begins."""
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+
+    def stage(name: str) -> None:
+        conn.send(("stage", name, time.process_time()))
+
+    while True:
+        try:
+            raws: list[bytes] = conn.recv()
+        except (EOFError, OSError):
+            return
+        for raw in raws:
+            verdict = understand(raw, context, limits, stage)
+            conn.send(("done", verdict, time.process_time()))
 
 
 def _exit_with_parent() -> None:
     """Leave as soon as the process that started this worker is gone.
 
-    A worker waits on its task queue, whose both ends it holds, so a parent killed
-    with SIGKILL would leave it (and the forkserver it keeps alive) running forever,
-    holding the daemon's stderr. The parent's sentinel is a pipe only the parent
-    writes to: it reads as closed the moment the parent dies, however it died.
+    A worker waits on its pipe, so a parent killed with SIGKILL would leave it (and
+    the forkserver it keeps alive) running forever, holding the daemon's stderr. The
+    parent's sentinel is a pipe only the parent writes to: it reads as closed the
+    moment the parent dies, however it died.
     """
     parent = multiprocessing.parent_process()
     if parent is None:
         return
     multiprocessing.connection.wait([parent.sentinel])
     os._exit(0)  # nothing to flush: a worker keeps no state of its own
-
-
-def _understand_in_worker(raws: list[bytes]) -> list[Understood]:
-    assert _worker_rules is not None, "worker started without its rules"
-    context, limits = _worker_rules
-    return [understand(raw, context, limits) for raw in raws]

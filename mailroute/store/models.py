@@ -311,6 +311,7 @@ class MailboxState(Base):
     backlog: Mapped[int | None] = mapped_column(Integer)  # letters in the folder at last poll
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None]
+    in_hand_since: Mapped[datetime | None]  # a letter slow to understand, taken then
 
 
 class LetterFault(Base):

@@ -666,6 +666,7 @@ def record_poll(
         state.uidvalidity = uidvalidity
         state.last_poll_at = at
         state.backlog = backlog
+        state.in_hand_since = None  # a pass ended: no letter is in hand
     else:
         state.last_error = error
         state.last_error_at = at
@@ -679,3 +680,12 @@ def clear_errors(session: Session, prefix: str) -> None:
         .where(MailboxState.last_error.startswith(prefix, autoescape=True))
         .values(last_error=None, last_error_at=None)
     )
+
+
+def note_in_hand(session: Session, name: str, since: datetime | None) -> None:
+    """Record since when a letter has been in hand (None: done), for `mailroute status`."""
+    state = session.get(MailboxState, name)
+    if state is None:
+        state = MailboxState(name=name)
+        session.add(state)
+    state.in_hand_since = since
