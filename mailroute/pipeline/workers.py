@@ -192,11 +192,13 @@ class _Slot:
                 if not job.set_running_or_notify_cancel():
                     continue
                 try:
-                    job.set_result(self._understand(raws))
+                    verdicts = self._understand(raws)
                 except BaseException as exc:  # Interrupted, or a bug: the caller sees it
                     self._kill()
                     job.set_exception(exc)
-            self._release()
+                    continue
+                self._release()  # before the caller hears: its next pass may want it
+                job.set_result(verdicts)
         finally:
             self._kill()
 
