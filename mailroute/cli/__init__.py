@@ -298,7 +298,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from mailroute.ops.explain import Explainer
 
-    explainer = Explainer.from_config(load_config(args), with_sla=args.received_at is not None)
+    explainer = Explainer.from_config(load_config(args), with_sla=args.received_at is not None,
+                                      bounded=True)
     failures = 0
     for name in args.files:
         result = explainer.explain_file(Path(name), args.received_at or datetime.now(UTC))

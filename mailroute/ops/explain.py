@@ -11,10 +11,11 @@ from mailroute.config import Config, SlaConfig
 from mailroute.core import sla
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.customers import tier_of
-from mailroute.core.letter import parse
+from mailroute.core.letter import ParseLimits, parse
 from mailroute.core.verdict import Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
 from mailroute.packaged import analysis_context
+from mailroute.pipeline.workers import Understanding
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,21 @@ class Explainer:
     context: AnalysisContext
     calendar: BusinessCalendar | None = None
     sla: SlaConfig | None = None
+    letter_seconds: float | None = None  # None: in this process, unbounded (benchmarks)
 
     @classmethod
-    def from_config(cls, config: Config, with_sla: bool = False) -> Explainer:
-        """With ``with_sla``, results carry the due times a request would get."""
+    def from_config(
+        cls, config: Config, with_sla: bool = False, bounded: bool = False
+    ) -> Explainer:
+        """With ``with_sla``, results carry the due times a request would get; ``bounded``,
+        each letter is understood in a worker under ``[limits] letter_seconds``, as the
+        daemon does (a letter that would hang the daemon does not hang `explain`)."""
+        budget = config.limits.letter_seconds if bounded else None
+        context = analysis_context(config)
         if not with_sla:
-            return cls(analysis_context(config))
+            return cls(context, letter_seconds=budget)
         calendar = BusinessCalendar.from_config(config.business_hours)
-        return cls(analysis_context(config), calendar, config.sla)
+        return cls(context, calendar, config.sla, budget)
 
     def explain_file(self, path: Path, received_at: datetime) -> dict[str, Any]:
         """The explain JSON for one file; with an ``error`` key when it cannot be read."""
@@ -42,11 +50,28 @@ class Explainer:
         return self.explain_bytes(raw, received_at) | {"file": str(path)}
 
     def explain_bytes(self, raw: bytes, received_at: datetime) -> dict[str, Any]:
+        if self.letter_seconds is not None:
+            return self._explain_bounded(raw, received_at, self.letter_seconds)
         try:
             letter = parse(raw)
         except LetterUnreadable as exc:
             return {"error": str(exc), "action": "quarantine"}
-        analysis = analyze(letter, self.context)
+        return self._result(analyze(letter, self.context), received_at)
+
+    def _explain_bounded(self, raw: bytes, received_at: datetime, budget: float) -> dict[str, Any]:
+        workers = Understanding(self.context, ParseLimits(), 1, budget)
+        try:
+            (known,) = workers.understand_all([raw])
+        finally:
+            workers.close()
+        if known.analysis is None:
+            assert known.fault is not None
+            fault = known.fault
+            return {"error": f"{fault.stage}: {fault.reason}", "stage": fault.stage,
+                    "action": "quarantine"}
+        return self._result(known.analysis, received_at)
+
+    def _result(self, analysis: Analysis, received_at: datetime) -> dict[str, Any]:
         result = analysis.as_dict()
         if self.calendar is not None and self.sla is not None and analysis.action == "ticket":
             result["sla"] = self._sla(analysis, received_at)
