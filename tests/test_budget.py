@@ -31,7 +31,7 @@ from mailroute.config import Config
 from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.workers import Interrupted, Understanding
 
-MAILROUTE = [sys.executable, "-m", "mailroute.cli"]
+MAILROUTE = [sys.executable, "-m", "mailroute"]
 CATASTROPHIC_RULE = """
 [[classification.rules]]
 name = "test:catastrophic"
