@@ -55,8 +55,8 @@ QUEUES = ("1c", "erp", "hr", None)
 ORGANIZATIONS = (
     "ООО «Ромашка»", "АО «Вектор»", "<script>alert(1)</script>", "Smith & Sons \"Ltd\"",
     "ИП Иванов", "Example Ltd", None, "", "ЗАО «Очень длинное название организации, которое "
-    "не помещается ни в одну колонку таблицы отчёта»",
-) + tuple(f"Org {n:02d}" for n in range(14))
+    "не помещается ни в одну колонку таблицы отчёта»", *(f"Org {n:02d}" for n in range(14)),
+)
 TARGETS = {
     "critical": Targets(timedelta(hours=1), timedelta(hours=8)),
     "normal": Targets(timedelta(hours=4), timedelta(hours=24)),

@@ -426,6 +426,30 @@ def test_notice_reads_back_as_the_email_message_did() -> None:
         assert draft.recipient == recipient and draft.sender == identity.address
 
 
+def test_notice_with_html_is_multipart_alternative_read_back_exactly() -> None:
+    """The report's shape: text/plain then text/html, each part decoding to exactly its
+    text (line ends aside), however hostile the text; no line of either part, not even
+    one spelling our boundary, ends a part early; the same input gives the same bytes."""
+    boundary_lookalike = "--=_mailroute.0123456789abcdef0123456789abcdef\n--\n"
+    text = BODY_LINES + "\n" + boundary_lookalike
+    page = "<!DOCTYPE html>\n<p>" + "a &amp; b " * 300 + "</p>\n" + boundary_lookalike
+    args = ("report", "Отчёт – неделя", text, IDENTITY, "boss@example.com", "<n-1@x.y>")
+    draft = compose_notice(*args, html=page, language="en")
+    check_wire_format(draft.raw)
+    message = message_from_bytes(draft.raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message.get_content_type() == "multipart/alternative"
+    assert not message.defects
+    plain, html = message.iter_parts()
+    assert (plain.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+    assert plain.get_content().replace("\r\n", "\n") == text  # both end with a line break
+    assert html.get_content().replace("\r\n", "\n") == page
+    assert message["Content-Language"] == "en"
+    assert message["Subject"] == draft.subject == "Отчёт – неделя"
+    assert compose_notice(*args, html=page, language="en") == draft
+    assert compose_notice(*args).raw.count(b"Content-Type:") == 1  # text only, as before
+
+
 @pytest.mark.parametrize(
     ("recipient", "expected"),
     [("boss@почта.рф", [("", "boss@xn--80a1acny.xn--p1ai")]), ("босс@почта.рф", []), ("", []),

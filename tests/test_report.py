@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_compose import check_wire_format, rfc2047_mailboxes
 
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.compose import Identity
@@ -476,6 +477,26 @@ def test_report_mail_is_multipart_alternative_and_machine_marked() -> None:
     assert draft.subject == message["Subject"]
     assert draft.kind == "report"
     assert "\n" not in str(message["From"])
+
+
+def test_report_mail_is_written_by_the_reply_writer() -> None:
+    """The report mail's bytes come from compose's one writer: folded and encoded like a
+    reply, the desk's name inert, Content-Language kept (EmailMessage's set_content()
+    dropped it), and the same report gives the same bytes (no random boundary)."""
+    identity = Identity("desk@example.com", "=?utf-8?q?=0D=0ABcc:_x@y?= Служба поддержки")
+    draft = compose_report(sample(), identity, "boss@example.com", "<r@x>")
+    check_wire_format(draft.raw)
+    message = message_from_bytes(draft.raw, policy=default)
+    assert rfc2047_mailboxes(draft.raw, "From") == [
+        ("= ?utf-8?q?=0D=0ABcc:_x@y?= Служба поддержки", "desk@example.com")
+    ]
+    assert message["Content-Language"] == "en"
+    assert message["X-Auto-Response-Suppress"] == "All"
+    assert message["MIME-Version"] == "1.0"
+    plain, page = message.iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == render_text(sample())
+    assert page.get_content().replace("\r\n", "\n") == render_html(sample())
+    assert compose_report(sample(), identity, "boss@example.com", "<r@x>") == draft
 
 
 def test_subject_of_a_single_day() -> None:

@@ -18,6 +18,7 @@ not put in ``To``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -263,9 +264,21 @@ def compose(
 
 
 def compose_notice(
-    kind: str, subject: str, body: str, identity: Identity, recipient: str, message_id: str
+    kind: str,
+    subject: str,
+    body: str,
+    identity: Identity,
+    recipient: str,
+    message_id: str,
+    *,
+    html: str | None = None,
+    language: str | None = None,
 ) -> Draft:
-    """A message to the desk's own people (escalations, reports): plain, machine-marked."""
+    """A message to the desk's own people (escalations, alerts, reports): machine-marked.
+
+    ``body`` is the text/plain part; with ``html`` (the report's page) the message is
+    multipart/alternative, the text first, so a client that shows no HTML shows the text.
+    """
     subject_line = inert(one_line(subject, 250))
     head = [
         _from(identity),
@@ -275,7 +288,10 @@ def compose_notice(
         "Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n",
         _unstructured("X-Mailroute-Kind", kind),
     ]
-    return Draft(kind, identity.address, recipient, subject_line, message_id, _message(head, body))
+    if language is not None:
+        head.append(_unstructured("Content-Language", language))
+    raw = _message(head, body) if html is None else _alternative(head, body, html)
+    return Draft(kind, identity.address, recipient, subject_line, message_id, raw)
 
 
 # ---------------------------------------------------------------- writing the bytes
@@ -289,8 +305,13 @@ _REPLY_MARKS = (
     "Auto-Submitted: auto-replied\r\nX-Auto-Response-Suppress: All\r\nPrecedence: auto_reply\r\n"
 )
 _QP_OVERLONG = re.compile(rb"^(.{74,})(=[0-9A-F]{2})$", re.MULTILINE)
+_MIME_VERSION = b"MIME-Version: 1.0\r\n"
 _TEXT_PLAIN = (
-    b'MIME-Version: 1.0\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+_TEXT_HTML = (
+    b'Content-Type: text/html; charset="utf-8"\r\n'
     b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
 )
 
@@ -432,17 +453,42 @@ def _recipients(value: str) -> str:
 
 
 def _message(head: list[str], body: str) -> bytes:
-    """Header block, then the body as quoted-printable UTF-8 with CRLF line ends.
+    """Header block, then the body as one text/plain part (see :func:`_quoted_printable`)."""
+    return "".join(head).encode("ascii") + _MIME_VERSION + _TEXT_PLAIN + _quoted_printable(body)
 
-    Lines are split as the stdlib splits them (CR, LF, CRLF) and the text ends with a
-    line break.  b2a_qp encodes trailing blanks, "=", controls, 8-bit bytes and a lone
-    "." line; lines starting with "." are the SMTP client's to dot-stuff (aiosmtplib
-    does).  Its lines reach 78 characters when a trailing blank is encoded at the
-    limit; those get one more soft break, so every line stays within QP's 76.
+
+def _alternative(head: list[str], text: str, html: str) -> bytes:
+    """Header block, then text/plain and text/html as multipart/alternative.
+
+    The boundary starts with "=_", which quoted-printable never leaves in a line (it
+    writes "=" as "=3D"), so no body can end a part early; it is derived from the
+    content, so the same message is always the same bytes.
     """
-    data = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
+    parts = (_TEXT_PLAIN + _quoted_printable(text), _TEXT_HTML + _quoted_printable(html))
+    boundary = b"=_mailroute." + hashlib.sha256(b"".join(parts)).hexdigest()[:32].encode()
+    delimiter = b"\r\n--" + boundary  # its leading CRLF belongs to it, not to the part
+    return (
+        "".join(head).encode("ascii")
+        + _MIME_VERSION
+        + b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n'
+        + b"--" + boundary + b"\r\n" + parts[0]
+        + delimiter + b"\r\n" + parts[1]
+        + delimiter + b"--\r\n"
+    )
+
+
+def _quoted_printable(text: str) -> bytes:
+    """The text as quoted-printable UTF-8 with CRLF line ends, ending with a line break.
+
+    Lines are split as the stdlib splits them (CR, LF, CRLF).  b2a_qp encodes trailing
+    blanks, "=", controls, 8-bit bytes and a lone "." line; lines starting with "." are
+    the SMTP client's to dot-stuff (aiosmtplib does).  Its lines reach 78 characters
+    when a trailing blank is encoded at the limit; those get one more soft break, so
+    every line stays within QP's 76.
+    """
+    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
     encoded = _QP_OVERLONG.sub(rb"\1=\n\2", b2a_qp(data, istext=True))
-    return "".join(head).encode("ascii") + _TEXT_PLAIN + encoded.replace(b"\n", b"\r\n")
+    return encoded.replace(b"\n", b"\r\n")
 
 
 def _values(facts: ReplyFacts, lang: str) -> dict[str, str]:
