@@ -1,18 +1,22 @@
-"""The store: schema version checks and request numbers under concurrency."""
+"""The store: schema version checks, request numbers under concurrency, outbox rows."""
 
 from __future__ import annotations
 
+import ast
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from mailroute.errors import DatabaseNotReady
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter
+from mailroute.store.models import Letter, OutboxItem
+
+REPOSITORY = Path(repo.__file__)
 
 
 @pytest.fixture
@@ -159,3 +163,35 @@ def test_letter_bytes_are_compressed_with_lz4_on_postgresql(postgres_url: str) -
     finally:
         store.dispose()
     assert methods == {"letter_bytes.raw": "l", "blobs.content": "l"}
+
+
+def test_the_repository_takes_plain_fields_not_the_composers_draft() -> None:
+    """An outbox row is kind, addresses, subject, Message-ID and bytes: the repository
+    takes those, so the store does not depend on how a letter is composed (it may use the
+    pure core's value helpers, such as addresses, and nothing above itself)."""
+    imported = [
+        node.module or ""
+        for node in ast.walk(ast.parse(REPOSITORY.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+    ]
+    outside = ("mailroute.core.compose", "mailroute.pipeline", "mailroute.mail", "mailroute.ops")
+    assert [name for name in imported if name.startswith(outside)] == []
+
+
+def test_a_pending_reply_is_an_outbox_row_of_plain_fields(store: Store) -> None:
+    store.upgrade()
+    now = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    raw = b"From: desk@example.com\r\nTo: Boss@Example.com\r\n\r\nhello\r\n"
+    with store.transaction() as session:
+        session.add(repo.pending_reply(
+            kind="report", sender="desk@example.com", recipient="Boss@Example.com",
+            subject="ServiceDesk report 2026-11-16 – 2026-11-22", message_id="<r@example.com>",
+            raw=raw, not_before=now, now=now,
+        ))
+    with store.transaction() as session:
+        row = session.scalars(select(OutboxItem)).one()
+        assert (row.kind, row.recipient, row.recipient_domain) == (
+            "report", "Boss@Example.com", "example.com")
+        assert row.counted_as == repo.counted_as("Boss@Example.com")
+        assert (row.raw, row.state, row.attempts, row.request_id) == (raw, "pending", 0, None)
+        assert row.subject == "ServiceDesk report 2026-11-16 – 2026-11-22"

@@ -722,7 +722,11 @@ class _Steps:
         if decision.action == "notice":
             kind = "limit"
         draft = _draft(pipeline, request, self.parsed, kind, unknown_registration)
-        item = repo.pending_reply(draft, pipeline.send_time(now), now, request, self.letter.id)
+        item = repo.pending_reply(
+            kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
+            subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
+            not_before=pipeline.send_time(now), now=now, request=request, letter_id=self.letter.id,
+        )
         self.session.add(item)
         self.lookups.reply_queued(item, request)
         event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)

@@ -117,4 +117,8 @@ def _notify(
         workflow.escalation_address,
         new_message_id(request.number, domain),
     )
-    session.add(repo.pending_reply(draft, now, now))
+    session.add(repo.pending_reply(
+        kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
+        subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
+        not_before=now, now=now,
+    ))

@@ -276,7 +276,11 @@ def _queue(session: Session, draft: Draft, now: datetime) -> bool:
     """Add one outbox row; False when this Message-ID is already queued or sent."""
     if session.scalar(select(OutboxItem.id).where(OutboxItem.message_id == draft.message_id)):
         return False
-    item = repo.pending_reply(draft, now, now)
+    item = repo.pending_reply(
+        kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
+        subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
+        not_before=now, now=now,
+    )
     try:
         with session.begin_nested():
             session.add(item)

@@ -99,4 +99,8 @@ def _queue_mail(session: Session, mail: AlertMail, key: str, detail: str, now: d
     domain = mail.identity.address.rpartition("@")[2]
     draft = compose_notice("alert", subject, body, mail.identity, mail.address,
                            new_message_id("alert", domain))
-    session.add(repo.pending_reply(draft, now, now))
+    session.add(repo.pending_reply(
+        kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
+        subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
+        not_before=now, now=now,
+    ))

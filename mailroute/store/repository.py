@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from mailroute.core.addresses import counted_as, domain_of
-from mailroute.core.compose import Draft
 from mailroute.store.models import (
     AttachmentRecord,
     Blob,
@@ -414,24 +413,34 @@ def list_requests(session: Session, limit: int | None = None) -> list[tuple[Requ
 
 
 def pending_reply(
-    draft: Draft,
+    *,
+    kind: str,
+    sender: str,
+    recipient: str,
+    subject: str,
+    message_id: str,
+    raw: bytes,
     not_before: datetime,
     now: datetime,
     request: Request | None = None,
     letter_id: int | None = None,
 ) -> OutboxItem:
-    """The outbox row of a composed draft, to be sent from ``not_before`` on."""
+    """The outbox row of a composed letter, to be sent from ``not_before`` on.
+
+    Plain fields rather than the composer's draft, so the store depends on no layer
+    above it; ``raw`` is the whole message, sent as it is.
+    """
     return OutboxItem(
         request=request,
         letter_id=letter_id,
-        kind=draft.kind,
-        sender=draft.sender,
-        recipient=draft.recipient,
-        counted_as=counted_as(draft.recipient),
-        recipient_domain=domain_of(draft.recipient),
-        message_id=draft.message_id,
-        subject=draft.subject,
-        raw=draft.raw,
+        kind=kind,
+        sender=sender,
+        recipient=recipient,
+        counted_as=counted_as(recipient),
+        recipient_domain=domain_of(recipient),
+        message_id=message_id,
+        subject=subject,
+        raw=raw,
         state="pending",
         attempts=0,
         not_before=not_before,
