@@ -148,13 +148,23 @@ class DovecotServer:
     host = "127.0.0.1"
 
     def __init__(
-        self, root: Path | None = None, *, oauth2_introspection_url: str | None = None
+        self,
+        root: Path | None = None,
+        *,
+        oauth2_introspection_url: str | None = None,
+        parent: Path | None = None,
     ) -> None:
+        """*root* is used as is and kept; otherwise a new directory is made in *parent*
+        (default: the system's temporary directory) and deleted by ``close()``."""
         self.binary = dovecot_binary()
         if not self.binary.is_file():
             raise FileNotFoundError(f"{self.binary} does not exist")
         self._owns_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="mailroute-dovecot-")) if root is None else root
+        self.root = (
+            Path(tempfile.mkdtemp(prefix="mailroute-dovecot-", dir=parent))
+            if root is None
+            else root
+        )
         self.port = free_port()
         self.tls_port = free_port()
         self.config_file = self.root / "dovecot.conf"
@@ -253,21 +263,33 @@ class DovecotServer:
         (Dovecot need not rename them out of ``new/``), each named with its size
         (``,S=``, and ``,W=`` as the letters have CRLF line ends) so Dovecot need not read
         it to know it. Dovecot gives them UIDs, in name order, when the folder is next
-        opened.
+        opened. Each file costs four system calls (open relative to the directory, write,
+        chown, close) and no path lookups: 200,000 take ~7 s on tmpfs, ~70 s on ext4.
         """
         mail_user = _mail_user()
+        owner = (mail_user.pw_uid, mail_user.pw_gid)
+        chown = owner != (os.geteuid(), os.getegid())
         maildir = self.root / "home" / username / "Maildir"
         for path in (maildir.parent, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
             path.mkdir(exist_ok=True)
-            os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
-        cur = maildir / "cur"
+            os.chown(path, *owner)
         base = int(time.time())
-        for number in range(count):
-            raw = letter(number)
-            size = len(raw)
-            path = cur / f"{base}.M{number:07d}P1.mailroute,S={size},W={size}:2,"
-            path.write_bytes(raw)
-            os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        cur = os.open(maildir / "cur", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for number in range(count):
+                raw = letter(number)
+                size = len(raw)
+                name = f"{base}.M{number:07d}P1.mailroute,S={size},W={size}:2,"
+                fd = os.open(name, flags, 0o600, dir_fd=cur)
+                try:
+                    os.write(fd, raw)
+                    if chown:
+                        os.fchown(fd, *owner)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(cur)
 
     def kill_connections(self, username: str = "*") -> None:
         """Disconnect IMAP clients of *username* (all by default) with ``doveadm kick``.
@@ -435,6 +457,23 @@ class DovecotServer:
 
 class _PortInUseError(DovecotError):
     pass
+
+
+def memory_scratch_dir(needed: int) -> Path | None:
+    """``/dev/shm`` when it is a writable tmpfs with *needed* bytes free, else None.
+
+    A Maildir of 200,000 tiny files is written in ~7 s and deleted in ~5 s on tmpfs; on
+    an ext4 disk mounted with ``discard`` it took 70 s and 390 s. Containers often give
+    ``/dev/shm`` only 64 MB, hence the check (None: use the ordinary temporary dir).
+    """
+    shm = Path("/dev/shm")
+    try:
+        stats = os.statvfs(shm)
+    except OSError:
+        return None
+    if not os.access(shm, os.W_OK) or stats.f_bavail * stats.f_frsize < needed:
+        return None
+    return shm
 
 
 def _mail_user() -> pwd.struct_passwd:
