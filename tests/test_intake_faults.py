@@ -199,6 +199,7 @@ def test_a_dripped_greeting_does_not_hold_intake_past_timeout(
     elapsed = time.monotonic() - started
     source.close()
     assert not thread.is_alive(), "connect still waiting for the greeting after 30 s"
+    print(f"\ndripped greeting, timeout 1 s: gave up after {elapsed:.2f} s")
     (error,) = outcome
     assert isinstance(error, MailboxUnavailable)
     assert f"{scripted.host}:{scripted.port}" in str(error)
