@@ -264,7 +264,7 @@ class DovecotServer:
         (``,S=``, and ``,W=`` as the letters have CRLF line ends) so Dovecot need not read
         it to know it. Dovecot gives them UIDs, in name order, when the folder is next
         opened. Each file costs four system calls (open relative to the directory, write,
-        chown, close) and no path lookup: 200,000 take 7-10 s on tmpfs.
+        chown, close) and no path lookup: 200,000 take 4-10 s on tmpfs.
         """
         mail_user = _mail_user()
         owner = (mail_user.pw_uid, mail_user.pw_gid)
@@ -462,7 +462,7 @@ class _PortInUseError(DovecotError):
 def memory_scratch_dir(needed: int) -> Path | None:
     """``/dev/shm`` (memory) when it is writable with *needed* bytes free, else None.
 
-    A Maildir of 200,000 tiny files is written in 7-10 s and deleted in ~5 s on tmpfs; on
+    A Maildir of 200,000 tiny files is written in 4-10 s and deleted in ~5 s on tmpfs; on
     an ext4 disk mounted with ``discard``, writing took 70-120 s and deleting 390 s.
     Containers often give ``/dev/shm`` only 64 MB, hence the check (None: use the
     ordinary temporary directory).
