@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailroute.core.letter import ParsedLetter
+from mailroute.core.subjects import has_reply_prefix
 
 ORDER = ("own_address", "bounce", "auto_reply", "bulk")
 
@@ -41,7 +42,6 @@ _AUTO_SUBJECT = re.compile(
     r"autoreply|abwesenheitsnotiz|réponse automatique)|\bавтоответ|\bout of (?:the )?office\b",
     re.I,
 )
-_REPLY_PREFIX = re.compile(r"^\s*(?:re|fwd?|ответ|пересл|отв|aw|wg)\s*(?:\[\d+\])?\s*:", re.I)
 
 
 def _header(letter: ParsedLetter, name: str) -> str | None:
@@ -73,7 +73,7 @@ def _bounce(letter: ParsedLetter, own: frozenset[str]) -> Verdict | None:
     if _header(letter, "x-failed-recipients") is not None:
         return Verdict("bounce", "loops:failed-recipients", "X-Failed-Recipients header")
     subject = letter.subject or ""
-    if _BOUNCE_SUBJECT.match(subject) and not _REPLY_PREFIX.match(subject):
+    if _BOUNCE_SUBJECT.match(subject) and not has_reply_prefix(subject):
         return Verdict("bounce", "loops:bounce-subject", f"Subject {subject[:60]!r}")
     return None
 

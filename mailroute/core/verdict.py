@@ -24,13 +24,11 @@ from mailroute.config import ClassificationRule, Config, RoutingConfig
 from mailroute.core import classify, extract, language, machine_mail, quotes, route
 from mailroute.core.customers import Customer, Registry
 from mailroute.core.letter import ParsedLetter
+from mailroute.core.subjects import without_reply_prefixes
 from mailroute.core.words import tokens
 
 MISSING_ORDER = ("subject", "description", "organization", "registration_number")
 BLANK_SUBJECTS = frozenset({"", "(без темы)", "без темы", "(no subject)", "no subject"})
-_SUBJECT_PREFIX = re.compile(
-    r"^\s*(?:(?:re|fw|fwd|aw|wg|ответ|отв|пересл|tr|rv)\s*(?:\[\d+\])?\s*:\s*)+", re.IGNORECASE
-)
 MIN_DESCRIPTION_WORDS = 3
 # Words that state nothing about the request on their own ("во вложении", "помогите").
 _FILLER_STEMS = (
@@ -265,7 +263,7 @@ def _ticket(
 
 def clean_subject(subject: str | None) -> str:
     """The subject without "Re:"/"Fwd:" prefixes."""
-    return _SUBJECT_PREFIX.sub("", subject or "").strip()
+    return without_reply_prefixes(subject)
 
 
 def _texts(

@@ -9,7 +9,7 @@ pending for the next round.
 
 from __future__ import annotations
 
-import re
+import functools
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailroute import logs
 from mailroute.config import Config, SlaConfig, WorkflowConfig
+from mailroute.core import conversation
 from mailroute.core.authresults import authentication_results, dmarc_fails
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.compose import (
@@ -54,33 +55,6 @@ from mailroute.store.lookups import BatchLookups
 from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent
 
 log = logs.get("mailroute.pipeline.decide")
-TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
-PUBLIC_MAIL_DOMAINS = frozenset(  # a shared domain says nothing about the organization
-    [
-        "gmail.com",
-        "googlemail.com",
-        "yandex.ru",
-        "ya.ru",
-        "yandex.com",
-        "mail.ru",
-        "bk.ru",
-        "inbox.ru",
-        "list.ru",
-        "rambler.ru",
-        "outlook.com",
-        "hotmail.com",
-        "live.com",
-        "yahoo.com",
-        "icloud.com",
-        "me.com",
-        "proton.me",
-        "protonmail.com",
-        "gmx.de",
-        "gmx.net",
-        "aol.com",
-    ]
-)
-
 HOURS_TEXT = {
     "ru": "по рабочим дням с {open} до {close} ({zone})",
     "en": "on working days from {open} to {close} ({zone})",
@@ -115,6 +89,7 @@ class Pipeline:
     guard: ReplyPolicy
     letter_seconds: float  # CPU budget to understand one letter (in a worker process)
     trusted_authserv_id: str = ""  # whose Authentication-Results to believe; "" nobody's
+    our_subjects: tuple[str, ...] = ()  # what our replies' subjects start with (templates)
 
     @classmethod
     def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
@@ -122,10 +97,11 @@ class Pipeline:
         context = analysis_context(config)
         if store is not None:
             context = replace(context, registry=merged_registry(config.registry, store))
+        templates = load_templates(config.replies.templates_dir)
         return cls(
             context=context,
             calendar=BusinessCalendar.from_config(config.business_hours),
-            templates=load_templates(config.replies.templates_dir),
+            templates=templates,
             identity=Identity(config.smtp.from_address, config.smtp.from_name),
             window=config.replies.window,
             replies_enabled=config.replies.enabled,
@@ -149,6 +125,10 @@ class Pipeline:
             ),
             letter_seconds=config.limits.letter_seconds,
             trusted_authserv_id=config.security.trusted_authserv_id,
+            our_subjects=conversation.our_subject_prefixes(
+                text.partition("\n")[0].removeprefix("Subject:")
+                for text in templates.texts.values()
+            ),
         )
 
     def tier_of(self, registration_number: str | None) -> str | None:
@@ -370,13 +350,14 @@ def _decide(
                 steps.suppress_bounced()
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
-        join = _find_thread(session, lookups, parsed, _Sender.of(letter, parsed, pipeline))
+        thread = _find_thread(session, lookups, parsed, _sender(letter, parsed, pipeline))
         stage = "compose"
-        if join is None:
+        if thread is None:
             return steps.new_request()
+        request, join = thread
         if join.trusted:
-            return steps.follow_up(join.request)
-        return steps.note(join.request, join.reason)
+            return steps.follow_up(request)
+        return steps.note(request, join.reason)
     except (SQLAlchemyError, TransientError):
         raise  # the database's trouble, not the letter's: retry later
     except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
@@ -421,119 +402,59 @@ def _quarantine(letter: Letter, fault: Fault) -> Outcome:
 # ---------------------------------------------------------------------------- threads
 
 
-@dataclass(frozen=True)
-class _Join:
-    """The request a letter continues; ``trusted`` when its sender may change it."""
-
-    request: Request
-    trusted: bool
-    reason: str = ""  # why not, when not
-
-
-MEMBER_STATES = ("processed", "follow_up")  # a note's sender does not join the request
-
-
-@dataclass
-class _Sender:
-    """Who a letter is from, and whether our receiving server vouches for the From."""
-
-    address: str
-    raw: Callable[[], bytes]
-    trusted_authserv_id: str
-    _dmarc_failed: bool | None = None
-
-    @classmethod
-    def of(cls, letter: Letter, parsed: ParsedLetter, pipeline: Pipeline) -> _Sender:
-        address = parsed.sender.email if parsed.sender else ""
-        return cls(address, lambda: letter.raw, pipeline.trusted_authserv_id)
-
-    def dmarc_failed(self) -> bool:
-        """Our server's Authentication-Results say the From domain failed DMARC (read only
-        when the question comes up: the letter's bytes may not be at hand)."""
-        if not self.trusted_authserv_id or not self.address:
-            return False
-        if self._dmarc_failed is None:
-            results = authentication_results(self.raw())
-            self._dmarc_failed = dmarc_fails(results, self.trusted_authserv_id,
-                                             _domain(self.address))
-        return self._dmarc_failed
-
-    def belongs_to(self, request: Request) -> bool:
-        """The requester or a recorded participant, by a From nobody has disproved."""
-        return _belongs_to(request, self.address) and not self.dmarc_failed()
-
-    def colleague_of(self, request: Request) -> bool:
-        """From the requester's own (non-public) domain."""
-        domain = _domain(self.address)
-        return (bool(self.address) and domain == _domain(request.requester)
-                and domain not in PUBLIC_MAIL_DOMAINS and not self.dmarc_failed())
-
-    def why_not(self, request: Request) -> str:
-        if _belongs_to(request, self.address):
-            return "From fails DMARC for its domain"
-        return "sender is not the requester or a participant"
-
-
 def _find_thread(
-    session: Session, lookups: BatchLookups, parsed: ParsedLetter, sender: _Sender
-) -> _Join | None:
-    """The request this letter continues, and whether it may change it; None for a new one.
-
-    A reference to one of our Message-IDs proves the thread (only its recipients
-    know them), but only the requester or a participant may change the request:
-    anyone else's letter is attached as a note for a person. A customer's
-    Message-ID proves nothing (everyone on Cc knows it, some software reuses
-    it): it counts only for letters from the requester or a participant. Nor
-    does a ``[SD-…]`` token (anyone can type it): from a member it is a
-    follow-up, from the requester's own domain a note, else a new request.
-    A From that failed DMARC at our server is not a member's.
-    """
+    session: Session, lookups: BatchLookups, parsed: ParsedLetter, sender: conversation.Sender
+) -> tuple[Request, conversation.Join] | None:
+    """The request this letter continues (see :mod:`mailroute.core.conversation` for who may
+    change it), or None for a new request; refused references and tokens are logged."""
     references = [m for m in (*parsed.in_reply_to, *reversed(parsed.references)) if m]
-    ours = lookups.request_by_our_message_ids(references)
-    if ours is not None:
-        if sender.belongs_to(ours):
-            return _Join(ours, trusted=True)
-        return _Join(ours, trusted=False, reason=sender.why_not(ours))
-    theirs = lookups.requests_by_their_message_ids(references)
-    for request in theirs:
-        if sender.belongs_to(request):
-            return _Join(request, trusted=True)
-    match = TOKEN.search(parsed.subject or "")
-    if theirs:
-        log.warning("reference from outside the request", msgid=parsed.message_id,
-                    request=theirs[0].number, sender=sender.address,
-                    reason=sender.why_not(theirs[0]),
-                    action="by token" if match else "new request")
-    if not match:
+    found: dict[str, Request] = {}
+
+    def view(request: Request | None) -> conversation.Thread | None:
+        if request is None:
+            return None
+        found[request.number] = request
+        return _thread(request)
+
+    ours = view(lookups.request_by_our_message_ids(references))
+    theirs = tuple(filter(None, map(view, lookups.requests_by_their_message_ids(references))))
+    token = conversation.token_in(parsed.subject)
+    candidates = conversation.Candidates(ours, theirs, token)
+    decision = conversation.find_thread(
+        candidates, sender, named=lambda number: view(repo.request_by_number(session, number)))
+    for refusal in decision.refusals:
+        log.warning(refusal.event, msgid=parsed.message_id, request=refusal.number,
+                    sender=sender.address, reason=refusal.reason, action=refusal.action)
+    if decision.join is None:
         return None
-    named = repo.request_by_number(session, match.group(1))
-    if named is None:
-        return None
-    if sender.belongs_to(named):
-        return _Join(named, trusted=True)
-    if sender.colleague_of(named):
-        return _Join(named, trusted=False, reason="token from the requester's domain")
-    log.warning(
-        "token from stranger",
-        msgid=parsed.message_id,
-        request=named.number,
-        sender=sender.address,
-        reason=sender.why_not(named),
-        action="new request",
+    return found[decision.join.number], decision.join
+
+
+def _thread(request: Request) -> conversation.Thread:
+    """What the conversation policy sees of a request."""
+    members = {request.requester.lower()} if request.requester else set()
+    members.update(letter.sender.lower() for letter in request.letters
+                   if letter.sender and letter.state in conversation.MEMBER_STATES)
+    return conversation.Thread(
+        number=request.number, requester=request.requester or "",
+        members=frozenset(members), status=request.status,
+        missing=tuple(request.missing or ()), clarifications=request.clarifications or 0,
     )
-    return None
 
 
-def _belongs_to(request: Request, sender: str) -> bool:
-    if not sender:
-        return False
-    participants = {request.requester.lower(), *(
-        x.sender.lower() for x in request.letters if x.sender and x.state in MEMBER_STATES)}
-    return sender.lower() in participants
+def _sender(letter: Letter, parsed: ParsedLetter, pipeline: Pipeline) -> conversation.Sender:
+    """The letter's From, and whether our receiving server says it failed DMARC (read from
+    the bytes only when the policy asks)."""
+    address = parsed.sender.email if parsed.sender else ""
+    authserv = pipeline.trusted_authserv_id
 
+    def dmarc_failed() -> bool:
+        if not authserv or not address:
+            return False
+        results = authentication_results(letter.raw)
+        return dmarc_fails(results, authserv, conversation.domain_of(address))
 
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower()
+    return conversation.Sender(address, functools.cache(dmarc_failed))
 
 
 # --------------------------------------------------------------------------- requests
@@ -638,26 +559,37 @@ class _Steps:
         return Outcome(letter.id, "note", request.number, detail=reason)
 
     def follow_up(self, request: Request) -> Outcome:
-        """Attach to the request; reopen it, or fill in what a clarification asked for."""
-        pipeline, letter, now = self.pipeline, self.letter, self.now
-        if request.status == "closed" and pipeline.workflow.closed_reply == "new":
+        """A member's letter: fill in what a clarification asked for, reopen, or attach."""
+        pipeline, letter, now, analysis = self.pipeline, self.letter, self.now, self.analysis
+        supplied = conversation.supplied_by(
+            request.missing,
+            {"organization": analysis.organization,
+             "registration_number": analysis.registration_number},
+            analysis.missing,
+            conversation.new_subject(analysis.letter.subject, pipeline.our_subjects),
+        )
+        step = conversation.follow_up_step(_thread(request), supplied.items,
+                                           pipeline.workflow.closed_reply,
+                                           pipeline.workflow.max_clarifications)
+        if step == "new_linked":
             return self.new_request(parent=request)
         letter.request = request
         letter.state = "follow_up"
         request.updated_at = now
-        supplied = _supplied(request, self.analysis)
+        for name, value in supplied.values.items():
+            setattr(request, name, value)
         repo.add_event(self.session, request, "follow_up", now, letter=letter.id,
-                       supplied=supplied)
-        if request.status in ("resolved", "closed"):
+                       supplied=list(supplied.items))
+        if step == "reopen":
             reopen(self.session, request, now, pipeline.calendar, pipeline.sla)
             return Outcome(letter.id, "follow_up", request.number, detail="reopened")
-        if request.status != "awaiting_customer":
+        if step == "attach":
             return Outcome(letter.id, "follow_up", request.number)
-        request.missing = [item for item in request.missing if item not in supplied]
-        if not request.missing:
+        request.missing = [item for item in request.missing if item not in supplied.items]
+        if step == "complete":
             return self.complete(request)
-        if request.clarifications < pipeline.workflow.max_clarifications:
-            reply = self.queue_reply(request, "clarification", self.analysis.unknown_registration)
+        if step == "clarify":
+            reply = self.queue_reply(request, "clarification", analysis.unknown_registration)
             return Outcome(letter.id, "follow_up", request.number, reply, detail="still missing")
         return self.to_humans(request)
 
@@ -739,38 +671,6 @@ class _Steps:
         return decide(address, self.pipeline.guard, recent, suppressed)
 
 
-def _supplied(request: Request, analysis: Analysis) -> list[str]:
-    """Which of the request's missing items this follow-up provides (and copy them over)."""
-    supplied = []
-    if "organization" in request.missing and analysis.organization:
-        request.organization = analysis.organization
-        supplied.append("organization")
-    if "registration_number" in request.missing and analysis.registration_number:
-        request.registration_number = analysis.registration_number
-        supplied.append("registration_number")
-    if "description" in request.missing and "description" not in analysis.missing:
-        supplied.append("description")
-    if "subject" in request.missing and _new_subject(analysis.letter.subject):
-        request.subject = _new_subject(analysis.letter.subject)
-        supplied.append("subject")
-    return supplied
-
-
-def _new_subject(subject: str | None) -> str:
-    """A subject the customer wrote, not our reply's subject coming back with Re:."""
-    text = TOKEN.sub("", subject or "")
-    text = re.sub(
-        r"^\s*((re|fwd?|ответ|отв|пересл)\s*(\[\d+\])?\s*:\s*)+", "", text, flags=re.IGNORECASE
-    ).strip()
-    ours = (
-        "Требуются уточнения",
-        "More details needed",
-        "Обращение зарегистрировано",
-        "Request registered",
-    )
-    return "" if any(text.startswith(prefix) for prefix in ours) else text
-
-
 def _draft(
     pipeline: Pipeline,
     request: Request,
@@ -795,7 +695,7 @@ def _draft(
         message_id=parsed.message_id,
         references=parsed.references,
     )
-    domain = _domain(pipeline.identity.address) or "mailroute.invalid"
+    domain = conversation.domain_of(pipeline.identity.address) or "mailroute.invalid"
     message_id = new_message_id(request.number, domain)
     return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
 
