@@ -151,3 +151,33 @@ def test_the_layer_check_finds_an_upward_import(module: str, target: str) -> Non
 def test_the_layer_check_allows_a_downward_import() -> None:
     assert upward_imports({"mailroute.pipeline.decide": {"mailroute.core.verdict"},
                            "mailroute.cli": {"mailroute.service.daemon"}}) == []
+
+
+MAX_STATEMENTS = 50
+
+
+def statements_in(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    return sum(isinstance(node, ast.stmt) for node in ast.walk(function)) - 1
+
+
+def long_functions(source: str, where: str) -> list[str]:
+    return [
+        f"{where}:{node.lineno} {node.name}: {statements_in(node)} statements"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and statements_in(node) > MAX_STATEMENTS
+    ]
+
+
+def test_no_function_is_over_fifty_statements() -> None:
+    """A function longer than that does several things; split it so each has a name."""
+    found = [line for name, path in modules().items()
+             for line in long_functions(path.read_text(encoding="utf-8"), name)]
+    assert found == []
+
+
+def test_the_length_check_counts_statements() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_STATEMENTS + 1))
+    assert long_functions(f"def long():\n{body}\n", "example") == [
+        f"example:1 long: {MAX_STATEMENTS + 1} statements"]
+    assert long_functions("def short():\n    return 1\n", "example") == []

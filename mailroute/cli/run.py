@@ -1,0 +1,97 @@
+"""`run`, `db upgrade`, `check-config` and `demo`: the daemon and what it needs before it starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from mailroute import config as config_module
+from mailroute.cli.common import load_config, open_store
+from mailroute.errors import ConfigError
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the run commands to the parser."""
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument(
+        "--once", action="store_true", help="drain the mailbox, send due replies, exit"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    db = commands.add_parser("db", parents=[common], help="database schema")
+    db_commands = db.add_subparsers(title="db commands", metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", parents=[common], help="apply migrations")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate and print the effective config"
+    )
+    check.set_defaults(handler=cmd_check_config)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the real pipeline on bundled sample letters"
+    )
+    demo.add_argument("--keep", metavar="DIR", help="keep the demo's Maildir and database here")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mailroute.service.daemon import Daemon
+
+    config = load_config(args)
+    if not (config.mailbox.host or config.mailbox.maildir):
+        raise ConfigError("mailbox.host: set the IMAP server (or mailbox.maildir) to run")
+    store = open_store(config)
+    daemon = Daemon(config, store, config_path=config.source)
+    if args.once:
+        report = daemon.run_once()
+        print(_run_summary(report), file=sys.stderr)
+        return 0
+    daemon.run_forever()
+    return 0
+
+
+def _run_summary(report: Any) -> str:
+    drained, delivery = report.drain, report.delivery
+    states = ", ".join(
+        f"{state}={drained.count(state)}"
+        for state in ("processed", "follow_up", "note", "ignored", "duplicate", "quarantined")
+    )
+    return (
+        f"mailroute: fetched {drained.fetched} letter(s): {states}; replies sent "
+        f"{len(delivery.sent)}, retrying {len(delivery.retried)}, failed {len(delivery.failed)}"
+    )
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    store = open_store(config, require_current=False)
+    revision = store.upgrade()
+    print(f"database at revision {revision}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from mailroute.core.business_calendar import BusinessCalendar
+    from mailroute.service.daemon import calendar_warning
+
+    config = load_config(args)
+    try:
+        calendar = BusinessCalendar.from_config(config.business_hours)
+    except ValueError as exc:
+        raise ConfigError(f"business_hours: {exc}") from None
+    warning = calendar_warning(calendar, datetime.now(UTC))
+    if warning:
+        print(f"mailroute: warning: {warning}", file=sys.stderr)
+    print(f"# {config.source or 'built-in defaults (no config file)'}: valid")
+    print(json.dumps(config_module.masked(config), ensure_ascii=False, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mailroute.service.demo import run_demo
+
+    return run_demo(sys.stdout, keep=args.keep)
