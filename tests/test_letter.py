@@ -12,11 +12,11 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.corpus import DEV_CORPUS, dev_corpus, dev_letters
 
 from mailroute.core.letter import (
     Address,
@@ -30,9 +30,8 @@ from mailroute.core.letter import (
 )
 from mailroute.errors import LetterUnreadable
 
-CORPUS = Path("/work/shared/corpus/dev")
-CORPUS_FILES = sorted(CORPUS.glob("*.eml")) if CORPUS.is_dir() else []
-needs_corpus = pytest.mark.skipif(not CORPUS_FILES, reason="dev corpus not available")
+CORPUS = DEV_CORPUS
+CORPUS_FILES = dev_letters()
 
 RU = "Добрый день! Не запускается база после обновления, помогите пожалуйста."
 
@@ -1005,9 +1004,9 @@ ADVERSARIAL: dict[str, Callable[[], bytes]] = {  # built lazily: ~30 MB in all
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
 def test_adversarial_sizes_stay_linear(name: str) -> None:
     raw = ADVERSARIAL[name]()
-    started = time.perf_counter()
+    started = time.thread_time()  # this thread's CPU: a loaded machine does not count
     parse(raw, GENEROUS)
-    assert time.perf_counter() - started < 5
+    assert time.thread_time() - started < 5
 
 
 def test_empty_and_headerless_input_is_unreadable() -> None:
@@ -1134,21 +1133,22 @@ def test_structural_soup_never_crashes(chunks: list[bytes]) -> None:
 
 
 def corpus(name: str) -> ParsedLetter:
-    return parse((CORPUS / name).read_bytes())
+    return parse((dev_corpus() / name).read_bytes())
 
 
-@needs_corpus
-@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
-def test_corpus_letter_parses_cleanly(path: Path) -> None:
-    parsed = parse(path.read_bytes())
-    assert parsed.sender is not None and parsed.sender.email
-    assert parsed.defects == ()
-    assert parsed.text.strip()
-    assert parsed.date is not None
-    assert not re.search("[ÐÑ][\u0080-\u00bf]|Р[°±µ]|вЂ", parsed.text + (parsed.subject or ""))
+def test_every_corpus_letter_parses_cleanly() -> None:
+    paths = sorted(dev_corpus().glob("*.eml"))
+    assert len(paths) >= 40
+    for path in paths:
+        parsed = parse(path.read_bytes())
+        assert parsed.sender is not None and parsed.sender.email, path.name
+        assert parsed.defects == (), path.name
+        assert parsed.text.strip(), path.name
+        assert parsed.date is not None, path.name
+        text = parsed.text + (parsed.subject or "")
+        assert not re.search("[ÐÑ][\u0080-\u00bf]|Р[°±µ]|вЂ", text), path.name
 
 
-@needs_corpus
 def test_corpus_spot_checks() -> None:
     first = corpus("001.eml")
     assert "База" in (first.subject or "").title() and "база" in first.text

@@ -33,13 +33,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     explainer = Explainer.from_config(load_config(args), with_sla=args.received_at is not None,
                                       bounded=True)
     failures = 0
-    for name in args.files:
-        result = explainer.explain_file(Path(name), args.received_at or datetime.now(UTC))
-        failures += "error" in result
-        if args.json:
-            print(json.dumps(result, ensure_ascii=False, default=str))
-        else:
-            print(_explain_text(name, result))
+    try:
+        for name in args.files:
+            result = explainer.explain_file(Path(name), args.received_at or datetime.now(UTC))
+            failures += "error" in result
+            if args.json:
+                print(json.dumps(result, ensure_ascii=False, default=str))
+            else:
+                print(_explain_text(name, result))
+    finally:
+        explainer.close()
     return EXIT_FAILURE if failures else 0
 
 

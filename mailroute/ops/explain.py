@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,17 @@ from mailroute.packaged import analysis_context
 from mailroute.pipeline.workers import Understanding
 
 
-@dataclass(frozen=True)
+@dataclass
 class Explainer:
-    """The pure pipeline, built once for many files."""
+    """The pure pipeline, built once for many files; ``close()`` when done (a bounded one
+    keeps one worker process for all of them)."""
 
     context: AnalysisContext
     calendar: BusinessCalendar | None = None
     sla: SlaConfig | None = None
     letter_seconds: float | None = None  # None: in this process, unbounded (benchmarks)
+    limits: ParseLimits = field(default_factory=ParseLimits)
+    _workers: Understanding | None = None
 
     @classmethod
     def from_config(
@@ -36,10 +39,17 @@ class Explainer:
         daemon does (a letter that would hang the daemon does not hang `explain`)."""
         budget = config.limits.letter_seconds if bounded else None
         context = analysis_context(config)
+        limits = ParseLimits.from_config(config.limits)
         if not with_sla:
-            return cls(context, letter_seconds=budget)
+            return cls(context, letter_seconds=budget, limits=limits)
         calendar = BusinessCalendar.from_config(config.business_hours)
-        return cls(context, calendar, config.sla, budget)
+        return cls(context, calendar, config.sla, budget, limits)
+
+    def close(self) -> None:
+        """Stop the worker process, if one was started."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def explain_file(self, path: Path, received_at: datetime) -> dict[str, Any]:
         """The explain JSON for one file; with an ``error`` key when it cannot be read."""
@@ -53,17 +63,15 @@ class Explainer:
         if self.letter_seconds is not None:
             return self._explain_bounded(raw, received_at, self.letter_seconds)
         try:
-            letter = parse(raw)
+            letter = parse(raw, self.limits)
         except LetterUnreadable as exc:
             return {"error": str(exc), "action": "quarantine"}
         return self._result(analyze(letter, self.context), received_at)
 
     def _explain_bounded(self, raw: bytes, received_at: datetime, budget: float) -> dict[str, Any]:
-        workers = Understanding(self.context, ParseLimits(), 1, budget)
-        try:
-            (known,) = workers.understand_all([raw])
-        finally:
-            workers.close()
+        if self._workers is None:
+            self._workers = Understanding(self.context, self.limits, 1, budget)
+        (known,) = self._workers.understand_all([raw])
         if known.analysis is None:
             assert known.fault is not None
             fault = known.fault

@@ -105,13 +105,7 @@ class Pipeline:
             identity=Identity(config.smtp.from_address, config.smtp.from_name),
             window=config.replies.window,
             replies_enabled=config.replies.enabled,
-            limits=ParseLimits(
-                max_bytes=config.limits.max_message_bytes,
-                max_parts=config.limits.max_parts,
-                max_depth=config.limits.max_depth,
-                max_header_bytes=config.limits.max_header_bytes,
-                max_text_chars=config.limits.max_text_chars,
-            ),
+            limits=ParseLimits.from_config(config.limits),
             sla=config.sla,
             workflow=config.workflow,
             guard=ReplyPolicy.build(

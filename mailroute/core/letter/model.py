@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mailroute.config import LimitsConfig
+
 
 @dataclass(frozen=True)
 class Address:
@@ -99,3 +101,15 @@ class ParseLimits:
     # matching over tens of megabytes of pasted logs takes minutes and gigabytes.
     # The raw letter is stored whole; only its reading is cut.
     max_text_chars: int = 200_000
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> ParseLimits:
+        """The limits ``[limits]`` sets: the daemon, ``explain`` and replay all read a letter
+        with these, so they agree on a large one."""
+        return cls(
+            max_bytes=limits.max_message_bytes,
+            max_parts=limits.max_parts,
+            max_depth=limits.max_depth,
+            max_header_bytes=limits.max_header_bytes,
+            max_text_chars=limits.max_text_chars,
+        )
