@@ -338,6 +338,13 @@ class RepliesConfig(Section):
         description='How long an address that bounced permanently is not answered: seconds, '
         'or a duration such as "30d", "12h", "90m".',
     )
+    max_age: float = Field(
+        3 * 86400.0,
+        gt=0,
+        description="A letter that arrived longer ago than this gets no automatic reply (it is "
+        'still registered): seconds, or a duration such as "3d", "12h". Guards a first start '
+        "on a mailbox with history.",
+    )
     no_reply_patterns: list[str] = Field(
         default_factory=lambda: [
             r"^(no-?reply|do-?not-?reply|donotreply|noreply-.*|bounces?)@",
@@ -358,7 +365,7 @@ class RepliesConfig(Section):
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         return _valid_regex(patterns)
 
-    @field_validator("suppress_for", mode="before")
+    @field_validator("suppress_for", "max_age", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return _seconds(value)

@@ -19,6 +19,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--once", action="store_true", help="drain the mailbox, send due replies, exit"
     )
+    run.add_argument(
+        "--no-replies", action="store_true",
+        help="with --once: register every letter, queue and send no reply (importing a history)",
+    )
     run.set_defaults(handler=cmd_run)
 
     db = commands.add_parser("db", parents=[common], help="database schema")
@@ -44,10 +48,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if not (config.mailbox.host or config.mailbox.maildir):
         raise ConfigError("mailbox.host: set the IMAP server (or mailbox.maildir) to run")
+    if args.no_replies and not args.once:
+        raise ConfigError("--no-replies: only with --once (a history is imported in one pass)")
+    if args.no_replies:
+        replies = config.replies.model_copy(update={"enabled": False})
+        config = config.model_copy(update={"replies": replies})
     store = open_store(config)
     daemon = Daemon(config, store, config_path=config.source)
     if args.once:
-        report = daemon.run_once()
+        report = daemon.run_once(send=not args.no_replies)
         print(_run_summary(report), file=sys.stderr)
         return 0
     daemon.run_forever()

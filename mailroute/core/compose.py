@@ -79,6 +79,13 @@ FIRST_RESPONSE = {
     "ru": "Первый ответ специалиста: до {when}.",
     "en": "A specialist will first respond by {when}.",
 }
+# When the first-response time has gone by before the reply goes out (a letter that
+# waited over a weekend, a daemon that was down): no promise of a time already past.
+HANDLED_FIRST = {
+    "ru": "Ваше обращение обрабатывается в первую очередь.",
+    "en": "Your request is being handled first.",
+}
+HANDLED_FIRST_WHEN = {"ru": "в первую очередь", "en": "as a priority"}
 MAX_SUBJECT = 150
 MAX_REFERENCES = 10  # of the customer's thread, plus the letter answered
 # A msg-id the threading headers may carry: printable ASCII, no spaces or angle
@@ -113,6 +120,7 @@ class ReplyFacts:
     unknown_registration: str | None = None
     first_response_due: datetime | None = None
     hours: str = ""
+    first_response_overdue: bool = False  # the due time has passed: promise no time
 
 
 @dataclass(frozen=True)
@@ -498,14 +506,26 @@ def _values(facts: ReplyFacts, lang: str) -> dict[str, str]:
         "request_type": TYPE_LABELS[lang].get(facts.request_type, facts.request_type),
         "priority": PRIORITY_LABELS[lang].get(facts.priority, facts.priority),
         "missing_list": _missing_list(facts, lang),
-        "first_response": _when(facts.first_response_due, lang),
-        "first_response_line": (
-            FIRST_RESPONSE[lang].format(when=_when(facts.first_response_due, lang))
-            if facts.first_response_due
-            else ""
-        ),
+        "first_response": _first_response(facts, lang),
+        "first_response_line": _first_response_line(facts, lang),
+        "handled_first": HANDLED_FIRST[lang] if facts.first_response_overdue else "",
         "hours": facts.hours,
     }
+
+
+def _first_response(facts: ReplyFacts, lang: str) -> str:
+    """``$first_response`` of older templates: the due time, never one already past."""
+    if facts.first_response_overdue:
+        return HANDLED_FIRST_WHEN[lang]
+    return _when(facts.first_response_due, lang)
+
+
+def _first_response_line(facts: ReplyFacts, lang: str) -> str:
+    if facts.first_response_overdue:
+        return HANDLED_FIRST[lang]
+    if facts.first_response_due is None:
+        return ""
+    return FIRST_RESPONSE[lang].format(when=_when(facts.first_response_due, lang))
 
 
 def _render(template: str, values: Mapping[str, str]) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import functools
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -71,6 +71,7 @@ class Outcome:
     reply: str | None = None
     detail: str = ""
     request_type: str | None = None
+    too_old: bool = False  # arrived more than ``[replies] max_age`` ago: no reply
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Pipeline:
     letter_seconds: float  # CPU budget to understand one letter (in a worker process)
     trusted_authserv_id: str = ""  # whose Authentication-Results to believe; "" nobody's
     our_subjects: tuple[str, ...] = ()  # what our replies' subjects start with (templates)
+    max_age: timedelta = timedelta(days=3)  # older letters get no automatic reply
 
     @classmethod
     def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
@@ -123,6 +125,7 @@ class Pipeline:
                 text.partition("\n")[0].removeprefix("Subject:")
                 for text in templates.texts.values()
             ),
+            max_age=timedelta(seconds=config.replies.max_age),
         )
 
     def tier_of(self, registration_number: str | None) -> str | None:
@@ -140,6 +143,23 @@ class Pipeline:
     def send_time(self, now: datetime) -> datetime:
         """When a reply composed now may go out."""
         return now if self.window == "always" else self.calendar.next_opening(now)
+
+    def too_old(self, arrived: datetime, now: datetime) -> bool:
+        """Whether a letter that arrived at ``arrived`` is past answering automatically.
+
+        A first start on a mailbox with history must not answer letters from last year;
+        an arrival in the future (a sender's clock) counts as now.
+        """
+        return now - min(arrived, now) > self.max_age
+
+
+def age_text(age: timedelta) -> str:
+    """A duration as the config writes it: "3d", "12h", "90m", "45s"."""
+    seconds = int(age.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 BATCH_LETTERS = 100  # letters decided in one transaction
@@ -347,11 +367,11 @@ def _decide(
         thread = _find_thread(session, lookups, parsed, _sender(letter, parsed, pipeline))
         stage = "compose"
         if thread is None:
-            return steps.new_request()
-        request, join = thread
-        if join.trusted:
-            return steps.follow_up(request)
-        return steps.note(request, join.reason)
+            outcome = steps.new_request()
+        else:
+            request, join = thread
+            outcome = steps.follow_up(request) if join.trusted else steps.note(request, join.reason)
+        return replace(outcome, too_old=True) if steps.withheld else outcome
     except (SQLAlchemyError, TransientError):
         raise  # the database's trouble, not the letter's: retry later
     except Exception as exc:  # the batch is half-changed: rolled back, then letter by letter
@@ -466,6 +486,7 @@ class _Steps:
     analysis: Analysis
     now: datetime
     queued: list[tuple[RequestEvent, OutboxItem]]  # replies whose history awaits their ids
+    withheld: bool = False  # a reply was not queued: the letter is older than max_age
 
     def store_attachments(self) -> None:
         for item in self.parsed.attachments:
@@ -628,6 +649,11 @@ class _Steps:
         pipeline, now = self.pipeline, self.now
         if not pipeline.replies_enabled:
             return None
+        if pipeline.too_old(self.letter.received_at, now):
+            self.withheld = True
+            repo.add_event(self.session, request, "reply_withheld", now, reply=kind,
+                           reason=f"older than {age_text(pipeline.max_age)}")
+            return None
         decision = self.guard(request.requester)
         if decision.cap:  # a cap reached: counted and shown by `status`
             alerts.raise_alert(self.session, f"cap:{decision.cap}",
@@ -647,11 +673,12 @@ class _Steps:
             return None
         if decision.action == "notice":
             kind = "limit"
-        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration)
+        send_at = pipeline.send_time(now)
+        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration, send_at)
         item = repo.pending_reply(
             kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
             subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
-            not_before=pipeline.send_time(now), now=now, request=request, letter_id=self.letter.id,
+            not_before=send_at, now=now, request=request, letter_id=self.letter.id,
         )
         self.session.add(item)
         self.lookups.reply_queued(item, request)
@@ -670,8 +697,12 @@ def _draft(
     request: Request,
     parsed: ParsedLetter,
     kind: str,
-    unknown_registration: str | None = None,
+    unknown_registration: str | None,
+    send_at: datetime,
 ) -> Draft:
+    """The reply; a first-response time already past when it goes out is not promised
+    (the request is breached by then: its clock runs from the letter's arrival)."""
+    due = request.first_response_due
     facts = ReplyFacts(
         number=request.number,
         request_type=request.request_type,
@@ -680,8 +711,9 @@ def _draft(
         subject=request.subject,
         missing=tuple(request.missing),
         unknown_registration=unknown_registration,
-        first_response_due=_local(pipeline, request.first_response_due),
+        first_response_due=_local(pipeline, due),
         hours=pipeline.hours_text(request.language),
+        first_response_overdue=due is not None and due <= send_at,
     )
     thread = Thread(
         recipient=request.requester,

@@ -34,7 +34,7 @@ from mailroute import logs
 from mailroute.config import MailboxConfig
 from mailroute.core.arrival import plausible_arrival
 from mailroute.mail.mailbox import FetchedLetter, MailSource, UnservedLetter
-from mailroute.pipeline.decide import Outcome, Pipeline, process_pending
+from mailroute.pipeline.decide import Outcome, Pipeline, age_text, process_pending
 from mailroute.pipeline.workers import Interrupted, Understanding, Understood
 from mailroute.store import Store
 from mailroute.store import repository as repo
@@ -136,10 +136,18 @@ class _Pass:
             log.info("stopped with letters in hand", detail="they stay pending for the next run")
         finally:
             understanding.close()
+        self._note_withheld()
         with self.store.transaction() as session:
             repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
                              backlog=len(uids))
         return self.report
+
+    def _note_withheld(self) -> None:
+        """One line for the whole pass, however many old letters a history held."""
+        withheld = sum(1 for outcome in self.report.outcomes if outcome.too_old)
+        if withheld:
+            log.warning(f"registered without reply (older than {age_text(self.pipeline.max_age)})",
+                        count=withheld)
 
     def _save_and_decide(self, new: list[str], size: int, understanding: Understanding) -> None:
         """Fetch and save batch after batch; each is understood while the one before it

@@ -178,8 +178,9 @@ class Daemon:
         """A warning when next year's production calendar is not known yet (logged at start)."""
         return calendar_warning(self.pipeline.calendar, self.clock())
 
-    def run_once(self) -> RunReport:
-        """Drain the folder, send the replies that are due, return what happened.
+    def run_once(self, *, send: bool = True) -> RunReport:
+        """Drain the folder, send the replies that are due (unless ``send`` is false: an
+        import that must send nothing), return what happened.
 
         On PostgreSQL replies go out while the drain is still going (a sender thread
         runs the outbox after every filed batch); then one last outbox pass sends the
@@ -199,7 +200,7 @@ class Daemon:
                 # no faster, and marks waited up to 160 ms (the at-least-once window)
                 # instead of about 1 ms. So there the replies wait for the drain's end.
                 with _Sender(lambda: self.send_due(sessions=SESSIONS),
-                             enabled=not self.store.is_sqlite) as sender:
+                             enabled=send and not self.store.is_sqlite) as sender:
                     report = drain(source, self.store, self.pipeline, self.config.mailbox,
                                    self.clock, progress=sender.wake)
                 delivery = sender.delivery
@@ -208,7 +209,8 @@ class Daemon:
         finally:
             lock.release()
             source.close()
-        delivery.add(self.send_due(sessions=sessions))
+        if send:
+            delivery.add(self.send_due(sessions=sessions))
         return RunReport(report, delivery)
 
     def _warn_calendar(self) -> None:
