@@ -81,6 +81,33 @@ def test_acknowledgement_body_in_russian() -> None:
     assert "ответьте на это письмо" in body
 
 
+def test_an_overdue_first_response_is_not_promised() -> None:
+    past = datetime(2026, 11, 21, 11, 0, tzinfo=ZoneInfo("Europe/Moscow"))
+    for language, handled, promise in (
+        ("ru", "обрабатывается в первую очередь", "Первый ответ"),
+        ("en", "being handled first", "will first respond by"),
+    ):
+        overdue = facts(language=language, first_response_due=past, first_response_overdue=True)
+        body = render("acknowledgement", overdue)[1].get_content()
+        assert handled in body
+        assert promise not in body and "21.11.2026" not in body and "2026-11-21" not in body
+
+
+def test_an_older_template_naming_the_due_time_promises_no_past_time(tmp_path: Path) -> None:
+    (tmp_path / "acknowledgement.en.txt").write_text(
+        "Subject: [$number] Registered\n\nWe answer $first_response. $handled_first\n",
+        encoding="utf-8")
+    templates = load_templates(str(tmp_path))
+    past = datetime(2026, 11, 21, 11, 0, tzinfo=ZoneInfo("Europe/Moscow"))
+    on_time = render("acknowledgement", facts(language="en", first_response_due=past),
+                     templates=templates)[1].get_content()
+    assert on_time.strip() == "We answer 2026-11-21 11:00 (Moscow time)."
+    late = render("acknowledgement", facts(language="en", first_response_due=past,
+                                           first_response_overdue=True),
+                  templates=templates)[1].get_content()
+    assert late.strip() == "We answer as a priority. Your request is being handled first."
+
+
 def test_clarification_names_each_missing_item_in_english() -> None:
     _, message = render("clarification", facts(
         language="en", missing=("organization", "registration_number"),
