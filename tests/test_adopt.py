@@ -23,7 +23,9 @@ from support.smtp import SmtpSink
 from test_end_to_end import mailroute, rows, upgraded
 
 from mailroute.config import Config
+from mailroute.ops.tickets import list_rows, show_request
 from mailroute.pipeline.decide import Pipeline, process_pending
+from mailroute.pipeline.reports import load_facts
 from mailroute.pipeline.status import is_breached
 from mailroute.store import Store
 from mailroute.store import repository as repo
@@ -128,7 +130,7 @@ def test_no_replies_needs_once(
                                    sink=smtp_sink, database_url=sqlite_url))
     result = mailroute(config, "run", "--no-replies", timeout=30)
     assert result.returncode != 0
-    assert "--no-replies" in result.stderr
+    assert "--no-replies: only with --once" in result.stderr
 
 
 # ------------------------------------------------------------- no promise already broken
@@ -144,8 +146,8 @@ def store(database_url: str) -> Iterator[Store]:
     store.dispose()
 
 
-def decide_arrivals(store: Store, arrivals: list[datetime]) -> None:
-    config = Config.model_validate({"replies": {"window": "always", "max_age": "7d"}})
+def decide_arrivals(store: Store, arrivals: list[datetime], max_age: str = "7d") -> None:
+    config = Config.model_validate({"replies": {"window": "always", "max_age": max_age}})
     letters = [repo.Arrival(str(n), a_letter(n, arrived), None, arrived)
                for n, arrived in enumerate(arrivals)]
     with store.transaction() as session:
@@ -177,3 +179,22 @@ def _body(raw: bytes) -> str:
 
     message = message_from_bytes(raw, policy=policy.default)
     return str(message.get_body().get_content())  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------- reports and lists: arrival time
+
+
+def test_reports_and_ticket_lists_count_a_request_from_its_arrival(store: Store) -> None:
+    year_ago, last_week = NOW - timedelta(days=400), NOW - timedelta(days=5)
+    decide_arrivals(store, [year_ago, last_week], max_age="3d")  # registered at NOW
+
+    listed = {row["number"]: row for row in list_rows(store, now=NOW)}
+    assert listed["SD-000001"]["arrived_at"] == year_ago.isoformat()
+    assert listed["SD-000002"]["arrived_at"] == last_week.isoformat()
+    assert show_request(store, "SD-000001", NOW)["arrived_at"] == year_ago.isoformat()
+
+    this_week = load_facts(store, NOW - timedelta(days=2), NOW + timedelta(hours=1), NOW)
+    created = [f.number for f in this_week if f.created_at >= NOW - timedelta(days=2)]
+    assert created == []  # the adopted backlog was not created today
+    that_week = load_facts(store, NOW - timedelta(days=6), NOW - timedelta(days=4), NOW)
+    assert {f.number: f.created_at for f in that_week}["SD-000002"] == last_week

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.pipeline.status import is_breached, set_status
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Request
+from mailroute.store.models import Letter, Request
 
 
 def list_rows(
@@ -18,9 +21,24 @@ def list_rows(
     """Requests newest first, with the fields of `tickets list --json`."""
     now = now or datetime.now(UTC)
     with store.transaction() as session:
+        listed = repo.list_requests(session, limit)
+        arrivals = _arrivals(session, [request.id for request, _count in listed])
         return [
-            _summary(request, count, now) for request, count in repo.list_requests(session, limit)
+            _summary(request, count, now, arrivals.get(request.id)) for request, count in listed
         ]
+
+
+def _arrivals(session: Session, request_ids: list[int]) -> dict[int, datetime]:
+    """When each request's first letter arrived: an adopted backlog was not created today."""
+    if not request_ids:
+        return {}
+    query = (
+        select(Letter.request_id, func.min(Letter.received_at))
+        .where(Letter.request_id.in_(request_ids))
+        .group_by(Letter.request_id)
+    )
+    return {request_id: arrived for request_id, arrived in session.execute(query)
+            if request_id is not None}
 
 
 def change_status(
@@ -48,7 +66,8 @@ def show_request(store: Store, number: str, now: datetime | None = None) -> dict
         request = repo.request_by_number(session, number)
         if request is None:
             return None
-        detail = _summary(request, len(request.letters) + len(request.replies), now)
+        arrived = min((x.received_at for x in request.letters), default=None)
+        detail = _summary(request, len(request.letters) + len(request.replies), now, arrived)
         detail |= {
             "requester_name": request.requester_name,
             "queue": request.queue,
@@ -95,7 +114,9 @@ def _number(session: Any, request_id: int | None) -> str | None:
     return parent.number if parent else None
 
 
-def _summary(request: Request, messages: int, now: datetime) -> dict[str, Any]:
+def _summary(
+    request: Request, messages: int, now: datetime, arrived: datetime | None
+) -> dict[str, Any]:
     return {
         "number": request.number,
         "status": request.status,
@@ -106,6 +127,7 @@ def _summary(request: Request, messages: int, now: datetime) -> dict[str, Any]:
         "requester": request.requester,
         "subject": request.subject,
         "created_at": _iso(request.created_at),
+        "arrived_at": _iso(arrived or request.created_at),  # what a person means by "opened"
         "messages": messages,
         "first_response_due": _iso(request.first_response_due),
         "resolution_due": _iso(request.resolution_due),

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, RowMapping, exists, or_, select
+from sqlalchemy import ColumnElement, RowMapping, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,10 +34,20 @@ from mailroute.core.report import (
 )
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Escalation, OutboxItem, Request, RequestEvent
+from mailroute.store.models import Escalation, Letter, OutboxItem, Request, RequestEvent
 
 Schedule = Literal["daily", "weekly", "monthly"]
 SCHEDULES: tuple[Schedule, ...] = ("daily", "weekly", "monthly")
+
+# When a request's first letter arrived: the report counts a request as created then,
+# so a mailbox adopted with two years of history is not "created today".
+def _arrival() -> ColumnElement[datetime]:
+    return func.coalesce(
+        select(func.min(Letter.received_at)).where(Letter.request_id == Request.id)
+        .correlate(Request).scalar_subquery(),
+        Request.created_at,
+    )
+
 
 FACT_COLUMNS = (
     Request.id,
@@ -47,7 +57,7 @@ FACT_COLUMNS = (
     Request.organization,
     Request.queue,
     Request.status,
-    Request.created_at,
+    _arrival().label("arrived_at"),
     Request.first_response_at,
     Request.resolved_at,
     Request.first_response_due,
@@ -81,8 +91,9 @@ def load_facts(store: Store, start: datetime, end: datetime, now: datetime) -> l
 def _relevant(start: datetime, cut: datetime) -> ColumnElement[bool]:
     """Requests that may count in the period; an over-approximation, never an omission."""
     breached_since = exists().where(Escalation.request_id == Request.id, Escalation.due >= start)
-    return (Request.created_at < cut) & or_(
-        Request.created_at >= start,
+    arrived = _arrival()
+    return (arrived < cut) & or_(
+        arrived >= start,
         Request.status.in_(OPEN_STATUSES),
         Request.first_response_at >= start,
         Request.resolved_at >= start,
@@ -144,8 +155,8 @@ def _facts(
         organization=row["organization"],
         queue=row["queue"],
         status=row["status"],
-        created_at=row["created_at"],
-        clock_start=clock_start_from(row["created_at"], first, changes),
+        created_at=row["arrived_at"],
+        clock_start=clock_start_from(row["arrived_at"], first, changes),
         first_response_at=row["first_response_at"],
         resolved_at=row["resolved_at"],
         first_response_due=row["first_response_due"],
