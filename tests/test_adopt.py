@@ -198,3 +198,36 @@ def test_reports_and_ticket_lists_count_a_request_from_its_arrival(store: Store)
     assert created == []  # the adopted backlog was not created today
     that_week = load_facts(store, NOW - timedelta(days=6), NOW - timedelta(days=4), NOW)
     assert {f.number: f.created_at for f in that_week}["SD-000002"] == last_week
+
+
+# -------------------------------------------------------------------------------- demo
+
+
+def test_the_demo_shows_real_due_times_names_ignored_letters_and_how_to_list(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from mailroute.service.demo import run_demo
+
+    out = io.StringIO()
+    assert run_demo(out, keep=str(tmp_path / "kept")) == 0
+    text = out.getvalue()
+    assert 'ignored: <petrov@polyot-tech.ru> "Автоответ: отпуск": auto_reply' in text
+    config = tmp_path / "kept" / "mailroute.toml"
+    assert f"mailroute --config {config} tickets list" in text
+    listed = mailroute(config, "tickets", "list", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "SD-000001" in listed.stdout
+    store = Store(f"sqlite:///{tmp_path / 'kept' / 'mailroute.db'}")
+    try:
+        with store.transaction() as session:
+            raws = [item.raw for item in session.scalars(select(OutboxItem))
+                    if item.kind == "acknowledgement"]
+    finally:
+        store.dispose()
+    year = datetime.now(UTC).year
+    for raw in raws:
+        body = _body(raw)
+        assert "обрабатывается в первую очередь" not in body and "handled first" not in body
+        assert re.search(rf"\b({year}|{year + 1})\b", body), body  # a due time of this year

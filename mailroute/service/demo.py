@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from email import message_from_bytes, policy
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,7 @@ from mailroute.config import Config
 from mailroute.ops.tickets import list_rows
 from mailroute.service.daemon import Daemon
 from mailroute.store import Store
+from mailroute.store.models import Letter
 
 
 class _Capture:
@@ -50,6 +52,8 @@ def run_demo(out: TextIO, keep: str | None = None) -> int:
     controller.start()
     try:
         config = _demo_config(workdir, controller.port)
+        if keep:
+            _write_config(workdir, config)
         letters = _deliver_samples(Path(config.mailbox.maildir or ""))
         store = Store(config.database.url)
         store.upgrade()
@@ -89,11 +93,23 @@ def _deliver_samples(maildir: Path) -> int:
          if item.name.endswith(".eml")),
         key=lambda item: item.name,
     )
+    now = int(time.time()) - len(samples)  # they arrive now, in order: real due times
     for order, sample in enumerate(samples):
-        target = maildir / "new" / f"{1700000000 + order}.demo{order:03d}.mailroute"
+        target = maildir / "new" / f"{now + order}.demo{order:03d}.mailroute"
         target.write_bytes(sample.read_bytes())
-        os.utime(target, (1700000000 + order, 1700000000 + order))
+        os.utime(target, (now + order, now + order))
     return len(samples)
+
+
+def _write_config(workdir: Path, config: Config) -> Path:
+    """A config file for the kept database and Maildir, so `tickets list` can read them."""
+    path = workdir / "mailroute.toml"
+    path.write_text(
+        f'[mailbox]\nmaildir = "{config.mailbox.maildir}"\naddress = "{config.mailbox.address}"\n'
+        f'\n[database]\nurl = "{config.database.url}"\n',
+        encoding="utf-8",
+    )
+    return path
 
 
 def _print_report(
@@ -104,8 +120,11 @@ def _print_report(
     out.write(f"mailroute demo: {letters} sample letters delivered to a Maildir\n")
     out.write(
         f"  processed {drained.count('processed')}, follow-ups {drained.count('follow_up')}, "
-        f"ignored {drained.count('ignored')}, quarantined {drained.count('quarantined')}\n\n"
+        f"ignored {drained.count('ignored')}, quarantined {drained.count('quarantined')}\n"
     )
+    _print_set_aside(out, store, [o for o in drained.outcomes
+                                  if o.state in ("ignored", "quarantined")])
+    out.write("\n")
     out.write("Requests registered:\n")
     for row in reversed(list_rows(store)):
         out.write(
@@ -120,4 +139,15 @@ def _print_report(
             f"  to {message['To']}: {message['X-Mailroute-Kind']:<15} {message['Subject']}\n"
         )
     if keep:
-        out.write(f"\nDatabase and Maildir kept in {workdir}\n")
+        out.write(f"\nDatabase and Maildir kept in {workdir}; its requests:\n")
+        out.write(f"  mailroute --config {workdir / 'mailroute.toml'} tickets list\n")
+
+
+def _print_set_aside(out: TextIO, store: Store, outcomes: list[Any]) -> None:
+    """Each letter that became no request, by sender and subject, and why."""
+    with store.transaction() as session:
+        for outcome in outcomes:
+            letter = session.get(Letter, outcome.letter_id)
+            who = (letter.sender if letter else None) or "unknown sender"
+            subject = (letter.subject if letter else None) or "(no subject)"
+            out.write(f"    {outcome.state}: <{who}> \"{subject}\": {outcome.detail}\n")
