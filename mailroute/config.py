@@ -13,6 +13,7 @@ The field descriptions below are the documentation of ``config.example.toml``.
 from __future__ import annotations
 
 import csv
+import difflib
 import ipaddress
 import os
 import re
@@ -812,13 +813,47 @@ def _describe(exc: ValidationError, text: str, path: str | None, origins: Mappin
         key = ".".join(loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(loc)
         where = origins.get(".".join(loc[:2]))
         if where is None and path is not None:
             line = _line_of(text, loc)
             where = f"{path}:{line}" if line else path
         lines.append(f"{where + ': ' if where else ''}{key}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """``; did you mean 'window'?`` when an unknown key is close to one of its section's."""
+    fields = _fields_at(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.6) if fields else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    """The field names of the model reached by ``path`` from Config.
+
+    Parts that are not fields (list indexes, dict keys such as a tier name) are skipped.
+    """
+    model: Any = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            continue
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return [name for name in model.model_fields if name != "source"]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds, directly or as list[...] / dict[str, ...] items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _line_of(text: str, loc: list[str]) -> int | None:

@@ -125,3 +125,29 @@ def test_example_documents_every_key() -> None:
             if f"\n{key} =" not in text and f"\n# {key} =" not in text:
                 undocumented.append(f"{name}.{key}")
     assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[replies]\nwindwo = "always"\n',
+         r":2: replies.windwo: unknown key; did you mean 'window'\?"),
+        ('[mailbx]\nhost = "x"\n', r":1: mailbx: unknown key; did you mean 'mailbox'\?"),
+        ('[[registry.organizations]]\nnmae = "A"\n',
+         r"registry.organizations.0.nmae: unknown key; did you mean 'name'\?"),
+        ('[sla.tiers.gold.critical]\nfirst_respons = "1h"\n',
+         r"first_respons: unknown key; did you mean 'first_response'\?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=expected):
+        config.load(path, environ={})
+
+
+def test_unknown_key_far_from_any_field_gets_no_guess(tmp_path: Path) -> None:
+    path = write(tmp_path, '[replies]\nzzzzqq = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, environ={})
+    assert "replies.zzzzqq: unknown key" in str(caught.value)
+    assert "did you mean" not in str(caught.value)
