@@ -26,7 +26,8 @@ def maildir_config(tmp_path: Path, sqlite_url: str) -> Path:
 
 def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[smtp]\npassword = "hunter2"\n', encoding="utf-8")
+    config.write_text('[mailbox]\nhost = "imap.example.net"\n[smtp]\npassword = "hunter2"\n',
+                      encoding="utf-8")
     assert main(["--config", str(config), "check-config"]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and '"password": "********"' in out and "hunter2" not in out
@@ -180,3 +181,74 @@ def test_suppressions_expire_are_listed_lifted_and_counted_by_status(
     capsys.readouterr()
     main([*base, "status", "--json"])
     assert json.loads(capsys.readouterr().out)["suppressed"] == 1
+
+
+def _verdict_configs(maildir: Path, database_url: str) -> dict[str, str]:
+    """Configs that check-config, run and a reload must all judge alike."""
+    base = (f'[database]\nurl = "{database_url}"\n[smtp]\nfrom_address = "sd@example.com"\n'
+            "[replies]\nenabled = false\n")
+    broken_templates = maildir.parent / "templates"
+    broken_templates.mkdir(exist_ok=True)
+    (broken_templates / "acknowledgement.ru.txt").write_bytes(b"Subject: \xff\xfe not UTF-8\n")
+    return {
+        "no mailbox": base,
+        "maildir": base + f'[mailbox]\nmaildir = "{maildir}"\n',
+        "unknown holiday calendar": base + f'[mailbox]\nmaildir = "{maildir}"\n'
+                                           '[business_hours]\ncalendar = "XX"\n',
+        "unreadable template": base.replace(
+            "[replies]\n", f'[replies]\ntemplates_dir = "{broken_templates}"\n'
+        ) + f'[mailbox]\nmaildir = "{maildir}"\n',
+        "unknown key": base + f'[mailbox]\nmaildir = "{maildir}"\nhots = "imap"\n',
+    }
+
+
+def test_check_config_and_run_give_one_verdict(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The verdict comes before the database is opened, so one database kind is enough."""
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    configs = _verdict_configs(maildir, sqlite_url)
+    path = tmp_path / "c.toml"
+    path.write_text(configs["maildir"], encoding="utf-8")
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    verdicts = {}
+    for name, text in configs.items():
+        path.write_text(text, encoding="utf-8")
+        capsys.readouterr()
+        checked = main(["--config", str(path), "check-config"])
+        check_error = capsys.readouterr().err.strip()
+        ran = main(["--config", str(path), "run", "--once"])
+        run_error = capsys.readouterr().err.strip()
+        verdicts[name] = checked
+        assert checked == ran, (name, check_error, run_error)
+        if checked:
+            assert check_error == run_error, name
+    assert verdicts == {"no mailbox": 2, "maildir": 0, "unknown holiday calendar": 2,
+                        "unreadable template": 2, "unknown key": 2}
+
+
+def test_reload_refuses_what_check_config_refuses(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailroute import config as config_module
+    from mailroute.cli.common import open_store
+    from mailroute.service.daemon import Daemon
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    configs = _verdict_configs(maildir, sqlite_url)
+    path = tmp_path / "c.toml"
+    path.write_text(configs["maildir"], encoding="utf-8")
+    assert main(["--config", str(path), "db", "upgrade"]) == 0
+    loaded = config_module.load(path, environ={})
+    daemon = Daemon(loaded, open_store(loaded), config_path=str(path))
+    for name in ("no mailbox", "unknown holiday calendar", "unreadable template"):
+        path.write_text(configs[name], encoding="utf-8")
+        assert main(["--config", str(path), "check-config"]) == 2
+        assert daemon.reload() is False, name
+        assert daemon.config is loaded
+    path.write_text(configs["maildir"], encoding="utf-8")
+    assert daemon.reload() is True

@@ -175,7 +175,7 @@ def test_calendar_warning_names_the_unknown_year() -> None:
     from datetime import UTC, datetime
 
     from mailroute.core.business_calendar import BusinessCalendar
-    from mailroute.service.daemon import calendar_warning
+    from mailroute.service.config_check import calendar_warning
 
     calendar = BusinessCalendar()
     known = calendar.known_until().year

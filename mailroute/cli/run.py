@@ -43,11 +43,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mailroute.service.config_check import judge
     from mailroute.service.daemon import Daemon
 
     config = load_config(args)
-    if not (config.mailbox.host or config.mailbox.maildir):
-        raise ConfigError("mailbox.host: set the IMAP server (or mailbox.maildir) to run")
+    judge(config, datetime.now(UTC))  # its warnings are logged again by the daemon at start
     if args.no_replies and not args.once:
         raise ConfigError("--no-replies: only with --once (a history is imported in one pass)")
     if args.no_replies:
@@ -84,16 +84,10 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from mailroute.core.business_calendar import BusinessCalendar
-    from mailroute.service.daemon import calendar_warning
+    from mailroute.service.config_check import judge
 
     config = load_config(args)
-    try:
-        calendar = BusinessCalendar.from_config(config.business_hours)
-    except ValueError as exc:
-        raise ConfigError(f"business_hours: {exc}") from None
-    warning = calendar_warning(calendar, datetime.now(UTC))
-    if warning:
+    for warning in judge(config, datetime.now(UTC)):
         print(f"mailroute: warning: {warning}", file=sys.stderr)
     print(f"# {config.source or 'built-in defaults (no config file)'}: valid")
     print(json.dumps(config_module.masked(config), ensure_ascii=False, indent=2, default=str))

@@ -29,7 +29,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailroute import config as config_module
 from mailroute import logs
 from mailroute.config import Config
-from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.errors import ConfigError, MailrouteError, TransientError
 from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
@@ -38,6 +37,7 @@ from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.pipeline.intake import DrainReport, drain
 from mailroute.pipeline.reports import build_report, previous_period, queue_report_mail, sla_targets
+from mailroute.service.config_check import calendar_warning, judge
 from mailroute.service.metrics import Metrics
 from mailroute.service.signals import SignalInbox
 from mailroute.service.systemd import Notifier
@@ -66,23 +66,6 @@ def send_period_report(store: Store, config: Config, pipeline: Pipeline, now: da
     start, end = previous_period(now, schedule, calendar)
     report = build_report(store, calendar, start, end, now, targets=sla_targets(config.sla))
     return queue_report_mail(store, report, pipeline.identity, config.reports.recipients, now)
-
-
-def calendar_warning(calendar: BusinessCalendar, now: datetime) -> str | None:
-    """Say so when the coming year's official days off and transfers are not known.
-
-    The government publishes each year's production calendar late in the year
-    before; until the `holidays` package knows it, set [business_hours]
-    extra_holidays / extra_workdays by hand.
-    """
-    coming = now.astimezone(calendar.zone).year + 1
-    if calendar.calendar_known_for(coming):
-        return None
-    return (
-        f"the {calendar.calendar} production calendar for {coming} is not known to this "
-        "installation: update the `holidays` package or list the days off and transferred "
-        "working days in [business_hours] extra_holidays / extra_workdays"
-    )
 
 
 @dataclass
@@ -535,6 +518,7 @@ class Daemon:
         self._notifier.reloading("reloading configuration")
         try:
             fresh = config_module.load(self.config_path)
+            judge(fresh, self.clock())
             pipeline = Pipeline.from_config(fresh, self.store)
         except (ConfigError, ValueError) as exc:
             log.error("config reload rejected", error=_one_line(exc))
