@@ -252,3 +252,42 @@ def test_reload_refuses_what_check_config_refuses(
         assert daemon.config is loaded
     path.write_text(configs["maildir"], encoding="utf-8")
     assert daemon.reload() is True
+
+
+def test_parse_day_words() -> None:
+    from datetime import date
+
+    from mailroute.cli.report import parse_day
+
+    today = date(2026, 3, 2)
+    assert parse_day("today", today) == today
+    assert parse_day("Yesterday", today) == date(2026, 3, 1)
+    assert parse_day("7d", today) == date(2026, 2, 23)
+    assert parse_day("2026-01-31", today) == date(2026, 1, 31)
+    with pytest.raises(ValueError, match="today, yesterday or Nd"):
+        parse_day("last week", today)
+
+
+def test_report_period_words_and_the_7_day_default(
+    maildir_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    base = ["--config", str(maildir_config)]
+    assert main([*base, "db", "upgrade"]) == 0
+    today = datetime.now(ZoneInfo("Europe/Moscow")).date()
+    capsys.readouterr()
+    for words, first, last in (
+        ([], today - timedelta(days=7), today),
+        (["--from", "yesterday", "--to", "today"], today - timedelta(days=1), today),
+        (["--from", "30d", "--to", "yesterday"], today - timedelta(days=30),
+         today - timedelta(days=1)),
+    ):
+        assert main([*base, "report", *words, "--format", "json"]) == 0, words
+        period = json.loads(capsys.readouterr().out)["period"]
+        assert (period["first_day"], period["last_day"]) == (str(first), str(last)), words
+    with pytest.raises(SystemExit) as usage:
+        main([*base, "report", "--from", "last week"])
+    assert usage.value.code == 2
+    assert "give YYYY-MM-DD, today, yesterday or Nd" in capsys.readouterr().err

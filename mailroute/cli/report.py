@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,49 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     report.add_argument(
         "--from",
         dest="first",
-        required=True,
-        type=date.fromisoformat,
-        metavar="DATE",
-        help="first day, YYYY-MM-DD",
+        type=day_argument,
+        metavar="DAY",
+        help="first day: YYYY-MM-DD, today, yesterday or Nd (N days ago); default 7d",
     )
     report.add_argument(
         "--to",
         dest="last",
-        required=True,
-        type=date.fromisoformat,
-        metavar="DATE",
-        help="last day (included), YYYY-MM-DD",
+        type=day_argument,
+        metavar="DAY",
+        help="last day (included), as --from; default today",
     )
     report.add_argument("--format", choices=["text", "json", "html"], default="text")
     report.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     report.set_defaults(handler=cmd_report)
+
+
+DEFAULT_FROM = "7d"  # with --to today: the last 7 days and today
+
+
+def parse_day(text: str, today: date) -> date:
+    """``YYYY-MM-DD``, ``today``, ``yesterday`` or ``Nd`` (N days before ``today``)."""
+    word = text.strip().lower()
+    if word == "today":
+        return today
+    if word == "yesterday":
+        return today - timedelta(days=1)
+    if re.fullmatch(r"\d{1,4}d", word):
+        return today - timedelta(days=int(word[:-1]))
+    try:
+        return date.fromisoformat(word)
+    except ValueError:
+        raise ValueError(
+            f"not a day: {text!r} (give YYYY-MM-DD, today, yesterday or Nd, e.g. 7d)"
+        ) from None
+
+
+def day_argument(text: str) -> str:
+    """Check a --from/--to value now; it is resolved in the desk's time zone later."""
+    try:
+        parse_day(text, date.today())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -45,8 +73,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     calendar = BusinessCalendar.from_config(config.business_hours)
+    today = datetime.now(calendar.zone).date()
+    first = parse_day(args.first or DEFAULT_FROM, today)
+    last = parse_day(args.last or "today", today)
     try:
-        start, end = period_for_days(args.first, args.last, calendar)
+        start, end = period_for_days(first, last, calendar)
     except ValueError as exc:
         raise MailrouteError(f"report: {exc}") from None
     built = build_report(
