@@ -257,7 +257,7 @@ def test_reload_refuses_what_check_config_refuses(
 def test_parse_day_words() -> None:
     from datetime import date
 
-    from mailroute.cli.report import parse_day
+    from mailroute.cli.common import parse_day
 
     today = date(2026, 3, 2)
     assert parse_day("today", today) == today

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailroute.cli.common import load_config, open_store
+from mailroute.cli.common import day_argument, load_config, open_store, parse_day
 from mailroute.errors import MailrouteError
 
 
@@ -38,32 +37,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 DEFAULT_FROM = "7d"  # with --to today: the last 7 days and today
-
-
-def parse_day(text: str, today: date) -> date:
-    """``YYYY-MM-DD``, ``today``, ``yesterday`` or ``Nd`` (N days before ``today``)."""
-    word = text.strip().lower()
-    if word == "today":
-        return today
-    if word == "yesterday":
-        return today - timedelta(days=1)
-    if re.fullmatch(r"\d{1,4}d", word):
-        return today - timedelta(days=int(word[:-1]))
-    try:
-        return date.fromisoformat(word)
-    except ValueError:
-        raise ValueError(
-            f"not a day: {text!r} (give YYYY-MM-DD, today, yesterday or Nd, e.g. 7d)"
-        ) from None
-
-
-def day_argument(text: str) -> str:
-    """Check a --from/--to value now; it is resolved in the desk's time zone later."""
-    try:
-        parse_day(text, date.today())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def cmd_report(args: argparse.Namespace) -> int:

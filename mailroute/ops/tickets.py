@@ -13,19 +13,30 @@ from mailroute.pipeline.status import is_breached, set_status
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request
+from mailroute.store.repository import RequestFilter
 
 
 def list_rows(
     store: Store, limit: int | None = None, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Requests newest first, with the fields of `tickets list --json`."""
+    return list_page(store, limit, now=now)[0]
+
+
+def list_page(
+    store: Store,
+    limit: int | None = None,
+    where: RequestFilter | None = None,
+    now: datetime | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The requests matching ``where``, newest first, up to ``limit``; and how many match."""
     now = now or datetime.now(UTC)
     with store.transaction() as session:
-        listed = repo.list_requests(session, limit)
-        arrivals = _arrivals(session, [request.id for request, _count in listed])
+        found, total = repo.list_requests(session, limit, where)
+        arrivals = _arrivals(session, [request.id for request, _count in found])
         return [
-            _summary(request, count, now, arrivals.get(request.id)) for request, count in listed
-        ]
+            _summary(request, count, now, arrivals.get(request.id)) for request, count in found
+        ], total
 
 
 def _arrivals(session: Session, request_ids: list[int]) -> dict[int, datetime]:

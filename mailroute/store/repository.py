@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, true, update
+from sqlalchemy import and_, delete, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -344,7 +344,17 @@ def add_event(
 
 
 def request_by_number(session: Session, number: str) -> Request | None:
-    return session.scalars(select(Request).where(Request.number == number.upper())).first()
+    """By ``SD-000001``, ``sd-000001`` or the bare ``1`` an operator types."""
+    wanted = canonical_number(number)
+    return session.scalars(select(Request).where(Request.number == wanted)).first()
+
+
+def canonical_number(number: str) -> str:
+    """``1`` -> ``SD-000001``; anything else upper-cased as given."""
+    text = number.strip()
+    if text.isdigit():
+        return f"{REQUEST_PREFIX}{int(text):06d}"
+    return text.upper()
 
 
 def request_by_message_ids(session: Session, message_ids: Iterable[str]) -> Request | None:
@@ -395,18 +405,74 @@ def requests_by_id(session: Session, request_ids: Iterable[int]) -> dict[int, Re
     return found
 
 
-def list_requests(session: Session, limit: int | None = None) -> list[tuple[Request, int]]:
-    """Requests newest first, each with its message count (letters in + replies out)."""
+@dataclass(frozen=True)
+class RequestFilter:
+    """What `tickets list` narrows the registry to; None means any."""
+
+    status: str | None = None
+    request_type: str | None = None
+    priority: str | None = None
+    organization: str | None = None  # part of the name or the registration number
+    queue: str | None = None
+    since: datetime | None = None  # arrived (first letter) at or after
+    breached_at: datetime | None = None  # only requests past a due time at this moment
+
+
+def list_requests(
+    session: Session, limit: int | None = None, where: RequestFilter | None = None
+) -> tuple[list[tuple[Request, int]], int]:
+    """Requests newest first, each with its message count (letters in + replies out),
+    and how many match in all (to say how many the limit left out)."""
     letters = select(func.count(Letter.id)).where(Letter.request_id == Request.id).scalar_subquery()
     replies = (
         select(func.count(OutboxItem.id))
         .where(OutboxItem.request_id == Request.id)
         .scalar_subquery()
     )
-    query = select(Request, letters + replies).order_by(Request.id.desc())
+    conditions = _request_conditions(where or RequestFilter())
+    total = session.scalar(select(func.count(Request.id)).where(*conditions)) or 0
+    query = select(Request, letters + replies).where(*conditions).order_by(Request.id.desc())
     if limit:
         query = query.limit(limit)
-    return [(row[0], int(row[1])) for row in session.execute(query)]
+    return [(row[0], int(row[1])) for row in session.execute(query)], int(total)
+
+
+def _request_conditions(where: RequestFilter) -> list[Any]:
+    conditions: list[Any] = []
+    for column, value in (
+        (Request.status, where.status),
+        (Request.request_type, where.request_type),
+        (Request.priority, where.priority),
+        (Request.queue, where.queue),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.organization:
+        typed = where.organization.strip()
+        conditions.append(
+            or_(  # lower() in SQLite folds ASCII only: the text as typed matches too
+                Request.organization.like(f"%{typed}%"),
+                func.lower(Request.organization).like(f"%{typed.lower()}%"),
+                Request.registration_number.like(f"%{typed}%"),
+            )
+        )
+    if where.since is not None:  # by arrival: an adopted backlog was not created today
+        arrival = (
+            select(func.min(Letter.received_at))
+            .where(Letter.request_id == Request.id)
+            .scalar_subquery()
+        )
+        conditions.append(func.coalesce(arrival, Request.created_at) >= where.since)
+    if where.breached_at is not None:
+        now = where.breached_at
+        conditions.append(Request.status.not_in(("awaiting_customer", "closed")))
+        conditions.append(
+            or_(
+                and_(Request.first_response_at.is_(None), Request.first_response_due < now),
+                and_(Request.resolved_at.is_(None), Request.resolution_due < now),
+            )
+        )
+    return conditions
 
 
 # ------------------------------------------------------------------------------ outbox
