@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 from support.configs import sample_letters
 from support.dovecot import ImapAccount
 from support.smtp import ReceivedMail, SmtpSink
@@ -24,7 +27,7 @@ from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.service.daemon import Daemon
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, Request
+from mailroute.store.models import Escalation, Letter, Request
 
 MSK = ZoneInfo("Europe/Moscow")
 MONDAY_NOON = datetime(2026, 11, 16, 12, 0, tzinfo=MSK)  # in the past: Dovecot clamps
@@ -71,6 +74,14 @@ def deliver(account: ImapAccount, raw: bytes, at: datetime) -> None:
     """APPEND with an explicit INTERNALDATE, so arrival and the test's clock agree."""
     with account.client() as imap:
         imap.append("INBOX", raw, msg_time=at)
+
+
+def dated(raw: bytes, at: datetime) -> bytes:
+    """The letter as if written at ``at`` (an arrival before its Date is not believed)."""
+    message = message_from_bytes(raw, policy=policy.default)
+    del message["Date"]
+    message["Date"] = format_datetime(at)
+    return message.as_bytes()
 
 
 def reply_to(mail: ReceivedMail, sender: str, text: str, subject: str | None = None) -> bytes:
@@ -277,6 +288,35 @@ def test_breach_is_escalated_once(
     with daemon.store.transaction() as session:
         events = [e.kind for e in repo.request_by_number(session, "SD-000001").events]
     assert "status" in events
+
+
+def test_adopted_history_is_breached_but_not_escalated_letter_by_letter(
+    rig: Any, imap_account: ImapAccount, smtp_sink: SmtpSink
+) -> None:
+    """A first start on a mailbox with history must not mail one escalation per old letter:
+    those targets passed before the request existed; only new breaches are escalated."""
+    daemon, clock = rig(window="always",
+                        workflow={"escalation_address": "duty@desk.example"})
+    written = clock.now - timedelta(days=30)
+    for letter in sample_letters()[:3]:
+        deliver(imap_account, dated(letter, written), written)
+    daemon.run_once()
+    identity = daemon.pipeline.identity
+    assert escalate_breaches(daemon.store, daemon.config.workflow, identity, clock()) == []
+    with daemon.store.transaction() as session:
+        breached = session.scalars(select(Escalation)).all()
+    assert len(breached) >= 3  # recorded, so reports and later runs know
+    daemon.send_due()
+    assert not [m for m in smtp_sink.received() if m.rcpt_tos == ("duty@desk.example",)]
+
+    fresh = message_from_bytes(sample_letters()[0], policy=policy.default)
+    fresh.replace_header("From", "Olga <olga@polyot-tech.ru>")  # a new critical letter
+    fresh.replace_header("Message-ID", "<fresh-critical@polyot-tech.ru>")
+    deliver(imap_account, dated(fresh.as_bytes(), clock.now), clock.now)
+    daemon.run_once()
+    clock.now += timedelta(hours=1, minutes=1)
+    assert [kind for _, kind in escalate_breaches(
+        daemon.store, daemon.config.workflow, identity, clock())] == ["first_response"]
 
 
 def test_weekly_report_is_mailed_once(

@@ -3,6 +3,11 @@
 "Once" is a unique row per (request, target, due time) in ``escalations``: a
 second instance, or the next run, finds it there and stays quiet. A due time
 moved by a pause or a reopening is a new breach when it passes again.
+
+A request registered already past a target (a mailbox adopted with years of history, a
+letter that waited out a long outage) is recorded as breached but not mailed one by one:
+nobody could have met that target, and hundreds of escalation mails on the first start
+would bury the ones that matter. One log line a run counts them.
 """
 
 from __future__ import annotations
@@ -30,13 +35,31 @@ def escalate_breaches(
 ) -> list[tuple[str, str]]:
     """Record and report every breach not reported yet; returns (request, target) pairs."""
     reported = []
+    born_late = 0
     with store.transaction() as session:
         for request in _overdue(session, now):
             for kind, due in _missed(request, now):
-                if _record(session, request, kind, due, now):
-                    reported.append((request.number, kind))
-                    _notify(session, workflow, identity, request, kind, due, now)
+                if not _record(session, request, kind, due, now):
+                    continue
+                if _registered_after(request, due):
+                    born_late += 1
+                    continue
+                reported.append((request.number, kind))
+                _notify(session, workflow, identity, request, kind, due, now)
+    if born_late:
+        log.info("breached before they were registered; not escalated one by one",
+                 count=born_late)
     return reported
+
+
+def _registered_after(request: Request, due: datetime) -> bool:
+    """The target had passed before the request existed (adopted history)."""
+    created = request.created_at
+    if created.tzinfo is None and due.tzinfo is not None:
+        created = created.replace(tzinfo=due.tzinfo)
+    elif due.tzinfo is None and created.tzinfo is not None:
+        due = due.replace(tzinfo=created.tzinfo)
+    return due <= created
 
 
 def _overdue(session: Session, now: datetime) -> list[Request]:
