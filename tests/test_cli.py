@@ -121,6 +121,16 @@ def test_explain_received_at_gives_sla(capsys: pytest.CaptureFixture[str]) -> No
     assert sla["paused"] is False
 
 
+def test_explain_text_shows_the_sla(capsys: pytest.CaptureFixture[str]) -> None:
+    urgent = str(sorted(SAMPLES.glob("*.eml"))[0])
+    assert main(["explain", "--received-at", "2026-11-21T23:40:00+03:00", urgent]) == 0
+    out = capsys.readouterr().out
+    assert "first response by    23.11.2026 11:00 +0300" in out
+    assert "resolution by        23.11.2026 18:00 +0300" in out
+    assert main(["explain", urgent]) == 0  # without --received-at: from now
+    assert "first response by" in capsys.readouterr().out
+
+
 def test_report_command_formats(
     maildir_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -80,7 +80,9 @@ def test_replay_processes_a_file_once(
     out = capsys.readouterr().out
     assert "processed" in out and "request SD-000001" in out and "acknowledgement queued" in out
     assert main([*setup, "replay", str(letter)]) == 0
-    assert "already stored" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "already stored as letter 1: processed; request SD-000001" in again
+    assert "tickets show SD-000001" in again and "quarantine" not in again
 
 
 def test_orgs_import_feeds_the_registry(

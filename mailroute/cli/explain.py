@@ -30,7 +30,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from mailroute.ops.explain import Explainer
 
-    explainer = Explainer.from_config(load_config(args), with_sla=args.received_at is not None,
+    # the text always shows the SLA; --json only when asked (its fields are a contract)
+    with_sla = args.received_at is not None or not args.json
+    explainer = Explainer.from_config(load_config(args), with_sla=with_sla,
                                       bounded=True)
     failures = 0
     try:
@@ -65,6 +67,27 @@ def _explain_text(name: str, result: dict[str, Any]) -> str:
         value = result.get(key)
         if value not in (None, [], ""):
             lines.append(f"  {key:20} {value if not isinstance(value, list) else ', '.join(value)}")
+    lines.extend(_sla_lines(result.get("sla")))
     for reason in result.get("reasons", []):
         lines.append(f"  because {reason['rule']}: {reason['sets']} ({reason['detail']})")
     return "\n".join(lines)
+
+
+def _sla_lines(sla: dict[str, Any] | None) -> list[str]:
+    """The due times a request would get, in the desk's time zone."""
+    if not sla:
+        return []
+    lines = [f"  {'arrived':20} {_moment(sla['received_at'])}"]
+    for key, label in (("first_response_due", "first response by"),
+                       ("resolution_due", "resolution by")):
+        if sla.get(key):
+            lines.append(f"  {label:20} {_moment(sla[key])}")
+    if sla.get("paused"):
+        lines.append(f"  {'sla':20} paused until the missing details arrive")
+    if sla.get("tier"):
+        lines.append(f"  {'tier':20} {sla['tier']}")
+    return lines
+
+
+def _moment(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%d.%m.%Y %H:%M %z")

@@ -92,6 +92,22 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     return 0 if outcome.state != "quarantined" else EXIT_FAILURE
 
 
+def _stored_text(store: Any, letter_id: int) -> str:
+    """What became of a letter replayed a second time: its state and request, as stored."""
+    from mailroute.ops.letters import letter_detail
+
+    detail = letter_detail(store, letter_id) or {}
+    state = detail.get("state", "stored")
+    parts = [f"already stored as letter {letter_id}: {state}"]
+    if detail.get("request"):
+        parts.append(f"request {detail['request']}")
+    if state == "quarantined":
+        parts.append(f"see `mailroute quarantine show {letter_id}`")
+    elif detail.get("request"):
+        parts.append(f"see `mailroute tickets show {detail['request']}`")
+    return "; ".join(parts) + " (nothing done again)"
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from mailroute.ops.letters import replay
     from mailroute.pipeline.decide import Pipeline
@@ -104,10 +120,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = open_store(config)
     outcome, letter_id = replay(store, Pipeline.from_config(config, store), raw, datetime.now(UTC))
     if outcome is None:
-        print(
-            f"already stored as letter {letter_id}; nothing done "
-            f"(see `mailroute quarantine show {letter_id}`)"
-        )
+        print(_stored_text(store, letter_id))
         return 0
     print(outcome_text(outcome))
     return 0 if outcome.state != "quarantined" else EXIT_FAILURE

@@ -42,6 +42,7 @@ def letter_detail(store: Store, letter_id: int) -> dict[str, Any] | None:
             "stage": letter.stage, "error": letter.error, "attempts": letter.attempts,
             "mailbox": letter.mailbox, "uid": letter.uid, "sha256": letter.sha256,
             "filed_to": letter.filed_to, "size": letter.size,
+            "request": letter.request.number if letter.request else None,
         }
 
 
