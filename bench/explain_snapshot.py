@@ -14,13 +14,12 @@ letters that differ; it exits 1 when anything differs.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import snapshots
 from letters import generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,28 +62,13 @@ def _per_letter(output: str, batch: list[Path]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--out", type=Path, help="write the explain output here")
-    mode.add_argument("--compare", type=Path, help="compare with an earlier --out file")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        # explain names each file; the temporary folder's name must not count as a difference
-        lines = [line.replace(workdir, "GENERATED")
-                 for line in explain_lines(letter_files(Path(workdir)))]
-    text = "\n".join(lines) + "\n"
-    print(f"{len(lines)} letters, sha256 {hashlib.sha256(text.encode()).hexdigest()}")
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-        return 0
-    before = args.compare.read_text(encoding="utf-8").splitlines()
-    differing = [(old, new) for old, new in zip(before, lines, strict=False) if old != new]
-    if len(before) != len(lines):
-        print(f"letter count differs: {len(before)} before, {len(lines)} now")
-    for old, new in differing[:5]:
-        print(f"- {old}\n+ {new}")
-    print(f"{len(differing)} letters differ")
-    return 1 if differing or len(before) != len(lines) else 0
+    def produce() -> list[str]:
+        with tempfile.TemporaryDirectory() as workdir:
+            # explain names each file; the temporary folder's name must not count
+            return [line.replace(workdir, "GENERATED")
+                    for line in explain_lines(letter_files(Path(workdir)))]
+
+    return snapshots.run(__doc__.split("\n\n")[0], "letter", produce)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ readings that differ; it exits 1 when anything differs.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import snapshots
 from letters import generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,25 +79,7 @@ def snapshot() -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--out", type=Path, help="write the readings here")
-    mode.add_argument("--compare", type=Path, help="compare with an earlier --out file")
-    args = parser.parse_args()
-    lines = snapshot()
-    text = "\n".join(lines) + "\n"
-    print(f"{len(lines)} readings, sha256 {hashlib.sha256(text.encode()).hexdigest()}")
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-        return 0
-    before = args.compare.read_text(encoding="utf-8").splitlines()
-    differing = [(old, new) for old, new in zip(before, lines, strict=False) if old != new]
-    if len(before) != len(lines):
-        print(f"reading count differs: {len(before)} before, {len(lines)} now")
-    for old, new in differing[:5]:
-        print(f"- {old[:400]}\n+ {new[:400]}")
-    print(f"{len(differing)} readings differ")
-    return 1 if differing or len(before) != len(lines) else 0
+    return snapshots.run(__doc__.split("\n\n")[0], "reading", snapshot)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,15 @@ lines that differ; it exits 1 when anything differs.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import random
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import snapshots
 
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.compose import Identity
@@ -182,27 +181,8 @@ def mail_as_read(raw: bytes) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--out", type=Path, help="write the renderings here")
-    mode.add_argument("--compare", type=Path, help="compare with an earlier --out file")
-    args = parser.parse_args()
-    text = "\n".join(snapshot()) + "\n"
-    reports = len(periods())
-    print(f"{reports} reports, sha256 {hashlib.sha256(text.encode()).hexdigest()}")
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-        return 0
-    before = args.compare.read_text(encoding="utf-8").splitlines()
-    lines = text.splitlines()
-    differing = [(n, old, new) for n, (old, new) in enumerate(zip(before, lines, strict=False))
-                 if old != new]
-    if len(before) != len(lines):
-        print(f"line count differs: {len(before)} before, {len(lines)} now")
-    for number, old, new in differing[:5]:
-        print(f"line {number + 1}:\n- {old[:300]}\n+ {new[:300]}")
-    print(f"{len(differing)} lines differ")
-    return 1 if differing or len(before) != len(lines) else 0
+    return snapshots.run(__doc__.split("\n\n")[0], "report", snapshot,
+                         count=lambda lines: len(periods()))
 
 
 if __name__ == "__main__":
