@@ -459,3 +459,42 @@ def test_run_once_raises_a_bug_in_the_outbox_thread_after_the_drain(
         daemon.store.dispose()
     assert pending == 0
     assert len(list((tmp_path / "Maildir" / ".Processed" / "cur").iterdir())) == 6
+
+
+@pytest.mark.parametrize("trouble", ["stopped", "451"])
+def test_status_turns_unhealthy_within_a_minute_of_smtp_trouble(
+    daemon_config: Path, imap_account: ImapAccount, smtp_sink: SmtpSink,
+    notify_socket: socket.socket, trouble: str,
+) -> None:
+    """The daemon is serving; SMTP goes away (or answers 451 to every reply) and a letter
+    comes in: `status` exits 1 naming SMTP well within 60 s."""
+    daemon = start(daemon_config, notify_socket)
+    try:
+        wait_notification(notify_socket, "READY=1")
+        if trouble == "stopped":
+            smtp_sink.stop()
+        else:
+            smtp_sink.reply_code = "451 4.3.0 try again later"
+        imap_account.append(sample_letters()[0])
+        deadline = time.monotonic() + 90  # the letter filed: its reply is queued
+        while imap_account.uids("INBOX") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        began = time.monotonic()
+        status = None
+        while time.monotonic() - began < 60:
+            status = subprocess.run([*MAILROUTE, "--config", str(daemon_config), "status"],
+                                    capture_output=True, text=True, check=False)
+            if status.returncode == 1:
+                break
+            time.sleep(3)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+    assert status is not None and status.returncode == 1, status and status.stdout
+    assert time.monotonic() - began < 60
+    problem = next(line for line in status.stdout.splitlines() if "problem:" in line)
+    assert f"SMTP {smtp_sink.host}:{smtp_sink.port} is failing" in problem

@@ -593,3 +593,34 @@ def test_a_broken_database_is_logged_once_per_outage_by_the_outbox_job(
     events = [(e["event"], e.get("exc_info")) for e in logged if e["log_level"] != "debug"
               and e["event"] in ("outbox failing", "outbox recovered", "outbox error")]
     assert events == [("outbox failing", None), ("outbox recovered", None)], logged
+
+
+@pytest.mark.parametrize("trouble", ["stopped", "451"])
+def test_a_run_that_meets_only_smtp_trouble_opens_the_smtp_down_alert(
+    store: Store, smtp_sink: SmtpSink, trouble: str
+) -> None:
+    """No connection, or only 4xx: `status` must say so now, not when the replies' retries
+    run out; the first reply accepted clears it."""
+    from mailroute.config import HealthConfig
+    from mailroute.ops.health import check_health
+
+    queue(store, 1)
+    smtp = smtp_for(smtp_sink)
+    if trouble == "stopped":
+        smtp_sink.stop()
+    else:
+        smtp_sink.reply_code = "451 4.3.0 try again later"
+    report = deliver_due(store, smtp, RepliesConfig(retry_initial=1), NOW)
+    assert report.sent == [] and report.smtp_errors
+    health = check_health(store, HealthConfig(), NOW)
+    (problem,) = [p for p in health.problems if "SMTP" in p]
+    assert f"SMTP {smtp_sink.host}:{smtp_sink.port} is failing" in problem
+    assert ("cannot connect" if trouble == "stopped" else "451") in problem
+    if trouble == "stopped":
+        smtp_sink.start()
+    else:
+        smtp_sink.reply_code = None
+    later = deliver_due(store, smtp, RepliesConfig(retry_initial=1), NOW + timedelta(minutes=1))
+    assert len(later.sent) == 1
+    health = check_health(store, HealthConfig(), NOW + timedelta(minutes=1))
+    assert not [p for p in health.problems if "SMTP" in p]

@@ -92,6 +92,8 @@ class DeliveryReport:
     # refused for the desk's reasons: (outbox id, error); an alert, nobody suppressed
     desk_rejections: list[tuple[int, str]] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
+    # temporary SMTP failures (no connection, login refused, 4xx, timeout), in order
+    smtp_errors: list[str] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -106,6 +108,7 @@ class DeliveryReport:
         self.refused_recipients += other.refused_recipients
         self.desk_rejections += other.desk_rejections
         self.suppressed += other.suppressed
+        self.smtp_errors += other.smtp_errors
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ async def deliver_due_async(
             await _Delivery(books, smtp, replies, now, report, max(sessions, 1), lease).run()
         finally:
             _settle_rejections(store, report, now, alert_mail)
+            _settle_outage(store, report, now, f"{smtp.host}:{smtp.effective_port()}")
         return report
     finally:
         books.close()
@@ -186,6 +190,24 @@ def _settle_rejections(
                                hits=len(report.desk_rejections))
         elif report.sent:
             alerts.clear_alert(session, alerts.SMTP_RELAY, now)
+        if report.sent:
+            alerts.clear_alert(session, alerts.SMTP_DOWN, now)
+
+
+def _settle_outage(store: Store, report: DeliveryReport, now: datetime, where: str) -> None:
+    """Open the ``smtp-down`` alert when a run sent nothing and met only temporary
+    failures; clear it once a reply is accepted.
+
+    Such replies are only retried later, so without the alert `status` stayed healthy
+    for as long as their backoff lasted while SMTP was away. No mail is queued for it:
+    it would go through the very server that is failing.
+    """
+    if report.sent or not report.smtp_errors:
+        return  # a reply accepted clears it, in _settle_rejections
+    detail = f"SMTP {where} is failing: {report.smtp_errors[-1]}"
+    with store.transaction() as session:
+        alerts.raise_alert(session, alerts.SMTP_DOWN, detail, now,
+                           hits=len(report.smtp_errors))
 
 
 @dataclass
@@ -357,6 +379,7 @@ async def _send_claimed(
         try:
             client = await session.open()
         except SmtpTemporaryFailure as exc:  # the rest of the batch waits for its retry
+            report.smtp_errors.append(str(exc))
             for waiting in claimed[index:]:
                 if _renew(books, waiting, lease):
                     _record_retry(books, replies, waiting, now, str(exc), report)
@@ -409,9 +432,11 @@ async def _send_one(
     except SmtpTemporaryFailure as exc:
         if not client.is_connected:
             session.drop()
+        report.smtp_errors.append(str(exc))
         _record_retry(books, replies, item, now, str(exc), report)
     except TimeoutError:
         session.drop()
+        report.smtp_errors.append("SMTP send timed out")
         _record_retry(books, replies, item, now, "SMTP send timed out", report)
     else:
         _record_sent(books, item, now, report)
@@ -451,7 +476,10 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
         raise
     except aiosmtplib.SMTPAuthenticationError as exc:
         await _abandon(client)
-        raise SmtpTemporaryFailure(f"SMTP login refused: {exc.code} {exc.message}") from exc
+        raise SmtpTemporaryFailure(
+            f"SMTP {where} refused the login for {smtp.username}: {exc.code} {exc.message}"
+            " (check [smtp] username and password)"
+        ) from exc
     except TimeoutError as exc:
         client.close()  # no QUIT: a server this slow would hold us for its answer too
         await asyncio.sleep(_SETTLE)

@@ -27,6 +27,7 @@ from mailroute.store.models import Alert
 log = logs.get("mailroute.store.alerts")
 
 SMTP_RELAY = "smtp-relay"  # the relay refuses replies for reasons of the desk's own
+SMTP_DOWN = "smtp-down"  # no reply accepted: no connection, login refused or 4xx only
 CAP_ADDRESS, CAP_DOMAIN, CAP_DESK = "cap:address", "cap:domain", "cap:desk"
 CAPS = (CAP_ADDRESS, CAP_DOMAIN, CAP_DESK)
 
