@@ -516,3 +516,146 @@ def test_a_long_period_is_charted_per_week() -> None:
     assert "Created per week" in page
     assert page.count("<rect") < 200
     assert "Created per day" in render_html(report([]))
+
+
+# --------------------------------------------------------------------------- the truth
+
+
+def test_awaiting_a_first_response_and_breaches_still_in_progress() -> None:
+    facts = [
+        # Adopted backlog: breached in October, never answered, still new: in progress now.
+        request(
+            1,
+            at(28, 12, month=10),
+            first_response_due=at(28, 16, month=10),
+            breaches=(Breach("first_response", at(28, 16, month=10)),),
+        ),
+        request(2, at(3, 10), first_response_at=at(3, 11), status="in_progress"),  # answered
+        request(3, at(5, 10), status="awaiting_customer", clock_start=None),  # customer owes
+        request(4, at(13, 17), first_response_due=at(16, 12), status="in_progress"),  # not due
+        # Answered, resolution overdue and still open.
+        request(
+            5,
+            at(9, 10),
+            first_response_at=at(9, 11),
+            resolution_due=at(10, 10),
+            status="in_progress",
+        ),
+        # Answered only after the period: awaiting at its end, and late.
+        request(6, at(12, 10), first_response_due=at(12, 14), first_response_at=at(17, 10)),
+    ]
+    result = report(facts)
+    assert result.awaiting_first_response == 3  # 1, 4 and 6
+    assert result.overdue_first_response == 2  # 1 and 6
+    assert result.overdue_resolution == 1  # 5
+    assert result.breaches_in_progress == 3
+    assert result.breach_count == 2  # 5 and 6 were decided in the period; 1 in October
+
+
+def test_sla_per_organization_and_per_tier() -> None:
+    facts = [
+        request(
+            1,
+            at(2, 10),
+            organization="Alpha",
+            tier="gold",
+            first_response_due=at(2, 12),
+            first_response_at=at(2, 11),
+        ),
+        request(
+            2,
+            at(2, 10),
+            organization="Alpha",
+            tier="gold",
+            first_response_due=at(2, 12),
+            first_response_at=at(2, 13),
+        ),
+        request(
+            3,
+            at(3, 10),
+            organization="Beta",
+            tier=None,
+            first_response_due=at(3, 12),
+            first_response_at=at(3, 14),
+            resolution_due=at(5, 12),
+            resolved_at=at(5, 11),
+            status="resolved",
+        ),
+    ]
+    result = report(facts)
+    alpha, beta = result.organizations
+    assert (alpha.name, alpha.created, alpha.breaches) == ("Alpha", 2, 1)
+    assert (alpha.first_response.met, alpha.first_response.missed) == (1, 1)
+    assert alpha.first_response.times.median == pytest.approx(2.0)  # (1 + 3) / 2
+    assert (beta.resolution.met, beta.resolution.missed) == (1, 0)
+    assert beta.resolution.times.median == pytest.approx(
+        8.0
+    )  # Tue 10-17 (short day), Wed holiday, Thu 10-11
+    tiers = {row.name: row for row in result.tiers}
+    assert set(tiers) == {"gold", None}
+    assert (tiers["gold"].first_response.met, tiers["gold"].first_response.missed) == (1, 1)
+    assert tiers[None].first_response.missed == 1
+
+
+def test_ties_among_organizations_go_to_breaches_then_critical_then_volume_then_name() -> None:
+    facts = [
+        *(request(i, at(2, 11), organization="Many") for i in range(1, 4)),
+        request(4, at(2, 11), organization="Critical", priority="critical"),
+        request(5, at(2, 11), organization="Breached", first_response_due=at(2, 12)),
+        request(6, at(2, 11), organization="Zeta"),
+        request(7, at(2, 11), organization="Eta"),
+    ]
+    result = report(facts, top_organizations=4)
+    assert [name for name, _ in result.by_organization] == ["Breached", "Critical", "Many", "Eta"]
+    assert [row.name for row in result.organizations] == ["Breached", "Critical", "Many", "Eta"]
+    assert result.other_organizations == 1
+
+
+def test_the_change_against_the_previous_period_of_the_same_length() -> None:
+    facts = [
+        # The week before (2-8 Nov): two requests, one breach, first responses 1 h and 3 h.
+        request(1, at(2, 10), first_response_due=at(2, 12), first_response_at=at(2, 11)),
+        request(2, at(3, 10), first_response_due=at(3, 12), first_response_at=at(3, 13)),
+        # This week (9-15 Nov): one request answered in half an hour.
+        request(3, at(9, 10), first_response_due=at(9, 12), first_response_at=at(9, 10, 30)),
+    ]
+    result = make_report(facts, WEEK_END, END, CALENDAR)
+    previous = result.previous
+    assert (previous.first_day, previous.last_day) == (date(2026, 11, 2), date(2026, 11, 8))
+    assert (previous.created, previous.breaches) == (2, 1)
+    assert previous.first_response_median == pytest.approx(2.0)
+    assert previous.open_at_end == 2
+    assert (result.summary.created, result.summary.breaches) == (1, 0)
+    assert result.summary.first_response_median == pytest.approx(0.5)
+
+
+def test_open_requests_at_the_start_at_the_end_and_per_day() -> None:
+    facts = [
+        request(1, at(30, 12, month=10)),  # open throughout
+        request(
+            2,
+            at(28, 12, month=10),
+            status="resolved",
+            status_changes=(StatusChange(at(4, 12), "new", "resolved"),),
+        ),
+        request(
+            3,
+            at(5, 12),
+            status="in_progress",
+            status_changes=(
+                StatusChange(at(6, 12), "new", "resolved"),
+                StatusChange(at(9, 12), "resolved", "in_progress"),  # reopened
+            ),
+        ),
+    ]
+    result = report(facts)
+    assert result.open_at_start == 2
+    assert result.open_at_end == 2
+    assert [d.open for d in result.daily[:9]] == [2, 2, 1, 2, 1, 1, 1, 2, 2]
+    moments = [
+        datetime.combine(d.day + timedelta(days=1), datetime.min.time(), MSK) for d in result.daily
+    ]
+    brute = [sum(1 for f in facts if status_at(f, m) in ("new", "in_progress")) for m in moments]
+    assert [d.open for d in result.daily] == brute
+    so_far = report(facts, now=at(5, 15))
+    assert [d.open for d in so_far.daily[:5]] == [2, 2, 1, 2, None]

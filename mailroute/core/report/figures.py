@@ -18,7 +18,17 @@ period is not over yet. Which requests each figure covers:
   when done by the due time. It counts in the period in which it was decided, so a
   request created on Friday and late on Monday is a breach of the week of the Monday;
 * open at end: requests created before the cut whose status at the cut (from the status
-  history) was new, awaiting_customer or in_progress.
+  history) was new, awaiting_customer or in_progress; open at start likewise at ``start``,
+  and per day at the end of each local day (up to the cut);
+* awaiting a first response: open at the cut, not waiting for the customer, not answered
+  by the cut; *overdue* when its first response is missed (see below). Breaches in
+  progress: targets missed and still not done at the cut, of requests open then, whenever
+  the breach began; so a backlog breached before the period is not reported as "none";
+* per organization and per tier: the created counts, times and met/missed above, grouped.
+  Organizations are ranked by breaches, then critical requests created, then requests
+  created, then name, so ties never hide the one with a critical incident;
+* previous period: the same headline figures for the period of the same length just
+  before ``start``, from the same facts.
 
 Median: the middle value, the mean of the two middle values for an even count.
 90th percentile: nearest rank, the smallest observed value with at least 90 % of the
@@ -28,12 +38,14 @@ time, never an interpolation, and defined for a single value.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.sla import Targets
@@ -92,6 +104,7 @@ class RequestFacts:
     resolution_due: datetime | None = None
     breaches: tuple[Breach, ...] = ()
     status_changes: tuple[StatusChange, ...] = ()
+    tier: str | None = None
 
     def done_at(self, kind: str) -> datetime | None:
         """When the target ``kind`` was achieved (first response given, resolved)."""
@@ -197,9 +210,40 @@ class OpenLine:
 
 @dataclass(frozen=True)
 class DayCount:
+    """Requests created on a day; ``open`` at its end (None: the day is after the cut)."""
+
     day: date
     count: int
     working: bool
+    open: int | None = None
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """SLA of one organization or tier: what it created, its times and targets met/missed."""
+
+    name: str | None
+    created: int
+    critical: int
+    first_response: TargetRow
+    resolution: TargetRow
+
+    @property
+    def breaches(self) -> int:
+        return self.first_response.missed + self.resolution.missed
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The headline figures of a period, to compare one period with the one before it."""
+
+    first_day: date
+    last_day: date
+    created: int
+    breaches: int
+    first_response_median: float | None
+    resolution_median: float | None
+    open_at_end: int
 
 
 @dataclass(frozen=True)
@@ -226,6 +270,13 @@ class Report:
     open_at_end: int
     open_by_priority: tuple[Count, ...]
     oldest_open: tuple[OpenLine, ...]
+    open_at_start: int
+    awaiting_first_response: int
+    overdue_first_response: int
+    overdue_resolution: int
+    organizations: tuple[GroupRow, ...]
+    tiers: tuple[GroupRow, ...]
+    previous: Summary
 
     @property
     def complete(self) -> bool:
@@ -239,6 +290,16 @@ class Report:
     @property
     def breach_count(self) -> int:
         return sum(figures.overall.missed for figures in self.targets)
+
+    @property
+    def breaches_in_progress(self) -> int:
+        """Targets missed and still not done at the cut, of requests open then."""
+        return self.overdue_first_response + self.overdue_resolution
+
+    @property
+    def summary(self) -> Summary:
+        """This period's headline figures, in the shape of :attr:`previous`."""
+        return _summary_of(self)
 
 
 def make_report(
@@ -255,7 +316,8 @@ def make_report(
     """The report of ``[start, end)`` as known at ``now`` (default: the period is over).
 
     ``targets`` (priority -> :class:`~mailroute.core.sla.Targets`) only adds the target column;
-    met/missed come from each request's own due times and recorded breaches.
+    met/missed come from each request's own due times and recorded breaches. The facts
+    should cover the previous period of the same length too, for the comparison.
     """
     if end <= start:
         raise ValueError("the period must end after it starts")
@@ -268,7 +330,8 @@ def make_report(
         for kind in TARGETS
     }
     opened = sorted((f for f in everything if status_at(f, cut) in OPEN_STATUSES), key=_by_creation)
-    organizations, other = _top(created, top_organizations)
+    organizations = _groups(everything, created, start, cut, calendar, _organization)
+    awaiting = [f for f in opened if _awaiting_first_response(f, cut)]
     return Report(
         start=start.astimezone(zone),
         end=end.astimezone(zone),
@@ -281,15 +344,22 @@ def make_report(
         by_priority=_counts((f.priority for f in created), PRIORITIES),
         by_queue=_counts((f.queue for f in created), ()),
         by_status=_counts((f.status for f in created), STATUSES),
-        by_organization=organizations,
-        other_organizations=other,
-        daily=_daily(created, start, end, calendar),
+        by_organization=tuple((g.name, g.created) for g in organizations[:top_organizations]),
+        other_organizations=sum(g.created for g in organizations[top_organizations:]),
+        daily=_daily(everything, created, start, end, cut, calendar),
         first_response=figures["first_response"],
         resolution=figures["resolution"],
         breaches=_breach_lines(everything, start, cut, calendar),
         open_at_end=len(opened),
         open_by_priority=_counts((f.priority for f in opened), PRIORITIES),
         oldest_open=tuple(_open_line(f, cut, calendar) for f in opened[:oldest_open]),
+        open_at_start=sum(1 for f in everything if status_at(f, start) in OPEN_STATUSES),
+        awaiting_first_response=len(awaiting),
+        overdue_first_response=sum(1 for f in awaiting if _missed(f, "first_response", cut)),
+        overdue_resolution=sum(1 for f in opened if _overdue_resolution(f, cut)),
+        organizations=organizations[:top_organizations],
+        tiers=_groups(everything, created, start, cut, calendar, _tier),
+        previous=_previous(everything, start, end, calendar),
     )
 
 
@@ -304,24 +374,170 @@ def _counts(values: Iterable[str | None], known: Sequence[str]) -> tuple[Count, 
     return tuple((key, counter[key]) for key in (*known, *rest))
 
 
-def _top(created: Sequence[RequestFacts], limit: int) -> tuple[tuple[Count, ...], int]:
-    """The ``limit`` organizations with most requests, and how many requests the rest had."""
-    ranked = _counts((f.organization for f in created), ())
-    return ranked[:limit], sum(count for _, count in ranked[limit:])
-
-
 def _daily(
-    created: Sequence[RequestFacts], start: datetime, end: datetime, calendar: BusinessCalendar
+    everything: Sequence[RequestFacts],
+    created: Sequence[RequestFacts],
+    start: datetime,
+    end: datetime,
+    cut: datetime,
+    calendar: BusinessCalendar,
 ) -> tuple[DayCount, ...]:
-    """Requests created on each local day of the period, empty days included."""
+    """Requests created on each local day of the period (empty days too), open at its end."""
     zone = calendar.zone
     per_day = Counter(f.created_at.astimezone(zone).date() for f in created)
     day, last = start.astimezone(zone).date(), (end - ONE_MICROSECOND).astimezone(zone).date()
     days = []
     while day <= last:
-        days.append(DayCount(day, per_day[day], calendar.is_working_day(day)))
+        days.append(day)
         day += timedelta(days=1)
-    return tuple(days)
+    moments = [
+        min(datetime.combine(d + timedelta(days=1), time(0), tzinfo=zone), cut)
+        for d in days
+        if datetime.combine(d, time(0), tzinfo=zone) < cut
+    ]
+    series = open_series(everything, moments)
+    return tuple(
+        DayCount(d, per_day[d], calendar.is_working_day(d), series[i] if i < len(series) else None)
+        for i, d in enumerate(days)
+    )
+
+
+def open_series(facts: Iterable[RequestFacts], moments: Sequence[datetime]) -> list[int]:
+    """How many requests were open at each of ``moments`` (ascending), as :func:`status_at`.
+
+    Each request's open spans are laid over the moments by bisection, so a yearly report
+    of many requests costs spans x log(days), not days x requests x changes.
+    """
+    diff = [0] * (len(moments) + 1)
+    for f in facts:
+        for opened, closed in _open_spans(f):
+            low = bisect.bisect_right(moments, opened)
+            high = len(moments) if closed is None else bisect.bisect_right(moments, closed)
+            if low < high:
+                diff[low] += 1
+                diff[high] -= 1
+    return list(itertools.accumulate(diff[:-1]))
+
+
+def _open_spans(facts: RequestFacts) -> list[tuple[datetime, datetime | None]]:
+    """Spans ``(opened, closed]`` in which :func:`status_at` gives an open status."""
+    spans: list[tuple[datetime, datetime | None]] = []
+    since = (
+        facts.created_at
+        if initial_status(facts.status, facts.status_changes) in OPEN_STATUSES
+        else None
+    )
+    for change in facts.status_changes:
+        is_open = change.new in OPEN_STATUSES
+        if since is None and is_open:
+            since = change.at
+        elif since is not None and not is_open:
+            spans.append((since, change.at))
+            since = None
+    if since is not None:
+        spans.append((since, None))
+    return spans
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def _organization(facts: RequestFacts) -> str | None:
+    return facts.organization
+
+
+def _tier(facts: RequestFacts) -> str | None:
+    return facts.tier
+
+
+def _groups(
+    everything: Sequence[RequestFacts],
+    created: Sequence[RequestFacts],
+    start: datetime,
+    cut: datetime,
+    calendar: BusinessCalendar,
+    key: Callable[[RequestFacts], str | None],
+) -> tuple[GroupRow, ...]:
+    """SLA per group (organization, tier), the most breaches first, then ``_rank``."""
+    volume = Counter(key(f) for f in created)
+    critical = Counter(key(f) for f in created if f.priority == "critical")
+    tallies = {kind: _tally(everything, kind, start, cut, calendar, key) for kind in TARGETS}
+    names = set(volume)
+    for hours, outcomes in tallies.values():
+        names.update(hours, outcomes)
+    rows = [
+        GroupRow(
+            name,
+            volume[name],
+            critical[name],
+            *(
+                _row(
+                    None,
+                    tallies[kind][0].get(name, []),
+                    tallies[kind][1].get(name, Counter()),
+                    None,
+                )
+                for kind in TARGETS
+            ),
+        )
+        for name in names
+    ]
+    return tuple(sorted(rows, key=_rank))
+
+
+def _rank(row: GroupRow) -> tuple[int, int, int, bool, str]:
+    """Breaches, then critical requests, then volume (all descending), then the name."""
+    return -row.breaches, -row.critical, -row.created, row.name is None, row.name or ""
+
+
+# --------------------------------------------------------------------------- backlog
+
+
+def _awaiting_first_response(facts: RequestFacts, cut: datetime) -> bool:
+    """Open at the cut, not waiting for the customer, and not answered by then."""
+    answered = facts.first_response_at is not None and facts.first_response_at < cut
+    return status_at(facts, cut) in ("new", "in_progress") and not answered
+
+
+def _missed(facts: RequestFacts, kind: str, cut: datetime) -> bool:
+    decided = outcome(facts, kind, cut)
+    return decided is not None and decided[0] == "missed" and decided[1] < cut
+
+
+def _overdue_resolution(facts: RequestFacts, cut: datetime) -> bool:
+    """Open at the cut and its resolution missed: a breach still in progress."""
+    return status_at(facts, cut) != PAUSED and _missed(facts, "resolution", cut)
+
+
+def _previous(
+    everything: Sequence[RequestFacts], start: datetime, end: datetime, calendar: BusinessCalendar
+) -> Summary:
+    """The headline figures of the period of the same length that ends at ``start``."""
+    before = start - (end - start)
+    created = sum(1 for f in everything if before <= f.created_at < start)
+    figures = [_target_figures(everything, kind, before, start, calendar, {}) for kind in TARGETS]
+    zone = calendar.zone
+    return Summary(
+        first_day=before.astimezone(zone).date(),
+        last_day=(start - ONE_MICROSECOND).astimezone(zone).date(),
+        created=created,
+        breaches=sum(f.overall.missed for f in figures),
+        first_response_median=figures[0].overall.times.median,
+        resolution_median=figures[1].overall.times.median,
+        open_at_end=sum(1 for f in everything if status_at(f, start) in OPEN_STATUSES),
+    )
+
+
+def _summary_of(report: Report) -> Summary:
+    return Summary(
+        first_day=report.first_day,
+        last_day=report.last_day,
+        created=report.created,
+        breaches=report.breach_count,
+        first_response_median=report.first_response.overall.times.median,
+        resolution_median=report.resolution.overall.times.median,
+        open_at_end=report.open_at_end,
+    )
 
 
 # --------------------------------------------------------------------------- times
@@ -373,6 +589,31 @@ def _pauses(facts: RequestFacts, until: datetime) -> list[tuple[datetime, dateti
     return pauses
 
 
+def _tally(
+    facts: Sequence[RequestFacts],
+    kind: str,
+    start: datetime,
+    cut: datetime,
+    calendar: BusinessCalendar,
+    key: Callable[[RequestFacts], str | None],
+) -> tuple[dict[str | None, list[float]], dict[str | None, Counter[str]]]:
+    """Times of responses in the period and outcomes decided in it, grouped by ``key``."""
+    hours: dict[str | None, list[float]] = {}
+    outcomes: dict[str | None, Counter[str]] = {}
+    for f in facts:
+        done = f.done_at(kind)
+        if done is not None and f.clock_start is not None and start <= done < cut:
+            hours.setdefault(key(f), []).append(clock_hours(f, done, calendar))
+        decided = outcome(f, kind, cut)
+        if decided is not None and start <= decided[1] < cut:
+            outcomes.setdefault(key(f), Counter())[decided[0]] += 1
+    return hours, outcomes
+
+
+def _priority(facts: RequestFacts) -> str:
+    return facts.priority
+
+
 def _target_figures(
     facts: Sequence[RequestFacts],
     kind: str,
@@ -382,18 +623,10 @@ def _target_figures(
     targets: Mapping[str, Targets],
 ) -> TargetFigures:
     """The table of one target: every priority, then each priority on its own."""
-    hours: dict[str, list[float]] = {}
-    outcomes: dict[str, Counter[str]] = {}
-    for f in facts:
-        done = f.done_at(kind)
-        if done is not None and f.clock_start is not None and start <= done < cut:
-            hours.setdefault(f.priority, []).append(clock_hours(f, done, calendar))
-        decided = outcome(f, kind, cut)
-        if decided is not None and start <= decided[1] < cut:
-            outcomes.setdefault(f.priority, Counter())[decided[0]] += 1
+    hours, outcomes = _tally(facts, kind, start, cut, calendar, _priority)
     priorities = [p for p, _ in _counts([*hours, *outcomes], PRIORITIES)]
     rows = tuple(
-        _row(p, hours.get(p or "", []), outcomes.get(p or "", Counter()), _target(targets, p, kind))
+        _row(p, hours.get(p, []), outcomes.get(p, Counter()), _target(targets, p, kind))
         for p in priorities
     )
     everything = [value for values in hours.values() for value in values]
