@@ -659,3 +659,28 @@ def test_open_requests_at_the_start_at_the_end_and_per_day() -> None:
     assert [d.open for d in result.daily] == brute
     so_far = report(facts, now=at(5, 15))
     assert [d.open for d in so_far.daily[:5]] == [2, 2, 1, 2, None]
+
+
+def test_text_json_and_html_show_the_new_figures_alike() -> None:
+    result = sample()
+    text, data, page = render_text(result), json.loads(render_json(result)), render_html(result)
+    assert re.search(r"^Awaiting first response\s+2 \(1 overdue\)$", text, re.M)
+    assert re.search(r"^Breaches in progress\s+1 \(overdue, still open\)$", text, re.M)
+    assert "Against the previous period (2026-10-19 – 2026-11-01)" in text
+    assert re.search(r"^  Created\s+4\s+0\s+\+4$", text, re.M)
+    assert "SLA by organization" in text and "SLA by tier" in text
+    assert re.search(r"^  2026-11-06\s+1\s+2$", text, re.M)  # created 1, open 2 at its end
+    assert data["awaiting_first_response"] == {"total": 2, "overdue": 1, "resolution_overdue": 0}
+    assert data["breaches"]["in_progress"] == 1
+    assert data["previous_period"]["first_day"] == "2026-10-19"
+    assert data["previous_period"]["created"] == 0
+    assert data["open_at_start"] == 0
+    assert data["created"]["daily"][4]["open_at_end_of_day"] == 2
+    assert [row["name"] for row in data["organizations"]] == ["ООО «Ромашка»", HOSTILE]
+    assert data["organizations"][0]["breaches"] == 1
+    assert data["tiers"][0]["first_response"]["missed"] == 1
+    assert "Awaiting first response" in page and "Breaches in progress" in page
+    assert "SLA by organization" in page and "SLA by tier" in page
+    assert "Against the previous period" in page
+    assert "<polyline" in page
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;") >= 2  # both tables

@@ -9,8 +9,10 @@ from typing import Any
 from mailroute.core.report.figures import (
     BreachLine,
     Count,
+    GroupRow,
     OpenLine,
     Report,
+    Summary,
     TargetFigures,
     TargetRow,
 )
@@ -42,7 +44,12 @@ def report_data(report: Report) -> dict[str, Any]:
             "by_organization": _json_counts(report.by_organization),
             "other_organizations": report.other_organizations,
             "daily": [
-                {"date": d.day.isoformat(), "count": d.count, "working_day": d.working}
+                {
+                    "date": d.day.isoformat(),
+                    "count": d.count,
+                    "working_day": d.working,
+                    "open_at_end_of_day": d.open,
+                }
                 for d in report.daily
             ],
         },
@@ -50,8 +57,18 @@ def report_data(report: Report) -> dict[str, Any]:
         "resolution": _json_target(report.resolution),
         "breaches": {
             "total": report.breach_count,
+            "in_progress": report.breaches_in_progress,
             "requests": [_json_breach(line) for line in report.breaches],
         },
+        "open_at_start": report.open_at_start,
+        "awaiting_first_response": {
+            "total": report.awaiting_first_response,
+            "overdue": report.overdue_first_response,
+            "resolution_overdue": report.overdue_resolution,
+        },
+        "organizations": [_json_group(row) for row in report.organizations],
+        "tiers": [_json_group(row) for row in report.tiers],
+        "previous_period": _json_summary(report.previous),
         "open_at_end": {
             "total": report.open_at_end,
             "by_priority": _json_counts(report.open_by_priority),
@@ -85,6 +102,29 @@ def _json_row(row: TargetRow) -> dict[str, Any]:
         "met": row.met,
         "missed": row.missed,
         "met_share": _round(row.share_met, 4),
+    }
+
+
+def _json_group(row: GroupRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "created": row.created,
+        "critical": row.critical,
+        "breaches": row.breaches,
+        "first_response": _json_row(row.first_response),
+        "resolution": _json_row(row.resolution),
+    }
+
+
+def _json_summary(summary: Summary) -> dict[str, Any]:
+    return {
+        "first_day": summary.first_day.isoformat(),
+        "last_day": summary.last_day.isoformat(),
+        "created": summary.created,
+        "breaches": summary.breaches,
+        "first_response_median_hours": _round(summary.first_response_median),
+        "resolution_median_hours": _round(summary.resolution_median),
+        "open_at_end": summary.open_at_end,
     }
 
 

@@ -6,18 +6,31 @@ import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from mailroute.core.report.figures import Count, DayCount, Report, TargetFigures, TargetRow
+from mailroute.core.report.figures import (
+    Count,
+    DayCount,
+    GroupRow,
+    Report,
+    TargetFigures,
+    TargetRow,
+)
 from mailroute.core.report.labels import (
+    COMPARISON_HEADER,
+    GROUP_HEADER,
     OTHER_LABEL,
     PRIORITY_LABELS,
     STATUS_LABELS,
     TARGET_LABELS,
     TYPE_LABELS,
     _breach_cells,
+    _comparison_rows,
+    _group_cells,
     _hours,
     _label,
     _open_cells,
+    _per_day_or_week,
     _period_line,
+    _previous_line,
     _share,
     _target_cells,
     report_subject,
@@ -39,7 +52,6 @@ WEEKDAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
 PAGE_WIDTH = 720
 CHART_WIDTH = 680
 MAX_HTML_ROWS = 20
-MAX_DAY_COLUMNS = 62  # two months; longer periods are charted per week
 
 
 def _h(value: object) -> str:
@@ -58,7 +70,9 @@ def render_html(report: Report) -> str:
             _html_header(report),
             _html_headline(report),
             _html_breakdowns(report),
+            _html_comparison(report),
             _html_organizations(report),
+            _html_groups("SLA by tier", "Tier", report.tiers),
             _html_daily(report),
             *(_html_target(figures) for figures in report.targets),
             _html_breaches(report),
@@ -122,11 +136,27 @@ def _html_headline(report: Report) -> str:
             BAD if report.breach_count else GOOD,
         ),
     ]
+    backlog = [
+        ("Open at start", str(report.open_at_start), "", INK),
+        (
+            "Awaiting first response",
+            str(report.awaiting_first_response),
+            f"{report.overdue_first_response} overdue",
+            BAD if report.overdue_first_response else INK,
+        ),
+        (
+            "Breaches in progress",
+            str(report.breaches_in_progress),
+            "overdue and still open",
+            BAD if report.breaches_in_progress else GOOD,
+        ),
+    ]
     cells = "".join(_card(*card) for card in cards)
+    more = "".join(_card(*card) for card in backlog)
     return (
         '<tr><td style="padding:16px 14px 4px 14px;">'
         '<table role="presentation" width="100%" cellpadding="0" cellspacing="6">'
-        f"<tr>{cells}</tr></table></td></tr>"
+        f"<tr>{cells}</tr><tr>{more}</tr></table></td></tr>"
     )
 
 
@@ -191,23 +221,16 @@ def _subtitle(text: str) -> str:
 
 def _html_daily(report: Report) -> str:
     """Per day; a long period (a yearly report from the CLI) per week, to stay readable."""
-    if len(report.daily) > MAX_DAY_COLUMNS:
-        weeks = _weeks(report.daily)
-        note = "Weeks start on Monday; the first and last may be partial."
-        return _section("Created per week", _column_chart(weeks, weekdays=False), note)
-    note = "Grey columns: days the desk is closed (weekends, holidays)."
-    return _section("Created per day", _column_chart(report.daily), note)
-
-
-def _weeks(days: Sequence[DayCount]) -> list[DayCount]:
-    """Daily counts summed per ISO week, each labelled with its first day in the period."""
-    weeks: dict[tuple[int, int], DayCount] = {}
-    for day in days:
-        key = day.day.isocalendar()[:2]
-        known = weeks.get(key)
-        first = known.day if known else day.day
-        weeks[key] = DayCount(first, (known.count if known else 0) + day.count, True)
-    return list(weeks.values())
+    unit, series = _per_day_or_week(report)
+    opened = (
+        f"Line: requests open at the end of each {unit} "
+        f"({report.open_at_start} at the start of the period, {report.open_at_end} at its end)."
+    )
+    if unit == "week":
+        note = "Weeks start on Monday; the first and last may be partial. " + opened
+        return _section("Created per week", _column_chart(series, weekdays=False), note)
+    note = "Grey columns: days the desk is closed (weekends, holidays). " + opened
+    return _section("Created per day", _column_chart(series), note)
 
 
 def _html_target(figures: TargetFigures) -> str:
@@ -278,7 +301,24 @@ def _html_organizations(report: Report) -> str:
     counts = list(report.by_organization)
     if report.other_organizations:
         counts.append((OTHER_LABEL, report.other_organizations))
-    return _section("Requests created by organization", _html_count_table(counts))
+    created = _section("Requests created by organization", _html_count_table(counts))
+    return created + _html_groups("SLA by organization", "Organization", report.organizations)
+
+
+def _html_groups(title: str, name: str, rows: Sequence[GroupRow]) -> str:
+    """Times and targets met/missed per organization or tier, the most breaches first."""
+    if not rows:
+        return _section(title, f'<div style="font-size:13px;color:{MUTED};">No requests.</div>')
+    header = (name, *(label.capitalize() for label in GROUP_HEADER))
+    table = _html_table(header, [_group_cells(row) for row in rows], right=range(1, 10))
+    note = "Ordered by breaches, then critical requests, then requests created, then name."
+    return _section(title, table, note)
+
+
+def _html_comparison(report: Report) -> str:
+    header = tuple(label.capitalize() for label in COMPARISON_HEADER)
+    table = _html_table(header, _comparison_rows(report), right=(1, 2, 3))
+    return _section("Against the previous period", table, _previous_line(report))
 
 
 def _html_notes() -> str:
@@ -389,7 +429,7 @@ def _column_chart(days: Sequence[DayCount], width: int = CHART_WIDTH, weekdays: 
     top, bottom, left, right = 16, 34, 34, 6
     height = 190
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max([d.count for d in days] + [1])
+    peak = max([d.count for d in days] + [d.open or 0 for d in days] + [1])
     step = _grid_step(peak)
     ceiling = step * math.ceil(peak / step)
     slot = plot_w / max(len(days), 1)
@@ -406,7 +446,20 @@ def _column_chart(days: Sequence[DayCount], width: int = CHART_WIDTH, weekdays: 
                     _text(middle, height - 20, WEEKDAYS[day.day.weekday()], 10, "middle", MUTED)
                 )
             parts.append(_text(middle, height - 8, f"{day.day:%d.%m}", 10, "middle", MUTED))
+    parts.append(_open_line(days, left, top + plot_h, slot, plot_h / ceiling))
     return _svg(width, height, "requests created over the period", "".join(parts))
+
+
+def _open_line(days: Sequence[DayCount], left: int, base: float, slot: float, scale: float) -> str:
+    """Requests open at the end of each day (week), as a line over the columns."""
+    points = [
+        f"{left + (i + 0.5) * slot:.1f},{base - day.open * scale:.1f}"
+        for i, day in enumerate(days)
+        if day.open is not None
+    ]
+    if not points:
+        return ""
+    return f'<polyline points="{" ".join(points)}" fill="none" stroke="{WARN}" stroke-width="2"/>'
 
 
 def _column(x: float, slot: float, base: float, bar_h: float, day: DayCount) -> str:

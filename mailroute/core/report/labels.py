@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from mailroute.core.compose import one_line
-from mailroute.core.report.figures import BreachLine, OpenLine, Report, TargetFigures, TargetRow
+from mailroute.core.report.figures import (
+    BreachLine,
+    DayCount,
+    GroupRow,
+    OpenLine,
+    Report,
+    TargetFigures,
+    TargetRow,
+)
 
 TARGET_LABELS = {"first_response": "First response", "resolution": "Resolution"}
 TYPE_LABELS = {
@@ -23,6 +31,7 @@ STATUS_LABELS = {
     "closed": "Closed",
 }
 NONE_LABEL = "(none)"
+MAX_DAY_COLUMNS = 62  # two months; longer periods are shown per week
 OTHER_LABEL = "other"
 
 
@@ -96,3 +105,85 @@ def _open_cells(line: OpenLine) -> tuple[str, ...]:
         _hours(line.age),
         one_line(_label(line.organization), 40),
     )
+
+
+GROUP_HEADER = (
+    "created",
+    "critical",
+    "breaches",
+    "first response median",
+    "met",
+    "missed",
+    "resolution median",
+    "met",
+    "missed",
+)
+COMPARISON_HEADER = ("", "this period", "previous", "change")
+
+
+def _group_cells(row: GroupRow) -> tuple[str, ...]:
+    """One organization or tier: volume, breaches, then both targets' median, met, missed."""
+    return (
+        one_line(_label(row.name), 40),
+        str(row.created),
+        str(row.critical),
+        str(row.breaches),
+        _hours(row.first_response.times.median),
+        str(row.first_response.met),
+        str(row.first_response.missed),
+        _hours(row.resolution.times.median),
+        str(row.resolution.met),
+        str(row.resolution.missed),
+    )
+
+
+def _previous_line(report: Report) -> str:
+    previous = report.previous
+    return f"{previous.first_day:%Y-%m-%d} – {previous.last_day:%Y-%m-%d}"
+
+
+def _comparison_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """Headline figures of the period and the one before: value, previous, signed change."""
+    now, before = report.summary, report.previous
+    counts = (
+        ("Created", now.created, before.created),
+        ("SLA breaches", now.breaches, before.breaches),
+        ("Open at end", now.open_at_end, before.open_at_end),
+    )
+    hours = (
+        ("First response median", now.first_response_median, before.first_response_median),
+        ("Resolution median", now.resolution_median, before.resolution_median),
+    )
+    rows = [(label, str(a), str(b), f"{a - b:+d}") for label, a, b in counts]
+    rows += [(label, _hours(a), _hours(b), _hours_change(a, b)) for label, a, b in hours]
+    return rows
+
+
+def _hours_change(now: float | None, before: float | None) -> str:
+    return "–" if now is None or before is None else f"{now - before:+.1f} h"
+
+
+def _backlog_line(report: Report) -> str:
+    """``12 (5 overdue)``: requests awaiting a first response at the cut."""
+    return f"{report.awaiting_first_response} ({report.overdue_first_response} overdue)"
+
+
+def _weeks(days: Sequence[DayCount]) -> list[DayCount]:
+    """Daily counts summed per ISO week, labelled with its first day in the period; open at
+    the end of its last day."""
+    weeks: dict[tuple[int, int], DayCount] = {}
+    for day in days:
+        key = day.day.isocalendar()[:2]
+        known = weeks.get(key)
+        first = known.day if known else day.day
+        total = (known.count if known else 0) + day.count
+        still_open = day.open if day.open is not None or known is None else known.open
+        weeks[key] = DayCount(first, total, True, still_open)
+    return list(weeks.values())
+
+
+def _per_day_or_week(report: Report) -> tuple[str, list[DayCount]]:
+    """The daily series, or weekly for a long period, with its unit's name."""
+    if len(report.daily) > MAX_DAY_COLUMNS:
+        return "week", _weeks(report.daily)
+    return "day", list(report.daily)

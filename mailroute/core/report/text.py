@@ -5,19 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from mailroute.core.compose import one_line
-from mailroute.core.report.figures import Count, Report, TargetFigures
+from mailroute.core.report.figures import Count, GroupRow, Report, TargetFigures
 from mailroute.core.report.labels import (
+    COMPARISON_HEADER,
+    GROUP_HEADER,
     OTHER_LABEL,
     PRIORITY_LABELS,
     STATUS_LABELS,
     TARGET_LABELS,
     TYPE_LABELS,
+    _backlog_line,
     _breach_cells,
+    _comparison_rows,
+    _group_cells,
     _headline_share,
     _hours,
     _label,
     _open_cells,
+    _per_day_or_week,
     _period_line,
+    _previous_line,
     _target_cells,
 )
 
@@ -31,9 +38,13 @@ def render_text(report: Report) -> str:
         _text_counts("Created by queue", report.by_queue),
         _text_counts("Created, by status now", report.by_status, STATUS_LABELS),
         _text_organizations(report),
+        _text_comparison(report),
+        _text_groups("SLA by organization", "organization", report.organizations),
+        _text_groups("SLA by tier", "tier", report.tiers),
         *(_text_target(figures) for figures in report.targets),
         _text_breaches(report),
         _text_open(report),
+        _text_open_series(report),
         _text_notes(),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
@@ -45,7 +56,9 @@ def _text_headline(report: Report) -> str:
         lines.append(f"Period not over: figures as of {report.as_of:%Y-%m-%d %H:%M}")
     rows = [
         ("Created", str(report.created)),
+        ("Open at start of period", str(report.open_at_start)),
         ("Open at end of period", str(report.open_at_end)),
+        ("Awaiting first response", _backlog_line(report)),
     ]
     for figures in report.targets:
         times = figures.overall.times
@@ -58,6 +71,7 @@ def _text_headline(report: Report) -> str:
         )
         rows.append((f"{TARGET_LABELS[figures.kind]} SLA", _headline_share(figures)))
     rows.append(("SLA breaches", str(report.breach_count)))
+    rows.append(("Breaches in progress", f"{report.breaches_in_progress} (overdue, still open)"))
     return "\n".join([*lines, "", *_text_table(None, rows, right=())])
 
 
@@ -105,6 +119,32 @@ def _text_open(report: Report) -> str:
         rows = [_open_cells(line) for line in report.oldest_open]
         lines += ["Oldest:", *_text_table(header, rows, right=(4,), indent=2)]
     return "\n".join(lines)
+
+
+def _text_comparison(report: Report) -> str:
+    title = f"Against the previous period ({_previous_line(report)})"
+    rows = _comparison_rows(report)
+    return "\n".join([title, *_text_table(COMPARISON_HEADER, rows, right=(1, 2, 3), indent=2)])
+
+
+def _text_groups(title: str, name: str, rows: Sequence[GroupRow]) -> str:
+    """Times and targets met/missed per organization or tier, the most breaches first."""
+    if not rows:
+        return f"{title}: no requests"
+    cells = [_group_cells(row) for row in rows]
+    header = (name, *GROUP_HEADER)
+    return "\n".join([title, *_text_table(header, cells, right=range(1, 10), indent=2)])
+
+
+def _text_open_series(report: Report) -> str:
+    """Created and open at the end of each day (each week for a long period)."""
+    unit, series = _per_day_or_week(report)
+    rows = [
+        (f"{d.day:%Y-%m-%d}", str(d.count), "–" if d.open is None else str(d.open)) for d in series
+    ]
+    header = (unit, "created", f"open at end of {unit}")
+    title = f"Per {unit}: open at start {report.open_at_start}, at end {report.open_at_end}"
+    return "\n".join([title, *_text_table(header, rows, right=(1, 2), indent=2)])
 
 
 def _text_notes() -> str:
