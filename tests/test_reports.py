@@ -338,3 +338,51 @@ def test_period_for_days_includes_both_days() -> None:
     assert period_for_days(date(2026, 11, 16), date(2026, 11, 22), CALENDAR) == (START, END)
     with pytest.raises(ValueError):
         period_for_days(date(2026, 11, 22), date(2026, 11, 16), CALENDAR)
+
+
+def test_the_report_compares_with_the_previous_week_and_groups_by_tier(store: Store) -> None:
+    with store.transaction() as session:
+        # The week before: answered late, a gold customer's.
+        add_request(
+            session,
+            10,
+            at(10, 10),
+            tier="gold",
+            first_response_due=at(10, 12),
+            first_response_at=at(10, 15),
+            status="in_progress",
+        )
+        # The week before, answered in an hour and closed then: loaded for the comparison.
+        add_request(
+            session,
+            13,
+            at(12, 10),
+            first_response_due=at(12, 12),
+            first_response_at=at(12, 11),
+            resolved_at=at(12, 12),
+            closed_at=at(12, 12),
+            status="closed",
+        )
+        # The week before and never answered: still awaiting, a breach in progress now.
+        add_request(session, 11, at(11, 10), first_response_due=at(11, 12))
+        add_request(
+            session,
+            12,
+            at(17, 10),
+            tier="gold",
+            first_response_due=at(17, 14),
+            first_response_at=at(17, 11),
+            status="in_progress",
+        )
+    result = build_report(store, CALENDAR, START, END, NOW)
+    assert (result.previous.first_day, result.previous.last_day) == (
+        date(2026, 11, 9),
+        date(2026, 11, 15),
+    )
+    assert (result.previous.created, result.previous.breaches) == (3, 2)
+    assert result.previous.first_response_median == pytest.approx(3.0)  # 5 h and 1 h
+    assert result.open_at_start == 2
+    assert (result.awaiting_first_response, result.overdue_first_response) == (1, 1)
+    assert result.breach_count == 0  # decided the week before
+    tiers = {row.name: row for row in result.tiers}
+    assert (tiers["gold"].created, tiers["gold"].first_response.met) == (1, 1)

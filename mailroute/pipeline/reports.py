@@ -56,6 +56,7 @@ FACT_COLUMNS = (
     Request.priority,
     Request.organization,
     Request.queue,
+    Request.tier,
     Request.status,
     _arrival().label("arrived_at"),
     Request.first_response_at,
@@ -163,6 +164,7 @@ def _facts(
         resolution_due=row["resolution_due"],
         breaches=tuple(breaches),
         status_changes=tuple(changes),
+        tier=row["tier"],
     )
 
 
@@ -179,8 +181,12 @@ def build_report(
     targets: Mapping[str, sla.Targets] | None = None,
     top_organizations: int = 10,
 ) -> Report:
-    """The report of ``[start, end)``; a period not over at ``now`` is reported so far."""
-    facts = load_facts(store, start, end, now)
+    """The report of ``[start, end)``; a period not over at ``now`` is reported so far.
+
+    The facts are loaded from the start of the previous period of the same length, which
+    the report compares this one with.
+    """
+    facts = load_facts(store, start - (end - start), end, now)
     return make_report(
         facts,
         start,
@@ -288,9 +294,14 @@ def _queue(session: Session, draft: Draft, now: datetime) -> bool:
     if session.scalar(select(OutboxItem.id).where(OutboxItem.message_id == draft.message_id)):
         return False
     item = repo.pending_reply(
-        kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
-        subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
-        not_before=now, now=now,
+        kind=draft.kind,
+        sender=draft.sender,
+        recipient=draft.recipient,
+        subject=draft.subject,
+        message_id=draft.message_id,
+        raw=draft.raw,
+        not_before=now,
+        now=now,
     )
     try:
         with session.begin_nested():
