@@ -39,9 +39,11 @@ def test_status_exit_code_follows_health(
     assert "never been polled" in capsys.readouterr().out
     assert main([*setup, "run", "--once"]) == 0  # SMTP is down: the reply waits
     capsys.readouterr()
-    assert main([*setup, "status", "--json"]) == 0
+    assert main([*setup, "status", "--json"]) == 1  # ...and status says so, naming SMTP
     status = json.loads(capsys.readouterr().out)
-    assert status["healthy"] is True
+    assert status["healthy"] is False
+    assert any("SMTP 127.0.0.1:9 is failing" in p and "refused" in p and "Errno" not in p
+               for p in status["problems"]), status["problems"]
     assert status["quarantined"] == 1
     assert status["outbox"] == {"pending": 1}
     assert status["backlog"] == 2 and status["last_poll_at"]

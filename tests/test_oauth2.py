@@ -470,7 +470,7 @@ def test_refused_imap_login_fails_run_once_and_shows_in_status_and_metrics(
             daemon.communicate()
     assert errors >= 2  # retried with backoff
     assert command.runs >= 3  # every refusal made the next attempt fetch a new token
-    lost = [line for line in stderr.splitlines() if 'event="connection lost"' in line]
+    lost = [line for line in stderr.splitlines() if 'event="cannot connect"' in line]
     assert len(lost) == 1, stderr  # logged when it starts, not on every retry
     assert refused in lost[0]
     assert BAD not in stderr

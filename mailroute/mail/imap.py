@@ -34,6 +34,7 @@ from mailroute.config import MailboxConfig
 from mailroute.core.identity import imap_mailbox_name
 from mailroute.errors import MailboxUnavailable
 from mailroute.mail import oauth2
+from mailroute.mail.causes import in_words
 from mailroute.mail.mailbox import FetchedLetter, UnservedLetter
 from mailroute.mail.tls import tls_context
 
@@ -138,7 +139,7 @@ class ImapSource:
             # backoff) runs the command again instead of offering the same token.
             self._tokens.invalidate(token)
             raise MailboxUnavailable(
-                f"IMAP XOAUTH2 login refused for {cfg.username}: {exc or type(exc).__name__}"
+                f"IMAP XOAUTH2 login refused for {cfg.username}: {in_words(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -466,4 +467,4 @@ def _mapped(action: str) -> Iterator[None]:
     except MailboxUnavailable:
         raise
     except _ERRORS as exc:
-        raise MailboxUnavailable(f"IMAP {action} failed: {exc or type(exc).__name__}") from exc
+        raise MailboxUnavailable(f"IMAP {action} failed: {in_words(exc)}") from exc

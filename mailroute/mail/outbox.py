@@ -52,6 +52,7 @@ from mailroute.core.addresses import counted_as
 from mailroute.core.reply_policy import enhanced_status, rejection_names_recipient
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
 from mailroute.mail import oauth2
+from mailroute.mail.causes import in_words
 from mailroute.mail.tls import tls_context
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
@@ -490,7 +491,8 @@ async def _connect(smtp: SmtpConfig) -> aiosmtplib.SMTP:
     except (aiosmtplib.SMTPException, OSError) as exc:
         await _abandon(client)
         raise SmtpTemporaryFailure(
-            f"cannot connect to SMTP {where}: {exc} (check [smtp] host, port and security)"
+            f"cannot connect to SMTP {where}: {in_words(exc)}"
+            " (check [smtp] host, port and security)"
         ) from exc
     return client
 

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailroute import config as config_module
 from mailroute import logs
 from mailroute.config import Config
-from mailroute.errors import ConfigError, MailrouteError, TransientError
+from mailroute.errors import ConfigError, MailboxUnavailable, MailrouteError, TransientError
 from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
 from mailroute.mail.sources import open_source
@@ -148,6 +148,7 @@ class Daemon:
         self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._failing: dict[str, str] = {}
+        self._intake_worked = False  # "connection lost" only after it once worked
         self._notifier = Notifier()
         self.metrics = Metrics(self.store)
         self._ready = threading.Event()
@@ -412,7 +413,8 @@ class Daemon:
                 self._drain_and_wait()
             return
         except TransientError as exc:
-            self._failed("intake", str(exc))
+            never = isinstance(exc, MailboxUnavailable) and not self._intake_worked
+            self._failed("intake", str(exc), event="cannot connect" if never else None)
         except MailrouteError as exc:
             log.error("intake stopped", error=str(exc))
             self.stop.set()
@@ -432,6 +434,7 @@ class Daemon:
         take minutes, and a second outage within it is a new one.
         """
         self._backoff = 1.0
+        self._intake_worked = True
         self._recovered("intake")
 
     def _drain_and_wait(self) -> None:
@@ -468,7 +471,9 @@ class Daemon:
 
     # ------------------------------------------------------ errors, logged once
 
-    def _failed(self, part: str, error: str, with_traceback: bool = False) -> None:
+    def _failed(
+        self, part: str, error: str, with_traceback: bool = False, event: str | None = None
+    ) -> None:
         """Log a failure when it starts, not on every retry; keep it for `mailroute status`.
 
         The text changes while the outage lasts (a dropped connection, then refused
@@ -479,11 +484,15 @@ class Daemon:
         previous = self._failing.get(part)
         if previous is None:
             (log.exception if with_traceback else log.error)(
-                "connection lost" if part == "intake" else f"{part} failing", part=part, error=error
+                event or self._failure_event(part), part=part, error=error
             )
         if previous != error:
             self._remember_error(part, error)
         self._failing[part] = error
+
+    @staticmethod
+    def _failure_event(part: str) -> str:
+        return "connection lost" if part == "intake" else f"{part} failing"
 
     def _remember_error(self, part: str, error: str) -> None:
         name = (self._source or self.source_factory(self.config.mailbox)).name

@@ -87,6 +87,8 @@ class ParsedLetter:
     attachments: tuple[Attachment, ...]
     forwarded: tuple[ParsedLetter, ...]
     defects: tuple[str, ...]
+    # Which header gave ``sender``: "from", or "sender" / "reply-to" when no From parsed.
+    sender_header: str = "from"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ calls back here for each forwarded letter).
 
 from __future__ import annotations
 
+import re
+
 from mailroute.core.letter.addresses import parse_address_list
 from mailroute.core.letter.body import Context, fallback_body, mark_referenced, render, walk
 from mailroute.core.letter.headers import (
@@ -22,7 +24,7 @@ from mailroute.core.letter.headers import (
     unfold,
 )
 from mailroute.core.letter.mime import Budget, Node, parse_entity
-from mailroute.core.letter.model import HeaderMap, ParsedLetter, ParseLimits
+from mailroute.core.letter.model import Address, HeaderMap, ParsedLetter, ParseLimits
 from mailroute.errors import LetterUnreadable
 
 
@@ -49,7 +51,7 @@ def _letter(node: Node, budget: Budget) -> ParsedLetter:
     headers = _header_map(node, defects)
     pieces = walk(node, ctx) or fallback_body(ctx)
     text, from_html = render(pieces, ctx)
-    sender_list = parse_address_list(raw["from"], defects, "From") if "from" in raw else ()
+    sender, sender_header = _sender(node, defects)
     subject = headers.get("subject")  # decoded, unfolded, collapsed like every header
     attachments = tuple(mark_referenced(a, ctx.cids) for a in ctx.attachments)
     return ParsedLetter(
@@ -57,7 +59,7 @@ def _letter(node: Node, budget: Budget) -> ParsedLetter:
         in_reply_to=parse_id_list(raw.get("in-reply-to", ""), defects, "In-Reply-To"),
         references=parse_id_list(raw.get("references", ""), defects, "References"),
         subject=subject,
-        sender=sender_list[0] if sender_list else None,
+        sender=sender,
         reply_to=parse_address_list(raw.get("reply-to", ""), defects, "Reply-To"),
         to=parse_address_list(raw.get("to", ""), defects, "To"),
         cc=parse_address_list(raw.get("cc", ""), defects, "Cc"),
@@ -70,7 +72,34 @@ def _letter(node: Node, budget: Budget) -> ParsedLetter:
         attachments=attachments,
         forwarded=tuple(ctx.forwarded),
         defects=tuple(dict.fromkeys(scrub(d) for d in defects)),
+        sender_header=sender_header,
     )
+
+
+# Where the requester may be named, in order: a reply must reach a person even when a
+# client wrote a broken From, two of them, or none.
+_SENDER_HEADERS = ("from", "sender", "reply-to")
+
+
+def _sender(node: Node, defects: list[str]) -> tuple[Address | None, str]:
+    """The first address that parses: each From in turn, then Sender, then Reply-To.
+
+    Returns the address (or the unparsed From as before, so its display name is kept)
+    and the name of the header it came from.
+    """
+    unparsed: Address | None = None
+    for name in _SENDER_HEADERS:
+        values = [v for k, v in node.headers if raw_to_text(k, [], "").strip().lower() == name]
+        for value in values:
+            for address in parse_address_list(raw_to_text(value, [], ""), defects, name):
+                if address.email:
+                    if name != "from":
+                        defects.append(f"no From parsed: the sender is taken from {name}")
+                    elif unparsed is not None:
+                        defects.append("a From did not parse: the sender is taken from the next")
+                    return address, name
+                unparsed = unparsed or address
+    return unparsed, "from"
 
 
 def _return_path(raw: str | None) -> str | None:
@@ -81,6 +110,22 @@ def _return_path(raw: str | None) -> str | None:
     match = MSGID.search(value)
     inner = match.group(1) if match else value
     return "".join(inner.split()).lower()
+
+
+# A header line: a field name and a colon. Junk before the first one (a stray mbox
+# separator, a client's banner, a blank line) is skipped if this many lines or fewer.
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]", re.MULTILINE)
+MAX_JUNK_LINES = 5
+
+
+def _after_junk(raw: bytes) -> int:
+    """Where the first header line starts after a few junk lines, or 0 for none."""
+    found = _HEADER_LINE.search(raw, 0, 4096)
+    if found is None or found.start() == 0:
+        return 0
+    if raw.count(b"\n", 0, found.start()) > MAX_JUNK_LINES:
+        return 0
+    return found.start()
 
 
 def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedLetter:
@@ -95,6 +140,10 @@ def parse(raw: bytes, limits: ParseLimits = ParseLimits()) -> ParsedLetter:
     try:
         budget = Budget(limits)
         node = parse_entity(raw, "", 0, budget)
+        skip = 0 if node.headers else _after_junk(raw)
+        if skip:
+            node = parse_entity(raw, "", 0, Budget(limits), start=skip)
+            node.defects.append(f"skipped {skip} bytes of junk before the first header")
         if not node.headers:
             raise LetterUnreadable("parse", "no header fields found")
         return _letter(node, budget)
