@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support.corpus import DEV_CORPUS, OWN_LETTERS, dev_corpus
+from support.corpus import BLIND_LETTERS, DEV_CORPUS, OWN_LETTERS, dev_corpus
 
 from mailroute import config
 from mailroute.core.letter import parse
@@ -24,7 +24,11 @@ FIELDS = ("action", "ignore_reason", "request_type", "priority", "organization",
           "registration_number", "missing", "reply", "language")
 OWN = OWN_LETTERS
 DEV = DEV_CORPUS
-MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95}
+BLIND = BLIND_LETTERS
+MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95, BLIND: 0.88}
+# Letters with every field right: the share a customer meets (a wrong field is a wrong SLA,
+# queue or a needless clarification).
+MIN_LETTERS_RIGHT = {OWN: 0.0, DEV: 0.0, BLIND: 0.70}
 
 
 def _org(value: object) -> object:
@@ -68,7 +72,9 @@ def _table(name: str, right: dict[str, int], total: int, wrong: list[str]) -> st
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("corpus", [OWN, DEV], ids=["tests/letters", "shared dev corpus"])
+@pytest.mark.parametrize(
+    "corpus", [OWN, DEV, BLIND], ids=["tests/letters", "shared dev corpus", "blind letters"]
+)
 def test_field_accuracy(corpus: Path) -> None:
     if corpus == DEV:
         dev_corpus()  # fails, rather than skips, when the corpus is required
@@ -76,6 +82,8 @@ def test_field_accuracy(corpus: Path) -> None:
     print(_table(str(corpus), right, total, wrong))
     low = {f: right[f] / total for f in FIELDS if right[f] / total < MIN_FIELD_ACCURACY[corpus]}
     assert low == {}, "\n".join(wrong)
+    wrong_letters = {item.split()[0] for item in wrong}
+    assert (total - len(wrong_letters)) / total >= MIN_LETTERS_RIGHT[corpus], "\n".join(wrong)
 
 
 def test_own_letters_cover_the_contract() -> None:
