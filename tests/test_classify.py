@@ -233,3 +233,67 @@ def test_reasons_name_the_deciding_rules() -> None:
     assert "subject" in by_rule["marker:incident"].detail
     assert by_rule["priority:urgent"].sets == "priority=critical"
     assert "missing:organization" in by_rule and "route:default" in by_rule
+
+
+# --------------------------------------------------------------------------- written blind
+
+
+@pytest.mark.parametrize(
+    ("subject", "own", "expected"),
+    [
+        # a feature that does not exist, phrased as "не работает" / "не принимает"
+        ("этикетки при приемке", "нужно чтобы при приёмке печаталась наша этикетка. Такой "
+         "этикетки в программе нет. Сделайте нам пожалуйста, без неё не принимает сеть.",
+         ("change_request", "low")),
+        # urgency words in a change request stay low
+        ("URGENT: change request for Kazakhstan VAT", "From 2025 we need an additional VAT "
+         "rate for our branch. This is urgent. Please prepare the modification for our "
+         "configuration and tell us the cost.", ("change_request", "low")),
+        ("Depreciation method", "Please modify the fixed asset module for us so that "
+         "depreciation is calculated from engine hours, and send an estimate.",
+         ("change_request", "low")),
+        # an improvement phrased as a complaint
+        ("the search is painful", "honestly the item search is painful. Not broken, it just "
+         "could be so much better for everyone - maybe rank by stock?", ("improvement", "low")),
+        ("Why five clicks to print?", "Genuine question: why does printing take five clicks? "
+         "A one-click print would make life easier for every customer. Take it as friendly "
+         "feedback.", ("improvement", "low")),
+        # "Вопрос" over a body describing wrong results
+        ("Вопрос по книге покупок", "Часть счетов-фактур попадает в книгу дважды. В 3 "
+         "квартале такого не было, настройки мы не меняли. Подскажите, в чём дело?",
+         ("incident", "normal")),
+        # contract termination in English
+        ("Ending our support subscription", "Please take this email as our notice to "
+         "terminate the support contract at the end of the current term.",
+         ("service_request", "normal")),
+        ("Invoice received twice", "We received invoice INV-3318 for support twice. Is it the "
+         "same invoice or do we owe two payments?", ("service_request", "normal")),
+        ("Read-only access for a new accountant", "How do I set her up so she can see all "
+         "ledgers but cannot post anything?", ("service_request", "normal")),
+    ],
+)
+def test_letters_as_other_people_write_them(
+    subject: str, own: str, expected: tuple[str, str]
+) -> None:
+    assert kind(subject, own) == expected
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "Сегодня выплата заработной платы, а НДФЛ считается без вычетов. Ведомости отправить "
+        "не можем.",
+        "Сегодня последний день сдачи 6-НДФЛ, а отчёт выдаёт ошибку при проверке.",
+        "Отчёт выдаёт ошибку. Без проверки отчёт не отправляется. Горит!",
+        "The payroll calculation crashes every time. Salaries must be paid today.",
+        "The database will not open - all 14 stores get an error.",
+    ],
+)
+def test_a_deadline_today_or_gorit_inside_an_incident_is_critical(own: str) -> None:
+    assert kind("", own) == ("incident", "critical")
+
+
+def test_a_deadline_a_week_away_stays_normal() -> None:
+    own = ("В расчётных листках у всех сотрудников аванс удержан два раза. До выплаты "
+           "зарплаты ещё неделя, но хотим разобраться заранее.")
+    assert kind("Вопрос по расчётному листку", own) == ("incident", "normal")

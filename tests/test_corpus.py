@@ -25,10 +25,10 @@ FIELDS = ("action", "ignore_reason", "request_type", "priority", "organization",
 OWN = OWN_LETTERS
 DEV = DEV_CORPUS
 BLIND = BLIND_LETTERS
-MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95, BLIND: 0.88}
+MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95, BLIND: 0.99}
 # Letters with every field right: the share a customer meets (a wrong field is a wrong SLA,
 # queue or a needless clarification).
-MIN_LETTERS_RIGHT = {OWN: 0.0, DEV: 0.0, BLIND: 0.70}
+MIN_LETTERS_RIGHT = {OWN: 0.0, DEV: 0.0, BLIND: 0.97}
 
 
 def _org(value: object) -> object:
@@ -45,9 +45,17 @@ def _same(field: str, expected: object, got: object) -> bool:
     return expected == got
 
 
+# The desk the blind letters were written to: its own notices are loops, not requests.
+BLIND_DESK = config.Config.model_validate({"mailbox": {"address": "servicedesk@vendor.example"}})
+
+
+def _config(corpus: Path) -> config.Config:
+    return BLIND_DESK if corpus.name.startswith("letters-") else config.Config()
+
+
 def score(corpus: Path) -> tuple[dict[str, int], int, list[str]]:
     """Right answers per field, the number of letters, and the wrong items."""
-    context = analysis_context(config.Config())
+    context = analysis_context(_config(corpus))
     lines = (corpus / "labels.jsonl").read_text("utf-8").splitlines()
     labels = [json.loads(line) for line in lines if line.strip()]
     right = dict.fromkeys(FIELDS, 0)

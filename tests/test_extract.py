@@ -198,3 +198,85 @@ def test_other_numbers_are_never_the_registration_number(text: str) -> None:
 def test_own_text_first_then_signature_then_subject() -> None:
     assert reg(own="рег. номер 800 111 111", signature="рег. номер 800 222 222") == "800111111"
     assert reg(subject="Ошибка, рег. номер 800 333 333") == "800333333"
+
+
+# --------------------------------------------------------------------------- written blind
+
+
+@pytest.mark.parametrize(
+    ("signature", "name"),
+    [
+        ('ФГУП «НПО «Техномаш»»', "ФГУП «НПО «Техномаш»»"),
+        ('ФГУП "НПО "Техномаш""', 'ФГУП "НПО "Техномаш""'),
+        ("Nordlicht Logistik GmbH & Co. KG", "Nordlicht Logistik GmbH & Co. KG"),
+        ("Nordvik Bygg AB", "Nordvik Bygg AB"),
+        ("Southern Cross Mining Pty Ltd", "Southern Cross Mining Pty Ltd"),
+        ("Suomen Puu Oy", "Suomen Puu Oy"),
+        ("Lumière Distribution S.A.", "Lumière Distribution S.A."),
+        ("Porto Atlântico Lda", "Porto Atlântico Lda"),
+    ],
+)
+def test_nested_quotes_and_foreign_legal_forms(signature: str, name: str) -> None:
+    assert org(signature=f"Иван Петров\n{signature}\nрег. номер 800123456") == name
+
+
+def test_gmbh_and_co_kg_after_a_label() -> None:
+    signature = "Company: Nordlicht Logistik GmbH & Co. KG\nRegistration number: 800-229-417"
+    assert org(signature=signature) == "Nordlicht Logistik GmbH & Co. KG"
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("Operations Manager, Pinecrest Trading LLC", "Pinecrest Trading LLC"),
+        ("Head of IT, Dunmore Engineering Ltd", "Dunmore Engineering Ltd"),
+        ("Finance Lead, Ganges Textiles UK Ltd", "Ganges Textiles UK Ltd"),
+        ("Treasury, Fjord Seafood AS", "Fjord Seafood AS"),
+    ],
+)
+def test_a_job_title_glued_to_the_name_is_dropped(line: str, name: str) -> None:
+    assert org(signature=f"Tom Alvarez\n{line}\nregistration number 800-604-118") == name
+
+
+def test_an_outsourcer_writing_for_a_named_client_gives_the_client() -> None:
+    own = (
+        "Я бухгалтер на аутсорсе, компания ООО «Бухэксперт», веду учёт нашего клиента — "
+        "ИП Гаврилова Елена Сергеевна. Лицензия оформлена на неё."
+    )
+    assert org(own=own, signature="Анна\nООО «Бухэксперт»") == "ИП Гаврилова Елена Сергеевна"
+    partner = (
+        "Мы — ваш партнёр ООО «Интегра Софт», сопровождаем клиента АО «Кировский молочный "
+        "комбинат» (рег. номер их лицензии 800-297-663)."
+    )
+    assert org(own=partner) == "АО «Кировский молочный комбинат»"
+
+
+def test_a_client_mentioned_by_its_own_customer_stays_in_passing() -> None:
+    """Without an outsourcer or partner saying so, "наш клиент" is the sender's customer."""
+    own = "Наш клиент ООО «Альфа» вернул товар. Как оформить возврат?"
+    assert org(own=own, signature="Иванова\nООО «Ромашка»") == "ООО «Ромашка»"
+
+
+def test_the_vendors_support_team_is_not_the_customer() -> None:
+    own = "Добрый день! Вчера служба поддержки ООО «СофтВендор» обещала перезвонить."
+    assert org(own=own, signature="Иванова\nАО «Заря»") == "АО «Заря»"
+    assert org(own=own) is None
+
+
+def test_a_group_of_companies_gives_way_to_the_legal_entity() -> None:
+    signature = "Иванов И.И.\nГК «Протон»\nООО «Протон-Сервис»\nрег. номер 800123456"
+    assert org(signature=signature) == "ООО «Протон-Сервис»"
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("Registration number: 800 - 555 - 1234", "8005551234"),
+        ("рег. №: 800 – 141 – 552", "800141552"),
+        ("Рег. № лиц. соглашения: 800 911 406", "800911406"),
+        ("рег. номер её лицензии 800 612 078", "800612078"),
+        ("рег. номер их лицензии 800-297-663", "800297663"),
+    ],
+)
+def test_registration_numbers_as_people_write_them(text: str, number: str) -> None:
+    assert reg(signature=text) == number

@@ -143,9 +143,19 @@ class Rule:
         return [span for u in self.unless for span in u.spans(words)]
 
     def _counts(self, words: Index, span: tuple[int, int], blocked: list[tuple[int, int]]) -> bool:
-        if self.spec.negatable and negated(words.words, span):
+        if self.spec.negatable and _negated_in_sentence(words, span):
             return False
         return not any(b0 <= span[0] < b1 or span[0] <= b0 < span[1] for b0, b1 in blocked)
+
+
+def _negated_in_sentence(words: Index, span: tuple[int, int]) -> bool:
+    """A negation counts only in the match's own sentence: "не отправляется. Горит!" is
+    urgent (the index keeps no punctuation, so sentence ends are read from the gaps)."""
+    first = span[0]
+    while first > max(0, span[0] - 2) and not words.sentence_break_before(first):
+        first -= 1
+    shift = first
+    return negated(words.words[shift:], (span[0] - shift, span[1] - shift))
 
 
 def _token_span(words: Index, start: int, end: int) -> tuple[int, int]:

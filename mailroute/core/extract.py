@@ -64,7 +64,8 @@ _REG_FILLER = re.compile(
     r"^(?:\s|[:.#№\-–—=]|\(|\)|"
     r"(?:лицензи\w*|лицензионн\w*|договор\w*|соглашени\w*|программ\w*|продукт\w*|клиент\w*|"
     r"организаци\w*|компани\w*|наш\w*|у\s+нас|был|есть|это|такой|следующий|"
-    r"of|our|the|is|licen[cs]e|agreement|customer|client|company|product)(?![\w]))*",
+    r"е[её]|его|их|лиц\.|of|our|the|is|licen[cs]e|agreement|customer|client|company|product|"
+    r"her|his|their|its)(?![\w]))*",
     re.IGNORECASE,
 )
 _REG_REFUSED = re.compile(
@@ -73,7 +74,8 @@ _REG_REFUSED = re.compile(
     re.IGNORECASE,
 )
 _REG_STATE = re.compile(r"(?:государственн\w*|гос\.?|основн\w*|state)\s*$", re.IGNORECASE)
-_NUMBER = re.compile(r"\d(?:\d|[ \-‐‑–](?=\d))*\d")
+# Digits in groups: "800-229-417", "800 612 078", "800 - 555 - 1234", "800 – 141 – 552".
+_NUMBER = re.compile(r"\d(?:\d|(?:[ ]?[\-‐‑–—][ ]?|[ ])(?=\d))*\d")
 MIN_REG_DIGITS = 5
 MAX_REG_DIGITS = 15
 
@@ -137,7 +139,8 @@ _RU_FULL_FORMS = (
 _LATIN_PREFIX_FORMS = "LLC|JSC|OOO|ZAO|OAO|PAO|CJSC|OJSC|PJSC|LLP|AO|IE"
 _EN_SUFFIX = (
     r"(?:Co\.,?\s+)?(?:Ltd\.?|LTD\.?|Limited|LIMITED|LLC|L\.L\.C\.|Inc\.|Inc|INC\.?|"
-    r"Incorporated|Corp\.|Corp|Corporation|GmbH|JSC|LLP|PLC|plc|AG|S\.A\.|B\.V\.|N\.V\.|"
+    r"Incorporated|Corp\.|Corp|Corporation|GmbH\s*&\s*Co\.?\s*KG|GmbH|JSC|LLP|PLC|plc|AG|"
+    r"S\.A\.|B\.V\.|N\.V\.|"
     r"Pty\.?\s+Ltd\.?|S\.r\.l\.|SRL|SAS|OÜ|UAB|SIA|LP)"
 )
 _OPEN = "«\"“„'‘"
@@ -151,11 +154,13 @@ _EN_SUFFIXED = re.compile(
     rf"(?<![\w-])(?P<name>{_CAP_WORD}(?:(?:[ \t]+|,[ \t]*|[ \t]*&[ \t]*)"
     rf"(?:{_CAP_WORD}|and|of|the|for|&)){{0,5}}),?[ \t]+(?P<suffix>{_EN_SUFFIX})(?![\w])"
 )
-# Short foreign suffixes ("AS", "AB", "SA") are words too: only a line of its own counts.
+# Short foreign suffixes ("AS", "AB", "SA") are words too: only a line of its own counts,
+# perhaps after a job title ("Treasury, Fjord Seafood AS").
 _LINE_SUFFIXED = re.compile(
-    rf"^[ \t]*(?P<name>{_CAP_WORD}(?:[ \t]+(?:{_CAP_WORD}|and|of|&)){{0,5}}),?[ \t]+"
-    r"(?P<suffix>AS|ASA|AB|Oy|OY|Oyj|SA|S\.p\.A\.|SpA|NV|BV|KG|ApS|A/S|SARL|Kft|Sp\. z o\.o\.|"
-    r"s\.r\.o\.|d\.o\.o\.|Pte\.? Ltd\.?|e\.V\.)[ \t]*$",
+    rf"^[ \t]*(?:[^\n,]{{1,40}},[ \t]*)?"
+    rf"(?P<name>{_CAP_WORD}(?:[ \t]+(?:{_CAP_WORD}|and|of|&)){{0,5}}),?[ \t]+"
+    r"(?P<suffix>AS|ASA|AB|Oy|OY|Oyj|SA|Lda\.?|Ltda\.?|S\.p\.A\.|SpA|NV|BV|KG|ApS|A/S|SARL|Kft|"
+    r"Sp\. z o\.o\.|s\.r\.o\.|d\.o\.o\.|Pte\.? Ltd\.?|e\.V\.)[ \t]*$",
     re.MULTILINE,
 )
 _PERSON_TAIL = re.compile(
@@ -180,6 +185,12 @@ _LABEL = re.compile(
     r"company name)\s*[:\-–—]?\s*$",
     re.IGNORECASE,
 )
+# "наш клиент ООО «Альфа»" names the sender's customer, not a "Клиент:" label.
+_POSSESSIVE_LABEL = re.compile(
+    r"(?:наш\w*|мо[йеи]\w*|ваш\w*|our|my|your)\s+(?:клиент|заказчик|customer|client)\w*"
+    r"\s*[:\-–—]?\s*$",
+    re.IGNORECASE,
+)
 _OWN_CUE = re.compile(
     r"(?:\bмы\s*[,—–-]?|\bот имени|\bнаш\w* (?:организаци\w*|компани\w*|предприяти\w*|фирм\w*)"
     r"(?:\s*[,—–-])?|\bна нашу организацию|\bя из|\bработаю в|\bсотрудник\w*|\bпредставля\w*|"
@@ -193,9 +204,26 @@ _PASSING_CUE = re.compile(
     r"(?:\b(?:поставщик|контрагент|покупател|клиент|партн[её]р|банк|аудитор|перевозчик|подрядчик|"
     r"арендатор|арендодател|дочерн|материнск|друг(?:ой|ого|ому|их|им|ая|ую)|франчайзи|"
     r"supplier|vendor|customer|client|partner|bank|auditor|contractor|"
-    r"counterpart|carrier|other|subsidiar|parent)\w*[^.!?\n]{0,40}"
+    r"counterpart|carrier|other|subsidiar|parent|служб\w* поддержки|техподдержк|"
+    r"support team|service ?desk|help ?desk)\w*[^.!?\n]{0,40}"
     r"|\b(?:ваш\w*|вам|your)\W{0,3}(?:\w+\W{1,3})?"
     r"|\b(?:от|с|со|у|к|через|из|перед|между|from|with|by|via|between|than)\s*)$",
+    re.IGNORECASE,
+)
+# A client named by whoever keeps its books or supports it ("веду учёт нашего клиента —
+# ИП Гаврилова", "сопровождаем клиента АО «…»", "on behalf of our client …") ...
+_CLIENT_CUE = re.compile(
+    r"(?:(?:наш\w*|мо\w*|сво\w*)\s+клиент\w*|сопровожда\w*\s+клиент\w*|"
+    r"(?:our|my)\s+client(?:'s)?|client of ours)\s*(?:[,:—–-]\s*)?$",
+    re.IGNORECASE,
+)
+# ... counts as the customer when the letter says the writer works for others: an
+# outsourcer or a partner, or whose licence it is.
+_WRITES_FOR_CLIENT = re.compile(
+    r"аутсорс|outsourc|партн[её]р|partner|лицензи\w* (?:оформлен\w*|зарегистрирован\w*) на|"
+    r"(?:е[её]|его|их) лицензи|бухгалтерск\w* обслуживани|вед(?:у|ём|ем) (?:уч[её]т|бухгалтери)|"
+    r"сопровожда\w* клиент|licen[cs]e (?:is )?(?:in their name|registered to|belongs to)|"
+    r"their licen[cs]e|keep (?:the )?books for",
     re.IGNORECASE,
 )
 _BANK = re.compile(r"банк|bank|сбер|втб|vtb|\bальфа|тинькофф|т-банк", re.IGNORECASE)
@@ -205,6 +233,7 @@ _TRAILING_CONTACT = re.compile(
     re.IGNORECASE,
 )
 
+SCORE_CLIENT = 11
 SCORE_LABEL = 10
 SCORE_SIGNATURE_LINE = 8
 SCORE_OWN_LINE = 7
@@ -227,7 +256,8 @@ class Candidate:
 
 
 def _quoted_end(text: str, start: int) -> int | None:
-    """End (exclusive) of a quoted name starting at ``text[start]``; «» may nest."""
+    """End (exclusive) of a quoted name starting at ``text[start]``; «» may nest, and so
+    may straight quotes: ФГУП "НПО "Техномаш"" (a quote after a space opens)."""
     opener = text[start]
     closers = _CLOSE[opener]
     depth = 0
@@ -235,13 +265,20 @@ def _quoted_end(text: str, start: int) -> int | None:
         ch = text[i]
         if ch == "\n":
             return None
-        if opener == "«" and ch == "«":
+        if (opener == "«" and ch == "«") or (ch == opener == '"' and _opens_straight(text, i)):
             depth += 1
         elif ch in closers and i > start:
             depth -= 1
             if depth <= 0:
                 return i + 1
     return None
+
+
+def _opens_straight(text: str, i: int) -> bool:
+    """A straight quote opens when it follows a space or the start and precedes a letter."""
+    before = text[i - 1] if i > 0 else " "
+    after = text[i + 1] if i + 1 < len(text) else " "
+    return (before.isspace() or before in "(«") and after.isalnum()
 
 
 def _name_after_form(text: str, form: re.Match[str]) -> int | None:
@@ -286,7 +323,7 @@ def _raw_spans(text: str) -> Iterable[tuple[int, int]]:
         for match in pattern.finditer(text):
             start = _trim_sentence_words(text, match.start("name"), match.end("name"))
             if start is not None:
-                yield start, match.end("suffix")
+                yield _trim_job_title(text, start, match.end("name")), match.end("suffix")
 
 
 def _raw_candidates(text: str) -> list[tuple[int, int]]:
@@ -307,6 +344,26 @@ def _trim_sentence_words(text: str, start: int, end: int) -> int | None:
         if fold(word.group(0).strip(",&")) not in _SENTENCE_WORDS:
             return start + word.start()
     return None
+
+
+_JOB_TITLE_WORDS = frozenset(
+    tokens(
+        "manager accountant lead director head officer controller assistant specialist "
+        "administrator analyst engineer consultant coordinator supervisor clerk bookkeeper "
+        "cfo ceo cto coo treasury treasurer finance financial president owner founder chief "
+        "payable receivable operations it hr payroll accounting accounts sales purchasing "
+        "procurement logistics comptable"
+    )
+)
+
+
+def _trim_job_title(text: str, start: int, end: int) -> int:
+    """Drop a job title glued before the name ("Operations Manager, Pinecrest Trading")."""
+    comma = text.rfind(",", start, end)
+    if comma < 0 or not _JOB_TITLE_WORDS.intersection(tokens(text[start:comma])):
+        return start
+    rest = re.match(r",[ \t]*", text[comma:end])
+    return comma + (rest.end() if rest else 1)
 
 
 def _drop_sentence_period(text: str, end: int) -> int:
@@ -348,10 +405,14 @@ def _sentence_before(text: str, start: int) -> str:
     return before[cut + 1 :] if cut >= 0 else before
 
 
-def _score(text: str, source: str, start: int, end: int) -> tuple[int, str]:
+def _score(
+    text: str, source: str, start: int, end: int, for_client: bool = False
+) -> tuple[int, str]:
     line_start, before = _line_before(text, start)
     sentence = _sentence_before(text, start)
-    if _LABEL.search(before):
+    if for_client and _CLIENT_CUE.search(sentence):
+        return SCORE_CLIENT, "the client the letter is written for"
+    if _LABEL.search(before) and not _POSSESSIVE_LABEL.search(before):
         return SCORE_LABEL, "after a label"
     if _OWN_CUE.search(sentence):
         return SCORE_LABEL, "introduced as the sender's own"
@@ -371,11 +432,12 @@ def _score(text: str, source: str, start: int, end: int) -> tuple[int, str]:
 def candidates(sources: Sequence[Source], vendor: frozenset[str] = frozenset()) -> list[Candidate]:
     """Every organization named in the sources with its score (-1: not the customer)."""
     found = []
+    for_client = any(_WRITES_FOR_CLIENT.search(text) for _, text in sources)
     for source, text in sources:
         for start, end in _raw_candidates(text):
             end = _drop_sentence_period(text, end)
             value = text[start:end].strip(" \t,;:")
-            score, why = _score(text, source, start, end)
+            score, why = _score(text, source, start, end, for_client)
             if normalize_org(value) in vendor:
                 score, why = -1, "the vendor itself"
             elif _BANK.search(value) and score < SCORE_LABEL:

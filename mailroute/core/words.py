@@ -53,6 +53,15 @@ class Index:
     _present: dict[Vocabulary, frozenset[Key]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # The folded text the words came from: sentence ends are read from it on demand.
+    text: str = field(default="", compare=False, repr=False)
+
+    def sentence_break_before(self, i: int) -> bool:
+        """Whether a sentence ends (. ! ? or a line break) between word ``i - 1`` and ``i``."""
+        if i <= 0 or i >= len(self.words) or not self.text:
+            return i <= 0
+        gap = self.text[self.starts[i - 1] + len(self.words[i - 1]) : self.starts[i]]
+        return any(ch in ".!?\n" for ch in gap)
 
     def token_at(self, offset: int) -> int:
         """The index of the first token starting at or after character ``offset``."""
@@ -96,7 +105,8 @@ class Index:
 @lru_cache(maxsize=32)
 def index(text: str) -> Index:
     """The (cached) word index of ``text``."""
-    found = list(_TOKEN.finditer(fold(text)))
+    folded = fold(text)
+    found = list(_TOKEN.finditer(folded))
     positions: dict[str, list[int]] = {}
     for i, match in enumerate(found):
         positions.setdefault(match.group(0), []).append(i)
@@ -104,6 +114,7 @@ def index(text: str) -> Index:
         words=tuple(m.group(0) for m in found),
         starts=tuple(m.start() for m in found),
         positions={w: tuple(p) for w, p in positions.items()},
+        text=folded,
     )
 
 
