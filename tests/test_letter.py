@@ -1182,3 +1182,47 @@ def test_corpus_spot_checks() -> None:
     with_file = corpus("025.eml")
     assert [a.filename for a in with_file.attachments] == ["Пример_отчета_по_сменам.xlsx"]
     assert not with_file.attachments[0].inline
+
+
+# --------------------------------------------------------------------------- mail from the wild
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"This is junk\r\n", b">From someone Mon Jan  1 00:00:00 2024\n", b"\r\n", b"-- \n= =\n"],
+)
+def test_junk_before_the_first_header_is_skipped_and_the_letter_kept(junk: bytes) -> None:
+    raw = junk + b"From: Ann <ann@client.example>\nSubject: Report\n\nThe report is empty.\n"
+    parsed = parse(raw)
+    assert parsed.sender == Address("Ann", "ann@client.example")
+    assert parsed.subject == "Report"
+    assert parsed.text.strip() == "The report is empty."
+    assert any("junk before the first header" in d for d in parsed.defects)
+
+
+def test_a_body_without_any_header_is_still_unreadable() -> None:
+    with pytest.raises(LetterUnreadable):
+        parse(b"just some text\nand more text\n")
+
+
+def test_of_two_from_headers_the_one_that_parses_is_the_sender() -> None:
+    parsed = parse(b"From: ???\nFrom: Ann <ann@client.example>\nSubject: x\n\nbody\n")
+    assert parsed.sender == Address("Ann", "ann@client.example")
+    assert parsed.sender_header == "from"
+    assert any("From did not parse" in d for d in parsed.defects)
+
+
+@pytest.mark.parametrize(
+    ("headers", "email", "header"),
+    [
+        (b"Sender: s@client.example\nReply-To: r@client.example\n", "s@client.example", "sender"),
+        (b"Reply-To: r@client.example\n", "r@client.example", "reply-to"),
+        (b"From: undisclosed\nReply-To: r@client.example\n", "r@client.example", "reply-to"),
+    ],
+)
+def test_without_a_from_that_parses_sender_then_reply_to(
+    headers: bytes, email: str, header: str
+) -> None:
+    parsed = parse(headers + b"Subject: x\n\nbody\n")
+    assert parsed.sender is not None and parsed.sender.email == email
+    assert parsed.sender_header == header
