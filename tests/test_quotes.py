@@ -156,3 +156,50 @@ def test_a_short_request_line_above_the_organization_stays_own() -> None:
 def test_a_question_is_never_part_of_the_contact_block() -> None:
     parts = split("Что ещё проверить?\nИван Петров\n")
     assert parts.own == "Что ещё проверить?"
+
+
+# --------------------------------------------------------------------------- mail from the wild
+
+
+@pytest.mark.parametrize("sign_off", ["-Jess", "- Jess", "--Bob Smith", "— Иван"])
+def test_a_dash_name_sign_off_is_the_signature(sign_off: str) -> None:
+    parts = split(f"The item search returns 400 results in random order.\n\n{sign_off}\n")
+    assert parts.own == "The item search returns 400 results in random order."
+    assert parts.signature.strip() == sign_off
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        "_______________________________________________\nusers mailing list\n"
+        "users@lists.example.org\nhttps://lists.example.org/mailman/listinfo/users\n",
+        "You received this message because you are subscribed to the Google Groups "
+        "\"erp-users\" group.\nTo unsubscribe from this group, send an email to "
+        "erp-users+unsubscribe@googlegroups.com.\n",
+    ],
+)
+def test_a_mailing_list_footer_is_not_own_text(footer: str) -> None:
+    parts = split(f"The VAT report shows zero since the update.\n\n{footer}")
+    assert parts.own == "The VAT report shows zero since the update."
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Sent from my desk, the report is still empty after the update.",
+        "Sent from the warehouse terminal the documents do not print",
+        "Отправлено с компьютера бухгалтерии, где отчёт не формируется.",
+    ],
+)
+def test_a_real_sentence_starting_sent_from_is_kept(sentence: str) -> None:
+    parts = split(f"Hello,\n\n{sentence}\n\nThanks,\nAnn")
+    assert sentence in parts.own
+
+
+@pytest.mark.parametrize(
+    "footer", ["Sent from my iPhone", "Отправлено из мобильной Почты Mail.ru",
+               "Sent from Mail for Windows", "Отправлено с iPad"],
+)
+def test_a_phone_signature_is_still_cut(footer: str) -> None:
+    parts = split(f"The report is empty.\n\n{footer}")
+    assert parts.own == "The report is empty."

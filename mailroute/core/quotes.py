@@ -203,9 +203,25 @@ _CLOSING = re.compile(
     r"\s*[,.!:;-]*\s*(?:[A-ZА-ЯЁ][\w.-]*(?:\s+[A-ZА-ЯЁ][\w.-]*){0,2})?\s*[.!]?\s*$",
     re.IGNORECASE,
 )
+# A phone or mail app's footer: "Sent from my iPhone", "Отправлено из мобильной Почты
+# Mail.ru". It names a device or an app and is no sentence: "Sent from my desk, the
+# report is still empty" is the customer's own text.
 _MOBILE = re.compile(
-    r"^\s*(?:отправлено|отправлен[оа]? с|sent from|sent with|get outlook|"
-    r"получить outlook|скачать outlook)\b.{0,80}$",
+    r"^\s*(?:(?:отправлено|отправлен[оа]?|sent)\s+(?:с|со|из|через|from|with|via|using|on)\s+"
+    r"[^,;.!?\n]{0,40}?(?:iphone|ipad|android|samsung|galaxy|huawei|xiaomi|redmi|honor|pixel|"
+    r"nokia|blackberry|mobile|phone|смартфон|телефон|мобильн|планшет|tablet|device|устройств|"
+    r"outlook|mail|почт|gmail|yandex|яндекс|windows|proton|aquamail|spark|thunderbird)"
+    r"[^,;!?\n]{0,40}|get outlook|получить outlook|скачать outlook)[^,;!?\n]{0,60}$",
+    re.IGNORECASE,
+)
+# A talon-style sign-off: "-Jess", "— Иван", "--Bob Smith" alone on a line.
+_DASH_NAME = re.compile(r"^\s*[-–—]{1,2}\s*[A-ZА-ЯЁ][a-zа-яё'-]+(?:\s+[A-ZА-ЯЁ][a-zа-яё'.-]*)?\s*$")
+# A mailing list's footer: a rule line above "… mailing list" / listinfo, or the groups'
+# "You received this message because you are subscribed".
+_LIST_RULE = re.compile(r"^\s*_{10,}\s*$")
+_LIST_FOOTER = re.compile(
+    r"mailing list|listinfo|unsubscribe|рассылк|you received this message because you are "
+    r"subscribed|вы получили это сообщение, так как подписаны|to unsubscribe from this group",
     re.IGNORECASE,
 )
 _DASHES = re.compile(r"^\s*--\s*$")
@@ -277,13 +293,24 @@ def _signature_start(lines: list[str]) -> int:
     """Index where the signature begins (len(lines) when there is none)."""
     end = len(lines)
     for i, line in enumerate(lines):
-        if _DASHES.match(line) or _MOBILE.match(line):
+        if _DASHES.match(line) or _MOBILE.match(line) or _list_footer_at(lines, i):
+            end = i
+            break
+        if _DASH_NAME.match(line) and _tail_is_short(lines, i) and _signed_below(lines, i):
             end = i
             break
         if _CLOSING.match(line) and _tail_is_short(lines, i) and _signed_below(lines, i):
             end = i
             break
     return _contact_block_start(lines, end)
+
+
+def _list_footer_at(lines: list[str], i: int) -> bool:
+    """A mailing list's footer starts here (its rule line, or its first sentence)."""
+    line = lines[i]
+    if _LIST_RULE.match(line):
+        return any(_LIST_FOOTER.search(ln) for ln in lines[i + 1 : i + 4])
+    return line.lstrip().lower().startswith(("you received this message", "вы получили это"))
 
 
 def _signed_below(lines: list[str], i: int) -> bool:
