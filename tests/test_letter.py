@@ -1226,3 +1226,45 @@ def test_without_a_from_that_parses_sender_then_reply_to(
     parsed = parse(headers + b"Subject: x\n\nbody\n")
     assert parsed.sender is not None and parsed.sender.email == email
     assert parsed.sender_header == header
+
+
+def _text_part(body: bytes, charset: str | None) -> bytes:
+    ctype = b"text/plain" + (b"; charset=" + charset.encode() if charset else b"")
+    return (b"From: a@client.example\nSubject: x\nMIME-Version: 1.0\nContent-Type: " + ctype
+            + b"\nContent-Transfer-Encoding: 8bit\n\n" + body)
+
+
+@pytest.mark.parametrize("charset", [None, "koi8-r", "windows-1251"])
+def test_western_european_text_is_not_read_as_cyrillic(charset: str | None) -> None:
+    text = "Formação e información: très bien, Grüße aus München."
+    parsed = parse(_text_part(text.encode("cp1252"), charset))
+    assert parsed.text.strip() == text
+
+
+def test_gb2312_label_over_gbk_bytes_is_read_as_gbk() -> None:
+    text = "发票金额显示错误，镕铭公司"  # 镕 is GBK, not GB2312
+    parsed = parse(_text_part(text.encode("gbk"), "gb2312"))
+    assert parsed.text.strip() == text
+
+
+@pytest.mark.parametrize("charset", [None, "iso-2022-jp"])
+def test_iso_2022_jp_with_nec_extensions_and_unlabelled(charset: str | None) -> None:
+    body = "請求書が表示されません".encode("iso2022_jp")
+    nec = b"\x1b$B-!-\"\x1b(B"  # ①② from the NEC row that Python's codec refuses
+    parsed = parse(_text_part(body + nec, charset))
+    assert parsed.text.strip() == "請求書が表示されません①②"
+
+
+def test_unlabelled_shift_jis_is_detected() -> None:
+    text = "日本語のテキストです。請求書が表示されません。"
+    parsed = parse(_text_part(text.encode("shift_jis"), None))
+    assert parsed.text.strip() == text
+
+
+@pytest.mark.parametrize(
+    ("text", "charset"),
+    [("Отчёт пустой после обновления", "koi8-r"), ("Привет, iPhone не работает", "cp1251"),
+     ("Да", "cp1251")],
+)
+def test_unlabelled_russian_is_still_russian(text: str, charset: str) -> None:
+    assert parse(_text_part(text.encode(charset), None)).text.strip() == text

@@ -45,6 +45,10 @@ _CHARSET_ALIASES = {
     "us-ascii": "ascii",
     "ascii": "ascii",
     "ansi_x3.4-1968": "ascii",
+    "gb2312": "gb18030",  # clients label GBK text GB2312; GB18030 reads both
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "cp936": "gb18030",
     "iso-8859-1": "cp1252",  # what senders labelled latin-1 almost always is
     "latin1": "cp1252",
     "latin-1": "cp1252",
@@ -131,6 +135,10 @@ def guess_decode(data: bytes) -> tuple[str, str]:
     cannot (too few letters), charset-normalizer restricted to the charsets
     Russian mail really uses breaks the tie.
     """
+    if _ISO2022JP_ESCAPE.search(data):
+        japanese = decode_iso2022jp(data)
+        if japanese is not None:
+            return japanese, "iso-2022-jp"
     if data.isascii():
         return data.decode("ascii"), "ascii"
     if _is_utf8_with_multibyte(data):
@@ -141,11 +149,80 @@ def guess_decode(data: bytes) -> tuple[str, str]:
     as_1251 = data.decode("cp1251", "replace")
     as_koi = data.decode("koi8-r", "replace")
     s_1251, s_koi = _russian_score(as_1251), _russian_score(as_koi)
+    if max(s_1251, s_koi) < _SURELY_RUSSIAN:
+        foreign = _foreign_guess(data)
+        if foreign is not None:
+            return foreign
     if abs(s_1251 - s_koi) >= 0.2 and max(_cyrillic_count(as_1251), _cyrillic_count(as_koi)) >= 2:
         return (as_1251, "cp1251") if s_1251 > s_koi else (as_koi, "koi8-r")
     if _normalizer_guess(data) == "koi8-r":
         return as_koi, "koi8-r"
     return as_1251, "cp1251"
+
+
+# Russian prose scores about 2.0; below this a non-Cyrillic charset is asked about first.
+_SURELY_RUSSIAN = 1.5
+# Western European and East Asian charsets: "Formação" must not become "Formaзгo".
+_FOREIGN_CHARSETS = ["cp1252", "shift_jis", "cp932", "euc_jp", "gb18030", "big5", "euc_kr"]
+
+
+def _foreign_guess(data: bytes) -> tuple[str, str] | None:
+    """charset-normalizer among the non-Cyrillic charsets; None when none fits (it then
+    finds nothing for Russian text, which the Cyrillic scoring decides)."""
+    from charset_normalizer import from_bytes
+
+    try:
+        match = from_bytes(data, cp_isolation=_FOREIGN_CHARSETS).best()
+    except Exception:  # the guesser is a heuristic; never let it break parsing
+        return None
+    if match is None:
+        return None
+    codec = _codec_name(match.encoding) or match.encoding
+    return data.decode(codec, "replace"), codec
+
+
+# ISO-2022-JP shifts into JIS X 0208 with ESC $ B (or ESC $ @) and back with ESC ( B / J.
+_ISO2022JP_ESCAPE = re.compile(rb"\x1b\$[B@]")
+_ISO2022JP_SHIFT = re.compile(rb"\x1b(\$[B@]|\([BJI])")
+
+
+def decode_iso2022jp(data: bytes) -> str | None:
+    """ISO-2022-JP, with the NEC and IBM extensions mail clients send (①, Ⅱ, ㈱).
+
+    Python's codec refuses those rows, so the JIS pairs are turned into Shift_JIS and
+    read as cp932, as Windows clients do. None when the bytes are no ISO-2022-JP."""
+    try:
+        return data.decode("iso2022_jp")
+    except UnicodeDecodeError:
+        pass
+    out = bytearray()
+    mode = b"(B"
+    pos = 0
+    for shift in _ISO2022JP_SHIFT.finditer(data):
+        out += _jis_to_sjis(data[pos : shift.start()], mode)
+        mode, pos = shift.group(1), shift.end()
+    out += _jis_to_sjis(data[pos:], mode)
+    try:
+        return bytes(out).decode("cp932")
+    except UnicodeDecodeError:
+        return None
+
+
+def _jis_to_sjis(chunk: bytes, mode: bytes) -> bytes:
+    if mode == b"(I":  # half-width katakana
+        return bytes(b | 0x80 if 0x21 <= b <= 0x5F else b for b in chunk)
+    if mode not in (b"$B", b"$@"):
+        return chunk
+    out = bytearray()
+    for i in range(0, len(chunk) - 1, 2):
+        j1, j2 = chunk[i], chunk[i + 1]
+        s1 = ((j1 - 0x21) >> 1) + 0x81
+        if s1 > 0x9F:
+            s1 += 0x40
+        # an odd first byte: the lower half of a Shift_JIS row, skipping 0x7F
+        s2 = (j2 + 0x1F + (j2 >= 0x60)) if j1 & 1 else j2 + 0x7E
+        out += bytes((s1 & 0xFF, s2 & 0xFF))
+    return bytes(out)
 
 
 def _mostly_utf8(data: bytes) -> tuple[str, str] | None:
@@ -246,12 +323,21 @@ def decode_bytes(data: bytes, charset: str | None, what: str, defects: list[str]
             defects.append(f"{what}: unknown charset {charset.strip()!r}, guessed {guessed}")
         return text
     if codec is None or codec == "ascii":
+        if data.isascii() and _ISO2022JP_ESCAPE.search(data):
+            japanese = decode_iso2022jp(data)
+            if japanese is not None:
+                defects.append(f"{what}: no charset declared, read as iso-2022-jp")
+                return japanese
         if data.isascii():
             return data.decode("ascii")
         text, guessed = guess_decode(data)
         label = "declared us-ascii" if codec else "no charset declared"
         defects.append(f"{what}: {label} but 8-bit content, guessed {guessed}")
         return text
+    if codec == "iso2022_jp":
+        japanese = decode_iso2022jp(data)
+        if japanese is not None:
+            return japanese
     try:
         text = data.decode(codec)
     except UnicodeDecodeError:
@@ -280,10 +366,25 @@ def _looks_russian(text: str, high: int) -> bool:
     return common * 4 >= min(high, _SCORE_SAMPLE)
 
 
+_GLUED = re.compile("[A-Za-z][\u0400-\u04ff]|[\u0400-\u04ff](?=[A-Za-z])")
+
+
+def _glued_to_latin(text: str) -> bool:
+    """Most Cyrillic letters touch a Latin one: Western text read with a Cyrillic charset
+    (Russian prose mixes scripts by whole words, never inside one)."""
+    cyrillic = _cyrillic_count(text)
+    glued = len(_GLUED.findall(text, 0, _SCORE_SAMPLE))
+    return glued >= 2 and glued * 2 >= cyrillic
+
+
 def _check_cyrillic(
     data: bytes, text: str, codec: str, charset: str, what: str, defects: list[str]
 ) -> str:
-    """A Cyrillic single-byte label decodes anything; switch only to clearly better Russian."""
+    """A Cyrillic single-byte label decodes anything; switch only to clearly better Russian,
+    or to cp1252 when the "Cyrillic" letters sit inside Latin words ("Formaзгo")."""
+    if _glued_to_latin(text):
+        defects.append(f"{what}: declared charset {charset} but content is cp1252")
+        return data.decode("cp1252", "replace")
     high = len(data) - len(data.translate(None, _HIGH_BYTES))
     if high < 8 or _looks_russian(text, high):
         return text
