@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support.configs import SAMPLES, write_config
 
+from mailroute import __version__
 from mailroute.cli import main
 
 BOMB = (b"From: a@b.example\r\nSubject: deep\r\nMessage-ID: <deep@b.example>\r\n"
@@ -45,8 +47,29 @@ def test_status_exit_code_follows_health(
     assert any("SMTP 127.0.0.1:9 is failing" in p and "refused" in p and "Errno" not in p
                for p in status["problems"]), status["problems"]
     assert status["quarantined"] == 1
+    assert status["version"] == __version__ and status["uptime_seconds"] is None  # no daemon
+    assert status["endpoints"]["mailbox"].startswith("maildir ")
+    assert status["endpoints"]["smtp"] == "127.0.0.1:9"
+    assert status["endpoints"]["database"].startswith("sqlite")
     assert status["outbox"] == {"pending": 1}
     assert status["backlog"] == 2 and status["last_poll_at"]
+
+
+def test_status_shows_the_serving_daemons_uptime(
+    setup: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailroute.config import load
+    from mailroute.service.daemon import Daemon
+    from mailroute.store import Store
+
+    config = load(setup[1])
+    started = datetime.now(UTC) - timedelta(minutes=5)
+    daemon = Daemon(config, Store(config.database.url), clock=lambda: started)
+    daemon._record_start()
+    assert main([*setup, "status", "--json"]) in (0, 1)
+    status = json.loads(capsys.readouterr().out)
+    assert status["started_at"] == started.isoformat()
+    assert 300 <= status["uptime_seconds"] < 400
 
 
 def test_quarantine_list_show_retry(setup: list[str], capsys: pytest.CaptureFixture[str]) -> None:

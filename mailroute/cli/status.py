@@ -20,15 +20,19 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mailroute.ops.health import Health, check_health, database_file_problems, render
+    from mailroute.ops.health import Health, about, check_health, database_file_problems, render
 
     config = load_config(args)
+    now = datetime.now(UTC)
     problems = database_file_problems(config.database.url)
     if problems:
         health = Health(problems=problems)
     else:
-        health = check_health(open_store(config), config.health, datetime.now(UTC),
+        health = check_health(open_store(config), config.health, now,
                               timedelta(seconds=config.replies.suppress_for),
                               letter_seconds=config.limits.letter_seconds)
-    print(json.dumps(health.as_dict(), indent=2) if args.json else render(health))
+    if args.json:
+        print(json.dumps(health.as_dict() | about(config, health, now), indent=2))
+    else:
+        print(render(health))
     return 0 if health.healthy else EXIT_FAILURE

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 
-from mailroute.config import HealthConfig
+from mailroute import __version__
+from mailroute.config import Config, HealthConfig
 from mailroute.core.reply_policy import DESK_WINDOW
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
@@ -51,6 +52,7 @@ class Health:
     desk_cap_hit: bool = False
     letter_faults: list[str] = field(default_factory=list)  # "uid N (fetch): error", oldest first
     in_hand_since: datetime | None = None
+    started_at: datetime | None = None  # the serving daemon's start (its uptime)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -77,7 +79,25 @@ class Health:
             "suppressed": self.suppressed,
             "letter_faults": self.letter_faults,
             "in_hand_since": iso(self.in_hand_since),
+            "started_at": iso(self.started_at),
         }
+
+
+def about(config: Config, health: Health, now: datetime) -> dict[str, Any]:
+    """What `status --json` says besides health: the version, the uptime, the endpoints."""
+    mailbox = config.mailbox
+    source = (f"maildir {mailbox.maildir}" if mailbox.maildir
+              else f"imap {mailbox.host}:{mailbox.port} {mailbox.folder}")
+    uptime = (now - health.started_at).total_seconds() if health.started_at else None
+    return {
+        "version": __version__,
+        "uptime_seconds": int(uptime) if uptime is not None else None,
+        "endpoints": {
+            "mailbox": source,
+            "smtp": f"{config.smtp.host}:{config.smtp.port}",
+            "database": make_url(config.database.url).render_as_string(hide_password=True),
+        },
+    }
 
 
 def database_file_problems(url: str) -> list[str]:
@@ -133,6 +153,7 @@ def _summarise_mailboxes(health: Health, mailboxes: list[MailboxState]) -> None:
         health.last_error, health.last_error_at = latest.last_error, latest.last_error_at
     in_hand = [m.in_hand_since for m in mailboxes if m.in_hand_since]
     health.in_hand_since = min(in_hand, default=None)
+    health.started_at = max((m.started_at for m in mailboxes if m.started_at), default=None)
 
 
 def _stuck(health: Health, now: datetime, letter_seconds: float | None) -> list[str]:

@@ -231,6 +231,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns after a clean stop."""
         inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self._warn_calendar()
+        self._record_start()
         if self.config.metrics.listen:
             self.metrics.serve(self.config.metrics.listen)
             log.info("metrics served", listen=self.config.metrics.listen)
@@ -251,6 +252,15 @@ class Daemon:
             self.metrics.close()
             inbox.close()
             log.info("daemon stopped")
+
+    def _record_start(self) -> None:
+        """For `status`'s uptime; a database down at start only loses that figure."""
+        name = self.source_factory(self.config.mailbox).name
+        try:
+            with self.store.transaction() as session:
+                repo.record_start(session, name, self.clock())
+        except (TransientError, SQLAlchemyError) as exc:
+            log.warning("start time not recorded", error=_one_line(exc))
 
     def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
         """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""

@@ -312,6 +312,7 @@ class MailboxState(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None]
     in_hand_since: Mapped[datetime | None]  # a letter slow to understand, taken then
+    started_at: Mapped[datetime | None]  # when the daemon serving it started (its uptime)
 
 
 class LetterFault(Base):

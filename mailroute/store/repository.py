@@ -747,6 +747,15 @@ def record_poll(
         state.last_error_at = at
 
 
+def record_start(session: Session, name: str, at: datetime) -> None:
+    """The daemon serving this mailbox started at ``at`` (`status` shows its uptime)."""
+    state = session.get(MailboxState, name)
+    if state is None:
+        state = MailboxState(name=name)
+        session.add(state)
+    state.started_at = at
+
+
 def clear_errors(session: Session, prefix: str) -> None:
     """Forget the recorded errors that begin with ``prefix`` (``"smtp: "``): that part
     works again, so `status` must not keep reporting it."""
