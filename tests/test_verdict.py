@@ -74,7 +74,8 @@ def test_explain_json_has_the_spec_fields_and_more() -> None:
                    CONTEXT).as_dict()
     assert set(data) == {"action", "ignore_reason", "request_type", "priority", "organization",
                          "registration_number", "missing", "reply", "language", "queue",
-                         "reasons", "message_id", "subject", "requester"}
+                         "reasons", "message_id", "subject", "requester", "requester_header",
+                         "confidence", "needs_review"}
     assert data["requester"] == "ivan@client.ru"
     assert all(set(r) == {"rule", "sets", "detail"} for r in data["reasons"])  # type: ignore[union-attr]
 
@@ -93,3 +94,51 @@ def test_the_desks_display_name_marks_the_vendor() -> None:
     to = (Address("ServiceDesk ООО «Вендор Софт»", DESK),)
     text = "Не проводится документ.\n\nООО «Вендор Софт»\nрег. номер 800 123 456"
     assert analyze(letter(text, to=to), CONTEXT).organization is None
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+def explain(text: str, subject: str = "Отчёт") -> dict[str, object]:
+    return analyze(letter(text, subject=subject), CONTEXT).as_dict()
+
+
+def test_a_marker_and_a_signed_letter_are_sure() -> None:
+    data = explain("Не проводится документ, выдаёт ошибку «Неверный период»." + SIGNATURE,
+                   subject="Инцидент: не проводится документ")
+    assert data["confidence"] == {"request_type": 1.0, "organization": 0.9,
+                                  "registration_number": 1.0}
+    assert data["needs_review"] is False
+
+
+def test_a_close_vote_needs_review() -> None:
+    """"Не проводится" against "подскажите как быть?": 3.5 votes to 3 is a guess."""
+    data = explain("Не проводится документ, подскажите как быть?" + SIGNATURE)
+    assert data["needs_review"] is True
+    confidence = data["confidence"]
+    assert isinstance(confidence, dict) and confidence["request_type"] < 0.7
+    assert any(r["rule"] == "review:doubt" and "close vote" in r["detail"]  # type: ignore[index]
+               for r in data["reasons"])  # type: ignore[attr-defined]
+
+
+def test_an_organization_only_inside_a_sentence_is_doubtful() -> None:
+    data = explain("После обновления отчёт для ООО «Ромашка» выдаёт ошибку «Неверный период» "
+                   "при каждом запуске. Прошу помочь разобраться."
+                   "\n\nИван\nрег. номер 800 123 456\n")
+    assert data["organization"] == "ООО «Ромашка»"
+    confidence = data["confidence"]
+    assert isinstance(confidence, dict) and confidence["organization"] < 0.5
+    assert data["needs_review"] is True
+
+
+def test_two_different_registration_numbers_are_doubtful() -> None:
+    data = explain("После обновления отчёт выдаёт ошибку «Неверный период». Второй рег. номер "
+                   "800 999 111 — тоже наш." + SIGNATURE)
+    confidence = data["confidence"]
+    assert isinstance(confidence, dict) and confidence["registration_number"] < 0.5
+    assert data["needs_review"] is True
+
+
+def test_an_ignored_letter_has_no_confidence() -> None:
+    data = analyze(letter("Я в отпуске", subject="Автоответ: отчёт"), CONTEXT).as_dict()
+    assert data["confidence"] == {} and data["needs_review"] is False

@@ -44,6 +44,8 @@ class Found:
     source: str
     start: int = 0
     end: int = 0
+    # How sure the placement makes us, 0..1 (see ``_confidence`` and ``find_*``).
+    confidence: float = 1.0
 
 
 Source = tuple[str, str]  # (name: "own text" | "signature" | "subject", text)
@@ -107,10 +109,25 @@ def find_registration_number(sources: Sequence[Source]) -> Found | None:
                 continue
             digits, _, end = hit
             shown = text[phrase.start() : end].replace("\n", " ")
+            others = _other_numbers(sources, digits)
             return Found(
-                digits, "extract:regnum-phrase", f"{name}: {shown!r}", name, phrase.start(), end
+                digits, "extract:regnum-phrase", f"{name}: {shown!r}", name, phrase.start(), end,
+                confidence=CONFIDENCE_TWO_NUMBERS if others else 1.0,
             )
     return None
+
+
+CONFIDENCE_TWO_NUMBERS = 0.4
+
+
+def _other_numbers(sources: Sequence[Source], digits: str) -> bool:
+    """Whether another registration number, different from ``digits``, is given too."""
+    for _, text in sources:
+        for phrase in _REG_PHRASE.finditer(text):
+            hit = _reg_number_after(text, phrase)
+            if hit is not None and hit[0] != digits:
+                return True
+    return False
 
 
 def registration_spans(text: str) -> list[tuple[int, int]]:
@@ -452,14 +469,14 @@ def find_organization(
     """The customer's organization: the best-placed candidate, earlier sources first."""
     order = {name: i for i, (name, _) in enumerate(sources)}
     best = None
-    for cand in candidates(sources, vendor):
-        if cand.score < SCORE_IN_SENTENCE:
-            continue
+    found = [c for c in candidates(sources, vendor) if c.score >= SCORE_IN_SENTENCE]
+    for cand in found:
         key = (-cand.score, order[cand.source], cand.start)
         if best is None or key < best[0]:
             best = (key, cand)
     if best is None:
         return None
+    rivals = [c for c in found if c is not best[1]]
     cand = best[1]
     return Found(
         cand.value,
@@ -468,7 +485,23 @@ def find_organization(
         cand.source,
         cand.start,
         cand.end,
+        confidence=_confidence(cand, rivals),
     )
+
+
+# How sure each placement is: a label or an introduction is what a person trusts most, a
+# name inside a sentence least; a rival just as well placed halves it.
+_PLACEMENT_CONFIDENCE = {
+    SCORE_CLIENT: 0.9, SCORE_LABEL: 1.0, SCORE_SIGNATURE_LINE: 0.9, SCORE_OWN_LINE: 0.8,
+    SCORE_SUBJECT: 0.7, SCORE_SIGNATURE_TEXT: 0.6, SCORE_IN_SENTENCE: 0.4,
+}  # fmt: skip
+
+
+def _confidence(chosen: Candidate, rivals: list[Candidate]) -> float:
+    base = _PLACEMENT_CONFIDENCE.get(chosen.score, 0.4)
+    same = normalize_org(chosen.value)
+    tied = any(c.score >= chosen.score and normalize_org(c.value) != same for c in rivals)
+    return round(base / 2 if tied else base, 2)
 
 
 def organization_spans(text: str) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ Pure: no IO, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -103,6 +103,10 @@ class Analysis:
     queue: str | None
     reasons: tuple[Reason, ...]
     unknown_registration: str | None = None  # a number the registry does not know
+    # 0..1 per decided field (request_type, organization, registration_number; null when
+    # the field is null) and whether a person should look: see :func:`review`.
+    confidence: Mapping[str, float | None] = field(default_factory=dict)
+    needs_review: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """The explain JSON: the nine spec fields, queue, reasons and identification."""
@@ -121,6 +125,9 @@ class Analysis:
             "message_id": self.letter.message_id,
             "subject": self.letter.subject,
             "requester": self.letter.sender.email if self.letter.sender else None,
+            "requester_header": self.letter.sender_header,
+            "confidence": dict(self.confidence),
+            "needs_review": self.needs_review,
         }
 
 
@@ -205,6 +212,8 @@ class _Identity:
     unknown_registration: str | None
     tier: str | None
     reasons: tuple[Reason, ...]
+    organization_confidence: float | None = None
+    registration_confidence: float | None = None
 
 
 def _ticket(
@@ -235,10 +244,17 @@ def _ticket(
         ),
         context.routing,
     )
+    confidence = {
+        "request_type": type_confidence(verdict),
+        "organization": who.organization_confidence,
+        "registration_number": who.registration_confidence,
+    }
+    doubts = review(verdict, confidence)
     reasons = (
         *_classification_reasons(verdict),
         *who.reasons,
         *_missing_reasons(missing, letter.subject, described),
+        *(Reason("review:doubt", "needs_review=true", doubt) for doubt in doubts),
         Reason(queue.rule or "route:default", f"queue={queue.queue}", queue.detail),
     )
     return Analysis(
@@ -258,7 +274,53 @@ def _ticket(
         queue=queue.queue,
         reasons=reasons,
         unknown_registration=who.unknown_registration,
+        confidence=confidence,
+        needs_review=bool(doubts),
     )
+
+
+# A vote is close when the runner-up is within this many votes of the winner (one
+# "вопрос" or one "?" could have turned it), and doubtful below this confidence.
+CLOSE_VOTE_MARGIN = 1.0
+DOUBTFUL = 0.5
+
+
+def type_confidence(verdict: classify.Verdict) -> float:
+    """How sure the request type is, 0..1.
+
+    A marker ("ЗНИ:", "Incident") is certain: 1.0. A vote is the winner's share of the
+    winner's and the runner-up's votes (5 to 1 is 0.83; 3 to 3 is 0.5); no vote at all
+    (the configured default type) is 0.0.
+    """
+    if verdict.by_marker:
+        return 1.0
+    ranked = sorted(verdict.scores.values(), reverse=True)
+    top = ranked[0] if ranked else 0.0
+    second = ranked[1] if len(ranked) > 1 else 0.0
+    if top <= 0:
+        return 0.0
+    return round(top / (top + second), 2)
+
+
+def review(verdict: classify.Verdict, confidence: Mapping[str, float | None]) -> list[str]:
+    """Why a person should look before the decision is trusted (empty: no doubt).
+
+    - a close vote: no marker, and the runner-up within CLOSE_VOTE_MARGIN votes of the
+      winner, or the winner carried only by the half vote of an unrecognised description;
+    - a doubtful extraction: an organization or number below DOUBTFUL confidence (a name
+      inside a sentence, two names placed equally well, two different numbers).
+    """
+    doubts = []
+    if not verdict.by_marker:
+        ranked = sorted(verdict.scores.values(), reverse=True) or [0.0]
+        top, second = ranked[0], (ranked[1] if len(ranked) > 1 else 0.0)
+        if top - second < CLOSE_VOTE_MARGIN or top < CLOSE_VOTE_MARGIN:
+            doubts.append(f"close vote for {verdict.request_type}: {top:g} to {second:g}")
+    for name in ("organization", "registration_number"):
+        value = confidence.get(name)
+        if value is not None and value < DOUBTFUL:
+            doubts.append(f"{name} is doubtful (confidence {value:g})")
+    return doubts
 
 
 def clean_subject(subject: str | None) -> str:
@@ -342,7 +404,8 @@ def _identify(
         reasons.append(Reason(reg.rule, f"registration_number={reg.value}", reg.detail))
     if context.registry is None or reg is None:
         return _Identity(
-            org.value if org else None, reg.value if reg else None, None, None, tuple(reasons)
+            org.value if org else None, reg.value if reg else None, None, None, tuple(reasons),
+            org.confidence if org else None, reg.confidence if reg else None,
         )
     return _check_registry(letter, context.registry, org, reg, tuple(reasons))
 
@@ -361,14 +424,18 @@ def _check_registry(
             "registration_number=null",
             f"{reg.value} is not in the customer registry",
         )
-        return _Identity(org.value if org else None, None, reg.value, None, (*reasons, unknown))
+        return _Identity(
+            org.value if org else None, None, reg.value, None, (*reasons, unknown),
+            org.confidence if org else None, None,
+        )
     found = Reason(
         "registry:number",
         f"organization={customer.name}",
         f"{reg.value} belongs to {customer.name} (tier {customer.tier})",
     )
     extra = (found, *_domain_check(letter, customer))
-    return _Identity(customer.name, reg.value, None, customer.tier, (*reasons, *extra))
+    # The registry vouches for both: the number is known and names the organization.
+    return _Identity(customer.name, reg.value, None, customer.tier, (*reasons, *extra), 1.0, 1.0)
 
 
 def _domain_check(letter: ParsedLetter, customer: Customer) -> tuple[Reason, ...]:
