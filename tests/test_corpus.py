@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support.corpus import BLIND_LETTERS, DEV_CORPUS, OWN_LETTERS, dev_corpus
+from support.corpus import BLIND_LETTERS, DEV_CORPUS, HOLDOUT_LETTERS, OWN_LETTERS, dev_corpus
 
 from mailroute import config
 from mailroute.core.letter import parse
@@ -25,10 +25,13 @@ FIELDS = ("action", "ignore_reason", "request_type", "priority", "organization",
 OWN = OWN_LETTERS
 DEV = DEV_CORPUS
 BLIND = BLIND_LETTERS
-MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95, BLIND: 0.99}
+# Written with the blind letters but never tuned on: added afterwards at the score they
+# reached (97.1% of fields, 44/50 letters), so they guard against regressions only.
+HOLDOUT = HOLDOUT_LETTERS
+MIN_FIELD_ACCURACY = {OWN: 0.95, DEV: 0.95, BLIND: 0.99, HOLDOUT: 0.92}
 # Letters with every field right: the share a customer meets (a wrong field is a wrong SLA,
 # queue or a needless clarification).
-MIN_LETTERS_RIGHT = {OWN: 0.0, DEV: 0.0, BLIND: 0.97}
+MIN_LETTERS_RIGHT = {OWN: 0.0, DEV: 0.0, BLIND: 0.97, HOLDOUT: 0.88}
 
 
 def _org(value: object) -> object:
@@ -81,7 +84,9 @@ def _table(name: str, right: dict[str, int], total: int, wrong: list[str]) -> st
 
 
 @pytest.mark.parametrize(
-    "corpus", [OWN, DEV, BLIND], ids=["tests/letters", "shared dev corpus", "blind letters"]
+    "corpus",
+    [OWN, DEV, BLIND, HOLDOUT],
+    ids=["tests/letters", "shared dev corpus", "blind letters", "held-out blind letters"],
 )
 def test_field_accuracy(corpus: Path) -> None:
     if corpus == DEV:
