@@ -382,11 +382,13 @@ def _check_cyrillic(
 ) -> str:
     """A Cyrillic single-byte label decodes anything; switch only to clearly better Russian,
     or to cp1252 when the "Cyrillic" letters sit inside Latin words ("Formaзгo")."""
+    high = len(data) - len(data.translate(None, _HIGH_BYTES))
+    if high >= 8 and _looks_russian(text, high):
+        return text
     if _glued_to_latin(text):
         defects.append(f"{what}: declared charset {charset} but content is cp1252")
         return data.decode("cp1252", "replace")
-    high = len(data) - len(data.translate(None, _HIGH_BYTES))
-    if high < 8 or _looks_russian(text, high):
+    if high < 8:
         return text
     best, best_text, best_score = codec, text, _russian_score(text) + 0.8  # the label's bonus
     for other in ("cp1251", "koi8-r"):

@@ -88,9 +88,13 @@ def _sender(node: Node, defects: list[str]) -> tuple[Address | None, str]:
     and the name of the header it came from.
     """
     unparsed: Address | None = None
+    by_name: dict[str, list[str]] = {}
+    for key, value in node.headers:
+        name = key.strip().lower()
+        if name in _SENDER_HEADERS:
+            by_name.setdefault(name, []).append(value)
     for name in _SENDER_HEADERS:
-        values = [v for k, v in node.headers if raw_to_text(k, [], "").strip().lower() == name]
-        for value in values:
+        for value in by_name.get(name, ()):
             for address in parse_address_list(raw_to_text(value, [], ""), defects, name):
                 if address.email:
                     if name != "from":
