@@ -55,7 +55,7 @@ Source = tuple[str, str]  # (name: "own text" | "signature" | "subject", text)
 _REG_PHRASE = re.compile(
     r"(?<![\w])(?:"
     r"рег(?:истрационн(?:ый|ого|ому|ым|ом)|\.|\b)\s*(?:номер\w*|ном\b\.?|№|N(?=[\s\d.:])|No\b\.?|#)"
-    r"|регномер\w*|рег\s*\.?\s*№|номер\s+регистрации"
+    r"|регномер\w*|рег\s*+(?:\.\s*+)?№|номер\s+регистрации"
     r"|(?:licen[cs]e\s+)?registration\s+(?:number|no\b\.?|num\b\.?|#|№)"
     r"|reg(?:\.|\b)\s*(?:number|no\b\.?|num\b\.?|#|№)|regno\b"
     r")",
@@ -162,7 +162,10 @@ _EN_SUFFIX = (
 )
 _OPEN = "«\"“„'‘"
 _CLOSE = {"«": "»", '"': '"', "“": "”", "„": "“”", "'": "'", "‘": "’"}
-_CAP_WORD = r"[A-ZА-ЯЁ0-9][\w'’.&-]*"
+# Possessive: a word is never split.  Splitting one ("A&B" as "A" & "B") ends the name
+# where the whole word ends, so it cannot succeed where the whole word failed; letting
+# the engine try every split made `A&A&A…` cost the 7th power of its length.
+_CAP_WORD = r"[A-ZА-ЯЁ0-9][\w'’.&-]*+"
 _FORM = re.compile(
     rf"(?<![\w-])(?:(?P<full>{_RU_FULL_FORMS})|(?P<ru>{_RU_FORMS})|(?P<lat>{_LATIN_PREFIX_FORMS}))"
     rf"(?![\w-])"
@@ -171,6 +174,9 @@ _EN_SUFFIXED = re.compile(
     rf"(?<![\w-])(?P<name>{_CAP_WORD}(?:(?:[ \t]+|,[ \t]*|[ \t]*&[ \t]*)"
     rf"(?:{_CAP_WORD}|and|of|the|for|&)){{0,5}}),?[ \t]+(?P<suffix>{_EN_SUFFIX})(?![\w])"
 )
+# Where an _EN_SUFFIXED name may begin, and the rest of the word it begins in.
+_NAME_START = re.compile(r"(?<![\w-])[A-ZА-ЯЁ0-9]")
+_REST_OF_WORD = re.compile(r"[\w'’.&-]*")
 # Short foreign suffixes ("AS", "AB", "SA") are words too: only a line of its own counts,
 # perhaps after a job title ("Treasury, Fjord Seafood AS").
 _LINE_SUFFIXED = re.compile(
@@ -245,7 +251,7 @@ _WRITES_FOR_CLIENT = re.compile(
 )
 _BANK = re.compile(r"банк|bank|сбер|втб|vtb|\bальфа|тинькофф|т-банк", re.IGNORECASE)
 _TRAILING_CONTACT = re.compile(
-    r"^\s*(?:[,;(]|[-–—]\s*)?\s*(?:рег|регистр|registration|reg|инн|кпп|огрн|inn|тел|tel|"
+    r"^\s*+(?:[,;(\-–—]\s*+)?(?:рег|регистр|registration|reg|инн|кпп|огрн|inn|тел|tel|"
     r"phone|г\.|город|\(|\d|[.!]?\s*$)",
     re.IGNORECASE,
 )
@@ -336,11 +342,28 @@ def _raw_spans(text: str) -> Iterable[tuple[int, int]]:
         end = _name_after_form(text, form)
         if end is not None:
             yield form.start(), end
-    for pattern in (_EN_SUFFIXED, _LINE_SUFFIXED):
-        for match in pattern.finditer(text):
-            start = _trim_sentence_words(text, match.start("name"), match.end("name"))
-            if start is not None:
-                yield _trim_job_title(text, start, match.end("name")), match.end("suffix")
+    for match in (*_suffixed_names(text), *_LINE_SUFFIXED.finditer(text)):
+        start = _trim_sentence_words(text, match.start("name"), match.end("name"))
+        if start is not None:
+            yield _trim_job_title(text, start, match.end("name")), match.end("suffix")
+
+
+def _suffixed_names(text: str) -> Iterable[re.Match[str]]:
+    """``_EN_SUFFIXED.finditer(text)``, but each word tried once.
+
+    A name beginning inside a word ("B" of "A&B") takes the rest of that word, as one
+    beginning earlier in it does, and goes on from the same place: when the first
+    failed, the others fail too.  finditer tried them all, each to the end of the
+    word, and a 100 KB word (`A&A&…`) cost its length squared."""
+    position = 0
+    while (start := _NAME_START.search(text, position)) is not None:
+        match = _EN_SUFFIXED.match(text, start.start())
+        if match:
+            yield match
+            position = match.end()
+        else:
+            rest = _REST_OF_WORD.match(text, start.start())
+            position = rest.end() if rest else start.end()
 
 
 def _raw_candidates(text: str) -> list[tuple[int, int]]:

@@ -21,12 +21,45 @@ MIN_LETTERS = 12
 RUSSIAN_SHARE = 0.35
 
 
-_QUOTED = re.compile(r"«[^»\n]*»|\"[^\"\n]*\"|“[^”\n]*”|„[^“”\n]*[“”]")
+# A quotation: an opening mark, then the first of its closing marks on the same line.
+_OPENING = re.compile("[«\"“„]")
+_CLOSING = {
+    "«": re.compile("»"), '"': re.compile('"'), "“": re.compile("”"), "„": re.compile("[“”]")
+}
+
+
+def _without_quotations(text: str) -> str:
+    """``text`` with each quotation replaced by a space, as ``re.sub`` with
+    ``«[^»\\n]*»|"[^"\\n]*"|“[^”\\n]*”|„[^“”\\n]*[“”]`` would, in one pass.
+
+    That ``re.sub`` searched to the end of the line from every unclosed mark, so a
+    line of ``ООО «`` repeated cost its length squared (12 s for 360 KB).  Here a
+    line found to hold no closing mark for a kind is not searched again for it."""
+    pieces: list[str] = []
+    kept_from = position = 0
+    line_end = -1
+    unclosed_until: dict[str, int] = {}  # mark → end of the line found without its closer
+    while (opening := _OPENING.search(text, position)) is not None:
+        start, mark = opening.start(), opening.group()
+        if start > line_end:
+            line_end = text.find("\n", start)
+            line_end = len(text) if line_end < 0 else line_end
+        closing = None
+        if unclosed_until.get(mark) != line_end:
+            closing = _CLOSING[mark].search(text, start + 1, line_end)
+        if closing is None:
+            unclosed_until[mark] = line_end
+            position = start + 1
+            continue
+        pieces += [text[kept_from:start], " "]
+        kept_from = position = closing.end()
+    pieces.append(text[kept_from:])
+    return "".join(pieces)
 
 
 def _verdict(text: str) -> Language | None:
     """Quoted program messages ("Ошибка: …" in an English letter) do not vote."""
-    unquoted = _QUOTED.sub(" ", text)
+    unquoted = _without_quotations(text)
     return _share(unquoted) or _share(text)
 
 

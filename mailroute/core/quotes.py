@@ -44,7 +44,10 @@ _WROTE = re.compile(
     re.IGNORECASE,
 )
 _TIME = re.compile(r"\b\d{1,2}:\d{2}\b")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Only whether there is one matters: an address found from inside a word is found from
+# its start as well, so only starts of words are tried (every start of a long word,
+# each scanning to its end, was quadratic).
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]++@[\w-]+(?:\.[\w-]+)+")
 _QUOTE_MARK = re.compile(r"^\s*>")
 
 
@@ -240,7 +243,8 @@ _JOB_WORDS = (
 _CONTACT_PIECE = [
     re.compile(r"^(?:тел|телефон|моб|мобильный|факс|phone|tel|mob|mobile|fax|t|m)\b.*",
                re.IGNORECASE),
-    re.compile(r"^\+?[\d\s()\-–.]{7,}(?:\s*(?:доб|ext)\.?\s*\d+)?$", re.IGNORECASE),
+    # Possessive: the digits' class holds the spaces before "доб" too.
+    re.compile(r"^\+?[\d\s()\-–.]{7,}+(?:\s*(?:доб|ext)\.?\s*\d+)?$", re.IGNORECASE),
     re.compile(r"^(?:e-?mail|почта|эл\. ?почта|web|сайт|www)\b.*", re.IGNORECASE),
     re.compile(r"^\S+@\S+$|^(?:https?://|www\.)\S+$", re.IGNORECASE),
     re.compile(r"^(?:инн|кпп|огрн|огрнип|окпо|бик|р/с|к/с|р\.с\.|inn|kpp)\b.*", re.IGNORECASE),
