@@ -259,6 +259,8 @@ WINDOWS = {
     "mailroute.core.extract._LABEL": 200,  # _LOOKBACK characters of the line
     "mailroute.core.extract._OWN_CUE": 80,  # the sentence, at most 80 characters
     "mailroute.core.extract._PASSING_CUE": 80,  # the same sentence
+    "mailroute.core.extract._CLIENT_CUE": 80,  # the same sentence
+    "mailroute.core.extract._POSSESSIVE_LABEL": 200,  # the same look-back as _LABEL
     "mailroute.core.compose._ADDR_SPEC": 254,  # an address, refused when longer
     "mailroute.core.letter.body._META_CHARSET": 4096,  # the first 4 KB of an HTML part
 }
@@ -277,7 +279,7 @@ KNOWN_SLOW = {
             "mailroute.core.subjects.REPLY_PREFIX", "mailroute.core.verdict._NOISE",
             "rules.toml:marker:change-request", "rules.toml:marker:improvement",
             "rules.toml:marker:incident", "rules.toml:marker:service-request",
-            "rules.toml:type:error-message",
+            "rules.toml:type:error-message", "mailroute.core.extract._WRITES_FOR_CLIENT",
         )
     },
 }
@@ -425,8 +427,9 @@ def test_pattern_cost_grows_linearly(name: str, pattern: re.Pattern[Any]) -> Non
 REWRITTEN = [
     (name, pattern)
     for name, pattern in PATTERNS
-    if name.startswith(("mailroute.core.extract.", "mailroute.core.language."))
-    or name in ("mailroute.core.quotes._EMAIL", "mailroute.core.quotes._CONTACT_PIECE")
+    if name.rsplit(".", 1)[-1]
+    in ("_EN_SUFFIXED", "_LINE_SUFFIXED", "_UNQUOTED_NAME", "_REG_PHRASE", "_TRAILING_CONTACT",
+        "_EMAIL", "_CONTACT_PIECE", "_NAME_START", "_REST_OF_WORD", "_OPENING")
 ]
 
 
