@@ -283,6 +283,10 @@ KNOWN_SLOW = {
         )
     },
 }
+# Literal calls are named by their line, which moves: these are known by their text.
+for _name, _pattern in core_patterns():
+    if _pattern.pattern == r",\s+|\s+[|/•·]\s+|;\s*":  # quotes: a contact line's pieces
+        KNOWN_SLOW[_name] = QUADRATIC
 # Catastrophic, not yet rewritten: measuring them would not end.
 KNOWN_CATASTROPHIC = {
     "mailroute.core.quotes._GREETING": "names of up to three words repeated any number of "
