@@ -540,6 +540,12 @@ class RoutingConfig(Section):
 
     default_queue: str = Field("first-line", min_length=1, description="Queue when no rule hits.")
     rules: list[RoutingRule] = Field(default_factory=list, description="Tried in order.")
+    review_queue: str | None = Field(
+        None,
+        min_length=1,
+        description="Queue for a request mailroute is unsure of (needs_review); unset: route "
+        "it as any other. It is still acknowledged when nothing is missing.",
+    )
 
 
 class RegistryOrganization(Section):

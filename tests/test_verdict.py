@@ -142,3 +142,15 @@ def test_two_different_registration_numbers_are_doubtful() -> None:
 def test_an_ignored_letter_has_no_confidence() -> None:
     data = analyze(letter("Я в отпуске", subject="Автоответ: отчёт"), CONTEXT).as_dict()
     assert data["confidence"] == {} and data["needs_review"] is False
+
+
+def test_a_request_in_doubt_goes_to_the_review_queue_and_is_still_acknowledged() -> None:
+    routed = config.Config.model_validate({"routing": {"review_queue": "review"}})
+    close = letter("Не проводится документ, подскажите как быть?" + SIGNATURE, subject="Отчёт")
+    analysis = analyze(close, analysis_context(routed))
+    assert analysis.needs_review and analysis.queue == "review"
+    assert analysis.reply == "acknowledgement"
+    sure = letter("Не проводится документ, выдаёт ошибку «Неверный период»." + SIGNATURE,
+                  subject="Инцидент: документ")
+    assert analyze(sure, analysis_context(routed)).queue == "first-line"
+    assert analyze(close, CONTEXT).queue == "first-line"  # no review queue configured

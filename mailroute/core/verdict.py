@@ -250,12 +250,21 @@ def _ticket(
         "registration_number": who.registration_confidence,
     }
     doubts = review(verdict, confidence)
+    queue_name, queue_reason = queue.queue, Reason(
+        queue.rule or "route:default", f"queue={queue.queue}", queue.detail
+    )
+    if doubts and context.routing.review_queue:
+        # A person checks a guess before it sets an SLA; the reply does not change.
+        queue_name = context.routing.review_queue
+        queue_reason = Reason(
+            "route:needs-review", f"queue={queue_name}", f"instead of {queue.queue}: unsure"
+        )
     reasons = (
         *_classification_reasons(verdict),
         *who.reasons,
         *_missing_reasons(missing, letter.subject, described),
         *(Reason("review:doubt", "needs_review=true", doubt) for doubt in doubts),
-        Reason(queue.rule or "route:default", f"queue={queue.queue}", queue.detail),
+        queue_reason,
     )
     return Analysis(
         letter=letter,
@@ -271,7 +280,7 @@ def _ticket(
         missing=missing,
         reply="clarification" if missing else "acknowledgement",
         language=lang,
-        queue=queue.queue,
+        queue=queue_name,
         reasons=reasons,
         unknown_registration=who.unknown_registration,
         confidence=confidence,
