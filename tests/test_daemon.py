@@ -498,3 +498,64 @@ def test_status_turns_unhealthy_within_a_minute_of_smtp_trouble(
     assert time.monotonic() - began < 60
     problem = next(line for line in status.stdout.splitlines() if "problem:" in line)
     assert f"SMTP {smtp_sink.host}:{smtp_sink.port} is failing" in problem
+
+
+# ------------------------------------------------------------------ start-up and READY
+
+
+class Gated:
+    """A mail source whose fetches wait until ``gate`` is set (at most ``limit`` s)."""
+
+    def __init__(self, inner: Any, gate: threading.Event, limit: float) -> None:
+        self.inner, self.gate, self.limit = inner, gate, limit
+        self.name = inner.name
+        self.fetches_before_gate = 0
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+    def fetch(self, uids: Any) -> Any:
+        if not self.gate.is_set():
+            self.fetches_before_gate += 1
+        self.gate.wait(self.limit)
+        return self.inner.fetch(uids)
+
+
+def test_ready_comes_before_a_large_first_backlog_is_drained(
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str, notify_socket: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """READY=1 once the mailbox, the database and SMTP answered: the first fetch of the
+    backlog is held until READY arrives, so a READY sent after the drain never comes in
+    time."""
+    from mailroute.mail.sources import open_source
+
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    count = 30
+    daemon = maildir_daemon(tmp_path, smtp_sink, database_url, count, batch_size=5)
+    gate = threading.Event()
+    sources: list[Gated] = []
+
+    def factory(config: Any) -> Gated:
+        sources.append(Gated(open_source(config), gate, limit=30))
+        return sources[-1]
+
+    daemon.source_factory = factory
+    intake = threading.Thread(target=daemon._intake_loop, name="intake", daemon=True)
+    intake.start()
+    try:
+        seen = wait_notification(notify_socket, "READY=1", timeout=20)
+        assert not any("READY=1" in message for message in seen[:-1])
+        gate.set()
+        processed = tmp_path / "Maildir" / ".Processed" / "cur"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            not processed.exists() or len(list(processed.iterdir())) < count
+        ):
+            time.sleep(0.1)
+    finally:
+        gate.set()
+        daemon.stop.set()
+        intake.join(30)
+        daemon.store.dispose()
+    assert len(list(processed.iterdir())) == count

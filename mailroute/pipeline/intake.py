@@ -77,14 +77,17 @@ def drain(
     clock: Callable[[], datetime],
     stop: threading.Event | None = None,
     progress: Callable[[], None] | None = None,
+    connected: Callable[[], None] | None = None,
 ) -> DrainReport:
     """One pass: every letter in the folder now is saved, decided and filed.
 
     ``progress`` is called after each batch is filed: proof, in the middle of a
-    long backlog, that the mailbox and the database both work again.
+    long backlog, that the mailbox and the database both work again. ``connected``
+    is called once the folder is selected and listed and the database has answered,
+    before the first letter is fetched: a large backlog must not delay start-up.
     """
     return _Pass(source, store, pipeline, mailbox, clock, stop or threading.Event(),
-                 progress or _nothing).run()
+                 progress or _nothing, connected or _nothing).run()
 
 
 def _nothing() -> None:
@@ -108,6 +111,7 @@ class _Pass:
     clock: Callable[[], datetime]
     stop: threading.Event
     progress: Callable[[], None]
+    connected: Callable[[], None]
     report: DrainReport = field(default_factory=DrainReport)
     uidvalidity: int = 0
     copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
@@ -121,6 +125,7 @@ class _Pass:
             known = repo.known_uids(session, self.source.name, self.uidvalidity, uids)
             self.resting = self._resting(session)
         self.reused = known.filed
+        self.connected()
         new = [uid for uid in uids if uid not in known.unfiled and uid not in self.resting]
         size = self.mailbox.batch_size
         backlog = len(new) >= 2 * size  # worth more than one worker

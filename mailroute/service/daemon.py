@@ -278,7 +278,12 @@ class Daemon:
         return time.monotonic() - self._heartbeat < limit
 
     def _announce_ready(self) -> None:
-        """READY=1 once the mailbox, the database and SMTP have all answered."""
+        """READY=1 once the mailbox, the database and SMTP have all answered.
+
+        Called before the first drain fetches anything (and again after it, in case
+        SMTP was away then): a first backlog of thousands of letters takes longer
+        than systemd's start timeout, and must not get the start killed.
+        """
         if self._ready.is_set():
             return
         try:
@@ -454,7 +459,7 @@ class Daemon:
         self._heartbeat = started = time.monotonic()
         report = drain(
             self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop,
-            progress=self._intake_working,
+            progress=self._intake_working, connected=self._announce_ready,
         )
         self.metrics.observe_drain(report, time.monotonic() - started)
         self._intake_working()
