@@ -129,3 +129,21 @@ def test_imap_wait_returns_at_once_for_mail_that_came_during_the_pass(
         assert time.monotonic() - started < 2
     finally:
         source.close()
+
+
+def test_imap_wait_returns_at_once_for_mail_that_came_after_the_last_command(
+    imap_account: ImapAccount,
+) -> None:
+    """A letter appended after the listing, with no command between (an empty pass):
+    the server reports it only after the next command, so a SEARCH alone, run on the
+    session's old view, missed it and IDLE then waited its whole timeout."""
+    source = ImapSource(imap_config(imap_account, idle_timeout=10))
+    try:
+        source.select()
+        assert source.list_uids() == []
+        imap_account.append(LETTER)  # arrives while the pass is still going
+        started = time.monotonic()
+        source.wait(10, threading.Event())
+        assert time.monotonic() - started < 5
+    finally:
+        source.close()

@@ -179,9 +179,16 @@ class ImapSource:
     def _arrived_since_listing(self) -> bool:
         """Mail that came in after the last listing; its EXISTS was consumed by an earlier
         command (MOVE), so IDLE would not announce it. Only UIDs above the last listed
-        are asked for (``N:*`` also answers the highest UID below N, hence the filter)."""
+        are asked for (``N:*`` also answers the highest UID below N, hence the filter).
+
+        The NOOP first: a server reports new mail only after a command, so a SEARCH
+        sent first runs on the session's old view, misses a letter that came after the
+        last command, and eats its EXISTS; IDLE then slept through it to its timeout.
+        """
+        client = self._require()
         with _mapped("search"):
-            present = self._require().search(["UID", f"{self._last_listed + 1}:*"])
+            client.noop()
+            present = client.search(["UID", f"{self._last_listed + 1}:*"])
         return any(uid > self._last_listed for uid in present)
 
     def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter | UnservedLetter]:
