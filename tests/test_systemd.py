@@ -506,3 +506,24 @@ def test_systemd_analyze_security_score_is_as_documented(fake_root: Path) -> Non
     match = re.search(r"Overall exposure level for mailroute\.service: (\d+\.\d+)", output)
     assert match, output
     assert float(match.group(1)) <= documented_exposure(), output
+
+
+@linux_only
+def test_a_manager_that_does_not_read_never_blocks_the_notifier(receiver: Receiver) -> None:
+    """The manager's queue holds a few datagrams; once it is full, watchdog pings are
+    dropped at once and other messages give up after a short wait, instead of holding
+    the daemon's main loop (and SIGTERM) until somebody reads."""
+    notifier = Notifier()
+    answers: list[bool] = []
+
+    def ping() -> None:
+        answers.extend(notifier.watchdog() for _ in range(200))
+        answers.append(notifier.status("still here"))
+
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    pinger.join(60)
+    assert not pinger.is_alive()
+    assert answers[0] is True and answers[-2] is False  # the queue filled, then dropped
+    assert answers[-1] is False
+    notifier.close()

@@ -5,7 +5,7 @@ stopping by sending newline-separated ``KEY=VALUE`` datagrams to the AF_UNIX soc
 in ``$NOTIFY_SOCKET``. The protocol is a few lines of stdlib code, so mailroute does not
 depend on the python-systemd binding (a C extension built against libsystemd's headers).
 
-Nothing here raises on socket trouble and nothing logs: outside systemd, or when the
+Nothing here raises on socket trouble, waits long or logs: outside systemd, or when the
 manager is away for a moment (``daemon-reexec``), every call just returns False and the
 daemon carries on.
 """
@@ -22,6 +22,9 @@ from types import TracebackType
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
 WATCHDOG_PID_ENV = "WATCHDOG_PID"
+# How long a notification may wait for room in the manager's queue (it holds only a few
+# datagrams): a manager that does not read must not hold up the daemon's main loop.
+SEND_WAIT = 2.0
 
 
 def socket_address(environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -59,7 +62,9 @@ def notify(*fields: str, environ: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(_message(fields), address)
+            sock.setblocking(False)
+            if not _send_within(sock, _message(fields), address, SEND_WAIT):
+                return False
     except OSError:
         return False
     return True
@@ -123,20 +128,26 @@ class Notifier:
         advises, so one late ping does not get the service killed."""
         return None if self._watchdog is None else self._watchdog / 2
 
-    def send(self, *fields: str) -> bool:
-        """Send raw ``KEY=VALUE`` fields in one datagram."""
+    def send(self, *fields: str, wait: bool = True) -> bool:
+        """Send raw ``KEY=VALUE`` fields in one datagram.
+
+        With the manager's queue full, waits up to ``SEND_WAIT`` for room (``wait``),
+        or not at all: a blocking send once held the main loop, and with it the
+        notifier's lock, for as long as nobody read, so SIGTERM went unheard.
+        """
         if self._address is None or not fields:
             return False
         try:
             with self._lock:
                 if self._socket is None:
                     self._socket = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                        socket.AF_UNIX,
+                        socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
                     )
-                self._socket.sendto(_message(fields), self._address)
+                return _send_within(self._socket, _message(fields), self._address,
+                                    SEND_WAIT if wait else 0.0)
         except OSError:
             return False
-        return True
 
     def ready(self, status: str | None = None) -> bool:
         """Startup (or a reload) is complete: systemd marks the unit active."""
@@ -147,8 +158,11 @@ class Notifier:
         return self.send(f"STATUS={text}")
 
     def watchdog(self) -> bool:
-        """Proof of life; without one every ``WatchdogSec=`` systemd restarts the unit."""
-        return self.send("WATCHDOG=1")
+        """Proof of life; without one every ``WatchdogSec=`` systemd restarts the unit.
+
+        Never waits: a full queue already holds pings enough, and the next comes soon.
+        """
+        return self.send("WATCHDOG=1", wait=False)
 
     def stopping(self, status: str | None = None) -> bool:
         """Shutdown has begun, so systemd shows "deactivating" rather than a hang."""
@@ -186,6 +200,21 @@ class Notifier:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _send_within(sock: socket.socket, message: bytes, address: bytes, wait: float) -> bool:
+    """Send on a non-blocking socket, retrying while the queue is full for up to ``wait``
+    seconds (poll() says a datagram socket is writable even then, so it cannot tell)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock.sendto(message, address)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        else:
+            return True
 
 
 def _status(text: str | None) -> tuple[str, ...]:
