@@ -306,10 +306,11 @@ def maildir_daemon(tmp_path: Path, sink: SmtpSink, database_url: str, count: int
     maildir = tmp_path / "Maildir"
     for sub in ("new", "cur", "tmp"):
         (maildir / sub).mkdir(parents=True)
+    arrived = int(time.time()) - count  # recent: older letters get no reply (max_age)
     for number in range(count):
-        path = maildir / "new" / f"{1_700_000_000 + number}.{number}.test"
+        path = maildir / "new" / f"{arrived + number}.{number}.test"
         path.write_bytes(letter(number))
-        os.utime(path, (1_700_000_000 + number, 1_700_000_000 + number))
+        os.utime(path, (arrived + number, arrived + number))
     config = Config.model_validate({
         "mailbox": {"maildir": str(maildir), "address": "servicedesk@example.com",
                     "batch_size": batch_size},
