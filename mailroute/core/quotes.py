@@ -153,9 +153,14 @@ _GREETING_WORD = (
     r"hello|hi|hey|dear(?:\s+[^\s,!.:]+){1,3}|good\s+(?:morning|afternoon|evening|day)|"
     r"greetings)"
 )
-_NAME = r"(?:[A-ZА-ЯЁ][\w.-]*(?:\s+[A-ZА-ЯЁ][\w.-]*){0,2})"
+_NAME_WORD = r"[A-ZА-ЯЁ][\w.-]*"
+_NAME = rf"(?:{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
+# After the greeting word, names are taken one word at a time: the loop already joins words
+# with blanks, and a name of up to three words inside it let "Hello A A A … x" be split
+# every possible way before failing (catastrophic backtracking). Same lines match.
 _GREETING = re.compile(
-    rf"^\s*(?:{_NAME}\s*,\s*)?(?i:{_GREETING_WORD})(?:[\s,]+(?:(?i:{_GREETING_WORD}|{_ADDRESSEE})|{_NAME}))*"
+    rf"^\s*(?:{_NAME}\s*,\s*)?(?i:{_GREETING_WORD})"
+    rf"(?:[\s,]+(?:(?i:{_GREETING_WORD}|{_ADDRESSEE})|{_NAME_WORD}))*"
     rf"(?:\s*[!,.:]+|\s*$)"
 )
 

@@ -142,9 +142,12 @@ class _Pass:
         finally:
             understanding.close()
         self._note_withheld()
+        # what is still in the folder now, not what was there when the pass began: status
+        # showed the old figure until the next pass, up to an IDLE renewal later
+        left = max(0, len(uids) - sum(self.report.filed.values()))
         with self.store.transaction() as session:
             repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
-                             backlog=len(uids))
+                             backlog=left)
         return self.report
 
     def _note_withheld(self) -> None:
