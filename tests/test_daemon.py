@@ -560,3 +560,35 @@ def test_ready_comes_before_a_large_first_backlog_is_drained(
         intake.join(30)
         daemon.store.dispose()
     assert len(list(processed.iterdir())) == count
+
+
+# ------------------------------------------------------------- progress and summary lines
+
+
+def test_a_backlog_logs_progress_and_one_summary_line(
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A progress line (done/total, letters per second, time left) every PROGRESS_EVERY
+    seconds while the backlog is fetched (0 here: one per batch, not a timing test), and
+    one summary line at the end of the drain."""
+    import re
+
+    from mailroute import logs
+    from mailroute.pipeline import intake
+
+    logs.configure()
+    monkeypatch.setattr(intake, "PROGRESS_EVERY", 0.0)
+    daemon = maildir_daemon(tmp_path, smtp_sink, database_url, 12, batch_size=3)
+    try:
+        daemon.run_once(send=False)
+    finally:
+        daemon.store.dispose()
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if 'event=draining' in line]
+    assert [re.search(r"done=(\S+)", line).group(1) for line in progress] == [  # type: ignore[union-attr]
+        "3/12", "6/12", "9/12"]
+    assert all(re.search(r" per_second=[\d.]+ left=\d+(s|m\d\ds)\b", line) for line in progress)
+    (summary,) = [line for line in lines if 'event="drain finished"' in line]
+    assert re.search(r"letters=12 requests=12 follow_ups=0 ignored=0 quarantined=0 "
+                     r"replies_queued=12 seconds=[\d.]+", summary), summary

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -46,6 +47,7 @@ MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse th
 )
 FAULT_RETRY_FIRST = timedelta(minutes=1)
 FAULT_RETRY_MAX = timedelta(hours=1)
+PROGRESS_EVERY = 10.0  # seconds between progress lines while a backlog drains
 
 
 def fault_retry_after(attempts: int) -> timedelta:
@@ -119,6 +121,22 @@ class _Pass:
     reused: set[str] = field(default_factory=set)  # UIDs of filed letters, in the folder again
 
     def run(self) -> DrainReport:
+        started = time.monotonic()
+        try:
+            return self._run()
+        finally:
+            self._log_summary(time.monotonic() - started)
+
+    def _log_summary(self, seconds: float) -> None:
+        """One line per drain, however it ended: what a backlog (or one letter) became."""
+        report = self.report
+        log.info("drain finished", letters=report.fetched, requests=report.count("processed"),
+                 follow_ups=report.count("follow_up"), ignored=report.count("ignored"),
+                 quarantined=report.count("quarantined"),
+                 replies_queued=sum(1 for outcome in report.outcomes if outcome.reply),
+                 seconds=round(seconds, 1))
+
+    def _run(self) -> DrainReport:
         self.uidvalidity = self.source.select()
         uids = self.source.list_uids()
         with self.store.transaction() as session:
@@ -161,7 +179,9 @@ class _Pass:
         """Fetch and save batch after batch; each is understood while the one before it
         is decided and filed."""
         ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
+        meter = _Progress(len(new))
         for start in range(0, len(new), size):
+            meter.note(start)
             if self.stop.is_set():
                 return
             saved = self._save_batch(self._fetch(new[start : start + size]))
@@ -323,6 +343,35 @@ class _Pass:
         if state == "quarantined":
             return self.mailbox.quarantine_folder
         return self.mailbox.processed_folder
+
+
+class _Progress:
+    """A progress line every ``PROGRESS_EVERY`` seconds while a backlog is fetched:
+    done/total, letters per second and the time left at that pace."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = self.last = time.monotonic()
+
+    def note(self, done: int) -> None:
+        now = time.monotonic()
+        if not done or now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        left = (self.total - done) / rate if rate else 0.0
+        log.info("draining", done=f"{done}/{self.total}", per_second=round(rate, 1),
+                 left=_duration(left))
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``: a time left a person reads at a glance."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def header_message_id(raw: bytes) -> str | None:
