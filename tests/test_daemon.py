@@ -230,6 +230,12 @@ def test_metrics_and_log_lines_after_a_run(
         assert pair.sub("", line).strip() == "", line  # nothing but key=value pairs
         assert "event" in fields and "level" in fields, line
     assert imap_account.password not in stderr.decode()
+    (started,) = [line for line in lines if 'event="daemon started"' in line]
+    from mailroute import __version__
+    assert f"version={__version__} " in started
+    assert f'mailbox="imap {imap_account.host}:{imap_account.port}/INBOX"' in started
+    assert f"smtp={smtp_sink.host}:{smtp_sink.port} " in started
+    assert "db=sqlite:///" in started and "reply_window=always max_age=3d" in started
     created = [line for line in lines if 'event="request created"' in line]
     assert len(created) == 3 and all(line.startswith("ts=") for line in created)
     assert all(" msgid=" in line and " uid=" in line and " request=SD-" in line

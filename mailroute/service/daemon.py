@@ -26,14 +26,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailroute import __version__, logs
 from mailroute import config as config_module
-from mailroute import logs
 from mailroute.config import Config
 from mailroute.errors import ConfigError, MailboxUnavailable, MailrouteError, TransientError
 from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
 from mailroute.mail.sources import open_source
-from mailroute.pipeline.decide import Pipeline
+from mailroute.pipeline.decide import Pipeline, age_text
 from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.pipeline.intake import DrainReport, drain
 from mailroute.pipeline.reports import build_report, previous_period, queue_report_mail, sla_targets
@@ -238,7 +238,7 @@ class Daemon:
         self._scheduler = self._start_scheduler()
         intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         intake.start()
-        log.info("daemon started", mailbox=self.config.mailbox.folder, db=self._db_label())
+        self._log_start()
         try:
             self._serve(intake, inbox)
         finally:
@@ -261,6 +261,17 @@ class Daemon:
                 repo.record_start(session, name, self.clock())
         except (TransientError, SQLAlchemyError) as exc:
             log.warning("start time not recorded", error=_one_line(exc))
+
+    def _log_start(self) -> None:
+        """One line that says what this instance serves: the version, where mail comes
+        from and goes to, the database (password masked) and when it replies."""
+        mailbox, smtp, replies = self.config.mailbox, self.config.smtp, self.config.replies
+        source = (f"maildir {mailbox.maildir}" if mailbox.maildir else
+                  f"imap {mailbox.host}:{mailbox.effective_port()}/{mailbox.folder}")
+        log.info("daemon started", version=__version__, mailbox=source,
+                 smtp=f"{smtp.host}:{smtp.effective_port()}", db=self._db_label(),
+                 reply_window=replies.window, max_age=age_text(self.pipeline.max_age),
+                 replies="on" if self.pipeline.replies_enabled else "off")
 
     def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
         """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""
