@@ -598,3 +598,49 @@ def test_a_backlog_logs_progress_and_one_summary_line(
     (summary,) = [line for line in lines if 'event="drain finished"' in line]
     assert re.search(r"letters=12 requests=12 follow_ups=0 ignored=0 quarantined=0 "
                      r"replies_queued=12 seconds=[\d.]+", summary), summary
+
+
+def _run_once_on(config: Path, terminal: bool) -> str:
+    """`run --once` with its stderr on a pseudo-terminal (or a pipe); what it wrote there."""
+    import pty
+
+    command = [*MAILROUTE, "--config", str(config), "run", "--once"]
+    if not terminal:
+        return subprocess.run(command, capture_output=True, text=True, check=True,
+                              timeout=120).stderr
+    main, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=secondary)
+        os.close(secondary)
+        written = bytearray()
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not chunk:
+                break
+            written += chunk
+        assert process.wait(120) == 0
+    finally:
+        os.close(main)
+    return written.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_run_once_shows_a_progress_bar_on_a_terminal_only(
+    tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, sqlite_url: str,
+    terminal: bool,
+) -> None:
+    config = write_config(tmp_path / "config.toml", account=imap_account, sink=smtp_sink,
+                          database_url=sqlite_url)
+    subprocess.run([*MAILROUTE, "--config", str(config), "db", "upgrade"], check=True,
+                   capture_output=True)
+    for raw in sample_letters()[:4]:
+        imap_account.append(raw)
+    written = _run_once_on(config, terminal)
+    assert "fetched 4 letter(s)" in written
+    if terminal:
+        assert "letters" in written and "4/4" in written and "━" in written, written
+    else:
+        assert "4/4" not in written and "━" not in written

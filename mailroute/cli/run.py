@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,11 +58,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = open_store(config)
     daemon = Daemon(config, store, config_path=config.source)
     if args.once:
-        report = daemon.run_once(send=not args.no_replies)
+        with _progress_bar() as counted:
+            report = daemon.run_once(send=not args.no_replies, counted=counted)
         print(_run_summary(report), file=sys.stderr)
         return 0
     daemon.run_forever()
     return 0
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None] | None]:
+    """A bar on a terminal while `run --once` drains a backlog; nothing otherwise (a log
+    file or a pipe gets the progress lines of the log instead)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("letters"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task("letters", total=None)
+
+        def counted(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield counted
 
 
 def _run_summary(report: Any) -> str:

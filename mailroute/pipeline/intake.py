@@ -80,6 +80,7 @@ def drain(
     stop: threading.Event | None = None,
     progress: Callable[[], None] | None = None,
     connected: Callable[[], None] | None = None,
+    counted: Callable[[int, int], None] | None = None,
 ) -> DrainReport:
     """One pass: every letter in the folder now is saved, decided and filed.
 
@@ -87,9 +88,11 @@ def drain(
     long backlog, that the mailbox and the database both work again. ``connected``
     is called once the folder is selected and listed and the database has answered,
     before the first letter is fetched: a large backlog must not delay start-up.
+    ``counted`` gets (letters fetched, letters to fetch) as the backlog goes: a
+    progress bar's feed.
     """
     return _Pass(source, store, pipeline, mailbox, clock, stop or threading.Event(),
-                 progress or _nothing, connected or _nothing).run()
+                 progress or _nothing, connected or _nothing, counted).run()
 
 
 def _nothing() -> None:
@@ -114,6 +117,7 @@ class _Pass:
     stop: threading.Event
     progress: Callable[[], None]
     connected: Callable[[], None]
+    counted: Callable[[int, int], None] | None = None
     report: DrainReport = field(default_factory=DrainReport)
     uidvalidity: int = 0
     copies: dict[str, int] = field(default_factory=dict)  # uid -> letter already stored
@@ -179,7 +183,7 @@ class _Pass:
         """Fetch and save batch after batch; each is understood while the one before it
         is decided and filed."""
         ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
-        meter = _Progress(len(new))
+        meter = _Progress(len(new), self.counted)
         for start in range(0, len(new), size):
             meter.note(start)
             if self.stop.is_set():
@@ -189,6 +193,7 @@ class _Pass:
             ahead.append(_InFlight(saved, understanding.submit(raws)))
             if len(ahead) > 1:  # keep one batch being understood while this one is decided
                 self._decide_and_file(understanding, ahead.popleft())
+        meter.note(len(new))
         while ahead and not self.stop.is_set():
             self._decide_and_file(understanding, ahead.popleft())
 
@@ -349,13 +354,16 @@ class _Progress:
     """A progress line every ``PROGRESS_EVERY`` seconds while a backlog is fetched:
     done/total, letters per second and the time left at that pace."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, counted: Callable[[int, int], None] | None) -> None:
         self.total = total
+        self.counted = counted
         self.started = self.last = time.monotonic()
 
     def note(self, done: int) -> None:
+        if self.counted is not None:
+            self.counted(done, self.total)
         now = time.monotonic()
-        if not done or now - self.last < PROGRESS_EVERY:
+        if not done or done == self.total or now - self.last < PROGRESS_EVERY:
             return
         self.last = now
         rate = done / max(now - self.started, 1e-9)

@@ -162,7 +162,9 @@ class Daemon:
         """A warning when next year's production calendar is not known yet (logged at start)."""
         return calendar_warning(self.pipeline.calendar, self.clock())
 
-    def run_once(self, *, send: bool = True) -> RunReport:
+    def run_once(
+        self, *, send: bool = True, counted: Callable[[int, int], None] | None = None
+    ) -> RunReport:
         """Drain the folder, send the replies that are due (unless ``send`` is false: an
         import that must send nothing), return what happened.
 
@@ -186,7 +188,7 @@ class Daemon:
                 with _Sender(lambda: self.send_due(sessions=SESSIONS),
                              enabled=send and not self.store.is_sqlite) as sender:
                     report = drain(source, self.store, self.pipeline, self.config.mailbox,
-                                   self.clock, progress=sender.wake)
+                                   self.clock, progress=sender.wake, counted=counted)
                 delivery = sender.delivery
             else:
                 log.warning("standby", reason="another instance is draining this mailbox")
