@@ -43,6 +43,47 @@ def test_only_one_holder_and_release(store: Store) -> None:
     other.release()
 
 
+HOLD_SQLITE_LOCK = """
+import sys, time
+from mailroute.store import Store
+from mailroute.store.locks import MailboxLock
+lock = MailboxLock(Store(sys.argv[1]), "imap://a@b/INBOX")
+assert lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_sqlite_lock_is_in_the_database_file_and_dies_with_its_holder(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """No lock file beside the database; another process holding the mailbox keeps us out
+    until it dies; SQLite itself goes on reading and writing meanwhile."""
+    store = Store(sqlite_url)
+    store.upgrade()
+    folder = Path(store.engine.url.database or "").parent
+    before = set(folder.iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SQLITE_LOCK, sqlite_url],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = MailboxLock(store, "imap://a@b/INBOX")
+        assert not lock.acquire()  # held by the other process
+        with store.transaction() as session:  # the database is not blocked by it
+            session.execute(text("create table touched (x integer)"))
+        holder.kill()
+        holder.wait(10)
+        assert lock.acquire()
+        lock.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate(timeout=10)  # closes its pipe
+        store.dispose()
+    left = {path.name for path in set(folder.iterdir()) - before}
+    assert not [name for name in left if name.endswith(".lock")], left
+
+
 def test_a_dead_holders_lock_is_taken_over(postgres_url: str) -> None:
     store = Store(postgres_url)
     store.upgrade()

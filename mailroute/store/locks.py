@@ -3,15 +3,19 @@
 PostgreSQL: a session advisory lock held on a connection of its own. If the
 holder dies, PostgreSQL drops its connection and the lock with it, so a
 standby instance acquires it on its next try. SQLite (one host by nature): an
-``flock`` on a file beside the database, released by the kernel on death.
+open-file-description lock on one byte of the database file itself, far beyond
+the bytes SQLite locks, released by the kernel on death. No lock file is left
+beside the database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import struct
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute.errors import TransientError
 from mailroute.store.db import Store
+
+# SQLite locks bytes from 1 GiB on (its pending, reserved and shared bytes); the mailbox
+# locks sit far beyond them, one byte per mailbox, so the two never meet.
+LOCK_REGION = 1 << 40
+
+
+def _byte_lock(offset: int) -> bytes:
+    """A write lock on one byte, as ``struct flock`` (l_pid must be 0 for OFD locks)."""
+    return struct.pack("hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
 
 
 class MailboxLock:
@@ -62,8 +75,7 @@ class MailboxLock:
 
     def release(self) -> None:
         if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            os.close(self._file)
+            os.close(self._file)  # the lock belongs to this descriptor and goes with it
             self._file = None
         if self._connection is not None:
             with suppress(SQLAlchemyError):  # a lost connection took the lock with it
@@ -89,20 +101,29 @@ class MailboxLock:
         return False
 
     def _acquire_file(self) -> bool:
-        path = self._lock_path()
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self._database_path()
+        if path is None:
+            return True  # an in-memory database: nothing else can reach it
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            descriptor = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise TransientError(f"database file {path}: {exc.strerror}") from exc
+        try:
+            fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK, _byte_lock(self._lock_byte()))
+        except OSError as exc:
             os.close(descriptor)
-            return False
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise TransientError(f"cannot lock {path}: {exc.strerror}") from exc
         self._file = descriptor
         return True
 
-    def _lock_path(self) -> Path:
+    def _database_path(self) -> Path | None:
         database = self.store.engine.url.database or ""
-        base = Path(database) if database and database != ":memory:" else Path("/tmp/mailroute")
-        return base.with_name(f"{base.name}.{self.key & 0xFFFFFFFF:08x}.lock")
+        return Path(database) if database and database != ":memory:" else None
+
+    def _lock_byte(self) -> int:
+        return LOCK_REGION + (self.key & 0xFFFFFFFF)
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
