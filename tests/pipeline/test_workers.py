@@ -22,7 +22,7 @@ from mailroute.pipeline.workers import Understanding, understand
 from mailroute.store import Store
 from mailroute.store.models import Letter, Request
 
-LETTERS = sorted((Path(__file__).parent / "letters").glob("*.eml"))[:40]
+LETTERS = sorted((Path(__file__).parents[1] / "letters").glob("*.eml"))[:40]
 BROKEN = b"From: a@b.example\r\nContent-Type: multipart/mixed\r\n\r\nno boundary at all"
 
 

@@ -10,7 +10,7 @@ was written to the filesystem.
 
 Threading: our Message-IDs are the only proof of belonging to a thread, so they
 must not be guessable; a stranger's ``[SD-…]`` token is covered by
-tests/test_conversation.py (test_token_from_a_stranger_opens_a_new_request).
+tests/pipeline/test_conversation.py (test_token_from_a_stranger_opens_a_new_request).
 """
 
 from __future__ import annotations

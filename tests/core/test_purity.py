@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "mailroute" / "core"
+CORE = Path(__file__).resolve().parents[2] / "mailroute" / "core"
 
 # Top-level modules whose import means I/O, concurrency or process control.
 FORBIDDEN_MODULES = frozenset({

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mailroute" / "core" / "letter"
+PACKAGE = Path(__file__).resolve().parents[2] / "mailroute" / "core" / "letter"
 PREFIX = "mailroute.core.letter"
 MAX_STATEMENTS = 50
 CONCERNS = ("model", "charsets", "transfer", "headers", "addresses", "filenames", "text",

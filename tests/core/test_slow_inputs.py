@@ -27,7 +27,7 @@ from mailroute.core.letter import ParseLimits
 from mailroute.packaged import analysis_context
 from mailroute.pipeline import workers
 
-SLOW_CORPUS = Path(__file__).resolve().parent / "hostile" / "slow"
+SLOW_CORPUS = Path(__file__).resolve().parents[1] / "hostile" / "slow"
 CONTEXT = analysis_context(Config())
 CPU_BOUND = 1.0  # seconds of this thread's CPU for one letter of at most ~130 KB
 PIECES = (

@@ -29,7 +29,7 @@ from support.services import require_service
 from mailroute.service import systemd
 from mailroute.service.systemd import Notifier, notify, watchdog_interval
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = ROOT / "systemd"
 MAIN_UNIT = UNIT_DIR / "mailroute.service"
 DOCS = ROOT / "docs" / "systemd.md"

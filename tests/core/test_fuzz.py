@@ -62,7 +62,7 @@ from mailroute.core.verdict import Analysis, analyze
 from mailroute.errors import LetterUnreadable
 from mailroute.packaged import analysis_context, load_templates
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED_DIRS = (
     DEV_CORPUS,
     ROOT / "tests" / "letters",
