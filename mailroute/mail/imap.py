@@ -82,7 +82,7 @@ class ImapSource:
 
     def select(self) -> int:
         if self._client is None:
-            with _mapped(f"connect to {self._address}"):
+            with _mapped(f"connect to {self._address}", CONNECT_HINT):
                 self._client = self._connect()
         with _mapped(f"select {self.config.folder}"):
             selected = self._client.select_folder(self.config.folder)
@@ -466,12 +466,16 @@ class WatchedIMAPClient(IMAPClient):  # type: ignore[misc]
         return _WatchedIMAP4(self.host, self.port, connect_timeout, self._watch)
 
 
+CONNECT_HINT = " (check [mailbox] host, port and security)"
+
+
 @contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    """Turn library and socket errors into MailboxUnavailable naming the action."""
+def _mapped(action: str, hint: str = "") -> Iterator[None]:
+    """Turn library and socket errors into MailboxUnavailable naming the action (and, for a
+    connection, what to check)."""
     try:
         yield
     except MailboxUnavailable:
         raise
     except _ERRORS as exc:
-        raise MailboxUnavailable(f"IMAP {action} failed: {in_words(exc)}") from exc
+        raise MailboxUnavailable(f"IMAP {action} failed: {in_words(exc)}{hint}") from exc

@@ -47,4 +47,5 @@ def test_an_imap_server_that_is_not_there_is_named_with_the_cause() -> None:
     message = str(raised.value)
     assert f"127.0.0.1:{port}" in message
     assert "the connection was refused" in message
+    assert "check [mailbox] host, port and security" in message
     assert "Errno" not in message
