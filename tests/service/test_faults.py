@@ -698,8 +698,9 @@ def test_database_outage(tmp_path: Path, imap_account: ImapAccount, smtp_sink: S
     restart, and the wait for a letter filed after it never ended.)"""
     cluster = postgres_cluster(postgres_url)
     backlog = build_backlog(600, random.Random(SEED + 4), tag="pg")
+    # 524 replies: above the desk's default hourly cap (300), which is not under test here
     config = configured(tmp_path, imap_account, smtp_sink, postgres_url,
-                        mailbox={"batch_size": 5})
+                        mailbox={"batch_size": 5}, replies={"desk_hourly_limit": 1000})
     deliver(imap_account, backlog.mails)
     recoveries: dict[str, float] = {}
     with books(postgres_url) as db, running(config, tmp_path / "daemon.log") as daemon:
