@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 # --------------------------------------------------------------------------- history
 
+# The tail takes each run of blanks, marks or dashes whole (possessive): three optional
+# parts in a row let a run of blanks be shared between them every possible way.
 _SEPARATOR = re.compile(
     r"^\s*(?:[-=_*]{2,}\s*)?(?:original message|исходное сообщение|оригинальное сообщение|"
     r"forwarded message|пересылаемое сообщение|пересланное сообщение|"
-    r"переадресованное сообщение|перенаправленное сообщение|forwarded by\b.*|"
+    r"переадресованное сообщение|перенаправленное сообщение|forwarded by\b.*+|"
     r"begin forwarded message|начало (?:переадресованного|пересылаемого) сообщения|"
-    r"message d'origine|ursprüngliche nachricht)\s*:?\s*(?:[-=_*]{2,})?\s*$",
+    r"message d'origine|ursprüngliche nachricht)\s*+:?\s*+(?:[-=_*]{2,}+)?\s*+$",
     re.IGNORECASE,
 )
 _RULE_LINE = re.compile(r"^\s*[-_=]{5,}\s*$")
@@ -34,9 +36,13 @@ _HEADER_KEYS = (
     r"from|sent|date|to|cc|subject|reply-to|от|от кого|отправитель|отправлено|отправлен|"
     r"дата|кому|копия|тема|von|gesendet|an|betreff|de|envoyé|à|objet"
 )
-_HEADER_LINE = re.compile(rf"^\s*\*?(?:{_HEADER_KEYS})\s*\*?\s*:\s*\*?\s*\S", re.IGNORECASE)
+# Possessive blanks: each run of them is taken whole (the next part is never a blank), so a
+# long run is not split between two of them every possible way.
+_HEADER_LINE = re.compile(
+    rf"^\s*+\*?(?:{_HEADER_KEYS})\s*+\*?\s*+:\s*+\*?\s*\S", re.IGNORECASE
+)
 _HEADER_FROM = re.compile(
-    r"^\s*\*?(?:from|от|от кого|отправитель|von|de)\s*\*?\s*:\s*\*?\s*\S", re.IGNORECASE
+    r"^\s*+\*?(?:from|от|от кого|отправитель|von|de)\s*+\*?\s*+:\s*+\*?\s*\S", re.IGNORECASE
 )
 _WROTE = re.compile(
     r"(?:wrote|writes|пишет|написал|написала|написал\(а\)|писал|писала|писал\(а\)|"
@@ -256,6 +262,10 @@ _CONTACT_PIECE = [
     re.compile(r"^(?:рег|регистрационный|registration|reg)\b.*", re.IGNORECASE),
     re.compile(r"^(?:г\.|город|ул\.|улица|адрес|address)\s.*", re.IGNORECASE),
 ]
+# What separates the pieces of a contact line: "Иван Петров, бухгалтер | ООО Ромашка". A bar
+# is tried only from the start of the blanks before it: the blanks of a match always end a
+# run, so no match starts inside one, and trying every blank of a run was quadratic.
+_PIECE_BREAK = re.compile(r",\s+|(?<!\s)\s+[|/•·]\s+|;\s*")
 _JOB = re.compile(rf"^(?:\S+\s+){{0,4}}\S*(?:{_JOB_WORDS})\S*(?:\s+\S+){{0,4}}$", re.IGNORECASE)
 _PERSON = re.compile(
     r"^(?:[A-ZА-ЯЁ][a-zа-яё'-]+|[A-ZА-ЯЁ]\.(?:\s?[A-ZА-ЯЁ]\.)?)"
@@ -276,7 +286,7 @@ def _contact_strength(line: str) -> int:
     text = line.strip()
     if not text or len(text) > 100 or text.endswith("?"):
         return 0
-    pieces = [p.strip() for p in re.split(r",\s+|\s+[|/•·]\s+|;\s*", text) if p.strip()]
+    pieces = [p.strip() for p in _PIECE_BREAK.split(text) if p.strip()]
     strengths = [_piece_strength(p) for p in pieces]
     if strengths and min(strengths) > 0:  # a line of separators only (";") has no pieces
         return max(strengths)

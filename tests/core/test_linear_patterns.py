@@ -274,8 +274,7 @@ KNOWN_SLOW = {
     **{
         name: QUADRATIC
         for name in (
-            "mailroute.core.quotes._HEADER_FROM", "mailroute.core.quotes._HEADER_LINE",
-            "mailroute.core.quotes._SEPARATOR", "mailroute.core.reply_policy.EMAIL",
+            "mailroute.core.reply_policy.EMAIL",
             "mailroute.core.subjects.REPLY_PREFIX", "mailroute.core.verdict._NOISE",
             "rules.toml:marker:change-request", "rules.toml:marker:improvement",
             "rules.toml:marker:incident", "rules.toml:marker:service-request",
@@ -283,10 +282,6 @@ KNOWN_SLOW = {
         )
     },
 }
-# Literal calls are named by their line, which moves: these are known by their text.
-for _name, _pattern in core_patterns():
-    if _pattern.pattern == r",\s+|\s+[|/•·]\s+|;\s*":  # quotes: a contact line's pieces
-        KNOWN_SLOW[_name] = QUADRATIC
 # Catastrophic, not yet rewritten: measuring them would not end.
 KNOWN_CATASTROPHIC: dict[str, str] = {}
 WINDOW_SECONDS = 0.05
