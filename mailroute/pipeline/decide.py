@@ -37,9 +37,9 @@ from mailroute.core.identity import content_key
 from mailroute.core.letter import ParsedLetter, ParseLimits
 from mailroute.core.reply_policy import (
     DESK_WINDOW,
-    EMAIL,
     Decision,
     ReplyPolicy,
+    addresses_in,
     bounced_addresses,
     decide,
 )
@@ -506,7 +506,7 @@ class _Steps:
         parsed, letter = self.parsed, self.letter
         texts = [parsed.text, *(f.text for f in parsed.forwarded)]
         headers = [" ".join(f.headers.values()) for f in parsed.forwarded]
-        mentioned = EMAIL.findall(" ".join([*texts, *headers]))
+        mentioned = addresses_in(" ".join([*texts, *headers]))
         with self.session.no_autoflush:  # this batch's replies are not sent: none bounced
             candidates = repo.recipients_we_wrote(self.session, mentioned)
         for address in sorted(bounced_addresses(parsed, candidates)):

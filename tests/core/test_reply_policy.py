@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from mailroute.core.letter import parse
 from mailroute.core.reply_policy import (
     Recent,
     ReplyPolicy,
+    addresses_in,
     bounced_addresses,
     decide,
     enhanced_status,
@@ -102,3 +104,18 @@ def test_delayed_dsn_suppresses_nothing() -> None:
            b"Final-Recipient: rfc822; slow@customer.example\r\nAction: delayed\r\n"
            b"Status: 4.4.7\r\n--b--\r\n")
     assert bounced_addresses(parse(raw)) == set()
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("Ivan <ivan@corp.example>, anna.k+desk@mail.example.org", ["ivan@corp.example",
+                                                               "anna.k+desk@mail.example.org"]),
+    ("a@b.c+d@e.f", ["a@b.c", "+d@e.f"]),  # glued to the previous domain: still two
+    ("x@y.z.%w@v.u", ["x@y.z", ".%w@v.u"]),
+    ("user@host, nor here@localhost", []),  # a domain has a dot
+    ("aaaa" * 50, []),
+])
+def test_addresses_in_finds_what_the_plain_pattern_finds(text: str, found: list[str]) -> None:
+    """Left to right, as ``findall`` of the address pattern (looked for from the start of
+    each run of local-part characters, and right after an address)."""
+    assert addresses_in(text) == found
+    assert addresses_in(text) == re.findall(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", text, re.ASCII)
