@@ -162,6 +162,15 @@ _EN_SUFFIX = (
 )
 _OPEN = "«\"“„'‘"
 _CLOSE = {"«": "»", '"': '"', "“": "”", "„": "“”", "'": "'", "‘": "’"}
+_QUOTED_NAME_MAX = 150  # characters after the opening mark where its closing one may be
+_QUOTE_DEPTH_MAX = 3  # «ООО «ТД «Ромашка»»» at most: deeper is no name, and costs a walk
+# What _quoted_end looks at after each opening mark: its closers, itself, a line end.
+_QUOTE_MARKS = {
+    opener: re.compile("[" + re.escape("\n" + opener + closers) + "]")
+    for opener, closers in _CLOSE.items()
+}
+_GAP = re.compile(r"[ \t]+")
+_NEXT_SENTENCE = re.compile(r"[ \t]+[A-ZА-ЯЁ]")
 # Possessive: a word is never split.  Splitting one ("A&B" as "A" & "B") ends the name
 # where the whole word ends, so it cannot succeed where the whole word failed; letting
 # the engine try every split made `A&A&A…` cost the 7th power of its length.
@@ -280,16 +289,27 @@ class Candidate:
 
 def _quoted_end(text: str, start: int) -> int | None:
     """End (exclusive) of a quoted name starting at ``text[start]``; «» may nest, and so
-    may straight quotes: ФГУП "НПО "Техномаш"" (a quote after a space opens)."""
+    may straight quotes: ФГУП "НПО "Техномаш"" (a quote after a space opens).
+
+    Only the quote marks and line ends of the next ``_QUOTED_NAME_MAX`` characters are
+    visited, a window without a closing mark is refused at once, and so is nesting
+    deeper than three: `ООО «` or `ООО ««««»` repeated (a name opened every few
+    characters, never closed) walked all 150 characters after each one in Python,
+    2.7-5 s of CPU for a 360 KB letter."""
     opener = text[start]
     closers = _CLOSE[opener]
+    stop = min(len(text), start + _QUOTED_NAME_MAX)
+    if all(text.find(closer, start + 1, stop) < 0 for closer in closers):
+        return None
     depth = 0
-    for i in range(start, min(len(text), start + 150)):
-        ch = text[i]
+    for mark in _QUOTE_MARKS[opener].finditer(text, start, stop):
+        ch, i = mark.group(), mark.start()
         if ch == "\n":
             return None
         if (opener == "«" and ch == "«") or (ch == opener == '"' and _opens_straight(text, i)):
             depth += 1
+            if depth > _QUOTE_DEPTH_MAX:
+                return None
         elif ch in closers and i > start:
             depth -= 1
             if depth <= 0:
@@ -304,11 +324,17 @@ def _opens_straight(text: str, i: int) -> bool:
     return (before.isspace() or before in "(«") and after.isalnum()
 
 
+def _after_gap(text: str, pos: int) -> int:
+    """``pos`` moved past spaces and tabs (matched in place: slicing ``text[pos:]`` for
+    each of thousands of names copied the rest of a long letter every time)."""
+    gap = _GAP.match(text, pos)
+    return gap.end() if gap else pos
+
+
 def _name_after_form(text: str, form: re.Match[str]) -> int | None:
     """End of the organization name following a legal form, or None."""
     pos = form.end()
-    gap = re.match(r"[ \t]*", text[pos:])
-    quote_at = pos + (gap.end() if gap else 0)
+    quote_at = _after_gap(text, pos)
     if quote_at < len(text) and text[quote_at] in _OPEN:
         end = _quoted_end(text, quote_at)
         if end is None:
@@ -330,8 +356,7 @@ def _name_after_form(text: str, form: re.Match[str]) -> int | None:
         end = pos + word.end()
     if end == pos or fold(text[pos:end].split()[0]) in _SENTENCE_WORDS:
         return None
-    gap = re.match(r"[ \t]*", text[end:])
-    quote_at = end + (gap.end() if gap else 0)
+    quote_at = _after_gap(text, end)
     if quote_at < len(text) and text[quote_at] in _OPEN:
         return _quoted_end(text, quote_at) or end
     return end
@@ -408,7 +433,7 @@ def _trim_job_title(text: str, start: int, end: int) -> int:
 
 def _drop_sentence_period(text: str, end: int) -> int:
     """"…Builders Ltd. Our module…": the period ends the sentence, not the name."""
-    if end > 0 and text[end - 1] == "." and re.match(r"[ \t]+[A-ZА-ЯЁ]", text[end:]):
+    if end > 0 and text[end - 1] == "." and _NEXT_SENTENCE.match(text, end):
         return end - 1
     return end
 
@@ -417,6 +442,10 @@ def _drop_sentence_period(text: str, end: int) -> int:
 # this far: rescanning the whole line for each of thousands of names on one long
 # line (a pasted table) was quadratic, seconds for 20 KB.
 _LOOKBACK = 200
+# Names weighed per source (subject, body, signature…), the first ones: a letter naming
+# more is a list or an attack (`ООО «А»` repeated over 360 KB: 57,000 names, 4.5 s of
+# CPU weighing each), and the customer's own name comes before the list.
+MAX_CANDIDATES_PER_SOURCE = 300
 _BULLETS = " \t-–—•*>|"
 
 
@@ -474,7 +503,7 @@ def candidates(sources: Sequence[Source], vendor: frozenset[str] = frozenset()) 
     found = []
     for_client = any(_WRITES_FOR_CLIENT.search(text) for _, text in sources)
     for source, text in sources:
-        for start, end in _raw_candidates(text):
+        for start, end in _raw_candidates(text)[:MAX_CANDIDATES_PER_SOURCE]:
             end = _drop_sentence_period(text, end)
             value = text[start:end].strip(" \t,;:")
             score, why = _score(text, source, start, end, for_client)
