@@ -274,7 +274,6 @@ KNOWN_SLOW = {
     **{
         name: QUADRATIC
         for name in (
-            "mailroute.core.subjects.REPLY_PREFIX", "mailroute.core.verdict._NOISE",
             "rules.toml:marker:change-request", "rules.toml:marker:improvement",
             "rules.toml:marker:incident", "rules.toml:marker:service-request",
             "rules.toml:type:error-message", "mailroute.core.extract._WRITES_FOR_CLIENT",
