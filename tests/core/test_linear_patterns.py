@@ -276,7 +276,7 @@ KNOWN_SLOW = {
         for name in (
             "rules.toml:marker:change-request", "rules.toml:marker:improvement",
             "rules.toml:marker:incident", "rules.toml:marker:service-request",
-            "rules.toml:type:error-message", "mailroute.core.extract._WRITES_FOR_CLIENT",
+            "rules.toml:type:error-message",
         )
     },
 }
