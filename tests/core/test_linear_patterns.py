@@ -267,18 +267,9 @@ WINDOWS = {
 # Patterns kept in containers, so that their use is not seen by name.
 METHODS = {"mailroute.core.quotes._CONTACT_PIECE": "match"}
 # Still superlinear, to be rewritten: each test below fails once it is linear.
-QUADRATIC = "whitespace or word runs scanned again from every position: length squared"
 KNOWN_SLOW = {
     "mailroute.core.quotes._CLOSING": "[\\w ]* before an optional capitalized name: "
     "a long closing line costs its length squared",
-    **{
-        name: QUADRATIC
-        for name in (
-            "rules.toml:marker:change-request", "rules.toml:marker:improvement",
-            "rules.toml:marker:incident", "rules.toml:marker:service-request",
-            "rules.toml:type:error-message",
-        )
-    },
 }
 # Catastrophic, not yet rewritten: measuring them would not end.
 KNOWN_CATASTROPHIC: dict[str, str] = {}
