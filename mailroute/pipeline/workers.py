@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import queue
+import resource
 import threading
 import time
 import traceback
@@ -46,6 +48,10 @@ POLL_SECONDS = 0.05  # how often a letter's cost and a stop are looked at
 WALL_FACTOR = 10  # a worker stuck without spending CPU is given up after this many budgets
 SLOW_NOTE_SECONDS = 1.0  # a letter in hand this long is recorded for `status`
 DEATHS_PER_LETTER = 2  # a letter that kills its worker twice is quarantined
+# The kernel's own limit on a worker's CPU for one letter (RLIMIT_CPU, then SIGXCPU), in
+# budgets, plus a second: never reached while the daemon watches (it kills at one
+# budget), it ends a worker whose daemon is gone and that is too busy to notice.
+BACKSTOP_BUDGETS = 2
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ class _Slot:
             if self.stop.is_set() or self._closing.is_set():
                 raise Interrupted("stop requested")
             worker = self._worker()
-            worker.send(raws[len(verdicts):])
+            worker.send(raws[len(verdicts):], self.budget * BACKSTOP_BUDGETS + 1)
             done, fault = self._watch(worker, verdicts, len(raws))
             if fault is None:
                 break  # every letter has its verdict
@@ -325,9 +331,10 @@ class _Worker:
     def serves(self, context: AnalysisContext, limits: ParseLimits) -> bool:
         return self.context is context and self.limits == limits
 
-    def send(self, raws: list[bytes]) -> None:
+    def send(self, raws: list[bytes], cpu_backstop: float) -> None:
+        """Letters to understand, each under the kernel's limit of ``cpu_backstop`` s."""
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
-            self.conn.send(raws)  # if it died, the next receive says so
+            self.conn.send((raws, cpu_backstop))  # if it died, the next receive says so
 
     def receive(self, timeout: float) -> tuple[str, object, float] | None:
         """The worker's next message ("stage", name, cpu) or ("done", verdict, cpu); None
@@ -420,12 +427,31 @@ def _serve(
 
     while True:
         try:
-            raws: list[bytes] = conn.recv()
+            raws: list[bytes]
+            raws, cpu_backstop = conn.recv()
         except (EOFError, OSError):
             return
         for raw in raws:
+            limit_cpu(cpu_backstop)
             verdict = understand(raw, context, limits, stage)
             conn.send(("done", verdict, time.process_time()))
+
+
+def limit_cpu(seconds: float) -> None:
+    """Let the kernel end this process once it has spent ``seconds`` more of CPU.
+
+    The daemon gives a letter up at its budget by killing the worker; but a worker
+    whose daemon died (SIGKILL, OOM) while it was deep in one regular expression
+    never sees its parent go (the thread watching for that needs the interpreter
+    lock, which the match holds) and would burn a core forever. RLIMIT_CPU is
+    counted by the kernel whatever the process does: past the soft limit it
+    sends SIGXCPU, whose default action ends the process.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    limit = math.ceil(time.process_time() + seconds)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
 
 
 def _exit_with_parent() -> None:

@@ -126,6 +126,53 @@ def test_a_stop_kills_the_worker_mid_letter() -> None:
     assert pid is not None and not running(pid)
 
 
+ORPHANING_PARENT = """
+import os, signal, sys, time
+sys.path[:0] = {paths!r}
+from test_budget import Pipeline, Understanding, slow_config, slow_letter
+pipeline = Pipeline.from_config(slow_config({budget}))
+workers = Understanding(pipeline.context, pipeline.limits, 1, pipeline.letter_seconds)
+workers.submit([slow_letter()])
+slot = workers._slots[0]
+while slot.worker is None:
+    time.sleep(0.01)
+print(slot.worker.process.pid, flush=True)
+time.sleep(0.3)  # deep in the letter, well inside its budget
+os.kill(os.getpid(), signal.SIGKILL)  # the daemon dies; its watch over the worker with it
+"""
+
+
+def _process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of a process (Z: ended, not reaped), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_a_worker_left_deep_in_a_letter_by_a_dead_daemon_is_ended_by_the_kernel() -> None:
+    """The catastrophic rule holds the interpreter lock, so the worker's thread watching
+    for its parent never runs: without RLIMIT_CPU it would burn a core for ever. With a
+    1 s budget the kernel ends it after 3 s of CPU (BACKSTOP_BUDGETS, plus a second)."""
+    budget = 1.0
+    script = ORPHANING_PARENT.format(paths=sys.path, budget=budget)
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False, cwd=Path(__file__).parent)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    worker = int(parent.stdout.split()[0])
+    limits = Path(f"/proc/{worker}/limits").read_text() if _process_state(worker) else ""
+    deadline = time.monotonic() + 60  # 3 s of CPU, however loaded the machine
+    while _process_state(worker) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = _process_state(worker)
+    if state not in (None, "Z"):
+        os.kill(worker, signal.SIGKILL)
+    assert state in (None, "Z"), f"the orphaned worker {worker} still runs ({state})"
+    if limits:  # read while it ran: the soft limit the worker set itself, in seconds
+        soft = next(line for line in limits.splitlines() if line.startswith("Max cpu time"))
+        assert soft.split()[3].isdigit(), soft
+
+
 # ------------------------------------------------------- the daemon, real servers
 
 
