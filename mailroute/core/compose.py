@@ -74,6 +74,18 @@ NOT_FOUND_TEXT = {
     "ru": " номер {value} не найден в нашем реестре, проверьте его, пожалуйста;",
     "en": " the number {value} is not in our registry, please check it;",
 }
+CONFIRM_INTRO = {
+    "ru": "Пожалуйста, проверьте, верно ли мы прочли ваше письмо:",
+    "en": "Please check that we read your message right:",
+}
+CONFIRM_FIELDS = {
+    "ru": {"organization": "организация", "registration_number": "регистрационный номер"},
+    "en": {"organization": "organization", "registration_number": "registration number"},
+}
+CONFIRM_OUTRO = {
+    "ru": "Если что-то не так, ответьте на это письмо и укажите верные данные.",
+    "en": "If anything is wrong, reply to this message with the right details.",
+}
 NO_SUBJECT = {"ru": "(без темы)", "en": "(no subject)"}
 FIRST_RESPONSE = {
     "ru": "Первый ответ специалиста: до {when}.",
@@ -121,6 +133,8 @@ class ReplyFacts:
     first_response_due: datetime | None = None
     hours: str = ""
     first_response_overdue: bool = False  # the due time has passed: promise no time
+    # Extracted values the customer is asked to confirm: (field, value as read).
+    to_confirm: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -510,7 +524,19 @@ def _values(facts: ReplyFacts, lang: str) -> dict[str, str]:
         "first_response_line": _first_response_line(facts, lang),
         "handled_first": HANDLED_FIRST[lang] if facts.first_response_overdue else "",
         "hours": facts.hours,
+        "confirm_block": _confirm_block(facts, lang),
     }
+
+
+def _confirm_block(facts: ReplyFacts, lang: str) -> str:
+    """``$confirm_block``: the guessed values, for the customer to check; empty if none."""
+    if not facts.to_confirm:
+        return ""
+    lines = [
+        f"  - {CONFIRM_FIELDS[lang].get(name, name)}: {inert(one_line(value, 150))}"
+        for name, value in facts.to_confirm
+    ]
+    return "\n".join([CONFIRM_INTRO[lang], *lines, CONFIRM_OUTRO[lang]])
 
 
 def _first_response(facts: ReplyFacts, lang: str) -> str:

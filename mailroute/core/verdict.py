@@ -109,6 +109,8 @@ class Analysis:
     # the field is null) and whether a person should look: see :func:`review`.
     confidence: Mapping[str, float | None] = field(default_factory=dict)
     needs_review: bool = False
+    # Extracted fields the reply asks the customer to confirm (their values are guesses).
+    to_confirm: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """The explain JSON: the nine spec fields, queue, reasons and identification."""
@@ -130,6 +132,7 @@ class Analysis:
             "requester_header": self.letter.sender_header,
             "confidence": dict(self.confidence),
             "needs_review": self.needs_review,
+            "to_confirm": list(self.to_confirm),
         }
 
 
@@ -287,6 +290,7 @@ def _ticket(
         unknown_registration=who.unknown_registration,
         confidence=confidence,
         needs_review=bool(doubts),
+        to_confirm=doubtful_fields(confidence),
     )
 
 
@@ -332,6 +336,15 @@ def review(verdict: classify.Verdict, confidence: Mapping[str, float | None]) ->
         if value is not None and value < DOUBTFUL:
             doubts.append(f"{name} is doubtful (confidence {value:g})")
     return doubts
+
+
+def doubtful_fields(confidence: Mapping[str, float | None]) -> tuple[str, ...]:
+    """The extracted values too doubtful to use silently: the reply asks the customer to
+    confirm them rather than asking again for what the letter already holds."""
+    return tuple(
+        name for name in ("organization", "registration_number")
+        if (value := confidence.get(name)) is not None and value < DOUBTFUL
+    )
 
 
 def clean_subject(subject: str | None) -> str:

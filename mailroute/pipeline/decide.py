@@ -559,7 +559,8 @@ class _Steps:
         )
         if parent is not None:
             repo.add_event(self.session, parent, "continued", now, request=request.number)
-        reply = self.queue_reply(request, analysis.reply, analysis.unknown_registration)
+        reply = self.queue_reply(request, analysis.reply, analysis.unknown_registration,
+                                 analysis.to_confirm)
         return Outcome(letter.id, "processed", request.number, reply,
                        request_type=request.request_type)
 
@@ -640,7 +641,8 @@ class _Steps:
         return Outcome(self.letter.id, "follow_up", request.number, detail="to human queue")
 
     def queue_reply(
-        self, request: Request, kind: str, unknown_registration: str | None = None
+        self, request: Request, kind: str, unknown_registration: str | None = None,
+        to_confirm: tuple[str, ...] = (),
     ) -> str | None:
         if kind not in ("acknowledgement", "clarification") or not request.requester:
             return None
@@ -674,7 +676,8 @@ class _Steps:
         if decision.action == "notice":
             kind = "limit"
         send_at = pipeline.send_time(now)
-        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration, send_at)
+        draft = _draft(pipeline, request, self.parsed, kind, unknown_registration, send_at,
+                       to_confirm)
         item = repo.pending_reply(
             kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
             subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
@@ -699,10 +702,15 @@ def _draft(
     kind: str,
     unknown_registration: str | None,
     send_at: datetime,
+    to_confirm: tuple[str, ...] = (),
 ) -> Draft:
     """The reply; a first-response time already past when it goes out is not promised
-    (the request is breached by then: its clock runs from the letter's arrival)."""
+    (the request is breached by then: its clock runs from the letter's arrival).
+    Values read with doubt are shown for the customer to confirm."""
     due = request.first_response_due
+    guesses = tuple(
+        (name, value) for name in to_confirm if (value := getattr(request, name, None))
+    )
     facts = ReplyFacts(
         number=request.number,
         request_type=request.request_type,
@@ -714,6 +722,7 @@ def _draft(
         first_response_due=_local(pipeline, due),
         hours=pipeline.hours_text(request.language),
         first_response_overdue=due is not None and due <= send_at,
+        to_confirm=guesses,
     )
     thread = Thread(
         recipient=request.requester,

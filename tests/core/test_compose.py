@@ -525,3 +525,20 @@ def test_internal_values_cannot_break_the_header() -> None:
     with pytest.raises(ValueError, match="msg-id"):
         compose("acknowledgement", facts(), Thread("a@b.cc"), IDENTITY, load_templates(),
                 "<r@x.y>\r\nBcc: x@y")
+
+
+@pytest.mark.parametrize("kind", ["acknowledgement", "clarification"])
+@pytest.mark.parametrize(("language", "intro", "label"), [
+    ("ru", "проверьте, верно ли мы прочли", "организация: ООО «Грин-Парк»"),
+    ("en", "check that we read your message right", "organization: ООО «Грин-Парк»"),
+])
+def test_a_value_read_with_doubt_is_shown_for_the_customer_to_confirm(
+    kind: str, language: str, intro: str, label: str
+) -> None:
+    """A guess is not used silently, nor asked for again: the reply shows what was read."""
+    doubtful = facts(language=language, missing=("registration_number",),
+                     to_confirm=(("organization", "ООО «Грин-Парк»"),))
+    body = render(kind, doubtful)[1].get_content()
+    assert intro in body and label in body
+    sure = render(kind, facts(language=language, missing=("registration_number",)))[1]
+    assert intro not in sure.get_content() and "$confirm_block" not in sure.get_content()

@@ -75,7 +75,7 @@ def test_explain_json_has_the_spec_fields_and_more() -> None:
     assert set(data) == {"action", "ignore_reason", "request_type", "priority", "organization",
                          "registration_number", "missing", "reply", "language", "queue",
                          "reasons", "message_id", "subject", "requester", "requester_header",
-                         "confidence", "needs_review"}
+                         "confidence", "needs_review", "to_confirm"}
     assert data["requester"] == "ivan@client.ru"
     assert all(set(r) == {"rule", "sets", "detail"} for r in data["reasons"])  # type: ignore[union-attr]
 
@@ -129,6 +129,7 @@ def test_an_organization_only_inside_a_sentence_is_doubtful() -> None:
     confidence = data["confidence"]
     assert isinstance(confidence, dict) and confidence["organization"] < 0.5
     assert data["needs_review"] is True
+    assert data["to_confirm"] == ["organization"]  # the reply asks the customer to confirm
 
 
 def test_two_different_registration_numbers_are_doubtful() -> None:
@@ -137,11 +138,13 @@ def test_two_different_registration_numbers_are_doubtful() -> None:
     confidence = data["confidence"]
     assert isinstance(confidence, dict) and confidence["registration_number"] < 0.5
     assert data["needs_review"] is True
+    assert data["to_confirm"] == ["registration_number"]
 
 
 def test_an_ignored_letter_has_no_confidence() -> None:
     data = analyze(letter("Я в отпуске", subject="Автоответ: отчёт"), CONTEXT).as_dict()
     assert data["confidence"] == {} and data["needs_review"] is False
+    assert data["to_confirm"] == []
 
 
 def test_a_request_in_doubt_goes_to_the_review_queue_and_is_still_acknowledged() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
@@ -196,3 +197,24 @@ def test_batches_hold_a_bounded_number_of_bytes() -> None:
     assert list(decide._batches(pending)) == [[1], [2], [3, 4]]
     many = [(i, 1) for i in range(decide.BATCH_LETTERS + 1)]
     assert [len(b) for b in decide._batches(many)] == [decide.BATCH_LETTERS, 1]
+
+
+def test_an_organization_read_with_doubt_is_asked_to_be_confirmed(store: Store) -> None:
+    """A name found only inside a sentence is a guess: the request goes on with it, the
+    acknowledgement shows it for the customer to confirm; a name on its own line does not."""
+    doubtful = letter(1, body="Здравствуйте! Работаю бухгалтером в ООО «Грин-Парк» (рег. номер "
+                              "800 225 909). Не проводится отгрузка, выходит ошибка.\n")
+    save(store, [doubtful, letter(2)])
+    outcomes = process_pending(store, Pipeline.from_config(Config()), lambda: NOW)
+
+    assert [o.reply for o in outcomes] == ["acknowledgement", "acknowledgement"]
+    with store.transaction() as session:
+        replies = {item.recipient: item.raw for item in session.scalars(select(OutboxItem))}
+
+    def body(address: str) -> str:
+        reply = message_from_bytes(replies[address], policy=policy.default)
+        return reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+    assert "верно ли мы прочли" in body("user1@romashka.example")
+    assert "организация: ООО «Грин-Парк»" in body("user1@romashka.example")
+    assert "верно ли мы прочли" not in body("user2@romashka.example")
