@@ -204,17 +204,32 @@ def _greeting_ok(matched: str, line: str) -> bool:
 
 # --------------------------------------------------------------------------- signature
 
-_CLOSING = re.compile(
-    r"^\s*(?:с уважением|с наилучшими пожеланиями|с пожеланиями[\w ]*|всего доброго|"
-    r"всего хорошего|хорошего дня|с благодарностью|искренне ваш\w*|"
+# A closing: the phrase, punctuation, an optional name of up to three words, the end of the
+# line. Where the phrase ends in a run of words ("с пожеланиями[\w ]*", "ваш\w*"), the name
+# is either after the whole run or starts inside it; inside, only at the first letter of a
+# word (a name starting later in that word is longer at its start), and every run and name
+# word is taken whole. Trying the name from every letter of a long run, each reading the
+# rest of its word, cost the line's length squared. The same lines are closings.
+_CLOSING_NAME = r"[A-ZА-ЯЁ][\w.-]*+(?:\s++[A-ZА-ЯЁ][\w.-]*+){0,2}"
+_CLOSING_END = r"\s*+[.!]?\s*+$"
+_AFTER_CLOSING = rf"\s*+[,.!:;-]*+\s*+(?:{_CLOSING_NAME})?{_CLOSING_END}"
+_NAME_IN_RUN = rf"(?:(?![A-ZА-ЯЁ])\w)*+{_CLOSING_NAME}{_CLOSING_END}"
+_CLOSING_PHRASE = (
+    r"с уважением|с наилучшими пожеланиями|всего доброго|всего хорошего|хорошего дня|"
+    r"с благодарностью|"
     r"(?:большое |заранее |огромное )?спасибо(?: заранее| большое| за помощь| за ответ)?|"
-    r"(?:заранее )?благодар\w+(?: заранее| за помощь| вас)?|заранее признател\w+|"
     r"жду (?:вашего )?ответа|"
     r"(?:best|kind|warm|warmest|many|with)? ?regards|best wishes|best|cheers|sincerely|"
     r"yours (?:sincerely|faithfully|truly)|respectfully|br|"
-    r"(?:many )?thanks(?: in advance| a lot)?|thank you(?: in advance| very much)?|"
-    r"looking forward to (?:your|hearing)[\w ]*)"
-    r"\s*[,.!:;-]*\s*(?:[A-ZА-ЯЁ][\w.-]*(?:\s+[A-ZА-ЯЁ][\w.-]*){0,2})?\s*[.!]?\s*$",
+    r"(?:many )?thanks(?: in advance| a lot)?|thank you(?: in advance| very much)?"
+)
+_CLOSING = re.compile(
+    rf"^\s*(?:(?:{_CLOSING_PHRASE}){_AFTER_CLOSING}"
+    rf"|(?:с пожеланиями|looking forward to (?:your|hearing))"
+    rf"(?:[\w ]*+{_AFTER_CLOSING}|(?:[\w ]* )?{_NAME_IN_RUN})"
+    rf"|искренне ваш(?:\w*+{_AFTER_CLOSING}|{_NAME_IN_RUN})"
+    rf"|(?:заранее )?благодар(?:\w++(?: заранее| за помощь| вас)?{_AFTER_CLOSING}|\w{_NAME_IN_RUN})"
+    rf"|заранее признател(?:\w++{_AFTER_CLOSING}|\w{_NAME_IN_RUN}))",
     re.IGNORECASE,
 )
 # A phone or mail app's footer: "Sent from my iPhone", "Отправлено из мобильной Почты
