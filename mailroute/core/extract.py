@@ -263,7 +263,7 @@ _WRITES_FOR_CLIENT = re.compile(
     r"their licen[cs]e|keep (?:the )?books for",
     re.IGNORECASE,
 )
-_BANK = re.compile(r"банк|bank|сбер|втб|vtb|\bальфа|тинькофф|т-банк", re.IGNORECASE)
+_BANK = re.compile(r"банк|\bbank\b|сбер|втб|vtb|\bальфа|тинькофф|т-банк", re.IGNORECASE)
 _TRAILING_CONTACT = re.compile(
     r"^\s*+(?:[,;(\-–—]\s*+)?(?:рег|регистр|registration|reg|инн|кпп|огрн|inn|тел|tel|"
     r"phone|г\.|город|\(|\d|[.!]?\s*$)",

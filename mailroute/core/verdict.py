@@ -70,7 +70,7 @@ _COVERING_NOTE = re.compile(
 # The blanks around a number's ":" or "№" are taken whole (possessive): a digit or mark
 # follows them, never a blank, and sharing a run between the two was quadratic.
 _NOISE = re.compile(
-    r"\[cid:[^\]]*\]|(?<!\S)\S+@\S+|(?:https?://|www\.)\S+|\+?\d[\d\s()\-–]{6,}\d|"
+    r"\[cid:[^\][]*+\]|(?<!\S)\S+@\S+|(?:https?://|www\.)\S+|\+?\d[\d\s()\-–]{6,}\d|"
     r"(?:инн|кпп|огрн|окпо|бик|р/с|к/с)\s*+[:№]?\s*+\d+",
     re.IGNORECASE,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailroute.core.extract import (
+    candidates,
     find_organization,
     find_registration_number,
     normalize_org,
@@ -127,6 +128,17 @@ def test_the_senders_organization_beats_one_mentioned_in_passing() -> None:
 def test_a_bank_in_the_bank_details_is_not_the_customer() -> None:
     signature = "ООО «Речной порт»\nр/с 40702810500000012345 в ПАО Сбербанк"
     assert org(signature=signature) == "ООО «Речной порт»"
+
+
+def test_a_bank_in_an_english_signature_is_not_the_customer() -> None:
+    signature = "Acme Foods Ltd\nAccount 12345678 at Barclays Bank PLC"
+    assert org(signature=signature) == "Acme Foods Ltd"
+
+
+def test_a_name_containing_bank_is_no_bank() -> None:
+    """"Southbank" is a place: only "bank" as a word (or Russian "-банк") is a bank."""
+    assert candidates([("signature", "Southbank Retail Pty Ltd")])[0].why == (
+        "on a line of its own in the signature")
 
 
 def test_the_vendor_is_not_the_customer() -> None:
