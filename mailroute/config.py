@@ -686,6 +686,73 @@ class SecurityConfig(Section):
         return value
 
 
+class WebConfig(Section):
+    """The operators' console and the API (`mailroute web`, or inside `mailroute run`)."""
+
+    listen: str = Field(
+        "", description='Address to serve the console and API on, e.g. "127.0.0.1:8025"; '
+        '"" for none (the daemon serves nothing; `mailroute web` needs it).'
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (or networks, e.g. 10.0.0.0/8) of reverse proxies whose "
+        "X-Forwarded-For / X-Forwarded-Proto are believed; none by default.",
+    )
+    session_hours: float = Field(12.0, gt=0, description="How long a login lasts.")
+    secure_cookies: bool = Field(
+        True,
+        description="Mark the session cookie Secure (sent over HTTPS only). Turn off only "
+        "for a console reached over plain HTTP on loopback.",
+    )
+    login_attempts: int = Field(
+        5, ge=1, description="Failed logins per address and per name within "
+        "`login_window`; more are refused until the window has passed."
+    )
+    login_window: float = Field(300.0, gt=0, description="Seconds of that window.")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[\w.:\[\]-]+:\d{1,5}", value):
+            raise ValueError(f'{value!r} is not "HOST:PORT"')
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or network") from None
+        return value
+
+
+WebhookEvent = Literal["request.created", "request.status", "request.breached"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("request.created", "request.status", "request.breached")
+
+
+class WebhookConfig(Section):
+    """One `[[webhooks]]` entry: events POSTed as signed JSON to a URL."""
+
+    url: str = Field(description="Where to POST, http:// or https://.")
+    secret_file: str = Field(
+        description="File holding the shared secret the body is signed with (HMAC-SHA256)."
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS), description="Which events to send."
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for the receiver.")
+    secret: SecretStr = Field(SecretStr(""), exclude=True)  # read from secret_file
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
 class ReportsConfig(Section):
     """The periodic report mailed to managers (`mailroute report` prints one on demand)."""
 
@@ -743,6 +810,8 @@ class Config(BaseModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
     reports: ReportsConfig = Field(default_factory=ReportsConfig)  # type: ignore[arg-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    web: WebConfig = Field(default_factory=WebConfig)  # type: ignore[arg-type]
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     source: Annotated[str | None, Field(exclude=True)] = None
 
@@ -776,6 +845,7 @@ def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> C
     except ValidationError as exc:
         raise ConfigError(_describe(exc, text, str(path) if path else None, origins)) from None
     _read_password_files(config, path)
+    _read_webhook_secrets(config, path)
     _read_registry_csv(config, path)
     config.source = str(path) if path else None
     return config
@@ -891,6 +961,20 @@ def _read_password_files(config: Config, path: str | Path | None) -> None:
         except OSError as exc:
             raise ConfigError(f"{name}.password_file: cannot read {file}: {exc.strerror}") from None
         section.password = SecretStr(secret)
+
+
+def _read_webhook_secrets(config: Config, path: str | Path | None) -> None:
+    for index, hook in enumerate(config.webhooks):
+        file = _credential_path(hook.secret_file, path)
+        try:
+            secret = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"webhooks[{index}].secret_file: cannot read {file}: {exc.strerror}"
+            ) from None
+        if not secret:
+            raise ConfigError(f"webhooks[{index}].secret_file: {file} is empty")
+        hook.secret = SecretStr(secret)
 
 
 def _read_registry_csv(config: Config, path: str | Path | None) -> None:

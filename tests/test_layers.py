@@ -25,8 +25,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "mail": frozenset({"core", "store"}),
     "pipeline": frozenset({"core", "store", "mail"}),
     "ops": frozenset({"core", "store", "mail", "pipeline"}),
-    "service": frozenset({"core", "store", "mail", "pipeline", "ops"}),
-    "cli": frozenset({"core", "store", "mail", "pipeline", "ops", "service"}),
+    "web": frozenset({"core", "store", "mail", "pipeline", "ops"}),
+    "service": frozenset({"core", "store", "mail", "pipeline", "ops", "web"}),
+    "cli": frozenset({"core", "store", "mail", "pipeline", "ops", "web", "service"}),
 }
 SHARED = frozenset({"config", "errors", "logs", "packaged", "__init__", "__main__"})
 
