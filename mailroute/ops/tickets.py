@@ -9,10 +9,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.letter.model import ParseLimits
+from mailroute.core.letter.parser import parse
+from mailroute.errors import LetterUnreadable
 from mailroute.pipeline.status import is_breached, set_status
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, Request
+from mailroute.store.models import AttachmentRecord, Letter, Request
 from mailroute.store.repository import RequestFilter
 
 
@@ -59,19 +62,25 @@ def change_status(
     calendar: BusinessCalendar,
     now: datetime,
     note: str | None = None,
+    by: str = "operator",
 ) -> tuple[str, str] | None:
-    """Set a request's status (an operator's action); returns (old, new) or None if unknown."""
+    """Set a request's status (an operator's action, ``by`` whom for the history); returns
+    (old, new) or None if unknown."""
     with store.transaction() as session:
         request = repo.request_by_number(session, number)
         if request is None:
             return None
         old = request.status
-        set_status(session, request, status, now, calendar, by="operator", note=note)
+        set_status(session, request, status, now, calendar, by=by, note=note)
         return old, request.status
 
 
-def show_request(store: Store, number: str, now: datetime | None = None) -> dict[str, Any] | None:
-    """One request with its letters, replies and history."""
+def show_request(
+    store: Store, number: str, now: datetime | None = None, limits: ParseLimits | None = None
+) -> dict[str, Any] | None:
+    """One request with its letters, replies and history; with ``limits``, each letter
+    also carries its subject, its text as the pipeline reads it (customer HTML turned
+    into text, never passed on) and its attachments' names, types and sizes."""
     now = now or datetime.now(UTC)
     with store.transaction() as session:
         request = repo.request_by_number(session, number)
@@ -91,16 +100,7 @@ def show_request(store: Store, number: str, now: datetime | None = None) -> dict
             "closed_at": _iso(request.closed_at),
             "parent": _number(session, request.parent_id),
             "reasons": list(request.reasons),
-            "letters": [
-                {
-                    "id": x.id,
-                    "state": x.state,
-                    "from": x.sender,
-                    "message_id": x.message_id,
-                    "received_at": _iso(x.received_at),
-                }
-                for x in request.letters
-            ],
+            "letters": [_letter(session, x, limits) for x in request.letters],
             "replies": [
                 {
                     "id": x.id,
@@ -118,6 +118,35 @@ def show_request(store: Store, number: str, now: datetime | None = None) -> dict
             "events": [{"at": _iso(x.at), "kind": x.kind, **x.detail} for x in request.events],
         }
         return detail
+
+
+def _letter(session: Session, letter: Letter, limits: ParseLimits | None) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": letter.id,
+        "state": letter.state,
+        "from": letter.sender,
+        "message_id": letter.message_id,
+        "received_at": _iso(letter.received_at),
+    }
+    if limits is None:
+        return shown
+    try:
+        text: str | None = parse(letter.raw, limits).text
+    except LetterUnreadable:
+        text = None  # filed to a request once, unreadable now only under tighter limits
+    files = session.scalars(
+        select(AttachmentRecord).where(AttachmentRecord.letter_id == letter.id)
+        .order_by(AttachmentRecord.id)
+    )
+    return shown | {
+        "subject": letter.subject,
+        "text": text,
+        "attachments": [
+            {"filename": x.filename, "content_type": x.content_type, "size": x.size,
+             "inline": x.inline}
+            for x in files
+        ],
+    }
 
 
 def _number(session: Any, request_id: int | None) -> str | None:

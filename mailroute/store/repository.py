@@ -416,6 +416,8 @@ class RequestFilter:
     queue: str | None = None
     since: datetime | None = None  # arrived (first letter) at or after
     breached_at: datetime | None = None  # only requests past a due time at this moment
+    search: str | None = None  # part of the number, organization, requester or subject
+    after: str | None = None  # a page's last number: only requests older than it (cursor)
 
 
 def list_requests(
@@ -456,6 +458,11 @@ def _request_conditions(where: RequestFilter) -> list[Any]:
                 Request.registration_number.like(f"%{typed}%"),
             )
         )
+    if where.search:
+        conditions.append(_search_condition(where.search.strip()))
+    if where.after is not None:  # keyset paging: the index on id, however deep the page
+        last = select(Request.id).where(Request.number == where.after).scalar_subquery()
+        conditions.append(Request.id < last)
     if where.since is not None:  # by arrival: an adopted backlog was not created today
         arrival = (
             select(func.min(Letter.received_at))
@@ -473,6 +480,21 @@ def _request_conditions(where: RequestFilter) -> list[Any]:
             )
         )
     return conditions
+
+
+def _search_condition(typed: str) -> Any:
+    """Number, organization, requester or subject containing ``typed``; the number also
+    as an operator types it (``42`` finds SD-000042)."""
+    pattern = "%" + typed.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    folded = pattern.lower()  # lower() is Unicode-aware on SQLite too (store.db)
+    matches = [
+        Request.number == canonical_number(typed),
+        Request.number.like(pattern.upper(), escape="\\"),
+    ]
+    for column in (Request.organization, Request.requester, Request.subject):
+        matches.append(column.like(pattern, escape="\\"))
+        matches.append(func.lower(column).like(folded, escape="\\"))
+    return or_(*matches)
 
 
 # ------------------------------------------------------------------------------ outbox

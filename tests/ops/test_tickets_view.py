@@ -73,6 +73,28 @@ def test_list_filters(store: Store) -> None:
         == ([2], 1)
 
 
+def test_search_and_keyset_pages(store: Store) -> None:
+    hour = timedelta(hours=1)
+    add(store, 1, NOW - 5 * hour, subject="Отчёт не формируется")
+    add(store, 2, NOW - 4 * hour, organization="ЗАО «Лютик»", registration_number="7701")
+    add(store, 3, NOW - 3 * hour, requester="anna@lutik.example", subject="50% off_line")
+    add(store, 4, NOW - 2 * hour, subject=None, organization=None)
+    add(store, 5, NOW - hour, subject="Ошибка 42")
+    assert numbers(store, RequestFilter(search="отчёт")) == ([1], 1)
+    assert numbers(store, RequestFilter(search="ЛЮТИК")) == ([2], 1)
+    assert numbers(store, RequestFilter(search="lutik")) == ([3], 1)
+    assert numbers(store, RequestFilter(search="4")) == ([5, 4], 2)  # SD-000004 and "42"
+    assert numbers(store, RequestFilter(search="sd-000002")) == ([2], 1)
+    assert numbers(store, RequestFilter(search="%")) == ([3], 1)  # wildcards taken literally
+    assert numbers(store, RequestFilter(search="o_f")) == ([], 0)  # not "off"
+    # a page's last number is the next page's cursor; the count is what is left
+    assert numbers(store, RequestFilter(), limit=2) == ([5, 4], 5)
+    assert numbers(store, RequestFilter(after="SD-000004"), limit=2) == ([3, 2], 3)
+    assert numbers(store, RequestFilter(after="SD-000002"), limit=2) == ([1], 1)
+    assert numbers(store, RequestFilter(after="SD-000004", search="отчёт")) == ([1], 1)
+    assert numbers(store, RequestFilter(after="SD-999999")) == ([], 0)
+
+
 @pytest.fixture
 def ran(tmp_path: Path, sqlite_url: str) -> list[str]:
     """The bundled samples run through `run --once`; returns the --config arguments."""
