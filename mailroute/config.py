@@ -767,6 +767,25 @@ class ReportsConfig(Section):
     )
 
 
+class RetentionConfig(Section):
+    """How long letters' bytes and customers' personal data are kept (0: for ever).
+
+    Requests, their history and every figure of the reports are kept whatever these
+    say; only raw letters, attachments and personal details go (152-FZ)."""
+
+    raw_days: int = Field(
+        0, ge=0, description="Days after which a decided letter's raw bytes, its attachments' "
+        "content and the raw replies are deleted; 0 keeps them for ever.",
+    )
+    anonymize_days: int = Field(
+        0, ge=0, description="Days after its closing that a request loses its requester's "
+        "address and name, its subject and its letters' text; 0 never.",
+    )
+    interval: float = Field(
+        3600.0, gt=0, description="Seconds between the daemon's retention passes."
+    )
+
+
 class LimitsConfig(Section):
     """Bounds on a letter; a letter beyond them is stored and quarantined, never lost."""
 
@@ -810,6 +829,7 @@ class Config(BaseModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)  # type: ignore[arg-type]
     reports: ReportsConfig = Field(default_factory=ReportsConfig)  # type: ignore[arg-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
     web: WebConfig = Field(default_factory=WebConfig)  # type: ignore[arg-type]
     webhooks: list[WebhookConfig] = Field(default_factory=list)
 

@@ -15,11 +15,21 @@ import sys
 from collections.abc import Sequence
 
 from mailroute import __version__
-from mailroute.cli import customers, explain, letters, replies, report, run, status, tickets
+from mailroute.cli import (
+    customers,
+    explain,
+    letters,
+    replies,
+    report,
+    run,
+    status,
+    storage,
+    tickets,
+)
 from mailroute.cli.common import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILURE
 from mailroute.errors import ConfigError, DatabaseNotReady, MailrouteError
 
-GROUPS = (run, explain, tickets, report, status, letters, replies, customers)
+GROUPS = (run, explain, tickets, report, status, letters, replies, customers, storage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,7 +64,8 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
     if args.raw:
         raw = letter_bytes(store, args.id)
         if raw is None:
-            raise MailrouteError(f"no letter {args.id}")
+            raise MailrouteError(f"no bytes for letter {args.id} (no such letter, or "
+                                 "[retention] purged them)")
         sys.stdout.buffer.write(raw)
         return 0
     detail = letter_detail(store, args.id)

@@ -47,9 +47,12 @@ def letter_detail(store: Store, letter_id: int) -> dict[str, Any] | None:
 
 
 def letter_bytes(store: Store, letter_id: int) -> bytes | None:
+    """The letter as fetched; None if there is no such letter or retention purged it."""
     with store.transaction() as session:
         letter = session.get(Letter, letter_id)
-        return letter.raw if letter else None
+        if letter is None or letter.purged_at is not None:
+            return None
+        return letter.raw
 
 
 def retry_letter(store: Store, pipeline: Pipeline, letter_id: int, now: datetime) -> Outcome:

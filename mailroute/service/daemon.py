@@ -37,6 +37,7 @@ from mailroute.pipeline.decide import Pipeline, age_text
 from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.pipeline.intake import DrainReport, drain
 from mailroute.pipeline.reports import build_report, previous_period, queue_report_mail, sla_targets
+from mailroute.pipeline.retention import run_retention
 from mailroute.service.config_check import calendar_warning, judge
 from mailroute.service.metrics import Metrics
 from mailroute.service.signals import SignalInbox
@@ -332,6 +333,10 @@ class Daemon:
             seconds=self.config.workflow.escalation_interval,
             id="escalation",
         )
+        retention = self.config.retention
+        if retention.raw_days or retention.anonymize_days:
+            scheduler.add_job(self._retention_job, "interval", seconds=retention.interval,
+                              id="retention", next_run_time=self.clock())
         schedule = self.config.reports
         if schedule.recipients and schedule.schedule != "never":
             scheduler.add_job(self._report_job, self._report_trigger(), id="report")
@@ -361,6 +366,13 @@ class Daemon:
         if queued:
             log.info("report queued", recipients=queued)
             self._wake_outbox()
+
+    def _retention_job(self) -> None:
+        self._guarded("retention", self._retain)
+
+    def _retain(self) -> None:
+        purged = run_retention(self.store, self.config.retention, self.clock())
+        self.metrics.observe_retention(purged.as_dict())
 
     def _escalation_job(self) -> None:
         self._guarded("escalation", self._escalate)

@@ -41,6 +41,9 @@ class Metrics:
         self.letter_faults = Counter("mailroute_letter_faults",
                                      "Letters the server would not serve (fetch) or move (file)",
                                      ["action"], registry=self.registry)
+        self.retention = Counter("mailroute_retention_purged",
+                                 "Removed by retention: letters, blobs, replies, requests",
+                                 ["what"], registry=self.registry)
         self.breaches = Counter("mailroute_sla_breaches", "SLA breaches reported, by target",
                                 ["target"], registry=self.registry)
         self.poll_seconds = Histogram("mailroute_poll_seconds", "Duration of one mailbox pass",
@@ -73,6 +76,11 @@ class Metrics:
     def observe_breaches(self, breaches: Iterable[tuple[str, str]]) -> None:
         for _request, target in breaches:
             self.breaches.labels(target).inc()
+
+    def observe_retention(self, purged: dict[str, int]) -> None:
+        for what, count in purged.items():
+            if count:
+                self.retention.labels(what).inc(count)
 
     def observe_error(self, part: str) -> None:
         self.errors.labels(part).inc()

@@ -80,6 +80,7 @@ class Letter(Base):
         Index("uq_letters_sha256", "sha256", unique=True,
               sqlite_where=text("copy_of IS NULL"), postgresql_where=text("copy_of IS NULL")),
         Index("ix_letters_state", "state"),
+        Index("ix_letters_received_at", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -105,6 +106,7 @@ class Letter(Base):
     filed_to: Mapped[str | None] = mapped_column(String(255))
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
     analysis: Mapped[dict[str, Any] | None]
+    purged_at: Mapped[datetime | None]  # its raw bytes deleted by retention
 
     request: Mapped[Request | None] = relationship(back_populates="letters")
     content: Mapped[LetterBytes] = relationship(cascade="all, delete-orphan")
@@ -154,6 +156,7 @@ class Request(Base):
     sla_paused_at: Mapped[datetime | None]
     clarifications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    anonymized_at: Mapped[datetime | None]  # personal details removed by retention
 
     letters: Mapped[list[Letter]] = relationship(back_populates="request")
     events: Mapped[list[RequestEvent]] = relationship(
