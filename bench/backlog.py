@@ -38,6 +38,7 @@ from typing import Any
 
 from common import (
     POSTGRES_SERVER,
+    UNCAPPED,
     Source,
     Usage,
     machine_note,
@@ -250,7 +251,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
     with database(args.db, workdir, number) as url:
         config = write_config(
             workdir / f"config-{number}.toml", account=account, sink=sink, database_url=url,
-            window="always", extra={"logging": {"level": args.log_level}},
+            window="always", extra={"logging": {"level": args.log_level}, "replies": UNCAPPED},
         )
         upgrade(source, config)
         log = workdir / f"mailroute-{number}.log"

@@ -229,3 +229,9 @@ def machine_note() -> str:
                 break
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPU ({model}), load {load}, Python {sys.version.split()[0]}"
+
+
+# A desk that expects a backlog of thousands answers each letter: the reply caps (30 a
+# domain, 300 for the desk, an hour) are for floods, and would make a benchmark measure
+# suppressed replies instead of sent ones.
+UNCAPPED = {"desk_hourly_limit": 1_000_000, "per_domain_limit": 1_000_000}

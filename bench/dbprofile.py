@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backlog import append_letters, database, upgrade
-from common import machine_note, source_tree, terminate_on_sigterm
+from common import UNCAPPED, machine_note, source_tree, terminate_on_sigterm
 from letters import LetterFactory, Mix
 
 WORDS = re.compile(r"\s+")
@@ -198,7 +198,7 @@ def measure(args: argparse.Namespace, source: Any, workdir: Path) -> None:
         url = stack.enter_context(database(args.db, workdir, 1))
         path = write_config(workdir / "config.toml", account=account, sink=sink,
                             database_url=url, window="always",
-                            extra={"logging": {"level": args.log_level}})
+                            extra={"logging": {"level": args.log_level}, "replies": UNCAPPED})
         upgrade(source, path)
         config = config_module.load(str(path))
         log_file = stack.enter_context((workdir / "mailroute.log").open("w"))
