@@ -79,7 +79,7 @@ def sla_clock(
     if status in PAUSED:
         return SlaClock("paused", False)
     if due <= now:
-        return SlaClock("-" + _span(calendar.business_time_between(due, now)), True)
+        return SlaClock(_span(calendar.business_time_between(due, now)), True)
     return SlaClock(_span(calendar.business_time_between(now, due)), False)
 
 
