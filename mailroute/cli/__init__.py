@@ -25,11 +25,12 @@ from mailroute.cli import (
     status,
     storage,
     tickets,
+    tokens,
 )
 from mailroute.cli.common import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILURE
 from mailroute.errors import ConfigError, DatabaseNotReady, MailrouteError
 
-GROUPS = (run, explain, tickets, report, status, letters, replies, customers, storage)
+GROUPS = (run, explain, tickets, report, status, letters, replies, customers, storage, tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
