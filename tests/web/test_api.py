@@ -305,3 +305,16 @@ def test_the_api_keeps_its_openapi_contract(served: Served) -> None:
             case.call_and_validate()
 
         keeps_the_contract()
+
+
+def test_the_console_serves_the_api_under_api_v1(served: Served) -> None:
+    from mailroute.web.app import create_app
+
+    url = served.store.engine.url.render_as_string(hide_password=False)
+    config = Config(database=DatabaseConfig(url=url))  # type: ignore[call-arg]
+    for base in serve(create_app(served.store, config, lambda: NOW)):
+        listed = httpx.get(base + "/api/v1/requests", params={"limit": 1},
+                           headers={"Authorization": f"Bearer {served.viewer}"})
+        assert listed.status_code == 200 and len(listed.json()["requests"]) == 1
+        assert httpx.get(base + "/api/v1/requests").status_code == 401
+        assert httpx.get(base + "/api/v1/openapi.json").json()["servers"] == [{"url": "/api/v1"}]
