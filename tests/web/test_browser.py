@@ -62,11 +62,13 @@ def alert_text(driver: object) -> str | None:
 
 def log_in(driver: object, console: Console) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(console.url + "/login")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "name").send_keys(OPERATOR[0])  # type: ignore[attr-defined]
     driver.find_element(By.ID, "password").send_keys(OPERATOR[1])  # type: ignore[attr-defined]
     driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 10).until(lambda d: not d.current_url.endswith("/login"))
     assert driver.find_element(By.ID, "queue")  # type: ignore[attr-defined]
 
 
@@ -91,13 +93,14 @@ def test_an_operators_day_and_a_hostile_letter(
     browser: object, console: Console, artefacts: Path
 ) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver: object = browser
     log_in(driver, console)
     Select(driver.find_element(By.ID, "f-status")).select_by_value("new")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "f-q").send_keys("Ошибка в отчёте")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "f-apply").click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 10).until(lambda d: "status=new" in d.current_url)
     rows = driver.find_elements(By.CSS_SELECTOR, "#queue tbody tr")  # type: ignore[attr-defined]
     assert rows and all(r.find_element(By.CLASS_NAME, "status").text == "new" for r in rows)
     queue_shot = artefacts / "console-queue.png"
@@ -105,9 +108,11 @@ def test_an_operators_day_and_a_hostile_letter(
 
     number = rows[0].find_element(By.CLASS_NAME, "number").text
     rows[0].find_element(By.CLASS_NAME, "number").click()
+    WebDriverWait(driver, 10).until(lambda d: "/requests/" in d.current_url)
     Select(driver.find_element(By.ID, "new-status")).select_by_value("in_progress")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "status-note").send_keys("called the customer")  # type: ignore[attr-defined]
     driver.find_element(By.ID, "status-save").click()  # type: ignore[attr-defined]
+    WebDriverWait(driver, 10).until(lambda d: "done=1" in d.current_url)
     assert driver.find_element(By.ID, "status").text == "in_progress"  # type: ignore[attr-defined]
     history = driver.find_element(By.ID, "history").text  # type: ignore[attr-defined]
     assert "status" in history and "by=olga" in history and "called the customer" in history
