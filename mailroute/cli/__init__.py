@@ -26,11 +26,14 @@ from mailroute.cli import (
     storage,
     tickets,
     tokens,
+    web,
 )
 from mailroute.cli.common import EXIT_CONFIG, EXIT_DATABASE, EXIT_FAILURE
 from mailroute.errors import ConfigError, DatabaseNotReady, MailrouteError
 
-GROUPS = (run, explain, tickets, report, status, letters, replies, customers, storage, tokens)
+GROUPS = (
+    run, explain, tickets, report, status, letters, replies, customers, storage, tokens, web
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

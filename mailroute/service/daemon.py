@@ -238,6 +238,7 @@ class Daemon:
         if self.config.metrics.listen:
             self.metrics.serve(self.config.metrics.listen)
             log.info("metrics served", listen=self.config.metrics.listen)
+        console = self._start_console()
         self._scheduler = self._start_scheduler()
         intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
         intake.start()
@@ -253,8 +254,21 @@ class Daemon:
                 self._source.close()
             self._notifier.close()
             self.metrics.close()
+            if console is not None:
+                console.stop()
             inbox.close()
             log.info("daemon stopped")
+
+    def _start_console(self) -> Any:
+        """The operators' console under ``[web] listen``: its own thread, its own engine
+        and database sessions, so pages never wait on intake nor intake on pages."""
+        if not self.config.web.listen:
+            return None
+        from mailroute.web.serve import ConsoleThread, server_for
+
+        store = Store(self.config.database.url)
+        return ConsoleThread(server_for(store, self.config, self.config.web.listen,
+                                        self.clock)).start()
 
     def _record_start(self) -> None:
         """For `status`'s uptime; a database down at start only loses that figure."""
