@@ -27,14 +27,14 @@ REPLAY_MAILBOX = "replay"
 
 
 def quarantined(store: Store) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.reading() as session:
         rows = session.scalars(
             select(Letter).where(Letter.state == "quarantined").order_by(Letter.id))
         return [_letter_row(letter) for letter in rows]
 
 
 def letter_detail(store: Store, letter_id: int) -> dict[str, Any] | None:
-    with store.transaction() as session:
+    with store.reading() as session:
         letter = session.get(Letter, letter_id)
         if letter is None:
             return None
@@ -48,7 +48,7 @@ def letter_detail(store: Store, letter_id: int) -> dict[str, Any] | None:
 
 def letter_bytes(store: Store, letter_id: int) -> bytes | None:
     """The letter as fetched; None if there is no such letter or retention purged it."""
-    with store.transaction() as session:
+    with store.reading() as session:
         letter = session.get(Letter, letter_id)
         if letter is None or letter.purged_at is not None:
             return None
@@ -90,7 +90,7 @@ def replay(
 
 
 def outbox_rows(store: Store, state: str | None = None) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.reading() as session:
         query = select(OutboxItem).order_by(OutboxItem.id)
         if state:
             query = query.where(OutboxItem.state == state)
@@ -111,7 +111,7 @@ def retry_reply(store: Store, item_id: int, now: datetime) -> dict[str, Any]:
 
 def suppression_rows(store: Store, now: datetime, suppress_for: timedelta) -> list[dict[str, Any]]:
     """The suppressions not expired yet, newest first, with the moment each ends."""
-    with store.transaction() as session:
+    with store.reading() as session:
         return [
             {"address": row.address, "since": row.created_at.isoformat(),
              "until": (row.created_at + suppress_for).isoformat(), "reason": row.reason,

@@ -34,7 +34,7 @@ def list_page(
 ) -> tuple[list[dict[str, Any]], int]:
     """The requests matching ``where``, newest first, up to ``limit``; and how many match."""
     now = now or datetime.now(UTC)
-    with store.transaction() as session:
+    with store.reading() as session:
         found, total = repo.list_requests(session, limit, where)
         arrivals = _arrivals(session, [request.id for request, _count in found])
         return [
@@ -82,7 +82,7 @@ def show_request(
     also carries its subject, its text as the pipeline reads it (customer HTML turned
     into text, never passed on) and its attachments' names, types and sizes."""
     now = now or datetime.now(UTC)
-    with store.transaction() as session:
+    with store.reading() as session:
         request = repo.request_by_number(session, number)
         if request is None:
             return None

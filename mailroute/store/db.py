@@ -29,6 +29,9 @@ SQLITE_TURN_SECONDS = 30.0  # as long as SQLite's own busy_timeout below
 ALARM_SUFFIX = ".alarm"  # beside the SQLite file while its daemon finds it replaced
 
 
+READ_ONLY = "mailroute_read_only"  # execution option of the engine behind Store.reading
+
+
 class Store:
     """A database: sessions in explicit transactions, and its schema version."""
 
@@ -36,6 +39,10 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads for people and programs (console, API, CLI views): on SQLite a deferred
+        # BEGIN, a snapshot of the WAL that takes no write lock and waits for no turn.
+        self._reads = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
+                                   expire_on_commit=False)
         self._turns = _Turns(SQLITE_TURN_SECONDS) if self.is_sqlite else None
         path = sqlite_file(url)
         self._file = _FileWatch(path) if path is not None else None
@@ -65,6 +72,26 @@ class Store:
                 raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
             finally:
                 session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only unit of work that never holds up intake.
+
+        Every SQLite transaction of :meth:`transaction` takes the write lock (BEGIN
+        IMMEDIATE) and queues for this process's turn; a console page or an API call
+        done that way waited behind a backlog's commits and held intake up in turn.
+        Here SQLite gets a deferred BEGIN: the reader sees one snapshot of the WAL
+        while writers carry on. Nothing may be written in it: on SQLite a write would
+        have to wait for the lock outside this process's turns.
+        """
+        session = self._reads()
+        try:
+            with session.begin():
+                yield session
+        except OperationalError as exc:
+            raise TransientError(f"database unavailable: {exc.orig or exc}") from exc
+        finally:
+            session.close()
 
     def turn(self) -> AbstractContextManager[None]:
         """This process's turn for one transaction: on SQLite the write lock is handed
@@ -320,7 +347,8 @@ def _unicode_lower(value: Any) -> Any:
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY)
+                         else "BEGIN IMMEDIATE")
 
 
 def _alembic_config(url: str) -> AlembicConfig:

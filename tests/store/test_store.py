@@ -195,3 +195,41 @@ def test_a_pending_reply_is_an_outbox_row_of_plain_fields(store: Store) -> None:
         assert row.counted_as == repo.counted_as("Boss@Example.com")
         assert (row.raw, row.state, row.attempts, row.request_id) == (raw, "pending", 0, None)
         assert row.subject == "ServiceDesk report 2026-11-16 – 2026-11-22"
+
+
+def test_a_read_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """The console and the API read with Store.reading: on SQLite a deferred BEGIN sees
+    the last commit while another writer holds the lock (BEGIN IMMEDIATE would wait
+    for it, and a page would hold intake up in turn)."""
+    import threading
+    import time
+
+    from sqlalchemy import func, select, text
+
+    from mailroute.store.models import Counter
+
+    store = Store(f"sqlite:///{tmp_path / 'read.db'}")
+    store.upgrade()
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction() as session:
+            session.execute(text("insert into counters (name, value) values ('w', 1)"))
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        with store.reading() as session:
+            seen = session.scalar(
+                select(func.count()).select_from(Counter).where(Counter.name == "w"))
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join()
+        store.dispose()
+    assert seen == 0  # the snapshot before the writer's commit
+    assert waited < 5  # it did not wait out the writer (which holds the lock for 10 s)
