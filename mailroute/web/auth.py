@@ -144,7 +144,7 @@ class Sessions:
         if not token:
             return None
         hashed = token_hash(token)
-        with self.store.transaction() as session:
+        with self.store.reading() as session:
             found = session.execute(
                 select(WebSession, WebUser).join(WebUser, WebUser.id == WebSession.user_id)
                 .where(WebSession.token_hash == hashed)).first()
@@ -160,7 +160,7 @@ class Sessions:
             session.execute(delete(WebSession).where(WebSession.token_hash == person.session_hash))
 
     def _user(self, name: str) -> WebUser | None:
-        with self.store.transaction() as session:
+        with self.store.reading() as session:
             user = session.scalar(select(WebUser).where(WebUser.name == name))
             return None if user is None or user.disabled else user
 

@@ -58,7 +58,7 @@ def _clocks(store: Store, numbers: list[str]) -> dict[str, tuple[str, datetime |
     """The due time of the clock that runs for each request: first response, then resolution."""
     if not numbers:
         return {}
-    with store.transaction() as session:
+    with store.reading() as session:
         found = session.execute(
             select(Request.number, Request.status, Request.first_response_at,
                    Request.first_response_due, Request.resolved_at, Request.resolution_due)
@@ -96,7 +96,7 @@ def request_page(
     detail = show_request(store, number, now)
     if detail is None:
         return None
-    with store.transaction() as session:
+    with store.reading() as session:
         letters = session.scalars(
             select(Letter).join(Request, Request.id == Letter.request_id)
             .where(Request.number == number).order_by(Letter.received_at, Letter.id)).all()
@@ -146,7 +146,7 @@ def _letter_text(letter: Letter, limits: ParseLimits) -> dict[str, Any]:
 
 def attachment(store: Store, attachment_id: int) -> tuple[str, bytes] | None:
     """An attachment's file name and content, for download."""
-    with store.transaction() as session:
+    with store.reading() as session:
         record = session.get(AttachmentRecord, attachment_id)
         if record is None:
             return None
@@ -165,7 +165,7 @@ def add_note(store: Store, number: str, by: str, note: str, now: datetime) -> bo
 
 
 def organizations(store: Store) -> list[dict[str, Any]]:
-    with store.transaction() as session:
+    with store.reading() as session:
         return [
             {"name": o.name, "registration_numbers": list(o.registration_numbers),
              "domains": list(o.domains), "tier": o.tier}
@@ -174,7 +174,7 @@ def organizations(store: Store) -> list[dict[str, Any]]:
 
 
 def webhook_deliveries(store: Store, limit: int = 200) -> dict[str, Any]:
-    with store.transaction() as session:
+    with store.reading() as session:
         counts = dict(session.execute(
             select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)).all())
         rows = [
