@@ -743,6 +743,14 @@ class WebhookConfig(Section):
         default_factory=lambda: list(WEBHOOK_EVENTS), description="Which events to send."
     )
     timeout: float = Field(10.0, gt=0, description="Seconds to wait for the receiver.")
+    retry_initial: float = Field(
+        30.0, gt=0, description="First retry delay after a failed delivery, seconds; "
+        "doubled after each further failure."
+    )
+    retry_max: float = Field(1800.0, gt=0, description="Longest delay between retries, seconds.")
+    give_up_hours: float = Field(
+        48.0, gt=0, description="Hours after the event when an undelivered one is marked failed."
+    )
     secret: SecretStr = Field(SecretStr(""), exclude=True)  # read from secret_file
 
     @field_validator("url")

@@ -79,6 +79,7 @@ def open_store(config: Config, *, require_current: bool = True) -> Any:
     from mailroute.store import Store
 
     store = Store(config.database.url)
+    store.use_webhooks(config.webhooks)
     if require_current:
         store.require_current()
     return store

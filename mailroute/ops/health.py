@@ -28,7 +28,7 @@ from sqlalchemy import func, make_url, select
 from mailroute import __version__
 from mailroute.config import Config, HealthConfig
 from mailroute.core.reply_policy import DESK_WINDOW
-from mailroute.store import Store, alerts
+from mailroute.store import Store, alerts, webhooks
 from mailroute.store import repository as repo
 from mailroute.store.db import read_alarm, sqlite_file
 from mailroute.store.models import Alert, MailboxState, OutboxItem
@@ -43,6 +43,7 @@ class Health:
     pending_letters: int = 0
     quarantined: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
+    webhooks: dict[str, int] = field(default_factory=dict)  # deliveries by state
     oldest_unsent_due: datetime | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
@@ -71,6 +72,7 @@ class Health:
             "pending_letters": self.pending_letters,
             "quarantined": self.quarantined,
             "outbox": self.outbox,
+            "webhooks": self.webhooks,
             "oldest_unsent_due": iso(self.oldest_unsent_due),
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
@@ -125,6 +127,7 @@ def check_health(
             pending_letters=repo.pending_count(session),
             quarantined=repo.quarantined_count(session),
             outbox=repo.outbox_counts(session),
+            webhooks=webhooks.counts(session),
             oldest_unsent_due=session.scalar(
                 select(func.min(OutboxItem.not_before)).where(OutboxItem.state == "pending")
             ),
@@ -215,6 +218,7 @@ def render(health: Health) -> str:
         f"  letter in hand since  {data['in_hand_since'] or '-'}",
         f"  quarantined           {health.quarantined}",
         f"  outbox                {outbox or 'empty'}",
+        f"  webhook deliveries    {_webhook_line(health.webhooks)}",
         f"  suppressed addresses  {health.suppressed}",
         *(f"  reply cap hit         {cap}" for cap in health.caps),
         f"  oldest unsent reply   due {data['oldest_unsent_due'] or '-'}",
@@ -224,3 +228,10 @@ def render(health: Health) -> str:
     ]
     lines += [f"    {fault}" for fault in health.letter_faults[:10]]
     return "\n".join(lines)
+
+
+def _webhook_line(counts: dict[str, int]) -> str:
+    """Pending and failed deliveries: what a receiver has not got (sent ones are history)."""
+    if not counts:
+        return "none"
+    return f"pending {counts.get('pending', 0)}, failed {counts.get('failed', 0)}"

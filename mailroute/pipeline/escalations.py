@@ -8,6 +8,9 @@ A request registered already past a target (a mailbox adopted with years of hist
 letter that waited out a long outage) is recorded as breached but not mailed one by one:
 nobody could have met that target, and hundreds of escalation mails on the first start
 would bury the ones that matter. One log line a run counts them.
+
+Every new breach, mailed or not, is a ``request.breached`` webhook event (queued in the
+same transaction as its ``escalations`` row; ``registered_after_due`` tells the two apart).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from mailroute import logs
 from mailroute.config import WorkflowConfig
 from mailroute.core import sla
 from mailroute.core.compose import Identity, compose_notice, new_message_id
-from mailroute.store import Store
+from mailroute.store import Store, webhooks
 from mailroute.store import repository as repo
 from mailroute.store.models import Escalation, Request
 
@@ -41,6 +44,8 @@ def escalate_breaches(
             for kind, due in _missed(request, now):
                 if not _record(session, request, kind, due, now):
                     continue
+                webhooks.enqueue(session, "request.breached", request, now, target=kind,
+                                 due=due, registered_after_due=_registered_after(request, due))
                 if _registered_after(request, due):
                     born_late += 1
                     continue

@@ -33,6 +33,8 @@ from mailroute.errors import ConfigError, MailboxUnavailable, MailrouteError, Tr
 from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
 from mailroute.mail.sources import open_source
+from mailroute.mail.webhooks import WebhookReport
+from mailroute.mail.webhooks import deliver_due as deliver_webhooks
 from mailroute.pipeline.decide import Pipeline, age_text
 from mailroute.pipeline.escalations import escalate_breaches
 from mailroute.pipeline.intake import DrainReport, drain
@@ -52,6 +54,7 @@ Clock = Callable[[], datetime]
 MAX_BACKOFF = 300.0
 STOP_GRACE = 8.0
 SENDER_IDLE = 0.5  # seconds between outbox passes during `run --once` when no batch was filed
+WEBHOOK_INTERVAL = 5.0  # seconds between passes of the webhooks job (an indexed query when idle)
 
 
 def utc_now() -> datetime:
@@ -75,6 +78,7 @@ class RunReport:
 
     drain: DrainReport
     delivery: DeliveryReport
+    webhooks: WebhookReport = field(default_factory=WebhookReport)
 
 
 class _Sender:
@@ -145,6 +149,7 @@ class Daemon:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.store.use_webhooks(self.config.webhooks)
         self.pipeline = Pipeline.from_config(self.config, self.store)
         self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
@@ -198,6 +203,7 @@ class Daemon:
             source.close()
         if send:
             delivery.add(self.send_due(sessions=sessions))
+            return RunReport(report, delivery, self.send_webhooks())
         return RunReport(report, delivery)
 
     def _warn_calendar(self) -> None:
@@ -217,6 +223,15 @@ class Daemon:
         self.metrics.observe_delivery(report)
         if report.sent:  # SMTP works: an error from start-up or an outage is over
             self._smtp_works()
+        return report
+
+    def send_webhooks(self) -> WebhookReport:
+        """One pass over the webhook deliveries that are due (none without [[webhooks]]:
+        rows queued before they were removed wait for them to come back)."""
+        if not self.config.webhooks:
+            return WebhookReport()
+        report = deliver_webhooks(self.store, self.config.webhooks, self.clock())
+        self.metrics.observe_webhooks(report)
         return report
 
     def _smtp_works(self) -> None:
@@ -330,7 +345,7 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = BackgroundScheduler(
             jobstores={"default": MemoryJobStore()},
-            executors={"default": ThreadPoolExecutor(2)},
+            executors={"default": ThreadPoolExecutor(3)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
             timezone=UTC,
         )
@@ -339,6 +354,13 @@ class Daemon:
             "interval",
             seconds=self.config.replies.send_interval,
             id="outbox",
+            next_run_time=self.clock(),
+        )
+        scheduler.add_job(
+            self._webhooks_job,
+            "interval",
+            seconds=WEBHOOK_INTERVAL,
+            id="webhooks",
             next_run_time=self.clock(),
         )
         scheduler.add_job(
@@ -387,6 +409,14 @@ class Daemon:
     def _retain(self) -> None:
         purged = run_retention(self.store, self.config.retention, self.clock())
         self.metrics.observe_retention(purged.as_dict())
+
+    def _webhooks_job(self) -> None:
+        """One pass over the due webhook deliveries, apart from intake and the outbox:
+        a slow receiver holds up nothing else."""
+        self._guarded("webhooks", self._post_webhooks)
+
+    def _post_webhooks(self) -> None:
+        self.send_webhooks()
 
     def _escalation_job(self) -> None:
         self._guarded("escalation", self._escalate)
@@ -596,6 +626,7 @@ class Daemon:
             return False
         else:
             self.config, self.pipeline = fresh, pipeline
+            self.store.use_webhooks(fresh.webhooks)
             log.info("config reloaded", source=self.config_path)
             return True
         finally:

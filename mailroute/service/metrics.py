@@ -16,8 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mailroute.mail.outbox import DeliveryReport
+from mailroute.mail.webhooks import WebhookReport
 from mailroute.pipeline.intake import DrainReport
-from mailroute.store import Store, alerts
+from mailroute.store import Store, alerts, webhooks
 from mailroute.store import repository as repo
 
 
@@ -32,6 +33,9 @@ class Metrics:
                                 ["request_type"], registry=self.registry)
         self.replies = Counter("mailroute_replies", "Reply delivery attempts, by result",
                                ["result"], registry=self.registry)
+        self.webhooks = Counter("mailroute_webhook_deliveries",
+                                "Webhook delivery attempts, by result", ["result"],
+                                registry=self.registry)
         self.errors = Counter("mailroute_errors", "Failures by part (intake = IMAP, smtp, ...)",
                               ["part"], registry=self.registry)
         self.rejections = Counter("mailroute_smtp_rejections",
@@ -72,6 +76,12 @@ class Metrics:
             self.rejections.labels("desk").inc(len(report.desk_rejections))
         if report.suppressed:
             self.rejections.labels("recipient").inc(len(report.suppressed))
+
+    def observe_webhooks(self, report: WebhookReport) -> None:
+        for result, items in (("sent", report.sent), ("retried", report.retried),
+                              ("failed", report.failed)):
+            if items:
+                self.webhooks.labels(result).inc(len(items))
 
     def observe_breaches(self, breaches: Iterable[tuple[str, str]]) -> None:
         for _request, target in breaches:
@@ -114,6 +124,7 @@ class QueueCollector(Collector):
                 quarantined = repo.quarantined_count(session)
                 found = alerts.all_alerts(session)
                 faults = repo.letter_fault_counts(session)
+                hooks = webhooks.counts(session)
         except Exception:  # a scrape must not fail because the database is away
             return
         gauge = GaugeMetricFamily("mailroute_outbox", "Outbox rows by state", labels=["state"])
@@ -139,3 +150,8 @@ class QueueCollector(Collector):
         for action in ("fetch", "file"):
             aside.add_metric([action], faults.get(action, 0))
         yield aside
+        queued = GaugeMetricFamily("mailroute_webhook_queue", "Webhook deliveries by state",
+                                   labels=["state"])
+        for state in ("pending", "sent", "failed"):
+            queued.add_metric([state], hooks.get(state, 0))
+        yield queued

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,7 +22,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailroute import logs
+from mailroute.config import WebhookConfig
 from mailroute.errors import DatabaseFileReplaced, DatabaseNotReady, TransientError
+from mailroute.store.webhooks import SESSION_KEY as WEBHOOKS_KEY
+from mailroute.store.webhooks import Subscription
 
 log = logs.get("mailroute.store")
 SQLITE_TURN_SECONDS = 30.0  # as long as SQLite's own busy_timeout below
@@ -43,12 +46,19 @@ class Store:
         # BEGIN, a snapshot of the WAL that takes no write lock and waits for no turn.
         self._reads = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
                                    expire_on_commit=False)
+        # the webhooks each transaction queues events for (store.webhooks); set by
+        # whoever read the config (``use_webhooks``), none until then
+        self.webhooks: tuple[Subscription, ...] = ()
         self._turns = _Turns(SQLITE_TURN_SECONDS) if self.is_sqlite else None
         path = sqlite_file(url)
         self._file = _FileWatch(path) if path is not None else None
         if self._file is not None:
             event.listen(self.engine, "do_connect", self._file.before_connect)
             event.listen(self.engine, "connect", self._file.connected)
+
+    def use_webhooks(self, hooks: Iterable[WebhookConfig]) -> None:
+        """Queue request events for these webhooks from now on (at start and on reload)."""
+        self.webhooks = Subscription.of(hooks)
 
     @property
     def is_sqlite(self) -> bool:
@@ -62,7 +72,7 @@ class Store:
         caller retries later instead of treating the letter as broken.
         """
         with self.turn():
-            session = self._sessions()
+            session = self._sessions(info={WEBHOOKS_KEY: self.webhooks})
             try:
                 with session.begin():
                     yield session

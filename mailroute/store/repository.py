@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from mailroute.core.addresses import counted_as, domain_of
+from mailroute.store import webhooks
 from mailroute.store.models import (
     AttachmentRecord,
     Blob,
@@ -340,6 +341,7 @@ def add_event(
     """Append to the request's history; any keyword (even ``request``) is detail."""
     event = RequestEvent(request=request, at=at, kind=kind, detail=detail)
     session.add(event)  # by relationship: a request of this transaction has no id yet
+    webhooks.on_history(session, request, kind, at, detail)  # in this same transaction
     return event
 
 
