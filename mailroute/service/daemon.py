@@ -150,6 +150,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.store.use_webhooks(self.config.webhooks)
+        self._console_store: Store | None = None
         self.pipeline = Pipeline.from_config(self.config, self.store)
         self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
@@ -282,6 +283,8 @@ class Daemon:
         from mailroute.web.serve import ConsoleThread, server_for
 
         store = Store(self.config.database.url)
+        store.use_webhooks(self.config.webhooks)  # a status changed in the console is an event
+        self._console_store = store
         return ConsoleThread(server_for(store, self.config, self.config.web.listen,
                                         self.clock)).start()
 
@@ -626,7 +629,9 @@ class Daemon:
             return False
         else:
             self.config, self.pipeline = fresh, pipeline
-            self.store.use_webhooks(fresh.webhooks)
+            for store in (self.store, self._console_store):
+                if store is not None:
+                    store.use_webhooks(fresh.webhooks)
             log.info("config reloaded", source=self.config_path)
             return True
         finally:

@@ -269,3 +269,44 @@ def test_signature_is_hmac_over_timestamp_and_body() -> None:
     body = '{"event":"request.created","id":"x"}'
     expected = hmac.new(b"key", b"1700000000." + body.encode(), hashlib.sha256).hexdigest()
     assert signature("key", "1700000000", body) == f"sha256={expected}"
+
+
+def test_a_status_changed_through_the_daemons_console_is_an_event(
+    tmp_path: Path, smtp_sink: SmtpSink, sqlite_url: str, stores: Callable[[str], Store]
+) -> None:
+    """The console has a store (and engine) of its own: it must queue events too."""
+    import httpx
+    from support.services import free_port
+
+    from mailroute.web.tokens import create_token
+
+    config = webhook_config(tmp_path, smtp_sink, sqlite_url, "http://127.0.0.1:9/x")
+    config.web.listen = f"127.0.0.1:{free_port()}"
+    store = stores(sqlite_url)
+    daemon = Daemon(config, store, clock=Clock())
+    daemon.run_once(send=False)
+    token = create_token(store, "tracker", "operator", Clock()())
+    before = len(deliveries(store))
+    console = daemon._start_console()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = httpx.post(
+                    f"http://{config.web.listen}/api/v1/requests/SD-000001/status",
+                    json={"status": "in_progress"},
+                    headers={"Authorization": f"Bearer {token}"}, timeout=5)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        console.stop()
+        if daemon._console_store is not None:
+            daemon._console_store.dispose()
+    assert answer.status_code == 200, answer.text
+    rows = deliveries(store)
+    assert len(rows) == before + 1
+    body = json.loads(rows[-1].payload)
+    assert (body["event"], body["new"], body["by"]) == ("request.status", "in_progress",
+                                                        "api:tracker")
