@@ -48,6 +48,7 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
                            dry_run=args.dry_run)
     verb = "would be" if args.dry_run else "were"
     print(f"letters purged: {purged.letters}, attachment contents: {purged.blobs}, "
-          f"raw replies: {purged.replies}, requests anonymized: {purged.requests} "
+          f"raw replies: {purged.replies}, webhook deliveries: {purged.webhooks}, "
+          f"requests anonymized: {purged.requests} "
           f"({verb} changed)")
     return 0

@@ -6,8 +6,8 @@ clocks), is kept for ever. What retention removes:
 
 - after ``[retention] raw_days``: the raw bytes of letters already decided (never
   a pending or quarantined one: those still need them), the content of
-  attachments no younger letter shares, and the raw MIME of sent or failed
-  replies;
+  attachments no younger letter shares, the raw MIME of sent or failed
+  replies, and webhook deliveries done (their bodies name the requester);
 - ``anonymize_days`` after a request was closed: its requester's address and
   name, its subject, its letters' sender, subject, extracted text and bytes,
   the addresses and notes in its history, its replies' recipients, and the
@@ -52,6 +52,7 @@ class Purged:
     letters: int = 0  # letters whose raw bytes were deleted
     blobs: int = 0  # attachment contents deleted
     replies: int = 0  # outbox rows whose raw MIME was deleted
+    webhooks: int = 0  # webhook deliveries done (sent or failed) and deleted
     requests: int = 0  # requests anonymized
 
     def as_dict(self) -> dict[str, int]:
@@ -75,6 +76,7 @@ def apply(
         letters, blobs = _purge_letters_all(store, cutoff, now, dry_run)
         purged.letters, purged.blobs = letters, blobs
         purged.replies = _in_chunks(store, dry_run, lambda s, d: _purge_replies(s, cutoff, d))
+        purged.webhooks = _in_chunks(store, dry_run, lambda s, d: _purge_webhooks(s, cutoff, d))
     return purged
 
 
@@ -152,6 +154,18 @@ def _purge_replies(session: Session, cutoff: datetime, dry_run: bool) -> int:
     ids = list(session.scalars(old.order_by(OutboxItem.id).limit(CHUNK)))
     if ids:
         session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids)).values(raw=b""))
+    return len(ids)
+
+
+def _purge_webhooks(session: Session, cutoff: datetime, dry_run: bool) -> int:
+    """Webhook deliveries done before the cutoff: their bodies name the requester."""
+    done = select(WebhookDelivery.id).where(
+        WebhookDelivery.created_at < cutoff, WebhookDelivery.state.in_(("sent", "failed")))
+    if dry_run:
+        return int(session.scalar(select(func.count()).select_from(done.subquery())) or 0)
+    ids = list(session.scalars(done.order_by(WebhookDelivery.id).limit(CHUNK)))
+    if ids:
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
     return len(ids)
 
 

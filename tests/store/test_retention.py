@@ -74,6 +74,10 @@ def test_old_bytes_go_young_ones_and_every_request_stay(store: Store) -> None:
     young = desk(store, [letter(3, LOGO)], NOW - timedelta(days=2))
     with store.transaction() as session:
         session.execute(update(OutboxItem).values(state="sent", sent_at=OLD))
+        for state, created in (("sent", OLD), ("pending", OLD), ("sent", NOW)):
+            session.add(WebhookDelivery(
+                url="http://x/", event="request.created", payload="{}", state=state,
+                attempts=1, not_before=created, created_at=created))
     before = counts(store)
 
     dry = apply(store, raw_days=365, anonymize_days=0, now=NOW, dry_run=True)
@@ -81,6 +85,7 @@ def test_old_bytes_go_young_ones_and_every_request_stay(store: Store) -> None:
     purged = apply(store, raw_days=365, anonymize_days=0, now=NOW)
 
     assert (dry.letters, dry.blobs) == (purged.letters, purged.blobs) == (2, 1)
+    assert dry.webhooks == purged.webhooks == 1  # an old one still pending stays
     after = counts(store)
     assert after["requests"] == before["requests"] == 3  # the registry keeps every request
     assert after["letters"] == before["letters"] and after["events"] == before["events"]
