@@ -251,14 +251,15 @@ _CLIENT_CUE = re.compile(
 )
 # ... counts as the customer when the letter says the writer works for others: an
 # outsourcer or a partner, or whose licence it is.
-# Only whether it occurs matters. A stem that runs to the end of its word ("лицензи\w* ")
-# is looked for once per word, from the word's start (the first stem in a word ends where
-# any later one would): tried from every occurrence, a word of repeated stems was quadratic.
+# Only whether it occurs matters. A stem's word run ("лицензи\w* ") stops where the stem
+# occurs again, the later occurrence trying the rest itself: run from every occurrence to
+# the word's end, a word of repeated stems was quadratic. (Tried lazily from every word's
+# start instead, it cost 31 µs a letter: a third of all organization extraction.)
 _WRITES_FOR_CLIENT = re.compile(
     r"аутсорс|outsourc|партн[её]р|partner|"
-    r"(?<!\w)(?>\w*?лицензи)\w*+ (?:оформлен\w*|зарегистрирован\w*) на|"
-    r"(?:е[её]|его|их) лицензи|(?<!\w)(?>\w*?бухгалтерск)\w*+ обслуживани|"
-    r"вед(?:у|ём|ем) (?:уч[её]т|бухгалтери)|(?<!\w)(?>\w*?сопровожда)\w*+ клиент|"
+    r"лицензи(?:(?!лицензи)\w)*+ (?:оформлен\w*|зарегистрирован\w*) на|"
+    r"(?:е[её]|его|их) лицензи|бухгалтерск(?:(?!бухгалтерск)\w)*+ обслуживани|"
+    r"вед(?:у|ём|ем) (?:уч[её]т|бухгалтери)|сопровожда(?:(?!сопровожда)\w)*+ клиент|"
     r"licen[cs]e (?:is )?(?:in their name|registered to|belongs to)|"
     r"their licen[cs]e|keep (?:the )?books for",
     re.IGNORECASE,

@@ -10,6 +10,7 @@ the stage, and the letters behind it must be answered, in ``run``, ``run --once`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,17 +157,21 @@ def test_a_worker_left_deep_in_a_letter_by_a_dead_daemon_is_ended_by_the_kernel(
     1 s budget the kernel ends it after 3 s of CPU (BACKSTOP_BUDGETS, plus a second)."""
     budget = 1.0
     script = ORPHANING_PARENT.format(paths=sys.path, budget=budget)
-    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, check=False, cwd=Path(__file__).parent)
-    assert parent.returncode == -signal.SIGKILL, parent.stderr
-    worker = int(parent.stdout.split()[0])
-    limits = Path(f"/proc/{worker}/limits").read_text() if _process_state(worker) else ""
-    deadline = time.monotonic() + 60  # 3 s of CPU, however loaded the machine
-    while _process_state(worker) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    state = _process_state(worker)
-    if state not in (None, "Z"):
-        os.kill(worker, signal.SIGKILL)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+                              start_new_session=True)  # its group: the forkserver, the worker
+    try:
+        out, err = parent.communicate(timeout=60)
+        assert parent.returncode == -signal.SIGKILL, err
+        worker = int(out.split()[0])
+        limits = Path(f"/proc/{worker}/limits").read_text() if _process_state(worker) else ""
+        deadline = time.monotonic() + 60  # 3 s of CPU, however loaded the machine
+        while _process_state(worker) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        state = _process_state(worker)
+    finally:  # whatever happened, nothing of the orphaned group keeps a core busy
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
     assert state in (None, "Z"), f"the orphaned worker {worker} still runs ({state})"
     if limits:  # read while it ran: the soft limit the worker set itself, in seconds
         soft = next(line for line in limits.splitlines() if line.startswith("Max cpu time"))
