@@ -182,3 +182,13 @@ def test_the_length_check_counts_statements() -> None:
     assert long_functions(f"def long():\n{body}\n", "example") == [
         f"example:1 long: {MAX_STATEMENTS + 1} statements"]
     assert long_functions("def short():\n    return 1\n", "example") == []
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their base name (the test folders are not packages):
+    two test_cli.py in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parent
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
