@@ -84,7 +84,12 @@ def same(given: str | None, expected: str) -> bool:
 
 
 class Throttle:
-    """Failed logins within a sliding window, per key ("addr:..." or "name:...")."""
+    """Failed logins within a sliding window, per key ("addr:..." or "name:...").
+
+    Keys whose failures have all aged out are forgotten, so names sprayed by an
+    attacker cost memory only for one window."""
+
+    SWEEP_ABOVE = 10_000  # keys held before the expired ones are swept out
 
     def __init__(self, attempts: int, window: float) -> None:
         self.attempts, self.window = attempts, window
@@ -97,14 +102,25 @@ class Throttle:
 
     def failed(self, keys: Iterable[str], now: float) -> None:
         with self._lock:
+            if len(self._failures) > self.SWEEP_ABOVE:
+                for key in list(self._failures):
+                    self._recent(key, now)
             for key in keys:
-                self._recent(key, now).append(now)
+                self._recent(key, now)
+                self._failures.setdefault(key, deque()).append(now)
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
         while times and times[0] <= now - self.window:
             times.popleft()
+        if not times:
+            del self._failures[key]
         return times
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
 
 class Sessions:
