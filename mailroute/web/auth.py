@@ -74,6 +74,28 @@ def add_user(store: Store, name: str, role: str, password: str, now: datetime) -
             session.execute(delete(WebSession).where(WebSession.user_id == user.id))
 
 
+def list_users(store: Store) -> list[dict[str, object]]:
+    """The console's people, by name: role, since when, whether disabled."""
+    with store.reading() as session:
+        return [
+            {"name": user.name, "role": user.role, "created_at": user.created_at.isoformat(),
+             "disabled": user.disabled}
+            for user in session.scalars(select(WebUser).order_by(WebUser.name))
+        ]
+
+
+def set_disabled(store: Store, name: str, disabled: bool) -> None:
+    """Disable a user (their sessions end at once) or enable them again."""
+    with store.transaction() as session:
+        user = session.scalar(select(WebUser).where(WebUser.name == name.strip()))
+        if user is None:
+            raise MailrouteError(f"no user named {name!r}")
+        user.disabled = disabled
+        if disabled:
+            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    log.info("user disabled" if disabled else "user enabled", user=name)
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
