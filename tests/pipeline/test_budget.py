@@ -297,16 +297,30 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_of(daemon: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    """The daemon's worker process: a child of its forkserver (a grandchild)."""
+    """The daemon's worker on the slow letter: a child of its forkserver (a grandchild)
+    that is spending CPU. A daemon may hold another worker, idle (one kept from an
+    earlier pass): stopping that one instead stopped nothing, and the letter ran out
+    its budget while the test waited for it to be stuck (flaky about one run in two)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         family = _descendants(daemon.pid)
         children = set(_descendants_by_parent().get(daemon.pid, []))
-        grandchildren = [pid for pid in family if pid not in children and running(pid)]
-        if grandchildren:
-            return grandchildren[0]
-        time.sleep(0.05)
-    raise AssertionError("the daemon started no worker")
+        for pid in (pid for pid in family if pid not in children and running(pid)):
+            if _cpu_ticks(pid) >= BUSY_TICKS:
+                return pid
+        time.sleep(0.02)
+    raise AssertionError("the daemon started no worker that spends CPU")
+
+
+BUSY_TICKS = 20  # 0.2 s of CPU (at 100 ticks a second): the letter is being understood
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker in /proc")
