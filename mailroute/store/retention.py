@@ -19,6 +19,7 @@ never holds the database for long; a pass is idempotent and can stop anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,34 +74,30 @@ def apply(
         purged.requests = _in_chunks(store, dry_run, lambda s, d: _anonymize(s, cutoff, now, d))
     if raw_days:
         cutoff = now - timedelta(days=raw_days)
-        letters, blobs = _purge_letters_all(store, cutoff, now, dry_run)
-        purged.letters, purged.blobs = letters, blobs
+        blobs: list[int] = []  # attachment contents freed along with each chunk of letters
+
+        def letters(session: Session, dry: bool) -> int:
+            done, freed = _purge_letters(session, cutoff, now, dry)
+            blobs.append(freed)
+            return done
+
+        purged.letters = _in_chunks(store, dry_run, letters)
+        purged.blobs = sum(blobs)
         purged.replies = _in_chunks(store, dry_run, lambda s, d: _purge_replies(s, cutoff, d))
         purged.webhooks = _in_chunks(store, dry_run, lambda s, d: _purge_webhooks(s, cutoff, d))
     return purged
 
 
-def _in_chunks(store: Store, dry_run: bool, step: Any) -> int:
+def _in_chunks(store: Store, dry_run: bool, step: Callable[[Session, bool], int]) -> int:
     """Run ``step(session, dry_run)`` (returning rows done, at most CHUNK) until it does
     fewer than a chunk; a dry run counts everything in one step."""
     total = 0
     while True:
         with store.transaction() as session:
-            done = int(step(session, dry_run))
+            done = step(session, dry_run)
         total += done
         if dry_run or done < CHUNK:
             return total
-
-
-def _purge_letters_all(store: Store, cutoff: datetime, now: datetime,
-                       dry_run: bool) -> tuple[int, int]:
-    letters = blobs = 0
-    while True:
-        with store.transaction() as session:
-            done, freed = _purge_letters(session, cutoff, now, dry_run)
-        letters, blobs = letters + done, blobs + freed
-        if dry_run or done < CHUNK:
-            return letters, blobs
 
 
 def _purgeable_letters(cutoff: datetime) -> Any:

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from support.configs import write_config
+from support.maildir import deliver, empty_maildir
 from support.smtp import SmtpSink
 
 MAILROUTE = [sys.executable, "-m", "mailroute"]
@@ -44,18 +45,15 @@ def requests_in(path: Path) -> int:
 def test_a_backup_taken_under_a_running_daemon_restores_healthy(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    box = tmp_path / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (box / sub).mkdir(parents=True)
+    box = empty_maildir(tmp_path)
     database = tmp_path / "mailroute.db"
     config = write_config(tmp_path / "config.toml", account=None, sink=smtp_sink,
                           database_url=f"sqlite:///{database}", maildir=box)
     assert mailroute(config, "db", "upgrade").returncode == 0
 
-    def deliver() -> None:  # letters keep arriving while the copies are taken
+    def arrive() -> None:  # letters keep arriving while the copies are taken
         for n in range(LETTERS):
-            (box / "tmp" / f"{n}.host").write_bytes(letter(n))
-            (box / "tmp" / f"{n}.host").rename(box / "new" / f"{n}.host")
+            deliver(box, f"{n}.host", letter(n))
             time.sleep(0.03)
 
     log = (tmp_path / "daemon.log").open("wb")
@@ -63,7 +61,7 @@ def test_a_backup_taken_under_a_running_daemon_restores_healthy(
                               stdout=subprocess.DEVNULL, stderr=log)
     copies = []
     try:
-        arriving = threading.Thread(target=deliver)
+        arriving = threading.Thread(target=arrive)
         arriving.start()
         deadline = time.monotonic() + 60
         while requests_in(database) == 0 and time.monotonic() < deadline:
@@ -118,9 +116,7 @@ def test_a_backup_refuses_to_overwrite_and_names_postgresql_tools(
 def test_retention_run_purges_what_is_due_and_says_so(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    box = tmp_path / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (box / sub).mkdir(parents=True)
+    box = empty_maildir(tmp_path)
     for n in range(3):
         (box / "new" / f"{n}.host").write_bytes(letter(n))
     database = tmp_path / "mailroute.db"

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from support.configs import write_config
 from support.dovecot import ImapAccount
-from support.processes import running
+from support.processes import cpu_ticks, running
 from support.smtp import SmtpSink
 
 from mailroute.config import Config
@@ -306,21 +306,13 @@ def _worker_of(daemon: subprocess.Popen[bytes], timeout: float = 60) -> int:
         family = _descendants(daemon.pid)
         children = set(_descendants_by_parent().get(daemon.pid, []))
         for pid in (pid for pid in family if pid not in children and running(pid)):
-            if _cpu_ticks(pid) >= BUSY_TICKS:
+            if cpu_ticks(pid) >= BUSY_TICKS:
                 return pid
         time.sleep(0.02)
     raise AssertionError("the daemon started no worker that spends CPU")
 
 
 BUSY_TICKS = 20  # 0.2 s of CPU (at 100 ticks a second): the letter is being understood
-
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker in /proc")

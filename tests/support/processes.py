@@ -34,3 +34,9 @@ def live_group_members(group: int) -> list[int]:
         if fields is not None and fields[0] != "Z" and int(fields[2]) == group:
             members.append(int(entry.name))
     return members
+
+
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU of *pid* in clock ticks; 0 once it is gone."""
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return int(fields[11]) + int(fields[12]) if fields is not None else 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from support.configs import write_config
+from support.maildir import deliver, empty_maildir
 from support.services import free_port
 from support.smtp import SmtpSink
 
@@ -33,9 +34,7 @@ def letter(n: int) -> bytes:
 def test_the_daemon_serves_the_console_while_it_files_letters(
     tmp_path: Path, smtp_sink: SmtpSink, database_url: str
 ) -> None:
-    box = tmp_path / "Maildir"
-    for sub in ("cur", "new", "tmp"):
-        (box / sub).mkdir(parents=True)
+    box = empty_maildir(tmp_path)
     port = free_port()
     config = write_config(tmp_path / "config.toml", account=None, sink=smtp_sink,
                           database_url=database_url, maildir=box,
@@ -71,8 +70,7 @@ def test_the_daemon_serves_the_console_while_it_files_letters(
             assert logged.status_code in (200, 303), logged.text[:500]
             pages = 0
             for n in range(LETTERS):  # letters arrive while the queue is being read
-                (box / "tmp" / f"{n}.host").write_bytes(letter(n))
-                (box / "tmp" / f"{n}.host").rename(box / "new" / f"{n}.host")
+                deliver(box, f"{n}.host", letter(n))
                 assert web.get("/").status_code == 200
                 pages += 1
             while time.monotonic() < deadline and len(smtp_sink.received()) < LETTERS:
