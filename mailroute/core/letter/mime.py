@@ -101,6 +101,12 @@ _HEADER_END = re.compile(rb"\r\n\r\n|\n\r?\n|\r\r")
 
 _LINE_SPLIT = re.compile(rb"(\r\n|\n|\r)")
 _HEADER_NAME = re.compile(rb"([!-9;-~]{1,200})[ \t]*:")
+# A run of whole header lines (fields and continuations, an mbox "From " line on top),
+# matched in one C-level pass: possessive, so it never backtracks.
+_HEADER_LINES = re.compile(
+    rb"(?:From [^\r\n]*+(?:\r\n|\n|\r))?+"
+    rb"(?:(?:[!-9;-~]{1,200}+[ \t]*+:|[ \t])[^\r\n]*+(?:\r\n|\n|\r))*+"
+)
 
 
 @dataclass
@@ -169,6 +175,8 @@ def _split_headers(
         block, body = data[start : end.start()], data[end.end() : stop]
     else:  # no blank line within the limit: body, if any, begins at a non-header line
         block, body = data[start : min(stop, start + limit + 1)], b""
+        if cut and _all_header_lines(block):
+            return [], b"", defects  # the caller refuses it: not worth splitting first
     tokens = _LINE_SPLIT.split(block)
     fields: list[tuple[bytes, list[bytes]]] = []  # name, value lines (joined once: linear)
     offset = 0
@@ -191,6 +199,13 @@ def _split_headers(
         offset += len(line) + len(sep)
     headers = [(_ascii(name), _ascii(b"\r\n".join(lines))) for name, lines in fields]
     return headers, body, defects
+
+
+def _all_header_lines(block: bytes) -> bool:
+    """Whether `block` is header lines up to its end (its last line may be cut short)."""
+    run = _HEADER_LINES.match(block)
+    rest = block[run.end() :] if run else block
+    return b"\n" not in rest and b"\r" not in rest
 
 
 def parse_entity(
