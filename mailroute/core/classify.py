@@ -27,6 +27,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from mailroute.config import ClassificationConfig, ClassificationRule
 from mailroute.core.words import Index, Key, Pattern, Vocabulary, index, negated
@@ -92,6 +93,11 @@ class Rule:
             by_first={first: tuple(at) for first, at in by_first.items()},
             vocabulary=Vocabulary.of(patterns),
         )
+
+    def may_match(self, present: frozenset[Key]) -> bool:
+        """False when no field can match: none holds a key of the rule's patterns (and
+        the rule has no regex).  ``present`` is :meth:`RuleSet.present` of the letter."""
+        return self.regex is not None or not self.by_first.keys().isdisjoint(present)
 
     def match(self, texts: Texts) -> Hit | None:
         """The first field (in the rule's order) where the rule matches."""
@@ -185,6 +191,29 @@ class RuleSet:
         active = [replace(rule, vocabulary=shared) for rule in active]
         return cls(tuple(active), config.default_request_type)
 
+    @cached_property
+    def _keyed_fields(self) -> tuple[str, ...]:
+        """The fields some rule's words or phrases are looked for in."""
+        return tuple(dict.fromkeys(f for r in self.rules if r.patterns for f in r.spec.fields))
+
+    @cached_property
+    def _vocabulary(self) -> Vocabulary:
+        shared = {id(r.vocabulary): r.vocabulary for r in self.rules}
+        if len(shared) == 1:
+            return next(iter(shared.values()))
+        return Vocabulary.of(p for rule in self.rules for p in rule.patterns)
+
+    def present(self, texts: Texts) -> frozenset[Key]:
+        """The pattern keys found in any field of the letter: a rule without one of them
+        (and without a regex) cannot match, so most rules are never tried (a third of
+        the time of understanding a letter went to trying them)."""
+        found: set[Key] = set()
+        for name in self._keyed_fields:
+            text = texts.field(name)
+            if text:
+                found.update(index(text).present(self._vocabulary))
+        return frozenset(found)
+
     @property
     def markers(self) -> Iterable[Rule]:
         return (r for r in self.rules if r.spec.marker)
@@ -221,23 +250,28 @@ class Verdict:
 
 def classify(texts: Texts, rules: RuleSet) -> Verdict:
     """Decide request type and priority of one letter."""
-    marker = _marker(texts, rules)
+    present = rules.present(texts)
+    marker = _marker(texts, rules, present)
     request_type: str
     type_hits: tuple[Hit, ...]
     scores: dict[str, float]
     if marker is not None:
         request_type, type_hits, scores = marker.rule.sets.request_type or "", (marker,), {}
     else:
-        request_type, type_hits, scores = _vote(texts, rules)
-    priority, priority_hits = _priority(texts, rules, request_type)
+        request_type, type_hits, scores = _vote(texts, rules, present)
+    priority, priority_hits = _priority(texts, rules, request_type, present)
     return Verdict(
         request_type, priority, type_hits, priority_hits, scores, by_marker=marker is not None
     )
 
 
-def _marker(texts: Texts, rules: RuleSet) -> Hit | None:
+def _matches(rules: Iterable[Rule], texts: Texts, present: frozenset[Key]) -> list[Hit]:
+    return [h for r in rules if r.may_match(present) and (h := r.match(texts)) is not None]
+
+
+def _marker(texts: Texts, rules: RuleSet, present: frozenset[Key]) -> Hit | None:
     """A marker in the subject beats one on the first line."""
-    hits = [hit for rule in rules.markers if (hit := rule.match(texts)) is not None]
+    hits = _matches(rules.markers, texts, present)
     for field in ("subject", "first_line"):
         for hit in hits:
             if hit.field == field:
@@ -245,8 +279,10 @@ def _marker(texts: Texts, rules: RuleSet) -> Hit | None:
     return hits[0] if hits else None
 
 
-def _vote(texts: Texts, rules: RuleSet) -> tuple[str, tuple[Hit, ...], dict[str, float]]:
-    hits = [hit for rule in rules.voters if (hit := rule.match(texts)) is not None]
+def _vote(
+    texts: Texts, rules: RuleSet, present: frozenset[Key]
+) -> tuple[str, tuple[Hit, ...], dict[str, float]]:
+    hits = _matches(rules.voters, texts, present)
     scores = dict.fromkeys(TYPES, 0.0)
     for hit in hits:
         scores[hit.rule.sets.request_type or ""] += hit.rule.sets.weight
@@ -257,12 +293,14 @@ def _vote(texts: Texts, rules: RuleSet) -> tuple[str, tuple[Hit, ...], dict[str,
     return best, winners, scores
 
 
-def _priority(texts: Texts, rules: RuleSet, request_type: str) -> tuple[str, tuple[Hit, ...]]:
+def _priority(
+    texts: Texts, rules: RuleSet, request_type: str, present: frozenset[Key]
+) -> tuple[str, tuple[Hit, ...]]:
     if request_type in LOW_TYPES:
         return "low", ()
     if request_type != "incident":
         return "normal", ()
-    hits = [hit for rule in rules.priority_rules if (hit := rule.match(texts)) is not None]
+    hits = _matches(rules.priority_rules, texts, present)
     vetoes = tuple(h for h in hits if h.rule.sets.priority == "normal")
     if vetoes:
         return "normal", vetoes

@@ -256,14 +256,14 @@ _CLIENT_CUE = re.compile(
 # occurs again, the later occurrence trying the rest itself: run from every occurrence to
 # the word's end, a word of repeated stems was quadratic. (Tried lazily from every word's
 # start instead, it cost 31 µs a letter: a third of all organization extraction.)
+# Searched in the lower-cased text: IGNORECASE over Cyrillic makes the search 4x slower.
 _WRITES_FOR_CLIENT = re.compile(
     r"аутсорс|outsourc|партн[её]р|partner|"
     r"лицензи(?:(?!лицензи)\w)*+ (?:оформлен\w*|зарегистрирован\w*) на|"
     r"(?:е[её]|его|их) лицензи|бухгалтерск(?:(?!бухгалтерск)\w)*+ обслуживани|"
     r"вед(?:у|ём|ем) (?:уч[её]т|бухгалтери)|сопровожда(?:(?!сопровожда)\w)*+ клиент|"
     r"licen[cs]e (?:is )?(?:in their name|registered to|belongs to)|"
-    r"their licen[cs]e|keep (?:the )?books for",
-    re.IGNORECASE,
+    r"their licen[cs]e|keep (?:the )?books for"
 )
 _BANK = re.compile(r"банк|\bbank\b|сбер|втб|vtb|\bальфа|тинькофф|т-банк", re.IGNORECASE)
 _TRAILING_CONTACT = re.compile(
@@ -513,7 +513,7 @@ def _score(
 def candidates(sources: Sequence[Source], vendor: frozenset[str] = frozenset()) -> list[Candidate]:
     """Every organization named in the sources with its score (-1: not the customer)."""
     found = []
-    for_client = any(_WRITES_FOR_CLIENT.search(text) for _, text in sources)
+    for_client = any(_WRITES_FOR_CLIENT.search(text.lower()) for _, text in sources)
     for source, text in sources:
         for start, end in _raw_candidates(text)[:MAX_CANDIDATES_PER_SOURCE]:
             end = _drop_sentence_period(text, end)

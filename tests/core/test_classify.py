@@ -7,8 +7,10 @@ import pytest
 from mailroute import config
 from mailroute.config import ClassificationConfig, ClassificationRule
 from mailroute.core.classify import RuleSet, Texts, classify, parse_rules
+from mailroute.core.letter import parse
 from mailroute.core.verdict import analyze
 from mailroute.packaged import analysis_context, builtin_rules
+from tests.support.corpus import BLIND_LETTERS, HOLDOUT_LETTERS, OWN_LETTERS
 from tests.support.letter import letter
 
 
@@ -297,3 +299,24 @@ def test_a_deadline_a_week_away_stays_normal() -> None:
     own = ("В расчётных листках у всех сотрудников аванс удержан два раза. До выплаты "
            "зарплаты ещё неделя, но хотим разобраться заранее.")
     assert kind("Вопрос по расчётному листку", own) == ("incident", "normal")
+
+
+def test_rules_skipped_by_their_keys_could_not_have_matched() -> None:
+    """The key pre-filter only skips rules that would not match: every rule is tried on
+    every letter we have, and one the filter rules out never matches."""
+    rules = analysis_context(config.Config()).rules
+    skipped = tried = 0
+    for path in sorted([*OWN_LETTERS.glob("*.eml"), *BLIND_LETTERS.glob("*.eml"),
+                        *HOLDOUT_LETTERS.glob("*.eml")]):
+        parsed = parse(path.read_bytes())
+        text = parsed.text
+        texts = Texts(subject=parsed.subject or "", first_line=text.strip().split("\n")[0],
+                      own_text=text, signature=text[-300:], text=text,
+                      headers=parsed.headers)
+        present = rules.present(texts)
+        for rule in rules.rules:
+            tried += 1
+            if not rule.may_match(present):
+                skipped += 1
+                assert rule.match(texts) is None, (path.name, rule.spec.name)
+    assert tried > 10_000 and skipped > tried / 2  # the filter does skip most rules

@@ -116,11 +116,15 @@ def scrub(text: str) -> str:
 
 def unfold(value: str) -> str:
     """Remove header folding (CRLF before whitespace) and stray line breaks."""
+    if "\n" not in value and "\r" not in value:  # most fields are one line
+        return value
     return _FOLD.sub("", value).replace("\r", " ").replace("\n", " ")
 
 
 def collapse(text: str) -> str:
     """Single spaces, no leading/trailing whitespace, no control characters."""
+    if text.isprintable() and "  " not in text:  # no controls, no whitespace but " "
+        return text.strip(" ")
     return WSP_RUN.sub(" ", strip_controls(text)).strip()
 
 
