@@ -185,8 +185,44 @@ class MailboxConfig(_Connection):
         600.0, gt=0, le=1740, description="Seconds before IDLE is renewed (RFC 2177: < 29 min)."
     )
 
+    # What one of several mailboxes ([[mailboxes]]) may set for itself; None: the global one.
+    name: str = Field(
+        "",
+        pattern=r"^[\w.@+-]*$",
+        max_length=100,
+        description="Short name in logs (mailbox=), metrics, status and reports; "
+        "default: the address.",
+    )
+    request_prefix: str = Field(
+        "SD-",
+        pattern=r"^[A-Z]{1,8}-$",
+        description='Prefix of this mailbox\'s request numbers, e.g. "SD-" or "ML-" '
+        "(each prefix numbers on its own).",
+    )
+    from_name: str | None = Field(
+        None, description="Display name of replies from this mailbox; default [smtp] from_name."
+    )
+    templates_dir: str | None = Field(
+        None, description="Reply templates of this mailbox; default [replies] templates_dir."
+    )
+    default_queue: str | None = Field(
+        None, min_length=1, description="Queue when no routing rule hits; default [routing]."
+    )
+    reply_window: Literal["business_hours", "always"] | None = Field(
+        None, description="When replies from this mailbox go out; default [replies] window."
+    )
+    business_hours: BusinessHoursConfig | None = Field(
+        None, description="This mailbox's hours (SLA clocks, reply window); default "
+        "[business_hours]."
+    )
+
     def _default_ports(self) -> dict[str, int]:
         return {"ssl": 993, "starttls": 143, "none": 143}
+
+    @property
+    def label(self) -> str:
+        """What logs, metrics and requests call this mailbox."""
+        return self.name or self.address.strip().lower()
 
     def own_addresses(self) -> frozenset[str]:
         """The desk's address and aliases, lower-cased, for loop detection."""
@@ -840,8 +876,61 @@ class Config(BaseModel):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)  # type: ignore[arg-type]
     web: WebConfig = Field(default_factory=WebConfig)  # type: ignore[arg-type]
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    mailboxes: list[MailboxConfig] = Field(
+        default_factory=list,
+        description="Several mailboxes in one daemon ([[mailboxes]], each with the keys of "
+        "[mailbox]); instead of [mailbox], not beside it.",
+    )
 
     source: Annotated[str | None, Field(exclude=True)] = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_mailbox(self) -> Config:
+        if not self.mailboxes:
+            return self
+        if "mailbox" in self.model_fields_set:
+            raise ValueError("set [mailbox] or [[mailboxes]], not both")
+        labels = [m.label for m in self.mailboxes]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"two mailboxes are both called {twice[0]!r}: give them a name")
+        self.mailbox = self.mailboxes[0]  # what single-mailbox code paths read
+        return self
+
+    @property
+    def several_mailboxes(self) -> bool:
+        return len(self.mailboxes) > 1
+
+    def all_mailboxes(self) -> list[MailboxConfig]:
+        """The mailboxes this daemon reads: ``[[mailboxes]]``, else the one ``[mailbox]``."""
+        return list(self.mailboxes) or [self.mailbox]
+
+    def desk_addresses(self) -> frozenset[str]:
+        """Every address of every mailbox: letters from any of them are loops."""
+        found = {self.smtp.from_address.strip().lower()}
+        for mailbox in self.all_mailboxes():
+            found |= mailbox.own_addresses()
+        return frozenset(found - {""})
+
+    def for_mailbox(self, mailbox: MailboxConfig) -> Config:
+        """The config as one mailbox sees it: its own hours, templates, queue, reply window
+        and, with several mailboxes, its address as the replies' From."""
+        if not self.mailboxes:
+            return self
+        smtp = self.smtp.model_copy(update={
+            "from_address": mailbox.address,
+            "from_name": mailbox.from_name or self.smtp.from_name,
+        })
+        replies = self.replies.model_copy(update={
+            "templates_dir": mailbox.templates_dir or self.replies.templates_dir,
+            "window": mailbox.reply_window or self.replies.window,
+        })
+        routing = self.routing.model_copy(
+            update={"default_queue": mailbox.default_queue or self.routing.default_queue})
+        return self.model_copy(update={
+            "mailbox": mailbox, "smtp": smtp, "replies": replies, "routing": routing,
+            "business_hours": mailbox.business_hours or self.business_hours,
+        })
 
 
 # --------------------------------------------------------------------------- loading
@@ -964,6 +1053,8 @@ def _line_of(text: str, loc: list[str]) -> int | None:
     """Best-effort line number of ``loc`` (section, key) in the TOML text."""
     if not loc:
         return None
+    if len(loc) > 1 and loc[1].isdigit():  # an entry of an array of tables: [[mailboxes]]
+        return _line_in_array(text, loc[0], int(loc[1]), loc[2] if len(loc) > 2 else None)
     section_re = re.compile(r"^\s*\[\s*([\w.-]+)\s*\]")
     current, section_line = "", None
     for number, line in enumerate(text.splitlines(), start=1):
@@ -978,9 +1069,30 @@ def _line_of(text: str, loc: list[str]) -> int | None:
     return section_line
 
 
+def _line_in_array(text: str, name: str, index: int, key: str | None) -> int | None:
+    """The line of ``key`` in the index-th ``[[name]]`` table (or of its header)."""
+    header_re = re.compile(r"^\s*\[\[?\s*([\w.-]+)\s*\]\]?")
+    seen, header_line = -1, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = header_re.match(line)
+        if header:
+            if header_line is not None:
+                break  # the entry ended without the key
+            if line.lstrip().startswith("[[") and header.group(1) == name:
+                seen += 1
+                if seen == index:
+                    header_line = number
+            continue
+        if header_line is not None and key and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return header_line
+
+
 def _read_password_files(config: Config, path: str | Path | None) -> None:
-    for name in ("mailbox", "smtp"):
-        section: _Connection = getattr(config, name)
+    sections: list[tuple[str, _Connection]] = [("mailbox", config.mailbox), ("smtp", config.smtp)]
+    if config.mailboxes:
+        sections[0:1] = [(f"mailboxes.{i}", box) for i, box in enumerate(config.mailboxes)]
+    for name, section in sections:
         if not section.password_file:
             continue
         file = _credential_path(section.password_file, path)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from mailroute.core.subjects import without_reply_prefixes
 
-TOKEN = re.compile(r"\[(SD-\d{6,})\]", re.IGNORECASE)
+# [SD-000042]; with several mailboxes each may number with its own prefix ([ML-000007])
+TOKEN = re.compile(r"\[([A-Z]{1,8}-\d{6,})\]", re.IGNORECASE)
 MEMBER_STATES = ("processed", "follow_up")  # a note's sender does not join the request
 CLOSED_REPLY_NEW = "new"
 PUBLIC_MAIL_DOMAINS = frozenset(  # a shared domain says nothing about the organization

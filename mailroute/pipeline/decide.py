@@ -19,7 +19,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailroute import logs
-from mailroute.config import Config, SlaConfig, WorkflowConfig
+from mailroute.config import Config, MailboxConfig, SlaConfig, WorkflowConfig
 from mailroute.core import conversation
 from mailroute.core.authresults import authentication_results, dmarc_fails
 from mailroute.core.business_calendar import BusinessCalendar
@@ -92,10 +92,23 @@ class Pipeline:
     trusted_authserv_id: str = ""  # whose Authentication-Results to believe; "" nobody's
     our_subjects: tuple[str, ...] = ()  # what our replies' subjects start with (templates)
     max_age: timedelta = timedelta(days=3)  # older letters get no automatic reply
+    mailbox: str = ""  # the label requests are filed under (requests.mailbox)
+    request_prefix: str = repo.REQUEST_PREFIX
+    # With several mailboxes: this one's addresses (replies go from the one written to),
+    # and its threads and pending letters are its own.
+    own_addresses: frozenset[str] = frozenset()
+    scoped: bool = False
+    first: bool = True  # the first mailbox also owns requests from before there were several
 
     @classmethod
-    def from_config(cls, config: Config, store: Store | None = None) -> Pipeline:
-        """With a store, the registry also holds the organizations imported into it."""
+    def from_config(
+        cls, config: Config, store: Store | None = None, mailbox: MailboxConfig | None = None
+    ) -> Pipeline:
+        """With a store, the registry also holds the organizations imported into it. With
+        ``mailbox`` (one of ``[[mailboxes]]``), as that mailbox sees it."""
+        box = mailbox or config.mailbox
+        desk = config.desk_addresses()
+        config = config.for_mailbox(box)
         context = analysis_context(config)
         if store is not None:
             context = replace(context, registry=merged_registry(config.registry, store))
@@ -111,7 +124,7 @@ class Pipeline:
             sla=config.sla,
             workflow=config.workflow,
             guard=ReplyPolicy.build(
-                config.mailbox.own_addresses() | {config.smtp.from_address.lower()},
+                desk,
                 config.replies.no_reply_patterns,
                 config.replies.per_sender_limit,
                 config.replies.per_sender_window,
@@ -126,7 +139,27 @@ class Pipeline:
                 for text in templates.texts.values()
             ),
             max_age=timedelta(seconds=config.replies.max_age),
+            mailbox=box.label,
+            request_prefix=box.request_prefix,
+            own_addresses=box.own_addresses(),
+            scoped=config.several_mailboxes,
+            first=box is config.all_mailboxes()[0],
         )
+
+    def identity_for(self, parsed: ParsedLetter) -> Identity:
+        """From whom a reply to ``parsed`` goes: with several mailboxes, the address of this
+        mailbox the letter was written to (an alias, say), else the mailbox's own."""
+        if self.scoped:
+            for address in (*parsed.to, *parsed.cc):
+                if address.email in self.own_addresses:
+                    return Identity(address.email, self.identity.name)
+        return self.identity
+
+    def owns(self, request: Request) -> bool:
+        """Whether a follow-up read here may join ``request`` (threads stay in their mailbox)."""
+        if not self.scoped:
+            return True
+        return request.mailbox == self.mailbox or (request.mailbox is None and self.first)
 
     def tier_of(self, registration_number: str | None) -> str | None:
         """The customer's support tier, when a registry knows the number."""
@@ -175,12 +208,16 @@ def process_pending(
     up_to: int | None = None,
     ready: Mapping[int, Understood] | None = None,
     understanding: Understanding | None = None,
+    source: str | None = None,
 ) -> list[Outcome]:
     """Process the saved letters still pending, oldest first (only those with ids up to
     ``up_to``, if given). ``ready`` holds letters already understood, by id; the others
-    are understood by ``understanding`` (or a worker started for the purpose)."""
+    are understood by ``understanding`` (or a worker started for the purpose). With
+    several mailboxes, only the letters of ``source`` (its name): another mailbox's letter
+    is decided by its own pipeline."""
     with store.transaction() as session:
-        pending = repo.pending_letters(session, limit, up_to)
+        pending = repo.pending_letters(session, limit, up_to,
+                                       mailbox=source if pipeline.scoped else None)
     outcomes = []
     for letter_ids in _batches(pending):
         outcomes += process_batch(store, pipeline, letter_ids, clock(), ready, understanding)
@@ -364,7 +401,8 @@ def _decide(
                 steps.suppress_bounced()
             return Outcome(letter.id, "ignored", detail=analysis.ignore_reason or "")
         stage = "thread"
-        thread = _find_thread(session, lookups, parsed, _sender(letter, parsed, pipeline))
+        thread = _find_thread(session, lookups, parsed, _sender(letter, parsed, pipeline),
+                              pipeline.owns)
         stage = "compose"
         if thread is None:
             outcome = steps.new_request()
@@ -417,7 +455,11 @@ def _quarantine(letter: Letter, fault: Fault) -> Outcome:
 
 
 def _find_thread(
-    session: Session, lookups: BatchLookups, parsed: ParsedLetter, sender: conversation.Sender
+    session: Session,
+    lookups: BatchLookups,
+    parsed: ParsedLetter,
+    sender: conversation.Sender,
+    owns: Callable[[Request], bool] = lambda request: True,
 ) -> tuple[Request, conversation.Join] | None:
     """The request this letter continues (see :mod:`mailroute.core.conversation` for who may
     change it), or None for a new request; refused references and tokens are logged."""
@@ -425,7 +467,7 @@ def _find_thread(
     found: dict[str, Request] = {}
 
     def view(request: Request | None) -> conversation.Thread | None:
-        if request is None:
+        if request is None or not owns(request):
             return None
         found[request.number] = request
         return _thread(request)
@@ -524,7 +566,8 @@ class _Steps:
     def new_request(self, parent: Request | None = None) -> Outcome:
         parsed, analysis, letter, now = self.parsed, self.analysis, self.letter, self.now
         request = Request(
-            number=self.lookups.next_request_number(),
+            number=self.lookups.next_request_number(self.pipeline.request_prefix),
+            mailbox=self.pipeline.mailbox or None,
             status="awaiting_customer" if analysis.missing else "new",
             request_type=analysis.request_type or "service_request",
             priority=analysis.priority or "normal",
@@ -730,9 +773,10 @@ def _draft(
         message_id=parsed.message_id,
         references=parsed.references,
     )
-    domain = conversation.domain_of(pipeline.identity.address) or "mailroute.invalid"
+    identity = pipeline.identity_for(parsed)
+    domain = conversation.domain_of(identity.address) or "mailroute.invalid"
     message_id = new_message_id(request.number, domain)
-    return compose(kind, facts, thread, pipeline.identity, pipeline.templates, message_id)
+    return compose(kind, facts, thread, identity, pipeline.templates, message_id)
 
 
 def _local(pipeline: Pipeline, moment: datetime | None) -> datetime | None:

@@ -70,6 +70,16 @@ class DrainReport:
     def count(self, state: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.state == state)
 
+    def add(self, other: DrainReport) -> None:
+        """Fold another mailbox's pass into this one (``run --once`` over several)."""
+        self.fetched += other.fetched
+        self.saved += other.saved
+        self.outcomes += other.outcomes
+        for folder, filed in other.filed.items():
+            self.filed[folder] = self.filed.get(folder, 0) + filed
+        self.unserved += other.unserved
+        self.refused += other.refused
+
 
 def drain(
     source: MailSource,
@@ -314,7 +324,8 @@ class _Pass:
     ) -> None:
         self.report.outcomes += process_pending(self.store, self.pipeline, self.clock,
                                                 up_to=up_to, ready=ready,
-                                                understanding=understanding)
+                                                understanding=understanding,
+                                                source=self.source.name)
         with self.store.transaction() as session:
             moves = repo.letters_to_file(session, self.source.name, self.uidvalidity)
             copy_states = repo.letter_states(session, list(self.copies.values()))

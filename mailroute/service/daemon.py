@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,8 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import __version__, logs
 from mailroute import config as config_module
-from mailroute.config import Config
-from mailroute.errors import ConfigError, MailboxUnavailable, MailrouteError, TransientError
+from mailroute.config import Config, MailboxConfig
+from mailroute.errors import ConfigError, TransientError
 from mailroute.mail.mailbox import MailSource
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, check_reachable, deliver_due
 from mailroute.mail.sources import open_source
@@ -41,17 +42,17 @@ from mailroute.pipeline.intake import DrainReport, drain
 from mailroute.pipeline.reports import build_report, previous_period, queue_report_mail, sla_targets
 from mailroute.pipeline.retention import run_retention
 from mailroute.service.config_check import calendar_warning, judge
+from mailroute.service.intake_loop import MailboxIntake, Share
 from mailroute.service.metrics import Metrics
 from mailroute.service.signals import SignalInbox
 from mailroute.service.systemd import Notifier
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.alerts import AlertMail
-from mailroute.store.locks import MailboxLock
+from mailroute.store.locks import InstanceCount, MailboxLock
 
 log = logs.get("mailroute.service.daemon")
 Clock = Callable[[], datetime]
-MAX_BACKOFF = 300.0
 STOP_GRACE = 8.0
 SENDER_IDLE = 0.5  # seconds between outbox passes during `run --once` when no batch was filed
 WEBHOOK_INTERVAL = 5.0  # seconds between passes of the webhooks job (an indexed query when idle)
@@ -152,16 +153,23 @@ class Daemon:
         self.store.use_webhooks(self.config.webhooks)
         self._console_store: Store | None = None
         self.pipeline = Pipeline.from_config(self.config, self.store)
-        self._source: MailSource | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._failing: dict[str, str] = {}
-        self._intake_worked = False  # "connection lost" only after it once worked
         self._notifier = Notifier()
         self.metrics = Metrics(self.store)
         self._ready = threading.Event()
-        self._standby = False
-        self._heartbeat = time.monotonic()
-        self._backoff = 1.0  # seconds before the intake loop's next attempt after a failure
+        mailboxes = self.config.all_mailboxes()
+        self.share = Share(len(mailboxes),
+                           None if self.store.is_sqlite else InstanceCount(self.store))
+        self.intakes = [MailboxIntake(self, box, self._pipeline_for(box)) for box in mailboxes]
+
+    def _pipeline_for(self, mailbox: MailboxConfig, config: Config | None = None,
+                      first: Pipeline | None = None) -> Pipeline:
+        """The first mailbox's pipeline is the daemon's own (reports, escalations use it)."""
+        config = config or self.config
+        if mailbox is config.all_mailboxes()[0]:
+            return first or self.pipeline
+        return Pipeline.from_config(config, self.store, mailbox)
 
     # ---------------------------------------------------------------- one pass
 
@@ -180,32 +188,50 @@ class Daemon:
         rest. If another instance holds the mailbox, only the replies are sent.
         """
         self._warn_calendar()
-        source = self.source_factory(self.config.mailbox)
-        lock = MailboxLock(self.store, source.name)
         report = DrainReport()
         delivery = DeliveryReport()
         sessions = 1  # standby: the holder's intake runs meanwhile
-        try:
-            if lock.acquire():
+        for intake in self.intakes:
+            drained, sent = self._drain_once(intake, send, counted)
+            if drained is not None:
                 sessions = SESSIONS
-                # On SQLite a reply's mark waits for the drain's batch transaction (one
-                # turn each): ~15 % of the replies went out during the drain, the run was
-                # no faster, and marks waited up to 160 ms (the at-least-once window)
-                # instead of about 1 ms. So there the replies wait for the drain's end.
-                with _Sender(lambda: self.send_due(sessions=SESSIONS),
-                             enabled=send and not self.store.is_sqlite) as sender:
-                    report = drain(source, self.store, self.pipeline, self.config.mailbox,
-                                   self.clock, progress=sender.wake, counted=counted)
-                delivery = sender.delivery
-            else:
-                log.warning("standby", reason="another instance is draining this mailbox")
-        finally:
-            lock.release()
-            source.close()
+                report.add(drained)
+                delivery.add(sent)
         if send:
             delivery.add(self.send_due(sessions=sessions))
             return RunReport(report, delivery, self.send_webhooks())
         return RunReport(report, delivery)
+
+    def _drain_once(
+        self, intake: MailboxIntake, send: bool, counted: Callable[[int, int], None] | None
+    ) -> tuple[DrainReport | None, DeliveryReport]:
+        """Drain one mailbox, if no other instance holds it (None: it does)."""
+        source = self.source_factory(intake.mailbox)
+        lock = MailboxLock(self.store, source.name)
+        several = self.config.several_mailboxes
+        try:
+            if not lock.acquire():
+                log.warning("standby", reason="another instance is draining this mailbox",
+                            **({"mailbox": intake.label} if several else {}))
+                return None, DeliveryReport()
+            # On SQLite a reply's mark waits for the drain's batch transaction (one
+            # turn each): ~15 % of the replies went out during the drain, the run was
+            # no faster, and marks waited up to 160 ms (the at-least-once window)
+            # instead of about 1 ms. So there the replies wait for the drain's end.
+            with _Sender(lambda: self.send_due(sessions=SESSIONS),
+                         enabled=send and not self.store.is_sqlite) as sender:
+                if several:
+                    structlog.contextvars.bind_contextvars(mailbox=intake.label)
+                try:
+                    report = drain(source, self.store, intake.pipeline, intake.mailbox,
+                                   self.clock, progress=sender.wake, counted=counted)
+                finally:
+                    if several:
+                        structlog.contextvars.unbind_contextvars("mailbox")
+            return report, sender.delivery
+        finally:
+            lock.release()
+            source.close()
 
     def _warn_calendar(self) -> None:
         warning = self.calendar_warning()
@@ -256,18 +282,27 @@ class Daemon:
             log.info("metrics served", listen=self.config.metrics.listen)
         console = self._start_console()
         self._scheduler = self._start_scheduler()
-        intake = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
-        intake.start()
+        threads = [
+            threading.Thread(target=intake.loop, daemon=True,
+                             name=f"intake:{intake.label}" if len(self.intakes) > 1 else "intake")
+            for intake in self.intakes
+        ]
+        for thread in threads:
+            thread.start()
         self._log_start()
         try:
-            self._serve(intake, inbox)
+            self._serve(threads, inbox)
         finally:
             log.info("daemon stopping")
             self._notifier.stopping()
-            intake.join(STOP_GRACE)
+            deadline = time.monotonic() + STOP_GRACE
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
             self._scheduler.shutdown(wait=True)
-            if self._source is not None:
-                self._source.close()
+            for intake in self.intakes:
+                intake.drop_source()
+            if self.share.instances is not None:
+                self.share.instances.leave()
             self._notifier.close()
             self.metrics.close()
             if console is not None:
@@ -290,40 +325,41 @@ class Daemon:
 
     def _record_start(self) -> None:
         """For `status`'s uptime; a database down at start only loses that figure."""
-        name = self.source_factory(self.config.mailbox).name
         try:
             with self.store.transaction() as session:
-                repo.record_start(session, name, self.clock())
+                for intake in self.intakes:
+                    repo.record_start(session, intake.name, self.clock())
         except (TransientError, SQLAlchemyError) as exc:
             log.warning("start time not recorded", error=_one_line(exc))
 
     def _log_start(self) -> None:
         """One line that says what this instance serves: the version, where mail comes
         from and goes to, the database (password masked) and when it replies."""
-        mailbox, smtp, replies = self.config.mailbox, self.config.smtp, self.config.replies
-        source = (f"maildir {mailbox.maildir}" if mailbox.maildir else
-                  f"imap {mailbox.host}:{mailbox.effective_port()}/{mailbox.folder}")
-        log.info("daemon started", version=__version__, mailbox=source,
+        smtp, replies = self.config.smtp, self.config.replies
+        sources = [(f"maildir {box.maildir}" if box.maildir else
+                    f"imap {box.host}:{box.effective_port()}/{box.folder}")
+                   for box in self.config.all_mailboxes()]
+        named = ([f"{box.label}={source}" for box, source in
+                  zip(self.config.all_mailboxes(), sources, strict=True)]
+                 if self.config.several_mailboxes else sources)
+        log.info("daemon started", version=__version__, mailbox=", ".join(named),
                  smtp=f"{smtp.host}:{smtp.effective_port()}", db=self._db_label(),
                  reply_window=replies.window, max_age=age_text(self.pipeline.max_age),
                  replies="on" if self.pipeline.replies_enabled else "off")
 
-    def _serve(self, intake: threading.Thread, inbox: SignalInbox) -> None:
-        """Act on signals until a stop; meanwhile tell systemd we are alive while intake is."""
+    def _serve(self, threads: list[threading.Thread], inbox: SignalInbox) -> None:
+        """Act on signals until a stop; meanwhile tell systemd we are alive while every
+        mailbox's intake is (alive, and come round recently: a hung IMAP call stops it)."""
         interval = min(self._notifier.ping_interval or 1.0, 1.0)
         while True:
             self._on_signals(inbox.wait(interval))
             if self.stop.is_set():
                 return
-            if self._ready.is_set() and intake.is_alive() and self._intake_fresh():
+            if (self._ready.is_set() and all(thread.is_alive() for thread in threads)
+                    and all(intake.fresh() for intake in self.intakes)):
                 self._notifier.watchdog()
 
-    def _intake_fresh(self) -> bool:
-        """The intake loop came round recently (a hung IMAP call would stop it)."""
-        limit = self.config.mailbox.idle_timeout + 3 * self.config.mailbox.timeout + 60
-        return time.monotonic() - self._heartbeat < limit
-
-    def _announce_ready(self) -> None:
+    def announce_ready(self) -> None:
         """READY=1 once the mailbox, the database and SMTP have all answered.
 
         Called before the first drain fetches anything (and again after it, in case
@@ -404,7 +440,7 @@ class Daemon:
         queued = send_period_report(self.store, self.config, self.pipeline, self.clock())
         if queued:
             log.info("report queued", recipients=queued)
-            self._wake_outbox()
+            self.wake_outbox()
 
     def _retention_job(self) -> None:
         self._guarded("retention", self._retain)
@@ -430,7 +466,7 @@ class Daemon:
         )
         self.metrics.observe_breaches(breaches)
         if breaches:
-            self._wake_outbox()
+            self.wake_outbox()
 
     def _guarded(self, part: str, work: Callable[[], None]) -> bool:
         """One run of a scheduled job; True when it worked.
@@ -466,83 +502,18 @@ class Daemon:
         else:
             self._recovered("outbox")
 
-    def _wake_outbox(self) -> None:
+    def wake_outbox(self) -> None:
         if self._scheduler is not None:
             self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
 
     def _intake_loop(self) -> None:
-        lock = MailboxLock(self.store, self.source_factory(self.config.mailbox).name)
-        try:
-            while not self.stop.is_set():
-                self._intake_round(lock)
-        finally:
-            lock.release()
-
-    def _take_mailbox(self, lock: MailboxLock) -> bool:
-        """Hold the mailbox lock, or stand by (said once) while another instance does."""
-        if lock.acquire():
-            if self._standby:
-                log.info("taking over the mailbox", mailbox=lock.mailbox)
-                self._standby = False
-            return True
-        if not self._standby:
-            log.info("standby", reason="another instance is draining this mailbox")
-            self._standby = True
-        self._heartbeat = time.monotonic()
-        self._announce_ready()
-        self.stop.wait(self.config.mailbox.poll_interval)
-        return False
+        """The first (or only) mailbox's intake loop, in the calling thread."""
+        self.intakes[0].loop()
 
     def _intake_round(self, lock: MailboxLock) -> None:
-        """One pass of the intake loop; after a failure, waits out the backoff."""
-        try:
-            if self._take_mailbox(lock):
-                self._drain_and_wait()
-            return
-        except TransientError as exc:
-            never = isinstance(exc, MailboxUnavailable) and not self._intake_worked
-            self._failed("intake", str(exc), event="cannot connect" if never else None)
-        except MailrouteError as exc:
-            log.error("intake stopped", error=str(exc))
-            self.stop.set()
-            return
-        except SQLAlchemyError as exc:  # the database, in a way nobody mapped
-            self._failed("intake", f"{type(exc).__name__}: {_one_line(exc)}")
-        except Exception as exc:  # a bug must not end intake for good: log once, back off
-            self._failed("intake", f"{type(exc).__name__}: {exc}", with_traceback=True)
-        self._drop_source()
-        self.stop.wait(self._backoff)
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self.intakes[0].round(lock)
 
-    def _intake_working(self) -> None:
-        """Letters moved again: the outage is over, and the next one backs off from 1 s.
-
-        Called after every filed batch, not only after a whole pass: a backlog can
-        take minutes, and a second outage within it is a new one.
-        """
-        self._backoff = 1.0
-        self._intake_worked = True
-        self._recovered("intake")
-
-    def _drain_and_wait(self) -> None:
-        """Empty the folder, then wait (IDLE or poll) for more."""
-        if self._source is None:
-            self._source = self.source_factory(self.config.mailbox)
-        self._heartbeat = started = time.monotonic()
-        report = drain(
-            self._source, self.store, self.pipeline, self.config.mailbox, self.clock, self.stop,
-            progress=self._intake_working, connected=self._announce_ready,
-        )
-        self.metrics.observe_drain(report, time.monotonic() - started)
-        self._intake_working()
-        self._announce_ready()
-        if any(outcome.reply for outcome in report.outcomes):
-            self._wake_outbox()
-        self._publish_status()
-        self._heartbeat = time.monotonic()
-        self._source.wait(self.config.mailbox.idle_timeout, self.stop)
-
-    def _publish_status(self) -> None:
+    def publish_status(self) -> None:
         with self.store.transaction() as session:
             outbox = repo.outbox_counts(session)
         polled = self.clock().strftime("%H:%M:%S")
@@ -551,15 +522,11 @@ class Daemon:
             f"failed {outbox.get('failed', 0)}"
         )
 
-    def _drop_source(self) -> None:
-        source, self._source = self._source, None
-        if source is not None:
-            source.close()
-
     # ------------------------------------------------------ errors, logged once
 
-    def _failed(
-        self, part: str, error: str, with_traceback: bool = False, event: str | None = None
+    def failed(
+        self, part: str, error: str, with_traceback: bool = False, event: str | None = None,
+        source: str | None = None,
     ) -> None:
         """Log a failure when it starts, not on every retry; keep it for `mailroute status`.
 
@@ -574,24 +541,28 @@ class Daemon:
                 event or self._failure_event(part), part=part, error=error
             )
         if previous != error:
-            self._remember_error(part, error)
+            self._remember_error(part, error, source or self.intakes[0].name)
         self._failing[part] = error
+
+    _failed = failed
 
     @staticmethod
     def _failure_event(part: str) -> str:
-        return "connection lost" if part == "intake" else f"{part} failing"
+        return "connection lost" if part.startswith("intake") else f"{part} failing"
 
-    def _remember_error(self, part: str, error: str) -> None:
-        name = (self._source or self.source_factory(self.config.mailbox)).name
+    def _remember_error(self, part: str, error: str, name: str) -> None:
         try:
             with self.store.transaction() as session:
                 repo.record_poll(session, name, None, self.clock(), error=f"{part}: {error}")
         except (TransientError, SQLAlchemyError):
             pass  # the database may be what is failing; the log line is there
 
-    def _recovered(self, part: str) -> None:
+    def recovered(self, part: str) -> None:
         if self._failing.pop(part, None) is not None:
-            log.info("connection restored" if part == "intake" else f"{part} recovered", part=part)
+            log.info("connection restored" if part.startswith("intake") else f"{part} recovered",
+                     part=part)
+
+    _recovered = recovered
 
     # ----------------------------------------------------------------- signals
 
@@ -616,6 +587,12 @@ class Daemon:
             fresh = config_module.load(self.config_path)
             judge(fresh, self.clock())
             pipeline = Pipeline.from_config(fresh, self.store)
+            boxes = {box.label: box for box in fresh.all_mailboxes()}
+            if set(boxes) != {intake.label for intake in self.intakes}:
+                raise ConfigError("the mailboxes changed: restart mailroute to read another "
+                                  "set of mailboxes (a reload changes their settings only)")
+            pipelines = [self._pipeline_for(boxes[intake.label], fresh, pipeline)
+                         for intake in self.intakes]
         except (ConfigError, ValueError) as exc:
             log.error("config reload rejected", error=_one_line(exc))
             return False
@@ -629,6 +606,8 @@ class Daemon:
             return False
         else:
             self.config, self.pipeline = fresh, pipeline
+            for intake, mine in zip(self.intakes, pipelines, strict=True):
+                intake.mailbox, intake.pipeline = boxes[intake.label], mine
             for store in (self.store, self._console_store):
                 if store is not None:
                     store.use_webhooks(fresh.webhooks)

@@ -129,3 +129,56 @@ class MailboxLock:
         connection, self._connection = self._connection, None
         with contextlib.suppress(SQLAlchemyError):
             connection.close()
+
+
+# The instances alive on one PostgreSQL database: each holds this advisory lock shared,
+# so pg_locks counts them, and a dead one's entry goes with its connection.
+INSTANCE_KEY = (0x6D726F75, 0x74650001)  # "mrou", "te" 1: a key of two int4s
+
+
+class InstanceCount:
+    """This instance's presence on PostgreSQL, and how many instances are present."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._connection: Any = None
+
+    def join(self) -> None:
+        """Be counted (again, after a lost connection); TransientError while unreachable."""
+        if self._connection is not None:
+            return
+        try:
+            connection = self.store.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT")
+            connection.execute(text("SELECT pg_advisory_lock_shared(:a, :b)"),
+                               {"a": INSTANCE_KEY[0], "b": INSTANCE_KEY[1]})
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise TransientError(f"database unavailable: {cause}") from exc
+        self._connection = connection
+
+    def alive(self) -> int:
+        """Instances counted now (at least this one); 1 when the database cannot say."""
+        try:
+            self.join()
+            found = self._connection.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = :a AND objid = :b AND objsubid = 2"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ), {"a": INSTANCE_KEY[0], "b": INSTANCE_KEY[1]}).scalar()
+        except (SQLAlchemyError, TransientError):
+            self.leave()
+            return 1
+        return max(1, int(found or 0))
+
+    def leave(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:  # a pooled connection keeps its session, and the session its lock
+            connection.execute(text("SELECT pg_advisory_unlock_shared(:a, :b)"),
+                               {"a": INSTANCE_KEY[0], "b": INSTANCE_KEY[1]})
+            connection.close()
+        except SQLAlchemyError:
+            with contextlib.suppress(SQLAlchemyError):
+                connection.invalidate()

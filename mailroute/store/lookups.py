@@ -69,6 +69,7 @@ class BatchLookups:
         self._blobs = repo.stored_blobs(session, attachment_hashes)
         self._counter: int | None = None
         self._numbers_taken = 0
+        self._prefix = repo.REQUEST_PREFIX
 
     # ------------------------------------------------------------------ letters
 
@@ -176,17 +177,21 @@ class BatchLookups:
 
     # ------------------------------------------------------------------ numbers
 
-    def next_request_number(self) -> str:
+    def next_request_number(self, prefix: str = repo.REQUEST_PREFIX) -> str:
         """The next request number; the counter row is locked at the first, written at
         :meth:`finish`, so the numbers stay gapless if the transaction is rolled back."""
         if self._counter is None:
-            self._counter = repo.bump_counter(self.session, repo.REQUEST_COUNTER, 0)
+            self._counter = repo.bump_counter(self.session, repo.request_counter(prefix), 0)
+            self._prefix = prefix
+        elif prefix != self._prefix:
+            raise ValueError(f"one batch numbers with one prefix ({self._prefix}), not {prefix}")
         self._numbers_taken += 1
-        return f"{repo.REQUEST_PREFIX}{self._counter + self._numbers_taken:06d}"
+        return f"{prefix}{self._counter + self._numbers_taken:06d}"
 
     def finish(self) -> None:
         """Write back what was kept in memory; call once, before the commit."""
         if self._numbers_taken:
-            repo.bump_counter(self.session, repo.REQUEST_COUNTER, self._numbers_taken)
+            counter = repo.request_counter(self._prefix)
+            repo.bump_counter(self.session, counter, self._numbers_taken)
             self._numbers_taken = 0
             self._counter = None

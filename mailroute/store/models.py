@@ -157,6 +157,8 @@ class Request(Base):
     clarifications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
     anonymized_at: Mapped[datetime | None]  # personal details removed by retention
+    # the mailbox's label ([[mailboxes]] name or address); None: before there were several
+    mailbox: Mapped[str | None] = mapped_column(String(100), index=True)
 
     letters: Mapped[list[Letter]] = relationship(back_populates="request")
     events: Mapped[list[RequestEvent]] = relationship(

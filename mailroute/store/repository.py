@@ -161,10 +161,13 @@ def fingerprint(raw: bytes) -> str:
 
 
 def pending_letters(
-    session: Session, limit: int = 1000, up_to: int | None = None
+    session: Session, limit: int = 1000, up_to: int | None = None, mailbox: str | None = None
 ) -> list[tuple[int, int]]:
-    """(id, size) of saved letters not yet processed, oldest first (ids <= ``up_to``)."""
+    """(id, size) of saved letters not yet processed, oldest first (ids <= ``up_to``; of
+    one mailbox, by its source name, if given)."""
     query = select(Letter.id, Letter.size).where(Letter.state == "pending")
+    if mailbox is not None:
+        query = query.where(Letter.mailbox == mailbox)
     if up_to is not None:
         query = query.where(Letter.id <= up_to)
     rows = session.execute(query.order_by(Letter.id).limit(limit))
@@ -305,7 +308,13 @@ REQUEST_PREFIX = "SD-"
 
 def next_request_number(session: Session, prefix: str = REQUEST_PREFIX) -> str:
     """The next number in the sequence, gapless: the counter row is locked until commit."""
-    return f"{prefix}{bump_counter(session, REQUEST_COUNTER, 1):06d}"
+    return f"{prefix}{bump_counter(session, request_counter(prefix), 1):06d}"
+
+
+def request_counter(prefix: str) -> str:
+    """The counter a prefix numbers from: each prefix has its own sequence, and "SD-"
+    keeps the one it always had."""
+    return REQUEST_COUNTER if prefix == REQUEST_PREFIX else f"{REQUEST_COUNTER}:{prefix}"
 
 
 def bump_counter(session: Session, name: str, by: int) -> int:

@@ -558,7 +558,7 @@ def test_status_clears_the_smtp_error_after_the_first_accepted_reply(
         with daemon.store.transaction() as session:
             repo.record_poll(session, "INBOX", 1, NOW - timedelta(seconds=5))
         smtp_sink.stop()
-        daemon._announce_ready()  # SMTP unreachable: recorded, status unhealthy
+        daemon.announce_ready()  # SMTP unreachable: recorded, status unhealthy
         assert any("smtp" in p for p in check_health(daemon.store, daemon.config.health,
                                                     NOW).problems)
         smtp_sink.start()
