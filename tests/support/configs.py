@@ -18,6 +18,8 @@ def toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
@@ -31,8 +33,10 @@ def write_config(
     maildir: Path | None = None,
     window: str = "always",
     extra: dict[str, dict[str, Any]] | None = None,
+    mailboxes: list[tuple[ImapAccount, dict[str, Any]]] | None = None,
 ) -> Path:
-    """Write a config TOML for these servers and return its path."""
+    """Write a config TOML for these servers and return its path. With ``mailboxes``,
+    one ``[[mailboxes]]`` table per (account, its keys) instead of ``[mailbox]``."""
     sections: dict[str, dict[str, Any]] = {
         "mailbox": {"address": "servicedesk@example.com", "poll_interval": 0.5},
         "smtp": {"from_address": "servicedesk@example.com", "from_name": "ServiceDesk"},
@@ -53,8 +57,17 @@ def write_config(
         sections.setdefault(name, {}).update(values)
     lines = []
     for name, values in sections.items():
+        if mailboxes is not None and name == "mailbox":
+            continue
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    for box_account, keys in mailboxes or []:
+        table = {"poll_interval": 0.5, "host": box_account.host, "port": box_account.port,
+                 "security": "none", "username": box_account.username,
+                 "password": box_account.password} | keys
+        lines.append("[[mailboxes]]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
