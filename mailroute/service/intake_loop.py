@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logs.get("mailroute.service.intake")
 MAX_BACKOFF = 300.0
 STANDBY_RETRY = 5.0  # seconds between a standby mailbox's tries at its lock
+# With other instances about, a held mailbox's wait for mail is cut to this many seconds,
+# so that an instance over its share (others joined) lets the surplus go soon.
+REBALANCE_CHECK = 15.0
+COUNT_EVERY = 1.0  # seconds a count of the instances alive is trusted
 
 
 class Share:
@@ -44,12 +48,24 @@ class Share:
         self.instances = instances
         self._held: set[str] = set()
         self._lock = threading.Lock()
+        self._alive = (0.0, 1)  # (monotonic time counted, instances then)
 
     def limit(self) -> int:
         if self.instances is None or self.mailboxes == 1:
             return self.mailboxes
-        alive = max(1, self.instances.alive())
+        counted_at, alive = self._alive
+        if time.monotonic() - counted_at > COUNT_EVERY:  # asked between batches: cached
+            alive = max(1, self.instances.alive())
+            self._alive = (time.monotonic(), alive)
         return max(1, math.ceil(self.mailboxes / alive))
+
+    def over(self, label: str) -> bool:
+        """Whether this instance holds ``label`` beyond its share (others joined)."""
+        if not self.shared:
+            return False
+        with self._lock:
+            held = len(self._held) if label in self._held else 0
+        return held > self.limit()
 
     def may_take(self, label: str) -> bool:
         with self._lock:
@@ -72,9 +88,35 @@ class Share:
             self._held.discard(label)
 
     @property
+    def shared(self) -> bool:
+        """Whether other instances may share these mailboxes (PostgreSQL, several of them)."""
+        return self.instances is not None and self.mailboxes > 1
+
+    def labels(self) -> set[str]:
+        with self._lock:
+            return set(self._held)
+
+    @property
     def held(self) -> int:
         with self._lock:
             return len(self._held)
+
+
+class _Halt(threading.Event):
+    """What one mailbox's drain stops on: the daemon stopping, or this instance holding
+    the mailbox beyond its share (checked between batches: the letters in hand stay
+    pending, and whoever takes the mailbox decides them)."""
+
+    def __init__(self, intake: MailboxIntake) -> None:
+        super().__init__()
+        self._intake = intake
+
+    def is_set(self) -> bool:
+        intake = self._intake
+        return intake.daemon.stop.is_set() or intake.daemon.share.over(intake.label)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._intake.daemon.stop.wait(timeout) or self.is_set()
 
 
 @dataclass
@@ -120,10 +162,11 @@ class MailboxIntake:
         while this one already drains its share of the mailboxes."""
         share = self.daemon.share
         if share.may_take(self.label) and lock.acquire():
+            if self.label not in share.labels():
+                log.info("taking over the mailbox" if self.standby else "draining the mailbox",
+                         mailbox=self.label, lock=lock.mailbox)
             share.took(self.label)
-            if self.standby:
-                log.info("taking over the mailbox", mailbox=self.label, lock=lock.mailbox)
-                self.standby = False
+            self.standby = False
             return True
         if not self.standby:
             reason = ("another instance is draining this mailbox" if share.may_take(self.label)
@@ -182,7 +225,7 @@ class MailboxIntake:
             self.source = daemon.source_factory(self.mailbox)
         self.heartbeat = started = time.monotonic()
         report = drain(
-            self.source, daemon.store, self.pipeline, self.mailbox, daemon.clock, daemon.stop,
+            self.source, daemon.store, self.pipeline, self.mailbox, daemon.clock, _Halt(self),
             progress=self.working, connected=daemon.announce_ready,
         )
         daemon.metrics.observe_drain(report, time.monotonic() - started)
@@ -192,7 +235,12 @@ class MailboxIntake:
             daemon.wake_outbox()
         daemon.publish_status()
         self.heartbeat = time.monotonic()
-        self.source.wait(self.mailbox.idle_timeout, daemon.stop)
+        if daemon.share.over(self.label):
+            return  # let go at once (the round does), not after a wait for mail
+        wait = self.mailbox.idle_timeout
+        if daemon.share.shared:
+            wait = min(wait, REBALANCE_CHECK)
+        self.source.wait(wait, daemon.stop)
 
     def fresh(self) -> bool:
         """The loop came round recently (a hung IMAP call would stop it)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from support.configs import write_config
-from support.dovecot import DovecotServer, ImapAccount
+from support.dovecot import DovecotServer
 from support.smtp import SmtpSink
 
 from mailroute import config as config_module
@@ -137,3 +137,127 @@ def test_a_wrong_mailboxes_table_is_named(tmp_path: Path, body: str, message: st
     path.write_text(body, encoding="utf-8")
     with pytest.raises(config_module.ConfigError, match=re.escape(message)):
         config_module.load(path)
+
+
+INSTANCES, MAILBOXES, LETTERS = 3, 6, 300
+
+
+def backlog_letter(box: int, number: int) -> bytes:
+    from email import policy
+
+    message = EmailMessage()
+    message["From"] = f"user{box}x{number}@client{number % 11}.example"
+    message["To"] = f"desk{box}@example.com"
+    message["Subject"] = f"Ошибка при печати накладной {box}-{number}"
+    message["Message-ID"] = f"<box{box}-{number}@client.example>"
+    message.set_content(f"Не печатается накладная {box}-{number}, ошибка при проведении."
+                        "\n\nООО «Клиент»\nрег. номер 800777111")
+    return message.as_bytes(policy=policy.SMTP)
+
+
+def held_by(log: str) -> set[str]:
+    """The mailboxes an instance holds, read from its log."""
+    held: set[str] = set()
+    for line in log.splitlines():
+        found = re.search(r"\bmailbox=(desk\d)\b", line)
+        if not found:
+            continue
+        if "draining the mailbox" in line or "taking over the mailbox" in line:
+            held.add(found.group(1))
+        elif "mailbox left to another instance" in line:
+            held.discard(found.group(1))
+    return held
+
+
+def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_three_instances_share_six_mailboxes_and_take_over_a_killed_ones(
+    tmp_path: Path, dovecot: DovecotServer, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    """3 instances, 6 mailboxes of 300 letters; one instance SIGKILLed midway: no letter
+    lost, no request twice, every request answered, its mailboxes taken over in seconds."""
+    accounts = [dovecot.new_account() for _ in range(MAILBOXES)]
+    for box, account in enumerate(accounts):
+        dovecot.fill_maildir(account.username, LETTERS,
+                             lambda number, box=box: backlog_letter(box, number))
+    config = write_config(
+        tmp_path / "config.toml", account=None, sink=smtp_sink, database_url=postgres_url,
+        extra={"replies": {"claim_timeout": 5, "desk_hourly_limit": 1_000_000,
+                           "per_domain_limit": 1_000_000}},
+        mailboxes=[(account, {"name": f"desk{box}", "address": f"desk{box}@example.com",
+                              "request_prefix": f"D{chr(65 + box)}-"})
+                   for box, account in enumerate(accounts)])
+    assert mailroute(config, "db", "upgrade").returncode == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = [tmp_path / f"instance{n}.log" for n in range(INSTANCES)]
+    daemons = []
+    total = MAILBOXES * LETTERS
+    requests = "select count(*) from requests"
+    count = lambda query: int(rows(postgres_url, query)[0][0])  # noqa: E731
+    started = time.monotonic()
+    try:
+        for log in logs:
+            with log.open("wb") as sink:
+                daemons.append(subprocess.Popen([*MAILROUTE, "--config", str(config), "run"],
+                                                env=env, stdout=subprocess.DEVNULL, stderr=sink))
+        # the mailboxes spread evenly: whoever started first took them all, then let go
+        holdings: list[set[str]] = []
+
+        def even() -> bool:
+            holdings[:] = [held_by(log.read_text()) for log in logs]
+            return sorted(map(len, holdings)) == [2, 2, 2]
+
+        assert wait_for(even, 60), holdings
+        spread_in = time.monotonic() - started
+        assert wait_for(lambda: count(requests) >= total // 10, 60)  # midway, not before
+        assert len(set().union(*holdings)) == MAILBOXES
+        filed_then = count(requests)
+        assert filed_then < total, "the backlog was drained before the spread: use more letters"
+        victim = 0
+        orphaned = holdings[victim]
+        daemons[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        daemons[victim].wait(10)
+        survivors = [n for n in range(INSTANCES) if n != victim]
+        assert wait_for(lambda: orphaned <= set().union(
+            *(held_by(logs[n].read_text()) for n in survivors)), 60), orphaned
+        takeover = time.monotonic() - killed_at
+        assert wait_for(lambda: count(requests) == total, 180), count(requests)
+        drained = time.monotonic() - started
+        assert wait_for(lambda: len(smtp_sink.received()) >= total, 120)
+        final = [held_by(logs[n].read_text()) for n in survivors]
+        spread = sorted(len(held) for held in final)
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(20)
+    numbers = rows(postgres_url, "select mailbox, count(*), count(distinct number) from requests"
+                                 " group by mailbox order by mailbox")
+    assert numbers == [(f"desk{box}", LETTERS, LETTERS) for box in range(MAILBOXES)]
+    assert count("select count(*) from letters") == total  # none lost, none saved twice
+    assert count("select count(distinct message_id) from letters") == total
+    assert count("select count(*) from letters where state <> 'processed'") == 0
+    received = [mail.message["In-Reply-To"] for mail in smtp_sink.received()]
+    expected = {f"<box{box}-{n}@client.example>" for box in range(MAILBOXES)
+                for n in range(LETTERS)}
+    assert set(received) == expected
+    duplicates = len(received) - len(expected)
+    for account in accounts:
+        assert account.uids("INBOX") == []
+    print(f"\n[{INSTANCES} instances x {MAILBOXES} mailboxes x {LETTERS} letters] spread "
+          f"2/2/2 after {spread_in:.1f} s; all filed in {drained:.1f} s; instance {victim} "
+          f"killed with {filed_then} of {total} filed, holding {sorted(orphaned)}; taken over in "
+          f"{takeover:.1f} s; mailboxes per survivor at the end {spread}; duplicate replies "
+          f"{duplicates}")
+    assert takeover < 30
+    assert duplicates <= INSTANCES  # only a reply in flight at the SIGKILL may go twice
+    assert spread == [3, 3]  # the survivors share the six evenly
