@@ -20,7 +20,14 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mailroute.ops.health import Health, about, check_health, database_file_problems, render
+    from mailroute.ops.health import (
+        Health,
+        about,
+        check_health,
+        database_file_problems,
+        mailbox_labels,
+        render,
+    )
 
     config = load_config(args)
     now = datetime.now(UTC)
@@ -30,7 +37,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         health = check_health(open_store(config), config.health, now,
                               timedelta(seconds=config.replies.suppress_for),
-                              letter_seconds=config.limits.letter_seconds)
+                              letter_seconds=config.limits.letter_seconds,
+                              labels=mailbox_labels(config))
     if args.json:
         print(json.dumps(health.as_dict() | about(config, health, now), indent=2))
     else:

@@ -12,6 +12,11 @@ from mailroute.mail.mailbox import MailSource
 from mailroute.mail.maildir import MaildirSource
 
 
+def source_name(config: MailboxConfig) -> str:
+    """The name a mailbox's letters and state are stored under (no connection made)."""
+    return open_source(config).name
+
+
 def open_source(config: MailboxConfig) -> MailSource:
     """The source the config describes: a Maildir path, else IMAP."""
     if config.maildir:

@@ -19,6 +19,7 @@ letter_seconds``) the desk is stuck on it, whatever the polls say: unhealthy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import func, make_url, select
 from mailroute import __version__
 from mailroute.config import Config, HealthConfig
 from mailroute.core.reply_policy import DESK_WINDOW
+from mailroute.mail.sources import source_name
 from mailroute.store import Store, alerts, webhooks
 from mailroute.store import repository as repo
 from mailroute.store.db import read_alarm, sqlite_file
@@ -54,6 +56,8 @@ class Health:
     letter_faults: list[str] = field(default_factory=list)  # "uid N (fetch): error", oldest first
     in_hand_since: datetime | None = None
     started_at: datetime | None = None  # the serving daemon's start (its uptime)
+    # with several mailboxes, one entry each: label, last poll, backlog, last error
+    mailboxes: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +86,10 @@ class Health:
             "letter_faults": self.letter_faults,
             "in_hand_since": iso(self.in_hand_since),
             "started_at": iso(self.started_at),
+            "mailboxes": [
+                {key: iso(value) if isinstance(value, datetime) else value
+                 for key, value in box.items()} for box in self.mailboxes
+            ],
         }
 
 
@@ -117,11 +125,20 @@ def database_file_problems(url: str) -> list[str]:
     return [alarm] if alarm else []
 
 
+def mailbox_labels(config: Config) -> dict[str, str] | None:
+    """Source name -> label of each mailbox, when there are several (else None)."""
+    if not config.several_mailboxes:
+        return None
+    return {source_name(box): box.label for box in config.all_mailboxes()}
+
+
 def check_health(
     store: Store, config: HealthConfig, now: datetime,
     suppress_for: timedelta = timedelta(days=30), letter_seconds: float | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Health:
-    """``letter_seconds``: the budget a letter in hand is held against (none: not checked)."""
+    """``letter_seconds``: the budget a letter in hand is held against (none: not checked).
+    ``labels`` (see :func:`mailbox_labels`): the mailboxes to report one by one."""
     with store.transaction() as session:
         health = Health(
             pending_letters=repo.pending_count(session),
@@ -142,6 +159,8 @@ def check_health(
         ]
     _summarise_mailboxes(health, mailboxes)
     health.problems = _problems(health, config, now)
+    if labels:
+        health.problems += _each_mailbox(health, mailboxes, labels, config, now)
     health.problems += _stuck(health, now, letter_seconds)
     return health
 
@@ -157,6 +176,34 @@ def _summarise_mailboxes(health: Health, mailboxes: list[MailboxState]) -> None:
     in_hand = [m.in_hand_since for m in mailboxes if m.in_hand_since]
     health.in_hand_since = min(in_hand, default=None)
     health.started_at = max((m.started_at for m in mailboxes if m.started_at), default=None)
+
+
+def _each_mailbox(
+    health: Health, found: list[MailboxState], labels: Mapping[str, str], config: HealthConfig,
+    now: datetime,
+) -> list[str]:
+    """One entry per configured mailbox; a problem for each one not polled lately, or
+    failing (the figures above are of all of them together, and one mailbox stuck while
+    the others work would not show there)."""
+    by_name = {state.name: state for state in found}
+    problems = []
+    for name, label in labels.items():
+        state = by_name.get(name)
+        polled = state.last_poll_at if state else None
+        error_at = state.last_error_at if state else None
+        health.mailboxes.append({
+            "mailbox": label, "last_poll_at": polled,
+            "backlog": state.backlog if state else None,
+            "last_error": state.last_error if state else None, "last_error_at": error_at,
+        })
+        if polled is None:
+            problems.append(f"mailbox {label}: never polled")
+        elif now - polled > timedelta(seconds=config.max_poll_age):
+            problems.append(f"mailbox {label}: no successful poll since "
+                            f"{polled:%Y-%m-%d %H:%M:%S} UTC")
+        elif error_at and error_at > polled and state is not None:
+            problems.append(f"mailbox {label}: failing: {state.last_error}")
+    return problems
 
 
 def _stuck(health: Health, now: datetime, letter_seconds: float | None) -> list[str]:
@@ -227,6 +274,10 @@ def render(health: Health) -> str:
         f"  letters set aside     {len(health.letter_faults)}",
     ]
     lines += [f"    {fault}" for fault in health.letter_faults[:10]]
+    for box in data["mailboxes"]:
+        lines.append(f"  mailbox {box['mailbox']}: last poll {box['last_poll_at'] or 'never'}, "
+                     f"backlog {'-' if box['backlog'] is None else box['backlog']}"
+                     + (f", last error {box['last_error']}" if box["last_error"] else ""))
     return "\n".join(lines)
 
 

@@ -173,6 +173,7 @@ def _summary(
         "resolution_due": _iso(request.resolution_due),
         "breached": is_breached(request, now),
         "queue": request.queue,
+        "mailbox": request.mailbox,
     }
 
 

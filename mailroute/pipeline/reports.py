@@ -57,6 +57,7 @@ FACT_COLUMNS = (
     Request.organization,
     Request.queue,
     Request.tier,
+    Request.mailbox,
     Request.status,
     _arrival().label("arrived_at"),
     Request.first_response_at,
@@ -165,6 +166,7 @@ def _facts(
         breaches=tuple(breaches),
         status_changes=tuple(changes),
         tier=row["tier"],
+        mailbox=row["mailbox"],
     )
 
 

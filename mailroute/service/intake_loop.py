@@ -228,7 +228,7 @@ class MailboxIntake:
             self.source, daemon.store, self.pipeline, self.mailbox, daemon.clock, _Halt(self),
             progress=self.working, connected=daemon.announce_ready,
         )
-        daemon.metrics.observe_drain(report, time.monotonic() - started)
+        daemon.metrics.observe_drain(report, time.monotonic() - started, self.label)
         self.working()
         daemon.announce_ready()
         if any(outcome.reply for outcome in report.outcomes):

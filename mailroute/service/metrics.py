@@ -27,10 +27,11 @@ class Metrics:
 
     def __init__(self, store: Store | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.letters = Counter("mailroute_letters", "Letters handled, by outcome",
-                               ["outcome"], registry=self.registry)
-        self.requests = Counter("mailroute_requests_created", "Requests created, by type",
-                                ["request_type"], registry=self.registry)
+        self.letters = Counter("mailroute_letters", "Letters handled, by mailbox and outcome",
+                               ["mailbox", "outcome"], registry=self.registry)
+        self.requests = Counter("mailroute_requests_created",
+                                "Requests created, by mailbox and type",
+                                ["mailbox", "request_type"], registry=self.registry)
         self.replies = Counter("mailroute_replies", "Reply delivery attempts, by result",
                                ["result"], registry=self.registry)
         self.webhooks = Counter("mailroute_webhook_deliveries",
@@ -44,28 +45,29 @@ class Metrics:
                                   registry=self.registry)
         self.letter_faults = Counter("mailroute_letter_faults",
                                      "Letters the server would not serve (fetch) or move (file)",
-                                     ["action"], registry=self.registry)
+                                     ["mailbox", "action"], registry=self.registry)
         self.retention = Counter("mailroute_retention_purged",
                                  "Removed by retention: letters, blobs, replies, requests",
                                  ["what"], registry=self.registry)
         self.breaches = Counter("mailroute_sla_breaches", "SLA breaches reported, by target",
                                 ["target"], registry=self.registry)
         self.poll_seconds = Histogram("mailroute_poll_seconds", "Duration of one mailbox pass",
-                                      registry=self.registry,
+                                      ["mailbox"], registry=self.registry,
                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         if store is not None:
             self.registry.register(QueueCollector(store))
         self._server: Any = None
 
-    def observe_drain(self, report: DrainReport, seconds: float) -> None:
-        self.poll_seconds.observe(seconds)
+    def observe_drain(self, report: DrainReport, seconds: float, mailbox: str = "") -> None:
+        """One pass over ``mailbox`` (its label: its name, else its address)."""
+        self.poll_seconds.labels(mailbox).observe(seconds)
         for outcome in report.outcomes:
-            self.letters.labels(outcome.state).inc()
+            self.letters.labels(mailbox, outcome.state).inc()
             if outcome.state == "processed" and outcome.request_type:
-                self.requests.labels(outcome.request_type).inc()
+                self.requests.labels(mailbox, outcome.request_type).inc()
         for action, count in (("fetch", report.unserved), ("file", report.refused)):
             if count:
-                self.letter_faults.labels(action).inc(count)
+                self.letter_faults.labels(mailbox, action).inc(count)
 
     def observe_delivery(self, report: DeliveryReport) -> None:
         for result, items in (("sent", report.sent), ("retried", report.retried),

@@ -30,7 +30,7 @@ from mailroute import __version__
 from mailroute.config import Config
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.letter.model import ParseLimits
-from mailroute.ops.health import check_health, database_file_problems
+from mailroute.ops.health import check_health, database_file_problems, mailbox_labels
 from mailroute.ops.tickets import change_status, list_page, show_request
 from mailroute.pipeline.status import STATUSES
 from mailroute.store import Store
@@ -143,6 +143,7 @@ class _Api:
                 self.store, self.config.health, now,
                 timedelta(seconds=self.config.replies.suppress_for),
                 letter_seconds=self.config.limits.letter_seconds,
+                labels=mailbox_labels(self.config),
             ).as_dict()
         body["version"] = __version__
         # 200 either way: the answer was given; whether the desk is well is in the body

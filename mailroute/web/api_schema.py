@@ -46,6 +46,8 @@ _SUMMARY_FIELDS: dict[str, Any] = {
     "resolution_due": _TIME,
     "breached": {"type": "boolean"},
     "queue": _TEXT,
+    "mailbox": {**_TEXT, "description": "The mailbox it came in through (its name or "
+                "address); null for a request from before there were several."},
 }
 
 _ATTACHMENT = {
@@ -143,6 +145,14 @@ _HEALTH = {
         "letter_faults": {"type": "array", "items": {"type": "string"}},
         "in_hand_since": _TIME,
         "started_at": _TIME,
+        "mailboxes": {
+            "type": "array",
+            "description": "With several mailboxes, each one's last poll, backlog and error.",
+            "items": {"type": "object", "properties": {
+                "mailbox": {"type": "string"}, "last_poll_at": _TIME,
+                "backlog": _nullable("integer"), "last_error": _TEXT, "last_error_at": _TIME,
+            }},
+        },
     },
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from mailroute.core.report import render_text
 from mailroute.core.report.figures import DayCount
-from mailroute.ops.health import about, check_health, database_file_problems
+from mailroute.ops.health import about, check_health, database_file_problems, mailbox_labels
 from mailroute.pipeline.reports import build_report, period_for_days, sla_targets
 
 CHART_WIDTH, CHART_HEIGHT = 720, 200
@@ -63,5 +63,5 @@ def health_page(console: Any, suppress_for: timedelta) -> dict[str, Any]:
     problems = database_file_problems(config.database.url)
     health = Health(problems=problems) if problems else check_health(
         console.store, config.health, now, suppress_for,
-        letter_seconds=config.limits.letter_seconds)
+        letter_seconds=config.limits.letter_seconds, labels=mailbox_labels(config))
     return {"health": health.as_dict(), "about": about(config, health, now)}

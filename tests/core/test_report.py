@@ -219,6 +219,20 @@ def test_counts_of_requests_created_in_the_period() -> None:
     assert [d.working for d in result.daily[:7]] == [True, True, False, True, True, False, False]
 
 
+def test_requests_by_mailbox_only_when_several_were_used() -> None:
+    one = report([request(1, at(2, 11), mailbox="desk"), request(2, at(3, 11), mailbox="desk")])
+    assert one.by_mailbox == ()
+    assert "by mailbox" not in render_text(one)
+    several = report([request(1, at(2, 11), mailbox="desk"), request(2, at(3, 11), mailbox="mail"),
+                      request(3, at(4, 11), mailbox="mail")])
+    assert several.by_mailbox == (("mail", 2), ("desk", 1))
+    text = render_text(several)
+    assert "Created by mailbox" in text and "mail" in text.split("Created by mailbox")[1]
+    assert json.loads(render_json(several))["created"]["by_mailbox"] == [
+        {"name": "mail", "count": 2}, {"name": "desk", "count": 1}]
+    assert "By mailbox" in render_html(several)
+
+
 def test_top_organizations_and_the_rest_as_other() -> None:
     names = ["Alpha", "Alpha", "Alpha", "Beta", "Beta", "Gamma", "Delta", None]
     facts = [request(i, at(2, 11), organization=name) for i, name in enumerate(names)]

@@ -109,11 +109,11 @@ def test_one_letter_the_server_cannot_serve_does_not_block_the_rest(
     assert any("will not serve" in problem and f"uid {bad}" in problem
                for problem in health.problems)
     metrics = Metrics(store)
-    metrics.observe_drain(report, 1.0)
+    metrics.observe_drain(report, 1.0, "desk")
     assert metrics.registry.get_sample_value("mailroute_letters_set_aside",
                                              {"action": "fetch"}) == 1
     assert metrics.registry.get_sample_value("mailroute_letter_faults_total",
-                                             {"action": "fetch"}) == 1
+                                             {"mailbox": "desk", "action": "fetch"}) == 1
 
     # Resting: the next pass does not ask for it again; nor does it fail.
     asked = len(scripted.fetches)

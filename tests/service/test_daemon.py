@@ -215,9 +215,10 @@ def test_metrics_and_log_lines_after_a_run(
         if daemon.poll() is None:
             daemon.kill()
             daemon.communicate()
-    assert 'mailroute_letters_total{outcome="processed"} 3.0' in metrics
-    assert 'mailroute_letters_total{outcome="ignored"} 1.0' in metrics
-    assert 'mailroute_requests_created_total{request_type="incident"} 1.0' in metrics
+    box = 'mailbox="servicedesk@example.com"'  # the one mailbox's label: its address
+    assert f'mailroute_letters_total{{{box},outcome="processed"}} 3.0' in metrics
+    assert f'mailroute_letters_total{{{box},outcome="ignored"}} 1.0' in metrics
+    assert f'mailroute_requests_created_total{{{box},request_type="incident"}} 1.0' in metrics
     assert 'mailroute_replies_total{result="sent"} 3.0' in metrics
     assert 'mailroute_outbox{state="sent"} 3.0' in metrics
     assert "mailroute_poll_seconds_count" in metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -90,6 +91,12 @@ def test_each_mailbox_numbers_answers_and_threads_on_its_own(
     created = [line for line in done.stderr.splitlines() if "request created" in line]
     assert len(created) == 4
     assert all(re.search(r"\bmailbox=(desk|mail)\b", line) for line in created), created
+    status = mailroute(config, "status", "--json")
+    boxes = {box["mailbox"]: box for box in json.loads(status.stdout)["mailboxes"]}
+    assert set(boxes) == {"desk", "mail"}, status.stdout
+    assert all(box["last_poll_at"] and box["backlog"] == 0 for box in boxes.values())
+    shown = json.loads(mailroute(config, "tickets", "show", "ML-000001", "--json").stdout)
+    assert shown["mailbox"] == "mail"
 
 
 def test_a_mailbox_sees_the_config_through_its_own_settings(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ def report_data(report: Report) -> dict[str, Any]:
             "by_type": _json_counts(report.by_type),
             "by_priority": _json_counts(report.by_priority),
             "by_queue": _json_counts(report.by_queue),
+            "by_mailbox": _json_counts(report.by_mailbox),
             "by_status_now": _json_counts(report.by_status),
             "by_organization": _json_counts(report.by_organization),
             "other_organizations": report.other_organizations,

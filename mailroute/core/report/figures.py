@@ -105,6 +105,7 @@ class RequestFacts:
     breaches: tuple[Breach, ...] = ()
     status_changes: tuple[StatusChange, ...] = ()
     tier: str | None = None
+    mailbox: str | None = None  # with several mailboxes, the one it came in through
 
     def done_at(self, kind: str) -> datetime | None:
         """When the target ``kind`` was achieved (first response given, resolved)."""
@@ -261,6 +262,7 @@ class Report:
     by_priority: tuple[Count, ...]
     by_queue: tuple[Count, ...]
     by_status: tuple[Count, ...]
+    by_mailbox: tuple[Count, ...]  # empty unless requests came in through several
     by_organization: tuple[Count, ...]
     other_organizations: int
     daily: tuple[DayCount, ...]
@@ -300,6 +302,12 @@ class Report:
     def summary(self) -> Summary:
         """This period's headline figures, in the shape of :attr:`previous`."""
         return _summary_of(self)
+
+
+def _by_mailbox(created: list[RequestFacts]) -> tuple[Count, ...]:
+    """Requests by the mailbox they came in through; nothing when there was only one."""
+    counts = _counts((f.mailbox for f in created), ())
+    return counts if len(counts) > 1 else ()
 
 
 def make_report(
@@ -344,6 +352,7 @@ def make_report(
         by_priority=_counts((f.priority for f in created), PRIORITIES),
         by_queue=_counts((f.queue for f in created), ()),
         by_status=_counts((f.status for f in created), STATUSES),
+        by_mailbox=_by_mailbox(created),
         by_organization=tuple((g.name, g.created) for g in organizations[:top_organizations]),
         other_organizations=sum(g.created for g in organizations[top_organizations:]),
         daily=_daily(everything, created, start, end, cut, calendar),

@@ -210,7 +210,11 @@ def _html_breakdowns(report: Report) -> str:
         f'<td valign="top" style="padding:10px 10px 0 0;">{_subtitle("By status now")}'
         f"{by_status}</td>"
         f'<td valign="top" style="padding:10px 0 0 10px;">{_subtitle("By queue")}'
-        f"{by_queue}</td></tr></table>"
+        f"{by_queue}</td></tr>"
+        + (f'<tr><td valign="top" style="padding:10px 10px 0 0;">{_subtitle("By mailbox")}'
+           f"{_html_count_table(report.by_mailbox)}</td><td></td></tr>"
+           if report.by_mailbox else "")
+        + "</table>"
     )
     return _section("Requests created", content)
 

@@ -36,6 +36,7 @@ def render_text(report: Report) -> str:
         _text_counts("Created by type", report.by_type, TYPE_LABELS),
         _text_counts("Created by priority", report.by_priority, PRIORITY_LABELS),
         _text_counts("Created by queue", report.by_queue),
+        _text_counts("Created by mailbox", report.by_mailbox) if report.by_mailbox else "",
         _text_counts("Created, by status now", report.by_status, STATUS_LABELS),
         _text_organizations(report),
         _text_comparison(report),
