@@ -77,16 +77,20 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
-    from mailroute.ops.letters import retry_letter
+    from mailroute.ops.letters import pipeline_for, retry_letter
     from mailroute.pipeline.decide import Pipeline
 
     config = load_config(args)
     store = open_store(config)
-    pipeline = Pipeline.from_config(config, store)
-    if args.letter_seconds is not None:
-        pipeline = dataclasses.replace(pipeline, letter_seconds=args.letter_seconds)
+
+    def pipeline_of(source: str) -> Pipeline:
+        pipeline = pipeline_for(config, store, source)
+        if args.letter_seconds is not None:
+            pipeline = dataclasses.replace(pipeline, letter_seconds=args.letter_seconds)
+        return pipeline
+
     try:
-        outcome = retry_letter(store, pipeline, args.id, datetime.now(UTC))
+        outcome = retry_letter(store, pipeline_of, args.id, datetime.now(UTC))
     except LookupError as exc:
         raise MailrouteError(str(exc.args[0])) from None
     print(outcome_text(outcome))

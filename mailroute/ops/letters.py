@@ -9,12 +9,15 @@ pipeline, as if it had arrived, for reproducing a support case.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from mailroute import logs
+from mailroute.config import Config
+from mailroute.mail.sources import source_name
 from mailroute.pipeline.decide import Outcome, Pipeline, process_letter
 from mailroute.pipeline.intake import header_message_id
 from mailroute.store import Store
@@ -55,8 +58,20 @@ def letter_bytes(store: Store, letter_id: int) -> bytes | None:
         return letter.raw
 
 
-def retry_letter(store: Store, pipeline: Pipeline, letter_id: int, now: datetime) -> Outcome:
-    """Process a quarantined letter again (after a fix or a rules change)."""
+def pipeline_for(config: Config, store: Store, source: str) -> Pipeline:
+    """The pipeline of the mailbox a letter came from (by its source name): with several
+    mailboxes, a retried letter is numbered and answered as its own mailbox does."""
+    for box in config.all_mailboxes():
+        if config.several_mailboxes and source_name(box) == source:
+            return Pipeline.from_config(config, store, box)
+    return Pipeline.from_config(config, store)
+
+
+def retry_letter(
+    store: Store, pipeline_of: Callable[[str], Pipeline], letter_id: int, now: datetime
+) -> Outcome:
+    """Process a quarantined letter again (after a fix or a rules change), with the
+    pipeline ``pipeline_of`` gives for its mailbox (see :func:`pipeline_for`)."""
     with store.transaction() as session:
         letter = session.get(Letter, letter_id)
         if letter is None:
@@ -64,7 +79,8 @@ def retry_letter(store: Store, pipeline: Pipeline, letter_id: int, now: datetime
         if letter.state != "quarantined":
             raise LookupError(f"letter {letter_id} is {letter.state}, not quarantined")
         letter.state, letter.stage, letter.error = "pending", None, None
-    outcome = process_letter(store, pipeline, letter_id, now)
+        source = letter.mailbox
+    outcome = process_letter(store, pipeline_of(source), letter_id, now)
     assert outcome is not None  # it was pending and nobody else takes replay work
     return outcome
 

@@ -208,10 +208,10 @@ async def retry_letter(request: Request, form: FormData) -> Response:
 
 
 def _retry_letter(console: Any, letter_id: int) -> Any:
-    from mailroute.pipeline.decide import Pipeline
+    def pipeline_of(source: str) -> Any:
+        return ops_letters.pipeline_for(console.config, console.store, source)
 
-    pipeline = Pipeline.from_config(console.config, console.store)
-    return ops_letters.retry_letter(console.store, pipeline, letter_id, console.clock())
+    return ops_letters.retry_letter(console.store, pipeline_of, letter_id, console.clock())
 
 
 @viewing

@@ -131,6 +131,29 @@ business_hours = { open = "09:00", close = "17:00", timezone = "Asia/Yekaterinbu
         assert "servicedesk@example.com" in pipeline.guard.own_addresses
 
 
+def test_a_retried_letter_is_decided_by_its_own_mailbox(tmp_path: Path, sqlite_url: str) -> None:
+    """`letters retry` and the console pick the pipeline of the letter's mailbox."""
+    from mailroute.mail.sources import source_name
+    from mailroute.ops.letters import pipeline_for
+    from mailroute.store import Store
+
+    config = config_module.Config.model_validate({"mailboxes": [
+        {"address": "servicedesk@example.com", "maildir": str(tmp_path / "a")},
+        {"name": "mail", "address": "mail@example.com", "request_prefix": "ML-",
+         "maildir": str(tmp_path / "b")},
+    ], "database": {"url": sqlite_url}})
+    store = Store(sqlite_url)
+    store.upgrade()
+    try:
+        second = pipeline_for(config, store, source_name(config.mailboxes[1]))
+        first = pipeline_for(config, store, source_name(config.mailboxes[0]))
+        replayed = pipeline_for(config, store, "replay")
+    finally:
+        store.dispose()
+    assert (second.mailbox, second.request_prefix) == ("mail", "ML-")
+    assert (first.request_prefix, replayed.request_prefix) == ("SD-", "SD-")
+
+
 @pytest.mark.parametrize(("body", "message"), [
     ('[mailbox]\nhost = "a"\n\n[[mailboxes]]\naddress = "b@example.com"\n',
      "set [mailbox] or [[mailboxes]], not both"),
