@@ -115,7 +115,12 @@ aliases = ["office@example.com"]
 request_prefix = "ML-"
 reply_window = "always"
 business_hours = { open = "09:00", close = "17:00", timezone = "Asia/Yekaterinburg" }
-''', encoding="utf-8")
+templates_dir = "TMP/templates-mail"
+default_queue = "office"
+'''.replace("TMP", str(tmp_path)), encoding="utf-8")
+    (tmp_path / "templates-mail").mkdir()
+    (tmp_path / "templates-mail" / "acknowledgement.ru.txt").write_text(
+        "Subject: Почта офиса: заявка {number}\n\nПриняли.\n", encoding="utf-8")
     config = config_module.load(path)
     first, second = (Pipeline.from_config(config, mailbox=box) for box in config.mailboxes)
     assert (first.mailbox, first.request_prefix, first.window) == (
@@ -125,6 +130,10 @@ business_hours = { open = "09:00", close = "17:00", timezone = "Asia/Yekaterinbu
         "09:00:00")
     assert str(first.calendar.zone) == "Europe/Moscow"
     assert second.identity.address == "mail@example.com"
+    assert "Почта офиса" in second.templates.texts[("acknowledgement", "ru")]
+    assert "Почта офиса" not in first.templates.texts[("acknowledgement", "ru")]
+    assert second.context.routing.default_queue == "office"
+    assert first.context.routing.default_queue == "first-line"
     # every desk address is a loop for every mailbox
     for pipeline in (first, second):
         assert "office@example.com" in pipeline.guard.own_addresses
