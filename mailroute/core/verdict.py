@@ -161,7 +161,8 @@ class AnalysisContext:
     ) -> AnalysisContext:
         """The built-in rules are read at the edge (:mod:`mailroute.packaged`)."""
         return cls(
-            own_addresses=config.mailbox.own_addresses(),
+            # every mailbox's addresses: a letter from any of them is a loop
+            own_addresses=frozenset().union(*(m.own_addresses() for m in config.all_mailboxes())),
             rules=classify.RuleSet.build(builtin_rules, config.classification),
             routing=config.routing,
             registry=Registry.from_config(config.registry),

@@ -138,6 +138,7 @@ default_queue = "office"
     for pipeline in (first, second):
         assert "office@example.com" in pipeline.guard.own_addresses
         assert "servicedesk@example.com" in pipeline.guard.own_addresses
+        assert "office@example.com" in pipeline.context.own_addresses  # a loop, not a request
 
 
 def test_a_retried_letter_is_decided_by_its_own_mailbox(tmp_path: Path, sqlite_url: str) -> None:
