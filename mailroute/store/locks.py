@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import threading
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,14 @@ class InstanceCount:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._connection: Any = None
+        self._lock = threading.Lock()  # one connection, asked from every intake thread
 
     def join(self) -> None:
         """Be counted (again, after a lost connection); TransientError while unreachable."""
+        with self._lock:
+            self._join()
+
+    def _join(self) -> None:
         if self._connection is not None:
             return
         try:
@@ -159,19 +165,27 @@ class InstanceCount:
 
     def alive(self) -> int:
         """Instances counted now (at least this one); 1 when the database cannot say."""
+        with self._lock:
+            return self._alive()
+
+    def _alive(self) -> int:
         try:
-            self.join()
+            self._join()
             found = self._connection.execute(text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND classid = :a AND objid = :b AND objsubid = 2"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ), {"a": INSTANCE_KEY[0], "b": INSTANCE_KEY[1]}).scalar()
         except (SQLAlchemyError, TransientError):
-            self.leave()
+            self._leave()
             return 1
         return max(1, int(found or 0))
 
     def leave(self) -> None:
+        with self._lock:
+            self._leave()
+
+    def _leave(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return

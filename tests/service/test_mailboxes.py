@@ -179,6 +179,38 @@ def test_a_wrong_mailboxes_table_is_named(tmp_path: Path, body: str, message: st
         config_module.load(path)
 
 
+def test_instances_are_counted_and_each_keeps_to_its_share(postgres_url: str) -> None:
+    from mailroute.service.intake_loop import Share
+    from mailroute.store import Store
+    from mailroute.store.locks import InstanceCount
+
+    store = Store(postgres_url)
+    store.upgrade()
+    counts = [InstanceCount(store) for _ in range(3)]
+    try:
+        assert [count.alive() for count in counts] == [1, 2, 3]
+        share = Share(6, counts[0])
+        assert share.limit() == 2
+        for label in ("a", "b"):
+            assert share.may_take(label)
+            share.took(label)
+        assert not share.may_take("c") and share.may_take("a")  # at its share: no more
+        counts[2]._connection.invalidate()  # an instance dies: its connection goes
+        counts[2]._connection = None
+        time.sleep(1.1)  # the count is trusted for a second
+        assert share.limit() == 3 and share.may_take("c")
+        share.took("c")
+        counts[2].join()  # back again: 6 / 3 = 2, one mailbox too many
+        time.sleep(1.1)
+        assert share.over("c") and not share.over("elsewhere")
+        assert share.should_let_go("c") and not share.should_let_go("c")  # once
+        assert share.held == 2 and not share.over("a")
+    finally:
+        for count in counts:
+            count.leave()
+        store.dispose()
+
+
 INSTANCES, MAILBOXES, LETTERS = 3, 6, 300
 
 
