@@ -201,14 +201,13 @@ def _event_detail(event: dict[str, Any]) -> str:
 
 
 def cmd_tickets_set_status(args: argparse.Namespace) -> int:
-    from mailroute.core.business_calendar import BusinessCalendar
-    from mailroute.ops.tickets import change_status
+    from mailroute.ops.tickets import calendars, change_status
     from mailroute.store.repository import canonical_number
 
     config = load_config(args)
-    calendar = BusinessCalendar.from_config(config.business_hours)
     changed = change_status(
-        open_store(config), args.number, args.status, calendar, datetime.now(UTC), args.note
+        open_store(config), args.number, args.status, calendars(config), datetime.now(UTC),
+        args.note,
     )
     if changed is None:
         print(f"mailroute: no request {args.number}", file=sys.stderr)

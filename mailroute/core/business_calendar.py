@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-__all__ = ["BusinessCalendar", "HoursSettings", "parse_hours"]
+__all__ = ["BusinessCalendar", "Calendars", "HoursSettings", "calendar_of", "parse_hours"]
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -518,3 +518,22 @@ def _check_date(day: date) -> None:
             "expected a date, got a datetime: which day it is depends on the zone; "
             "pass at.astimezone(calendar.zone).date()"
         )
+
+
+@dataclass(frozen=True)
+class Calendars:
+    """The calendar of each mailbox (by its label), and the one of requests that name no
+    mailbox (from before there were several): with several mailboxes, each may keep its
+    own hours, and a request's SLA clock runs in the hours of the mailbox it came in through.
+    """
+
+    default: BusinessCalendar
+    by_mailbox: Mapping[str, BusinessCalendar] = field(default_factory=dict)
+
+    def of(self, mailbox: str | None) -> BusinessCalendar:
+        return self.by_mailbox.get(mailbox, self.default) if mailbox else self.default
+
+
+def calendar_of(calendar: BusinessCalendar | Calendars, mailbox: str | None) -> BusinessCalendar:
+    """The calendar a request of ``mailbox`` runs on, given one calendar or several."""
+    return calendar.of(mailbox) if isinstance(calendar, Calendars) else calendar

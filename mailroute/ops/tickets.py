@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.config import Config
+from mailroute.core.business_calendar import BusinessCalendar, Calendars, calendar_of
 from mailroute.core.letter.model import ParseLimits
 from mailroute.core.letter.parser import parse
 from mailroute.errors import LetterUnreadable
@@ -55,11 +56,19 @@ def _arrivals(session: Session, request_ids: list[int]) -> dict[int, datetime]:
             if request_id is not None}
 
 
+def calendars(config: Config) -> Calendars:
+    """Each mailbox's calendar by its label; requests of no mailbox run on the first's."""
+    boxes = config.all_mailboxes()
+    by_mailbox = {box.label: BusinessCalendar.from_config(config.for_mailbox(box).business_hours)
+                  for box in boxes}
+    return Calendars(by_mailbox[boxes[0].label], by_mailbox)
+
+
 def change_status(
     store: Store,
     number: str,
     status: str,
-    calendar: BusinessCalendar,
+    calendar: BusinessCalendar | Calendars,
     now: datetime,
     note: str | None = None,
     by: str = "operator",
@@ -71,7 +80,8 @@ def change_status(
         if request is None:
             return None
         old = request.status
-        set_status(session, request, status, now, calendar, by=by, note=note)
+        set_status(session, request, status, now, calendar_of(calendar, request.mailbox), by=by,
+                   note=note)
         return old, request.status
 
 

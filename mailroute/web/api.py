@@ -28,10 +28,9 @@ from starlette.routing import Route
 
 from mailroute import __version__
 from mailroute.config import Config
-from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.letter.model import ParseLimits
 from mailroute.ops.health import check_health, database_file_problems, mailbox_labels
-from mailroute.ops.tickets import change_status, list_page, show_request
+from mailroute.ops.tickets import calendars, change_status, list_page, show_request
 from mailroute.pipeline.status import STATUSES
 from mailroute.store import Store
 from mailroute.store.repository import RequestFilter, canonical_number
@@ -81,7 +80,7 @@ class _Api:
         self.store = store
         self.config = config
         self.clock = clock
-        self.calendar = BusinessCalendar.from_config(config.business_hours)
+        self.calendar = calendars(config)
         self.limits = ParseLimits.from_config(config.limits)
 
     def caller(self, request: Request) -> Caller:

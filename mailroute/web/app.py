@@ -21,8 +21,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailroute.config import Config
-from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.core.letter import ParseLimits
+from mailroute.ops.tickets import calendars
 from mailroute.store import Store
 from mailroute.web import pages
 from mailroute.web.auth import Sessions
@@ -68,10 +68,10 @@ def create_app(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
+    each = calendars(config)
     console = Console(
-        store, config, clock, Sessions(store, config.web, clock),
-        BusinessCalendar.from_config(config.business_hours),
-        ParseLimits.from_config(config.limits), templates)
+        store, config, clock, Sessions(store, config.web, clock), each.default,
+        ParseLimits.from_config(config.limits), templates, calendars=each)
     routes: list[BaseRoute] = [*pages.routes(),
                                Mount("/static", StaticFiles(directory=HERE / "static"))]
     api = _api(store, config, clock)

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from mailroute.config import Config
-from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.business_calendar import BusinessCalendar, Calendars
 from mailroute.core.letter import ParseLimits
 from mailroute.store import Store
 from mailroute.web import i18n
@@ -38,9 +38,15 @@ class Console:
     config: Config
     clock: Callable[[], datetime]
     sessions: Sessions
-    calendar: BusinessCalendar
+    calendar: BusinessCalendar  # the desk's (the first mailbox's): reports' days and zone
     limits: ParseLimits
     templates: Environment
+    calendars: Calendars | None = None  # each mailbox's, for a request's SLA clock
+
+    @property
+    def clocks(self) -> BusinessCalendar | Calendars:
+        """What a request's SLA clock is read with: its mailbox's calendar."""
+        return self.calendars or self.calendar
 
     def render(self, request: Request, name: str, status_code: int = 200,
                **context: Any) -> HTMLResponse:

@@ -98,7 +98,7 @@ async def queue(request: Request) -> Response:
         organization=asked["org"] or None, search=asked["q"] or None,
         breached_at=now if breached else None,
         after=request.query_params.get("after", "").strip()[:40] or None)
-    found = await console.run(reading.queue_page, console.store, console.calendar, where, now)
+    found = await console.run(reading.queue_page, console.store, console.clocks, where, now)
     kept = {k: v for k, v in asked.items() if v} | ({"breached": "1"} if breached else {})
     return console.render(
         request, "queue.html", found=found, asked=asked, breached=breached,
@@ -119,7 +119,7 @@ async def request_page(request: Request) -> Response:
     console = console_of(request)
     number = request.path_params["number"]
     detail = await console.run(reading.request_page, console.store, number, console.limits,
-                               console.calendar, console.clock())
+                               console.clocks, console.clock())
     if detail is None:
         return console.render(request, "message.html", 404, message="Not found.")
     return console.render(request, "request.html", r=detail, statuses=STATUSES,
@@ -134,7 +134,7 @@ async def change_status(request: Request, form: FormData) -> Response:
     try:
         changed = await console.run(
             ops_tickets.change_status, console.store, number, _field(form, "status"),
-            console.calendar, console.clock(), _field(form, "note")[:2000] or None,
+            console.clocks, console.clock(), _field(form, "note")[:2000] or None,
             by=person.name)
     except MailrouteError as exc:
         return PlainTextResponse(str(exc), status_code=400)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from mailroute.core.business_calendar import BusinessCalendar
+from mailroute.core.business_calendar import BusinessCalendar, Calendars, calendar_of
 from mailroute.core.letter import ParseLimits, parse
 from mailroute.ops.tickets import list_page, show_request
 from mailroute.store import Store
@@ -41,7 +41,7 @@ class SlaClock:
 
 
 def queue_page(
-    store: Store, calendar: BusinessCalendar, where: RequestFilter, now: datetime
+    store: Store, calendar: BusinessCalendar | Calendars, where: RequestFilter, now: datetime
 ) -> dict[str, Any]:
     """One page of the queue (after ``where.after``, by keyset: as fast on the thousandth
     page as on the first) with each request's SLA clock in business time. ``total`` counts
@@ -49,7 +49,8 @@ def queue_page(
     rows, total = list_page(store, PAGE_SIZE, where, now)
     clocks = _clocks(store, [row["number"] for row in rows])
     for row in rows:
-        row["sla"] = sla_clock(calendar, now, *clocks.get(row["number"], (row["status"], None)))
+        row["sla"] = sla_clock(calendar_of(calendar, row.get("mailbox")), now,
+                               *clocks.get(row["number"], (row["status"], None)))
     last = rows[-1]["number"] if rows and total > len(rows) else None
     return {"rows": rows, "total": total, "last": last}
 
@@ -90,7 +91,8 @@ def _span(duration: timedelta) -> str:
 
 
 def request_page(
-    store: Store, number: str, limits: ParseLimits, calendar: BusinessCalendar, now: datetime
+    store: Store, number: str, limits: ParseLimits, calendar: BusinessCalendar | Calendars,
+    now: datetime,
 ) -> dict[str, Any] | None:
     """A request as ``tickets show`` has it, with its letters' text and attachments."""
     detail = show_request(store, number, now)
@@ -109,7 +111,7 @@ def request_page(
         assert request is not None
         due = (request.first_response_due if request.first_response_at is None
                else request.resolution_due if request.resolved_at is None else None)
-        detail["sla"] = sla_clock(calendar, now, request.status, due)
+        detail["sla"] = sla_clock(calendar_of(calendar, request.mailbox), now, request.status, due)
     return detail
 
 

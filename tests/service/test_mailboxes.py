@@ -341,3 +341,40 @@ def test_three_instances_share_six_mailboxes_and_take_over_a_killed_ones(
     assert takeover < 30
     assert duplicates <= INSTANCES  # only a reply in flight at the SIGKILL may go twice
     assert spread == [3, 3]  # the survivors share the six evenly
+
+
+def test_a_requests_sla_clock_runs_in_its_mailboxs_hours(tmp_path: Path, sqlite_url: str) -> None:
+    """The console's queue and a status change read a request's clock with the calendar of
+    the mailbox it came in through (here one open around the clock, one 10:00-18:00)."""
+    from datetime import UTC, datetime
+
+    from mailroute.ops.tickets import calendars
+    from mailroute.store import Store
+    from mailroute.store.models import Request
+    from mailroute.store.repository import RequestFilter
+    from mailroute.web.reading import queue_page
+
+    every_day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    config = config_module.Config.model_validate({"mailboxes": [
+        {"name": "desk", "address": "servicedesk@example.com"},
+        {"name": "night", "address": "night@example.com", "business_hours": {
+            "open": "00:00", "close": "23:59", "workdays": every_day, "calendar": ""}},
+    ]})
+    store = Store(sqlite_url)
+    store.upgrade()
+    saturday = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    due = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)  # Monday 12:00 in Moscow
+    try:
+        with store.transaction() as session:
+            for number, mailbox in (("SD-000001", "desk"), ("SD-000002", "night")):
+                session.add(Request(
+                    number=number, status="new", request_type="incident", priority="normal",
+                    requester="a@client.example", language="ru", missing=[], reasons=[],
+                    created_at=saturday, updated_at=saturday, clarifications=0,
+                    first_response_due=due, mailbox=mailbox))
+        rows = {row["number"]: row["sla"].label for row in
+                queue_page(store, calendars(config), RequestFilter(), saturday)["rows"]}
+    finally:
+        store.dispose()
+    assert rows["SD-000001"] == "2h 00m", rows  # Monday 10:00-12:00 only
+    assert rows["SD-000002"] == "47h 58m", rows  # Saturday to Monday, 00:00-23:59 daily
