@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from mailroute.config import Config
+from mailroute.config import Config, MailboxConfig
 from mailroute.core.business_calendar import BusinessCalendar
 from mailroute.errors import ConfigError
 
@@ -20,26 +20,35 @@ def judge(config: Config, now: datetime) -> list[str]:
     Builds the pipeline without a store, so rules, templates and the calendar are
     read exactly as the daemon reads them.
     """
-    if not (config.mailbox.host or config.mailbox.maildir):
-        raise ConfigError("mailbox.host: set the IMAP server (or mailbox.maildir) to run")
-    try:
-        calendar = BusinessCalendar.from_config(config.business_hours)
-    except ValueError as exc:
-        raise ConfigError(f"business_hours: {exc}") from None
-    _build_pipeline(config)
-    warning = calendar_warning(calendar, now)
-    return [warning] if warning else []
+    warnings: list[str] = []
+    for index, box in enumerate(config.all_mailboxes()):
+        section = f"mailboxes.{index}" if config.mailboxes else "mailbox"
+        if not (box.host or box.maildir):
+            raise ConfigError(f"{section}.host: set the IMAP server (or {section}.maildir) "
+                              "to run")
+        seen = config.for_mailbox(box)
+        try:
+            calendar = BusinessCalendar.from_config(seen.business_hours)
+        except ValueError as exc:
+            where = f"{section}.business_hours" if box.business_hours else "business_hours"
+            raise ConfigError(f"{where}: {exc}") from None
+        _build_pipeline(config, box, section)
+        warning = calendar_warning(calendar, now)
+        if warning and warning not in warnings:
+            warnings.append(warning)
+    return warnings
 
 
-def _build_pipeline(config: Config) -> None:
+def _build_pipeline(config: Config, box: MailboxConfig, section: str) -> None:
     from mailroute.pipeline.decide import Pipeline
 
     try:
-        Pipeline.from_config(config)
+        Pipeline.from_config(config, mailbox=box)
     except ConfigError:
         raise
     except (ValueError, OSError) as exc:
-        where = "replies.templates_dir" if isinstance(exc, OSError) else "config"
+        where = (f"{section}.templates_dir" if isinstance(exc, OSError) and box.templates_dir
+                 else "replies.templates_dir" if isinstance(exc, OSError) else "config")
         raise ConfigError(f"{where}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
 

@@ -141,6 +141,25 @@ default_queue = "office"
         assert "office@example.com" in pipeline.context.own_addresses  # a loop, not a request
 
 
+def test_check_config_judges_every_mailbox(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'''
+[[mailboxes]]
+address = "servicedesk@example.com"
+maildir = "{tmp_path}/a"
+
+[[mailboxes]]
+name = "mail"
+address = "mail@example.com"
+''', encoding="utf-8")
+    checked = mailroute(path, "check-config")
+    assert checked.returncode != 0
+    assert "mailboxes.1.host: set the IMAP server (or mailboxes.1.maildir)" in checked.stderr
+    path.write_text(path.read_text(encoding="utf-8") + f'maildir = "{tmp_path}/b"\n',
+                    encoding="utf-8")
+    assert mailroute(path, "check-config").returncode == 0
+
+
 def test_a_retried_letter_is_decided_by_its_own_mailbox(tmp_path: Path, sqlite_url: str) -> None:
     """`letters retry` and the console pick the pipeline of the letter's mailbox."""
     from mailroute.mail.sources import source_name
