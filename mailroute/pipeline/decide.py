@@ -195,6 +195,9 @@ def age_text(age: timedelta) -> str:
     return f"{seconds}s"
 
 
+# a reply queued in this batch and its history entry, which names the reply's id
+_Queued = tuple[repo.HistoryEntry | RequestEvent, OutboxItem]
+
 BATCH_LETTERS = 100  # letters decided in one transaction
 BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter goes alone
 
@@ -290,7 +293,8 @@ def _decide_batch(
         letters = repo.lock_pending_letters(session, letter_ids, with_raw=with_raw)
         understood = _understood(pipeline, letters, ready, understanding)
         lookups = _lookups_for(session, pipeline, understood, now)
-        queued: list[tuple[RequestEvent, OutboxItem]] = []
+        history = repo.HistoryBuffer.install(session)
+        queued: list[_Queued] = []
         for letter, known in zip(letters, understood, strict=True):
             outcome = _decide(session, lookups, pipeline, letter, known, now, queued)
             letter.attempts += 1
@@ -301,6 +305,7 @@ def _decide_batch(
             session.flush()  # the replies get their ids, which their history names
             for event, item in queued:
                 event.detail = {**event.detail, "outbox": item.id}
+        history.write(session)
     return decided
 
 
@@ -368,7 +373,7 @@ def _decide(
     letter: Letter,
     known: Understood,
     now: datetime,
-    queued: list[tuple[RequestEvent, OutboxItem]],
+    queued: list[_Queued],
 ) -> Outcome:
     parsed, analysis = known.parsed, known.analysis
     if parsed is None:
@@ -527,7 +532,7 @@ class _Steps:
     parsed: ParsedLetter
     analysis: Analysis
     now: datetime
-    queued: list[tuple[RequestEvent, OutboxItem]]  # replies whose history awaits their ids
+    queued: list[_Queued]  # replies whose history awaits their ids
     withheld: bool = False  # a reply was not queued: the letter is older than max_age
 
     def store_attachments(self) -> None:

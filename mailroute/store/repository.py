@@ -10,9 +10,9 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, delete, func, or_, select, true, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -344,12 +344,64 @@ def _bump(session: Session, name: str, by: int) -> int | None:
     ).scalar()
 
 
+@dataclass
+class HistoryEntry:
+    """A history entry held back by :class:`HistoryBuffer` until its transaction ends."""
+
+    request: Request
+    at: datetime
+    kind: str
+    detail: dict[str, Any]
+
+
+_HISTORY_BUFFER = "mailroute.history_buffer"
+
+
+class HistoryBuffer:
+    """The history entries of one transaction, written with one ``INSERT`` (executemany)
+    just before it commits, instead of one ORM object and one ``INSERT ... RETURNING``
+    each (nothing reads an entry back within the transaction that adds it).
+
+    Installed on a session by :meth:`install`; :func:`add_event` then appends here.
+    :meth:`write` must be called before the commit: entries not written are lost with
+    the session, as a rollback loses them anyway.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[HistoryEntry] = []
+
+    @classmethod
+    def install(cls, session: Session) -> HistoryBuffer:
+        buffer = cls()
+        session.info[_HISTORY_BUFFER] = buffer
+        return buffer
+
+    def write(self, session: Session) -> None:
+        """Insert the entries, oldest first (so their ids keep the order they were added)."""
+        entries, self.entries = self.entries, []
+        if not entries:
+            return
+        session.flush()  # the requests this transaction made get their ids
+        session.execute(insert(_REQUEST_EVENTS), [
+            {"request_id": entry.request.id, "at": entry.at, "kind": entry.kind,
+             "detail": entry.detail} for entry in entries])
+
+
+_REQUEST_EVENTS = cast(Table, RequestEvent.__table__)
+
+
 def add_event(
     session: Session, request: Request, kind: str, at: datetime, /, **detail: Any
-) -> RequestEvent:
+) -> RequestEvent | HistoryEntry:
     """Append to the request's history; any keyword (even ``request``) is detail."""
-    event = RequestEvent(request=request, at=at, kind=kind, detail=detail)
-    session.add(event)  # by relationship: a request of this transaction has no id yet
+    buffer: HistoryBuffer | None = session.info.get(_HISTORY_BUFFER)
+    event: RequestEvent | HistoryEntry
+    if buffer is not None:
+        event = HistoryEntry(request, at, kind, detail)
+        buffer.entries.append(event)
+    else:
+        event = RequestEvent(request=request, at=at, kind=kind, detail=detail)
+        session.add(event)  # by relationship: a request of this transaction has no id yet
     webhooks.on_history(session, request, kind, at, detail)  # in this same transaction
     return event
 
