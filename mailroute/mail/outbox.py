@@ -22,10 +22,13 @@ it sent before it claims anything else.
 
 Each accepted reply is marked sent in its own commit at once, before its SMTP
 session sends the next one, so a SIGKILL leaves at most one reply per session
-accepted but unmarked. That bookkeeping is cheap: one database connection is kept
-for the whole run and each write is one short Core ``UPDATE`` on it (no ORM session
-per reply), taking the store's SQLite turn like every other transaction. An SMTP
-session serves the whole run; a backlog may use up to ``sessions`` of them.
+accepted but unmarked. That commit also renews the claim on the reply the session
+sends next (one transaction a reply, not two): nothing but the check for a stop comes
+between it and that send, and after a reconnect the claim is renewed anew. That
+bookkeeping is cheap: one database connection is kept for the whole run and each
+write is one or two short Core ``UPDATE``s on it (no ORM session per reply), taking
+the store's SQLite turn like every other transaction. An SMTP session serves the
+whole run; a backlog may use up to ``sessions`` of them.
 """
 
 from __future__ import annotations
@@ -374,6 +377,8 @@ async def _send_claimed(
     stopping: Callable[[], bool],
     lease: _Lease,
 ) -> None:
+    renewed: dict[int, bool] = {}  # renewed by the previous reply's mark: whether ours
+    used: aiosmtplib.SMTP | None = None
     for index, item in enumerate(claimed):
         if stopping():
             return  # the rest of the batch waits for its lease
@@ -385,12 +390,20 @@ async def _send_claimed(
                 if _renew(books, waiting, lease):
                     _record_retry(books, replies, waiting, now, str(exc), report)
             return
-        if not _renew(books, item, lease):  # the lease lapsed and another took the reply
+        # The renewal the previous reply's mark made is as fresh as one made now only
+        # when nothing came between (the same connection: no reconnect waited).
+        ours = renewed.pop(item.id, None) if client is used else None
+        if ours is None:
+            ours = _renew(books, item, lease)
+        if not ours:  # the lease lapsed and another took the reply
             report.skipped.append(item.id)
             log.info("reply left to another instance", msgid=item.message_id, outbox=item.id,
                      request=item.request, reason="claim lapsed and was taken")
             continue
-        await _send_one(books, session, replies, client, item, now, report)
+        following = claimed[index + 1] if index + 1 < len(claimed) else None
+        renewed = await _send_one(books, session, replies, client, item, now, report,
+                                  following, lease)
+        used = client
 
 
 def _renew(books: _Books, item: Claimed, lease: _Lease) -> bool:
@@ -400,14 +413,30 @@ def _renew(books: _Books, item: Claimed, lease: _Lease) -> bool:
     instance is claiming, and on SQLite writers take turns, so exactly one of two
     instances racing for a lapsed claim finds it theirs.
     """
-    table = _OUTBOX.c
-    statement = (
-        update(_OUTBOX)
-        .where(table.id == item.id, table.state == "pending", table.claimed_by == lease.owner)
-        .values(claimed_until=lease.clock() + lease.length)
-    )
-    renewed = books.run(lambda conn: conn.execute(statement).rowcount, one_statement=True)
+    statement, params = _renewal(item, lease)
+    renewed = books.run(lambda conn: conn.execute(statement, params).rowcount,
+                        one_statement=True)
     return bool(renewed)
+
+
+_Statement = tuple[Update, dict[str, Any]]
+
+
+def _renewal(item: Claimed, lease: _Lease) -> _Statement:
+    """The renewal of this run's claim on ``item`` from this moment (built once)."""
+    return _renewal_statement(), {"r_id": item.id, "r_owner": lease.owner,
+                                  "r_until": lease.clock() + lease.length}
+
+
+@cache
+def _renewal_statement() -> Update:
+    table = _OUTBOX.c
+    return (
+        update(_OUTBOX)
+        .where(table.id == bindparam("r_id"), table.state == "pending",
+               table.claimed_by == bindparam("r_owner"))
+        .values(claimed_until=bindparam("r_until", type_=table.claimed_until.type))
+    )
 
 
 async def _send_one(
@@ -418,7 +447,12 @@ async def _send_one(
     item: Claimed,
     now: datetime,
     report: DeliveryReport,
-) -> None:
+    following: Claimed | None = None,
+    lease: _Lease | None = None,
+) -> dict[int, bool]:
+    """Send ``item`` and record the outcome. Once it is accepted, the mark's transaction
+    also renews the claim on ``following`` (the reply this session sends next, at once):
+    what it returns, by id, is whether that claim is still this run's."""
     message = b"Date: " + format_datetime(now).encode() + b"\r\n" + item.raw
     try:
         await asyncio.wait_for(
@@ -440,7 +474,8 @@ async def _send_one(
         report.smtp_errors.append("SMTP send timed out")
         _record_retry(books, replies, item, now, "SMTP send timed out", report)
     else:
-        _record_sent(books, item, now, report)
+        return _record_sent(books, item, now, report, following, lease)
+    return {}
 
 
 def check_reachable(smtp: SmtpConfig) -> None:
@@ -680,14 +715,23 @@ class _Accepted:
 _ACCEPTED = _Accepted()
 
 
-def _mark_sent(books: _Books, item_id: int, sent_at: datetime, attempts: int) -> None:
-    _update(books, item_id, state="sent", sent_at=sent_at, claimed_until=None,
-            attempts=attempts, last_error=None)
+def _mark_sent(
+    books: _Books, item_id: int, sent_at: datetime, attempts: int,
+    then: _Statement | None = None,
+) -> bool | None:
+    return _update(books, item_id, then=then, state="sent", sent_at=sent_at,
+                   claimed_until=None, attempts=attempts, last_error=None)
 
 
-def _record_sent(books: _Books, item: Claimed, now: datetime, report: DeliveryReport) -> None:
+def _record_sent(
+    books: _Books, item: Claimed, now: datetime, report: DeliveryReport,
+    following: Claimed | None = None, lease: _Lease | None = None,
+) -> dict[int, bool]:
+    """Mark ``item`` sent; with ``following``, that commit also renews its claim (one
+    transaction instead of two): the result says, by id, whether it is still ours."""
+    renewal = _renewal(following, lease) if following is not None and lease else None
     try:
-        _mark_sent(books, item.id, now, item.attempts + 1)
+        ours = _mark_sent(books, item.id, now, item.attempts + 1, then=renewal)
     except TransientError:
         _ACCEPTED.remember(books, item, now)
         log.warning("reply sent, not recorded yet", msgid=item.message_id, outbox=item.id,
@@ -696,6 +740,7 @@ def _record_sent(books: _Books, item: Claimed, now: datetime, report: DeliveryRe
     report.sent.append(item.id)
     log.info("reply sent", msgid=item.message_id, request=item.request, outbox=item.id,
              to=item.recipient, attempt=item.attempts + 1)
+    return {following.id: ours} if following is not None and ours is not None else {}
 
 
 def _record_retry(
@@ -728,12 +773,27 @@ def _record_failure(
               to=item.recipient, error=error)
 
 
-def _update(books: _Books, item_id: int, **values: object) -> None:
-    """``UPDATE outbox SET ... WHERE id = :id``, committed at once (its own transaction)."""
+def _update(
+    books: _Books, item_id: int, *, then: _Statement | None = None, **values: object
+) -> bool | None:
+    """``UPDATE outbox SET ... WHERE id = :id``, committed at once (its own transaction).
+
+    ``then``: a second statement for the same transaction (the renewal of the next
+    reply's claim); the result is whether it changed a row (None without one).
+    """
     statement = _update_statement(tuple(sorted(values)))
     params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
     params["item_id"] = item_id
-    books.run(lambda conn: conn.execute(statement, params), one_statement=True)
+    if then is None:
+        books.run(lambda conn: conn.execute(statement, params), one_statement=True)
+        return None
+    second, its_params = then
+
+    def work(conn: Connection) -> bool:
+        conn.execute(statement, params)
+        return bool(conn.execute(second, its_params).rowcount)
+
+    return books.run(work)
 
 
 @cache
