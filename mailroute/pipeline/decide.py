@@ -52,7 +52,7 @@ from mailroute.pipeline.workers import Fault, Understanding, Understood
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
-from mailroute.store.models import Letter, OutboxItem, Request, RequestEvent
+from mailroute.store.models import Letter, Request, RequestEvent
 
 log = logs.get("mailroute.pipeline.decide")
 HOURS_TEXT = {
@@ -196,7 +196,7 @@ def age_text(age: timedelta) -> str:
 
 
 # a reply queued in this batch and its history entry, which names the reply's id
-_Queued = tuple[repo.HistoryEntry | RequestEvent, OutboxItem]
+_Queued = tuple[repo.HistoryEntry | RequestEvent, repo.QueuedReply]
 
 BATCH_LETTERS = 100  # letters decided in one transaction
 BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter goes alone
@@ -300,11 +300,9 @@ def _decide_batch(
             letter.attempts += 1
             lookups.decided(letter)
             decided.append((outcome, letter))
-        lookups.finish()
-        if queued:
-            session.flush()  # the replies get their ids, which their history names
-            for event, item in queued:
-                event.detail = {**event.detail, "outbox": item.id}
+        lookups.finish()  # writes the replies: their ids, which their history names
+        for event, item in queued:
+            event.detail = {**event.detail, "outbox": item.id}
         history.write(session)
     return decided
 
@@ -726,12 +724,11 @@ class _Steps:
         send_at = pipeline.send_time(now)
         draft = _draft(pipeline, request, self.parsed, kind, unknown_registration, send_at,
                        to_confirm)
-        item = repo.pending_reply(
+        item = repo.QueuedReply(
             kind=draft.kind, sender=draft.sender, recipient=draft.recipient,
             subject=draft.subject, message_id=draft.message_id, raw=draft.raw,
-            not_before=send_at, now=now, request=request, letter_id=self.letter.id,
+            not_before=send_at, created_at=now, request=request, letter_id=self.letter.id,
         )
-        self.session.add(item)
         self.lookups.reply_queued(item, request)
         event = repo.add_event(self.session, request, "reply_queued", now, reply=kind)
         self.queued.append((event, item))

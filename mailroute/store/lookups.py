@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from mailroute.core.addresses import counted_as, domain_of
 from mailroute.core.reply_policy import Recent
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, OutboxItem, Request
+from mailroute.store.models import Letter, Request
 
 
 class BatchLookups:
@@ -67,6 +67,7 @@ class BatchLookups:
         self._domain_queued_here: Counter[str] = Counter()
         self._notices_here: set[str] = set()
         self._blobs = repo.stored_blobs(session, attachment_hashes)
+        self.replies = repo.ReplyBuffer()  # this batch's replies, written at its end
         self._counter: int | None = None
         self._numbers_taken = 0
         self._prefix = repo.REQUEST_PREFIX
@@ -138,16 +139,20 @@ class BatchLookups:
             count, notice = self._replies.get(person, (0, False))
             count, notice = count + self._queued_here[person], notice or (
                 person in self._notices_here)
-        else:  # the query sees this batch's rows too (autoflush)
+        else:  # the query sees this batch's rows too (written first)
+            self.replies.write(self.session)
             count, notice = repo.replies_to_since(self.session, address, self._since)
         if domain in self._domains:
             to_domain = self._domain_replies.get(domain, 0) + self._domain_queued_here[domain]
         else:
+            self.replies.write(self.session)
             to_domain = repo.replies_to_domains_since(self.session, [domain], self._since).get(
                 domain, 0)
         return Recent(count, notice, to_domain, self._desk_replies)
 
-    def reply_queued(self, item: OutboxItem, request: Request) -> None:
+    def reply_queued(self, item: repo.QueuedReply, request: Request) -> None:
+        """``item`` is queued in this batch (held in :attr:`replies` until written)."""
+        self.replies.add(item)
         person = counted_as(item.recipient)
         self._queued_here[person] += 1
         self._domain_queued_here[domain_of(item.recipient)] += 1
@@ -189,7 +194,9 @@ class BatchLookups:
         return f"{prefix}{self._counter + self._numbers_taken:06d}"
 
     def finish(self) -> None:
-        """Write back what was kept in memory; call once, before the commit."""
+        """Write back what was kept in memory; call once, before the commit (the
+        replies' ids are known after it)."""
+        self.replies.write(self.session)
         if self._numbers_taken:
             counter = repo.request_counter(self._prefix)
             repo.bump_counter(self.session, counter, self._numbers_taken)

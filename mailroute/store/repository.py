@@ -599,6 +599,63 @@ def pending_reply(
     )
 
 
+@dataclass
+class QueuedReply:
+    """An outbox row held back by :class:`ReplyBuffer`; ``id`` once it is written."""
+
+    request: Request
+    letter_id: int | None
+    kind: str
+    sender: str
+    recipient: str
+    subject: str
+    message_id: str
+    raw: bytes
+    not_before: datetime
+    created_at: datetime
+    id: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request.id, "letter_id": self.letter_id, "kind": self.kind,
+            "sender": self.sender, "recipient": self.recipient,
+            "counted_as": counted_as(self.recipient),
+            "recipient_domain": domain_of(self.recipient), "message_id": self.message_id,
+            "subject": self.subject, "raw": self.raw, "state": "pending", "attempts": 0,
+            "not_before": self.not_before, "created_at": self.created_at,
+        }
+
+
+class ReplyBuffer:
+    """The replies one transaction queues, inserted together (one executemany) instead of
+    one ORM object and one ``INSERT ... RETURNING`` each; their ids are then read back by
+    Message-ID (unique). :meth:`write` before anything in the transaction reads the
+    outbox, and before the commit."""
+
+    def __init__(self) -> None:
+        self.waiting: list[QueuedReply] = []
+
+    def add(self, reply: QueuedReply) -> None:
+        self.waiting.append(reply)
+
+    def write(self, session: Session) -> None:
+        waiting, self.waiting = self.waiting, []
+        if not waiting:
+            return
+        session.flush()  # the requests this transaction made get their ids
+        session.execute(insert(_OUTBOX), [reply.row() for reply in waiting])
+        ids: dict[str, int] = {}
+        for chunk in _chunks(reply.message_id for reply in waiting):
+            rows = session.execute(select(_OUTBOX.c.message_id, _OUTBOX.c.id)
+                                   .where(_OUTBOX.c.message_id.in_(chunk)))
+            ids.update({message_id: item_id for message_id, item_id in rows})
+        for reply in waiting:
+            reply.id = ids[reply.message_id]
+
+
+_OUTBOX = cast(Table, OutboxItem.__table__)
+
+
 def outbox_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state))
     return {state: int(count) for state, count in rows}
