@@ -291,9 +291,8 @@ class _Pass:
         for attempt in range(1, SAVE_ATTEMPTS + 1):
             try:
                 with self.store.transaction() as session:
-                    saved = repo.save_letters(session, self.source.name, self.uidvalidity,
-                                              arrivals, now)
-                    ids = [(letter.id, is_new) for letter, is_new in saved]
+                    ids = repo.save_arrivals(session, self.source.name, self.uidvalidity,
+                                             arrivals, now)
                     repo.clear_letter_faults(session, self.source.name, self.uidvalidity, uids)
                     return ids
             except IntegrityError:

@@ -112,43 +112,63 @@ def save_letter(
 def save_letters(
     session: Session, mailbox: str, uidvalidity: int, arrivals: Sequence[Arrival], now: datetime
 ) -> list[tuple[Letter, bool]]:
-    """Store each letter's raw bytes under (mailbox, UIDVALIDITY, UID); (letter, is_new) each.
+    """:func:`save_arrivals`, with the letters as objects of ``session``."""
+    saved = save_arrivals(session, mailbox, uidvalidity, arrivals, now)
+    letters = {letter.id: letter for chunk in _chunks(letter_id for letter_id, _ in saved)
+               for letter in session.scalars(select(Letter).where(Letter.id.in_(chunk)))}
+    return [(letters[letter_id], is_new) for letter_id, is_new in saved]
+
+
+def save_arrivals(
+    session: Session, mailbox: str, uidvalidity: int, arrivals: Sequence[Arrival], now: datetime
+) -> list[tuple[int, bool]]:
+    """Store each letter's raw bytes under (mailbox, UIDVALIDITY, UID); (id, is_new) each.
 
     The same bytes seen again under another key (a UIDVALIDITY change, a second
     copy in the folder, twice in this batch) return the letter already stored. A
     unique index backs this: if another writer saves the same bytes first, the
-    flush raises IntegrityError, and the caller saves the batch again (then finding
-    that writer's letter).
+    insert raises IntegrityError, and the caller saves the batch again (then finding
+    that writer's letter). The rows go in with one executemany each for letters and
+    their bytes (no ORM objects: most of a batch's saving time was the ORM's).
     """
     hashes = [fingerprint(arrival.raw) for arrival in arrivals]
-    stored: dict[str, Letter] = {}
-    for chunk in _chunks(hashes):
-        originals = select(Letter).where(Letter.sha256.in_(chunk), Letter.copy_of.is_(None))
-        for letter in session.scalars(originals):
-            stored.setdefault(letter.sha256, letter)
-    saved = []
+    stored = _originals(session, hashes)
+    new: dict[str, Arrival] = {}
     for arrival, sha in zip(arrivals, hashes, strict=True):
-        if sha in stored:
-            saved.append((stored[sha], False))
-            continue
-        letter = Letter(
-            mailbox=mailbox,
-            uidvalidity=uidvalidity,
-            uid=arrival.uid,
-            message_id=arrival.message_id,
-            sha256=sha,
-            content=LetterBytes(raw=arrival.raw),
-            size=len(arrival.raw),
-            received_at=arrival.received_at,
-            fetched_at=now,
-            state="pending",
-            attempts=0,
-        )
-        session.add(letter)
-        stored[sha] = letter
-        saved.append((letter, True))
-    session.flush()  # the ids, for the caller's log lines
+        if sha not in stored:
+            new.setdefault(sha, arrival)
+    if new:
+        session.execute(insert(_LETTERS), [
+            {"mailbox": mailbox, "uidvalidity": uidvalidity, "uid": arrival.uid,
+             "message_id": arrival.message_id, "sha256": sha, "size": len(arrival.raw),
+             "received_at": arrival.received_at, "fetched_at": now, "state": "pending",
+             "attempts": 0}
+            for sha, arrival in new.items()])
+        ids = _originals(session, new)
+        session.execute(insert(_LETTER_BYTES), [
+            {"letter_id": ids[sha], "raw": arrival.raw} for sha, arrival in new.items()])
+        stored.update(ids)
+    saved = []
+    for sha in hashes:
+        is_new = new.pop(sha, None) is not None  # the first of the batch with these bytes
+        saved.append((stored[sha], is_new))
     return saved
+
+
+def _originals(session: Session, hashes: Iterable[str]) -> dict[str, int]:
+    """The ids of the letters (originals, not copies) stored with these fingerprints."""
+    found: dict[str, int] = {}
+    letters = _LETTERS.c
+    for chunk in _chunks(hashes):
+        rows = session.execute(select(letters.sha256, letters.id)
+                               .where(letters.sha256.in_(chunk), letters.copy_of.is_(None)))
+        for sha, letter_id in rows:
+            found.setdefault(sha, letter_id)
+    return found
+
+
+_LETTERS = cast(Table, Letter.__table__)
+_LETTER_BYTES = cast(Table, LetterBytes.__table__)
 
 
 def fingerprint(raw: bytes) -> str:
