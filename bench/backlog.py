@@ -129,15 +129,22 @@ def append_letters(account: Any, factory: LetterFactory, n: int, mix: Mix) -> fl
 def upgrade(source: Source, config: Path) -> None:
     """``mailroute db upgrade``; its own words on failure."""
     done = subprocess.run(mailroute_command("--config", str(config), "db", "upgrade"),
-                          env=source.env(), capture_output=True, text=True, check=False)
+                          env=source.env(), cwd=config.parent, capture_output=True, text=True,
+                          check=False)
     if done.returncode:
         raise SystemExit(f"mailroute db upgrade failed ({done.returncode}):\n{done.stderr}")
 
 
 def run_mailroute(source: Source, config: Path, log: Path, profile: Path | None) -> Usage:
-    """``mailroute run --once`` with its wall time, exit code, CPU and peak RSS."""
-    command = mailroute_command("--config", str(config), "run", "--once", profile=profile)
-    return run_measured(command, source.env(), log, log.with_suffix(".usage.json"))
+    """``mailroute run --once`` with its wall time, exit code, CPU and peak RSS.
+
+    Run from the config's directory: ``-m mailroute`` (and pyinstrument's ``-m``) put the
+    current directory first on sys.path, so started from the repository root the
+    snapshot measured was in fact the working tree."""
+    command = mailroute_command("--config", str(config), "run", "--once",
+                                profile=profile.resolve() if profile else None)
+    return run_measured(command, source.env(), log, log.with_suffix(".usage.json"),
+                        cwd=config.parent)
 
 
 DOVECOT_PROCESSES = ("dovecot", "imap", "imap-login", "auth", "log", "config", "anvil",

@@ -155,7 +155,7 @@ class Usage:
 
 
 def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
-                 report: Path) -> Usage:
+                 report: Path, cwd: Path | None = None) -> Usage:
     """Run ``command`` (stdout and stderr to ``output``) with its own peak RSS and CPU.
 
     The wrapper gets a session of its own, so an interrupt can end it with its child.
@@ -163,9 +163,10 @@ def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
     import json
 
     with output.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", _MEASURE, str(report), *command],
+        process = subprocess.Popen([sys.executable, "-c", _MEASURE, str(report.resolve()),
+                                    *command],
                                    stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                   env=env, start_new_session=True)
+                                   env=env, cwd=cwd, start_new_session=True)
         try:
             process.wait()
         except BaseException:
