@@ -12,22 +12,49 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Protocol
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import logs
-from mailroute.config import MailboxConfig
+from mailroute.config import Config, MailboxConfig
 from mailroute.errors import MailboxUnavailable, MailrouteError, TransientError
 from mailroute.mail.mailbox import MailSource
 from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.intake import drain
+from mailroute.service.metrics import Metrics
+from mailroute.store import Store
 from mailroute.store.locks import InstanceCount, MailboxLock
 
-if TYPE_CHECKING:
-    from mailroute.service.daemon import Daemon
+
+class Host(Protocol):
+    """What an intake loop needs of the daemon that runs it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def source_factory(self) -> Callable[[MailboxConfig], MailSource]: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+    @property
+    def stop(self) -> threading.Event: ...
+    @property
+    def share(self) -> Share: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def failed(self, part: str, error: str, with_traceback: bool = False,
+               event: str | None = None, source: str | None = None) -> None: ...
+    def recovered(self, part: str) -> None: ...
+    def announce_ready(self) -> None: ...
+    def wake_outbox(self) -> None: ...
+    def publish_status(self) -> None: ...
 
 log = logs.get("mailroute.service.intake")
 MAX_BACKOFF = 300.0
@@ -123,7 +150,7 @@ class _Halt(threading.Event):
 class MailboxIntake:
     """The intake loop of one mailbox: its source, lock, backoff and standby state."""
 
-    daemon: Daemon
+    daemon: Host
     mailbox: MailboxConfig
     pipeline: Pipeline
     source: MailSource | None = None
