@@ -65,6 +65,36 @@ def test_imap_idle_wakes_on_new_mail(imap_account: ImapAccount) -> None:
     assert waited < 10  # woken by EXISTS, not by the 20 s timeout
 
 
+def test_imap_idle_sees_mail_that_landed_just_before_it_began(
+    imap_account: ImapAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A letter that lands after the last look at the folder and before IDLE starts is
+    not announced by Dovecot (19 times in 20): the wait looks again after a short first
+    IDLE instead of sleeping to its timeout (here 20 s; Dovecot's own check: 30 s)."""
+    source = ImapSource(imap_config(imap_account, idle_timeout=20))
+    looks = []
+    first_look = source._arrived_since_listing
+
+    def look_then_deliver() -> bool:
+        found = first_look()
+        looks.append(found)
+        if len(looks) == 1:
+            imap_account.append(LETTER)  # in the window: after the look, before IDLE
+        return found
+
+    monkeypatch.setattr(source, "_arrived_since_listing", look_then_deliver)
+    try:
+        source.select()
+        source.list_uids()
+        started = time.monotonic()
+        source.wait(20, threading.Event())
+        waited = time.monotonic() - started
+    finally:
+        source.close()
+    assert looks == [False, True]  # found by the second look, not announced by IDLE
+    assert waited < 5
+
+
 def test_imap_stop_interrupts_idle(imap_account: ImapAccount) -> None:
     source = ImapSource(imap_config(imap_account, idle_timeout=60))
     stop = threading.Event()

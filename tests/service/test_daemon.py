@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support.configs import sample_letters, write_config
 from support.dovecot import ImapAccount
-from support.smtp import SmtpSink
+from support.smtp import ReceivedMail, SmtpSink
 
 MAILROUTE = [sys.executable, "-m", "mailroute"]
 
@@ -51,6 +51,18 @@ def start(config: Path, notify: socket.socket) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def replies(daemon: subprocess.Popen[bytes], sink: SmtpSink, count: int) -> list[ReceivedMail]:
+    """The sink's messages once ``count`` arrived; else the daemon is stopped and its log
+    is the failure's message (what it did meanwhile)."""
+    try:
+        return sink.wait_for(count, timeout=15)
+    except AssertionError as exc:
+        daemon.send_signal(signal.SIGTERM)
+        log = daemon.communicate(timeout=15)[1].decode()
+        raise AssertionError(f"{exc}\n--- daemon log (last 8000 characters):\n"
+                             f"{log[-8000:]}") from None
+
+
 @pytest.fixture
 def daemon_config(tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink,
                   sqlite_url: str) -> Path:
@@ -71,7 +83,7 @@ def test_daemon_answers_new_mail_via_idle_and_stops_on_sigterm(
         wait_notification(notify_socket, "READY=1")
         appended = time.monotonic()
         imap_account.append(sample_letters()[0])
-        (reply,) = smtp_sink.wait_for(1, timeout=15)
+        (reply,) = replies(daemon, smtp_sink, 1)
         latency = time.monotonic() - appended
         assert reply.message["X-Mailroute-Request"] == "SD-000001"
         assert latency < 10  # woken by IDLE; the poll fallback would be slower
@@ -110,7 +122,7 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one(
         daemon.send_signal(signal.SIGHUP)
         wait_notification(notify_socket, "READY=1")
         imap_account.append(sample_letters()[0])
-        (reply,) = smtp_sink.wait_for(1, timeout=15)
+        (reply,) = replies(daemon, smtp_sink, 1)
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=15)
     finally:
