@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from support.configs import write_config
 from support.dovecot import DovecotServer
 from support.smtp import SmtpSink
+from support.waiting import wait_until
 
 from mailroute import config as config_module
 from mailroute.pipeline.decide import Pipeline
@@ -260,15 +261,6 @@ def held_by(log: str) -> set[str]:
     return held
 
 
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @pytest.mark.slow
 def test_three_instances_share_six_mailboxes_and_take_over_a_killed_ones(
     tmp_path: Path, dovecot: DovecotServer, smtp_sink: SmtpSink, postgres_url: str
@@ -307,9 +299,9 @@ def test_three_instances_share_six_mailboxes_and_take_over_a_killed_ones(
             holdings[:] = [held_by(log.read_text()) for log in logs]
             return sorted(map(len, holdings)) == [2, 2, 2]
 
-        assert wait_for(even, 60), holdings
+        assert wait_until(even, 60), holdings
         spread_in = time.monotonic() - started
-        assert wait_for(lambda: count(requests) >= total // 10, 60)  # midway, not before
+        assert wait_until(lambda: count(requests) >= total // 10, 60)  # midway, not before
         assert len(set().union(*holdings)) == MAILBOXES
         filed_then = count(requests)
         assert filed_then < total, "the backlog was drained before the spread: use more letters"
@@ -319,12 +311,12 @@ def test_three_instances_share_six_mailboxes_and_take_over_a_killed_ones(
         killed_at = time.monotonic()
         daemons[victim].wait(10)
         survivors = [n for n in range(INSTANCES) if n != victim]
-        assert wait_for(lambda: orphaned <= set().union(
+        assert wait_until(lambda: orphaned <= set().union(
             *(held_by(logs[n].read_text()) for n in survivors)), 60), orphaned
         takeover = time.monotonic() - killed_at
-        assert wait_for(lambda: count(requests) == total, 180), count(requests)
+        assert wait_until(lambda: count(requests) == total, 180), count(requests)
         drained = time.monotonic() - started
-        assert wait_for(lambda: len(smtp_sink.received()) >= total, 180)
+        assert wait_until(lambda: len(smtp_sink.received()) >= total, 180)
         answered = time.monotonic() - started
         final = [held_by(logs[n].read_text()) for n in survivors]
         spread = sorted(len(held) for held in final)

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from support.configs import write_config
 from support.dovecot import ImapAccount
 from support.smtp import SmtpSink
+from support.waiting import wait_until
 
 from mailroute.store import Store
 from mailroute.store.locks import MailboxLock
@@ -115,15 +116,6 @@ def count(url: str, query: str) -> int:
             return int(conn.execute(text(query)).scalar() or 0)
     finally:
         engine.dispose()
-
-
-def wait_until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.slow
