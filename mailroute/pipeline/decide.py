@@ -10,13 +10,14 @@ pending for the next round.
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from mailroute import logs
 from mailroute.config import Config, MailboxConfig, SlaConfig, WorkflowConfig
@@ -490,9 +491,18 @@ def _find_thread(
 
 
 def _thread(request: Request) -> conversation.Thread:
-    """What the conversation policy sees of a request."""
+    """What the conversation policy sees of a request.
+
+    Its letters are loaded without flushing the batch first: the letters this batch
+    joined to it come from the session's pending changes (SQLAlchemy applies them to
+    the collection it loads), and a flush per follow-up split the batch's one flush
+    into many (a quarter of the time deciding took in a backlog's profile).
+    """
     members = {request.requester.lower()} if request.requester else set()
-    members.update(letter.sender.lower() for letter in request.letters
+    session = object_session(request)
+    with session.no_autoflush if session is not None else nullcontext():
+        letters = list(request.letters)
+    members.update(letter.sender.lower() for letter in letters
                    if letter.sender and letter.state in conversation.MEMBER_STATES)
     return conversation.Thread(
         number=request.number, requester=request.requester or "",

@@ -218,3 +218,27 @@ def test_an_organization_read_with_doubt_is_asked_to_be_confirmed(store: Store) 
     assert "верно ли мы прочли" in body("user1@romashka.example")
     assert "организация: ООО «Грин-Парк»" in body("user1@romashka.example")
     assert "верно ли мы прочли" not in body("user2@romashka.example")
+
+
+def test_a_thread_view_sees_letters_the_batch_joined_without_flushing_them(
+    store: Store,
+) -> None:
+    """``_thread`` loads a request's letters without an autoflush (one flush a batch):
+    a letter joined to the request earlier in the same transaction still counts."""
+    save(store, [letter(1), letter(2)])
+    process_letter(store, Pipeline.from_config(Config()), 1, NOW)
+    with store.transaction() as session:
+        request = session.scalars(select(Request)).one()
+        joined = session.scalars(select(Letter).where(Letter.uid == "2")).one()
+        joined.sender, joined.state = "colleague@romashka.example", "follow_up"
+        joined.request = request  # not flushed: the database still says no request
+
+        thread = decide._thread(request)
+
+        assert "colleague@romashka.example" in thread.members
+        assert "user1@romashka.example" in thread.members
+        assert joined in session.dirty  # nothing was flushed to build the view
+        flushed = session.connection().execute(
+            select(Letter.__table__.c.request_id).where(Letter.__table__.c.uid == "2")
+        ).scalar()
+        assert flushed is None
