@@ -636,6 +636,15 @@ class _Books:
     the server dropped while it sat idle (PostgreSQL restarted during an SMTP
     exchange) is replaced once and the write run again, as that pre-ping would have
     done; every write here may run twice (claims and marks set values, add nothing).
+
+    Its commits do not wait for the disk (``_LAZY``: SQLite ``synchronous = NORMAL``,
+    PostgreSQL ``synchronous_commit = off``): they only ever record what happened to a
+    reply, and a power cut that loses the last of them (never a crash of mailroute or
+    of the database server, whose commits are then complete) means at most that a
+    reply is sent again, with its Message-ID, which delivery is at-least-once already.
+    The rows themselves are written by intake, whose commits wait for the disk. The
+    setting is the connection's own and is put back before the connection goes back
+    to the pool (a connection that cannot be put back is discarded).
     """
 
     def __init__(self, store: Store) -> None:
@@ -670,6 +679,7 @@ class _Books:
         if self._conn is None:
             self._conn = self.store.engine.connect()
             self._autocommit = False
+            _set_durability(self._conn, lazy=True)
         conn = self._conn
         if autocommit != self._autocommit:  # a local switch in the driver, no round trip
             level = "AUTOCOMMIT" if autocommit else conn.default_isolation_level
@@ -680,9 +690,29 @@ class _Books:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with suppress(SQLAlchemyError):  # the database may be what failed; the pool copes
-                conn.close()
+        if conn is None:
+            return
+        try:
+            if self._autocommit:
+                conn.execution_options(isolation_level=conn.default_isolation_level)
+            _set_durability(conn, lazy=False)
+        except SQLAlchemyError:  # never back to the pool with lazy commits
+            with suppress(SQLAlchemyError):
+                conn.invalidate()
+        with suppress(SQLAlchemyError):  # the database may be what failed; the pool copes
+            conn.close()
+
+
+def _set_durability(conn: Connection, lazy: bool) -> None:
+    """Commits on ``conn`` that wait for the disk (the default) or not (see _Books)."""
+    if conn.dialect.name == "sqlite":
+        # outside any transaction: straight to the driver, which is in autocommit mode
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"PRAGMA synchronous={'NORMAL' if lazy else 'FULL'}")
+    elif conn.dialect.name == "postgresql":
+        with conn.begin():
+            conn.exec_driver_sql("SET synchronous_commit TO off" if lazy
+                                 else "RESET synchronous_commit")
 
 
 class _Accepted:

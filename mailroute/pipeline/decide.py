@@ -10,9 +10,9 @@ pending for the next round.
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 

@@ -317,7 +317,7 @@ class _Worker:
 
     def __init__(self, context: AnalysisContext, limits: ParseLimits) -> None:
         self.context, self.limits = context, limits
-        ctx = _context()
+        ctx = process_context()
         self.conn, child = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
             target=_serve, args=(child, context, limits), name="mailroute-understand",
@@ -406,8 +406,9 @@ _IDLE = _IdleWorkers()
 _preloaded = False
 
 
-def _context() -> multiprocessing.context.ForkServerContext:
-    """The forkserver imports mailroute once; each worker forked from it starts at once."""
+def process_context() -> multiprocessing.context.ForkServerContext:
+    """The forkserver imports mailroute once; each worker forked from it starts at once
+    (the outbox process of ``run --once`` comes from it too)."""
     global _preloaded
     ctx = multiprocessing.get_context("forkserver")
     if not _preloaded:

@@ -44,6 +44,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     content: bytes
+    received_at: float = 0.0  # time.time() when the server accepted it (before its 250)
 
     @functools.cached_property
     def message(self) -> EmailMessage:
@@ -58,7 +59,7 @@ class ReceivedMail:
             content = content.encode()
         assert content is not None
         return cls(mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
-                   content=content)
+                   content=content, received_at=time.time())
 
 
 class _RecordingHandler:

@@ -1,0 +1,174 @@
+"""The outbox of ``run --once`` while it drains a backlog: in a process of its own.
+
+Intake keeps the daemon's process busy (fetching, saving, deciding); the replies its
+batches queue were sent by a thread of that same process, which took turns with intake
+for the interpreter lock (on PostgreSQL intake took 9.4 s alone and 12.3 s beside that
+thread, for 2,000 letters). On PostgreSQL a child process, forked from the workers'
+forkserver, runs outbox passes beside intake on the other core: one after each filed batch
+(``wake``), or every ``idle`` seconds. What the outbox promises is unchanged: it is the
+same ``deliver_due``, with its claims, leases and marks, in another process, as a second
+instance would run it. (Not on SQLite, where its marks would wait for intake's write
+lock: ``Daemon._sender`` says why.)
+
+The child reads the wall clock; a daemon given another clock (tests, replays) sends from
+a thread instead (``daemon._Sender``). The first error ends the child: a TransientError
+is logged and left to the final pass after the drain; anything else is raised in the
+daemon once the drain is over, as text (the exception itself need not survive pickling).
+The child watches its parent and stops after its current pass when the parent is gone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from mailroute import logs
+from mailroute.config import Config
+from mailroute.errors import TransientError
+from mailroute.mail.outbox import SESSIONS, DeliveryReport, deliver_due
+from mailroute.pipeline.workers import process_context
+from mailroute.store import Store
+from mailroute.store.alerts import AlertMail
+
+log = logs.get("mailroute.service.sender")
+
+
+class SenderFailed(RuntimeError):
+    """The sender process stopped on an error that is not an outage."""
+
+
+@dataclass
+class SentSummary:
+    """What the child's passes did, in plain values that cross a pipe.
+
+    Suppressions and alerts are settled by the child's own passes; the parent only
+    counts (summary line, metrics).
+    """
+
+    sent: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    desk_rejections: list[tuple[int, str]] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
+    smtp_errors: list[str] = field(default_factory=list)
+
+    def add(self, report: DeliveryReport) -> None:
+        self.sent += report.sent
+        self.retried += report.retried
+        self.failed += report.failed
+        self.skipped += report.skipped
+        self.desk_rejections += report.desk_rejections
+        self.suppressed += report.suppressed
+        self.smtp_errors += report.smtp_errors
+
+    def report(self) -> DeliveryReport:
+        return DeliveryReport(sent=self.sent, retried=self.retried, failed=self.failed,
+                              skipped=self.skipped, desk_rejections=self.desk_rejections,
+                              suppressed=self.suppressed, smtp_errors=self.smtp_errors)
+
+
+class SenderProcess:
+    """Outbox passes in a child process while the caller drains (a context manager).
+
+    ``wake`` asks for a pass now; leaving the block stops the child after its current
+    pass and collects what it sent (``delivery``). A TransientError in the child is
+    logged there and ends it quietly; any other error is raised here on leaving.
+    """
+
+    def __init__(self, config: Config, alert_mail: AlertMail, idle: float,
+                 mailbox: str | None = None) -> None:
+        ctx = process_context()
+        self._wakeup = ctx.Event()
+        self._done = ctx.Event()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=_serve, name="mailroute-outbox", daemon=True,
+            args=(config, alert_mail, idle, mailbox, self._wakeup, self._done, child_end))
+        self._child_end = child_end
+        self.delivery = DeliveryReport()
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+
+    def __enter__(self) -> SenderProcess:
+        self._process.start()
+        self._child_end.close()  # the child holds the only writing end: EOF when it dies
+        self.pid = self._process.pid
+        return self
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._wakeup.set()
+        try:
+            summary, error = self._results.recv()
+        except (EOFError, OSError):  # killed, or died before it could say
+            self._process.join()
+            summary = SentSummary()
+            error = f"the outbox process ended without a word (exit code {self._process.exitcode})"
+        self._process.join()
+        self.exitcode = self._process.exitcode
+        self._results.close()
+        self.delivery = summary.report()
+        if error is not None and exc_info[0] is None:
+            raise SenderFailed(error)
+
+
+def _serve(
+    config: Config,
+    alert_mail: AlertMail,
+    idle: float,
+    mailbox: str | None,
+    wakeup: Any,
+    done: Any,
+    results: multiprocessing.connection.Connection,
+) -> None:
+    """The child: a pass on each wake (or every ``idle`` s) until told to stop."""
+    logs.configure(config.logging.level, config.logging.format)
+    if mailbox is not None:
+        structlog.contextvars.bind_contextvars(mailbox=mailbox)
+    threading.Thread(target=_stop_with_parent, args=(done, wakeup), name="parent-watch",
+                     daemon=True).start()
+    summary, error = SentSummary(), None
+    store = Store(config.database.url)
+    store.use_webhooks(config.webhooks)
+    try:
+        while not done.is_set():
+            wakeup.wait(idle)
+            wakeup.clear()
+            if done.is_set():
+                break  # the final pass after the drain sends the rest
+            try:
+                summary.add(deliver_due(store, config.smtp, config.replies,
+                                        datetime.now(UTC), SESSIONS, alert_mail))
+            except TransientError as exc:
+                log.warning("outbox paused until the drain ends", error=str(exc))
+                break
+            except Exception as exc:  # said to the parent, raised there after the drain
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("outbox stopped", error=error)
+                break
+    finally:
+        store.dispose()
+        log.info("outbox process finished", sent=len(summary.sent),
+                 retrying=len(summary.retried), failed=len(summary.failed))
+        results.send((summary, error))
+        results.close()
+
+
+def _stop_with_parent(done: Any, wakeup: Any) -> None:
+    """A parent killed mid-drain leaves no one to stop this child: stop it after its pass."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    done.set()
+    wakeup.set()

@@ -1,0 +1,138 @@
+"""The outbox process of ``run --once``: replies sent beside the drain, from another process.
+
+Against a real SMTP server (aiosmtpd) and SQLite or PostgreSQL. What is checked is what
+the daemon relies on: the replies the child sent come back to the parent as ids, each
+reply goes out once, a child that dies is reported, and a child whose parent was killed
+leaves by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from support.processes import running
+from support.smtp import SmtpSink
+from support.waiting import wait_until
+
+from mailroute.config import Config
+from mailroute.core.compose import Identity
+from mailroute.service.sender import SenderFailed, SenderProcess
+from mailroute.store import Store
+from mailroute.store.alerts import AlertMail
+from mailroute.store.models import OutboxItem
+
+QUEUED_AT = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # due by any wall clock of these tests
+ALERTS = AlertMail(Identity("servicedesk@example.com", "ServiceDesk"), None)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
+    store.upgrade()
+    yield store
+    store.dispose()
+
+
+def config_for(database_url: str, sink: SmtpSink | None) -> Config:
+    smtp = {"host": sink.host, "port": sink.port, "security": "none", "timeout": 5} if sink else {}
+    return Config.model_validate({"database": {"url": database_url}, "smtp": smtp,
+                                  "logging": {"level": "warning"}})
+
+
+def queue(store: Store, number: int) -> int:
+    raw = (f"From: ServiceDesk <servicedesk@example.com>\r\nTo: c{number}@customer.example\r\n"
+           f"Subject: [SD-{number:06d}] test\r\nMessage-ID: <r{number}@example.com>\r\n\r\nhi\r\n"
+           ).encode()
+    with store.transaction() as session:
+        item = OutboxItem(kind="acknowledgement", sender="servicedesk@example.com",
+                          recipient=f"c{number}@customer.example",
+                          message_id=f"<r{number}@example.com>", subject="s", raw=raw,
+                          state="pending", attempts=0, not_before=QUEUED_AT,
+                          created_at=QUEUED_AT)
+        session.add(item)
+        session.flush()
+        return item.id
+
+
+def test_replies_queued_during_a_drain_go_out_from_a_process_of_its_own(
+    store: Store, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    # idle=60: only ``wake`` can start a pass within this test's time
+    with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
+        first = [queue(store, n) for n in range(1, 4)]
+        sender.wake()
+        smtp_sink.wait_for(3, timeout=30)
+        second = [queue(store, n) for n in range(4, 8)]  # a later batch, a later pass
+        sender.wake()
+        received = smtp_sink.wait_for(7, timeout=30)
+
+    assert sender.pid is not None and sender.pid != os.getpid()
+    assert sender.exitcode == 0
+    assert sorted(sender.delivery.sent) == sorted(first + second)
+    ids = [mail.message["Message-ID"] for mail in received]
+    assert sorted(ids) == sorted(f"<r{n}@example.com>" for n in range(1, 8))  # once each
+    with store.transaction() as session:
+        states = set(session.scalars(select(OutboxItem.state)))
+    assert states == {"sent"}
+
+
+def test_nothing_is_sent_before_a_wake_or_the_idle_time(
+    store: Store, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    queue(store, 1)
+    with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
+        time.sleep(1.5)
+        early = len(smtp_sink.received())
+    # leaving stops the child without a pass: the final pass after the drain is the daemon's
+    assert early == 0 and sender.delivery.sent == []
+
+
+def test_a_child_that_dies_is_reported_when_the_drain_ends(
+    database_url: str, smtp_sink: SmtpSink
+) -> None:
+    with pytest.raises(SenderFailed, match="ended without a word"):
+        with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
+            assert sender.pid is not None
+            os.kill(sender.pid, signal.SIGKILL)
+            wait_until(lambda: not running(sender.pid or 0), timeout=10)
+
+
+_PARENT = """
+import sys, time
+from mailroute.config import Config
+from mailroute.core.compose import Identity
+from mailroute.service.sender import SenderProcess
+from mailroute.store.alerts import AlertMail
+config = Config.model_validate({"database": {"url": sys.argv[1]}})
+sender = SenderProcess(config, AlertMail(Identity("a@example.com", "A"), None), idle=600)
+sender.__enter__()
+print(sender.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_the_child_leaves_when_its_parent_is_killed(sqlite_url: str) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, sqlite_url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert running(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.communicate(timeout=20)  # a child holding on would keep stderr open
+        wait_until(lambda: not running(child), timeout=10)
+        assert not running(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
