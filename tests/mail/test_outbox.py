@@ -16,6 +16,7 @@ from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
 from mailroute.config import RepliesConfig, SmtpConfig
 from mailroute.core.compose import Identity
+from mailroute.mail import outbox
 from mailroute.mail.outbox import DeliveryReport, backoff, deliver_due
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
@@ -151,7 +152,6 @@ def test_each_reply_is_marked_sent_before_the_next_one_goes(
     """At-least-once stays one reply wide: when the server is handed a reply, every reply
     it accepted before is already 'sent' in the database (one commit per reply, not per
     batch), across claim batches."""
-    from mailroute.mail import outbox
 
     count = outbox.BATCH + 3
     replies = [queue(store, number) for number in range(1, count + 1)]
@@ -194,7 +194,6 @@ def test_a_claim_takes_a_bounded_batch_so_a_crash_strands_few(
 
 def test_one_smtp_session_serves_every_batch(store: Store, smtp_sink: SmtpSink) -> None:
     """Replies of several claim batches go over one connection (one EHLO, one QUIT)."""
-    from mailroute.mail import outbox
 
     for number in range(1, 2 * outbox.BATCH + 2):
         queue(store, number)
@@ -207,7 +206,6 @@ def test_one_smtp_session_serves_every_batch(store: Store, smtp_sink: SmtpSink) 
 
 def counting_connects(patch: pytest.MonkeyPatch) -> list[str]:
     """Record every SMTP connection the outbox opens."""
-    from mailroute.mail import outbox
 
     connects: list[str] = []
     real_connect = outbox._connect
@@ -268,7 +266,6 @@ def test_an_error_stops_every_session_after_the_reply_in_hand(
     """The database fails marking one reply: the run raises once every session stopped;
     that reply is remembered, none is cut off mid-send, the rest wait for their lease."""
     from mailroute.errors import TransientError
-    from mailroute.mail import outbox
 
     count = outbox.SESSIONS * outbox.BATCH
     for number in range(1, count + 1):
@@ -308,7 +305,6 @@ def test_a_dropped_database_connection_is_replaced_between_replies(
     PostgreSQL only: a SQLite file has no server to drop the connection."""
     from sqlalchemy import text
 
-    from mailroute.mail import outbox
 
     store = Store(postgres_url)
     store.upgrade()
@@ -624,3 +620,29 @@ def test_a_run_that_meets_only_smtp_trouble_opens_the_smtp_down_alert(
     assert len(later.sent) == 1
     health = check_health(store, HealthConfig(), NOW + timedelta(minutes=1))
     assert not [p for p in health.problems if "SMTP" in p]
+
+
+def _durability(conn: Any) -> tuple[object, str]:
+    """(the driver connection, its commit durability setting)."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        return driver, {1: "NORMAL", 2: "FULL"}.get(
+            conn.exec_driver_sql("PRAGMA synchronous").scalar(), "?")
+    return driver, str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+
+def test_bookkeeping_commits_do_not_wait_for_the_disk_and_the_pool_gets_them_back(
+    store: Store,
+) -> None:
+    """Marks and claims commit without waiting for the disk (a lost one only resends a
+    reply); the connection goes back to the pool with the store's usual durability."""
+    books = outbox._Books(store)
+    driver, during = books.run(_durability)
+    books.close()
+    with store.engine.connect() as conn:
+        again, after = _durability(conn)
+        conn.rollback()
+
+    assert again is driver  # the same connection, back from the pool
+    assert during == ("NORMAL" if store.is_sqlite else "off")
+    assert after == ("FULL" if store.is_sqlite else "on")

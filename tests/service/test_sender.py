@@ -99,11 +99,11 @@ def test_nothing_is_sent_before_a_wake_or_the_idle_time(
 def test_a_child_that_dies_is_reported_when_the_drain_ends(
     database_url: str, smtp_sink: SmtpSink
 ) -> None:
-    with pytest.raises(SenderFailed, match="ended without a word"):
-        with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
-            assert sender.pid is not None
-            os.kill(sender.pid, signal.SIGKILL)
-            wait_until(lambda: not running(sender.pid or 0), timeout=10)
+    sender = SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60)
+    with pytest.raises(SenderFailed, match="ended without a word"), sender:
+        assert sender.pid is not None
+        os.kill(sender.pid, signal.SIGKILL)
+        wait_until(lambda: not running(sender.pid or 0), timeout=10)
 
 
 _PARENT = """
