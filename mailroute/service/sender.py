@@ -51,6 +51,7 @@ class SentSummary:
     counts (summary line, metrics).
     """
 
+    paused: str | None = None  # the outage that ended the child early, if one did
     sent: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
@@ -93,6 +94,7 @@ class SenderProcess:
             args=(config, alert_mail, idle, mailbox, self._wakeup, self._done, child_end))
         self._child_end = child_end
         self.delivery = DeliveryReport()
+        self.paused: str | None = None  # the database or other outage that stopped it
         self.pid: int | None = None
         self.exitcode: int | None = None
 
@@ -118,6 +120,7 @@ class SenderProcess:
         self.exitcode = self._process.exitcode
         self._results.close()
         self.delivery = summary.report()
+        self.paused = summary.paused
         if error is not None and exc_info[0] is None:
             raise SenderFailed(error)
 
@@ -151,6 +154,7 @@ def _serve(
                                         datetime.now(UTC), SESSIONS, alert_mail))
             except TransientError as exc:
                 log.warning("outbox paused until the drain ends", error=str(exc))
+                summary.paused = str(exc)
                 break
             except Exception as exc:  # said to the parent, raised there after the drain
                 error = f"{type(exc).__name__}: {exc}"

@@ -316,8 +316,14 @@ def letter(number: int) -> bytes:
 
 
 def maildir_daemon(tmp_path: Path, sink: SmtpSink, database_url: str, count: int,
-                   batch_size: int) -> Any:
-    """A Daemon on a Maildir of ``count`` letters that each get an acknowledgement."""
+                   batch_size: int, clock: Callable[[], Any] | None = None,
+                   outbox_database_url: str | None = None) -> Any:
+    """A Daemon on a Maildir of ``count`` letters that each get an acknowledgement.
+
+    ``clock``: the daemon's own (not the wall's: its replies go from a thread).
+    ``outbox_database_url``: what the config says, while the daemon's store uses
+    ``database_url`` (the outbox process opens the config's).
+    """
     from mailroute.config import Config
     from mailroute.service.daemon import Daemon
     from mailroute.store import Store
@@ -334,12 +340,14 @@ def maildir_daemon(tmp_path: Path, sink: SmtpSink, database_url: str, count: int
         "mailbox": {"maildir": str(maildir), "address": "servicedesk@example.com",
                     "batch_size": batch_size},
         "smtp": {"host": sink.host, "port": sink.port, "security": "none"},
-        "database": {"url": database_url},
+        "database": {"url": outbox_database_url or database_url},
         "replies": {"window": "always"},
     })
     store = Store(database_url)
     store.upgrade()
-    return Daemon(config, store)
+    if clock is None:
+        return Daemon(config, store)
+    return Daemon(config, store, clock=clock)
 
 
 class Watched:
@@ -434,6 +442,77 @@ def flaky_outbox(monkeypatch: pytest.MonkeyPatch) -> tuple[list[BaseException], 
     return failures, calls
 
 
+def wall_clock() -> Any:
+    """The wall's time, but not ``daemon.utc_now``: such a daemon sends from a thread."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def sender_of(daemon: Any) -> list[Any]:
+    """Collect what ``run_once`` sends replies with while it drains."""
+    made: list[Any] = []
+    real = daemon._sender
+
+    def keep(*args: Any) -> Any:
+        made.append(real(*args))
+        return made[-1]
+
+    daemon._sender = keep
+    return made
+
+
+def test_run_once_outbox_process_pauses_on_a_database_error(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    """The outbox process cannot reach the database (its config names a closed port):
+    it stops quietly until the drain ends, and the final pass sends everything."""
+    from mailroute.service.sender import SenderProcess
+
+    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2,
+                            outbox_database_url="postgresql+psycopg://root@127.0.0.1:9/none")
+    made = sender_of(daemon)
+    watching(daemon, smtp_sink, 3, lambda: bool(made) and not made[0]._process.is_alive())
+    try:
+        report = daemon.run_once()
+    finally:
+        daemon.store.dispose()
+    (sender,) = made
+    assert isinstance(sender, SenderProcess) and sender.exitcode == 0
+    assert sender.paused is not None and "database unavailable" in sender.paused
+    assert sender.delivery.sent == []
+    assert report.drain.count("processed") == 6
+    assert len(report.delivery.sent) == 6
+    assert len(smtp_sink.wait_for(6)) == 6
+
+
+def test_run_once_raises_a_bug_in_the_outbox_process_after_the_drain(
+    tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    """The outbox process meets a database without the outbox table (not an outage):
+    the drain is finished first, then run_once raises what the process said."""
+    from sqlalchemy import text
+    from support.databases import fresh_postgres_database
+
+    from mailroute.service.sender import SenderFailed
+
+    with fresh_postgres_database() as empty:
+        daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2,
+                                outbox_database_url=empty)
+        made = sender_of(daemon)
+        watching(daemon, smtp_sink, 3, lambda: bool(made) and not made[0]._process.is_alive())
+        try:
+            with pytest.raises(SenderFailed, match='relation "outbox" does not exist'):
+                daemon.run_once()
+            with daemon.store.transaction() as session:
+                pending = session.execute(text("select count(*) from letters"
+                                               " where state = 'pending'")).scalar()
+        finally:
+            daemon.store.dispose()
+    assert pending == 0
+    assert len(list((tmp_path / "Maildir" / ".Processed" / "cur").iterdir())) == 6
+
+
 def test_run_once_outbox_thread_pauses_on_a_database_error(
     tmp_path: Path, smtp_sink: SmtpSink, postgres_url: str,
     flaky_outbox: tuple[list[BaseException], list[str]],
@@ -446,7 +525,8 @@ def test_run_once_outbox_thread_pauses_on_a_database_error(
 
     failures, calls = flaky_outbox
     failures.append(TransientError("database unavailable: test"))
-    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2)
+    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2,
+                            clock=wall_clock)
     watching(daemon, smtp_sink, 3, lambda: "outbox" in calls)
     try:
         report = daemon.run_once()
@@ -467,7 +547,8 @@ def test_run_once_raises_a_bug_in_the_outbox_thread_after_the_drain(
 
     failures, calls = flaky_outbox
     failures.append(RuntimeError("a bug in the outbox"))
-    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2)
+    daemon = maildir_daemon(tmp_path, smtp_sink, postgres_url, 6, batch_size=2,
+                            clock=wall_clock)
     watching(daemon, smtp_sink, 3, lambda: "outbox" in calls)
     try:
         with pytest.raises(RuntimeError, match="a bug in the outbox"):
