@@ -80,14 +80,32 @@ def mailroute_command(*args: str, profile: Path | None = None) -> list[str]:
     """The real CLI, imported from whatever PYTHONPATH says (no console-script shim).
 
     With ``profile``, it runs under pyinstrument (a dev tool: ``pip install pyinstrument``
-    into the venv), which writes its report there (.html, .txt or .json by extension).
+    into the venv), which writes its report there (.html, .txt or .json by extension),
+    or under cProfile for a ``.cprofile`` file (read it with ``bench/cprofile_by_package.py``).
     """
     if profile is None:
         return [sys.executable, "-m", "mailroute", *args]
+    if profile.suffix == ".cprofile":  # every call of the main thread, in its own CPU time
+        return [sys.executable, "-c", _CPROFILE, str(profile), *args]
     renderer = {".html": "html", ".json": "json", ".pstats": "pstats"}.get(
         profile.suffix, "text")
     return [sys.executable, "-m", "pyinstrument", "-r", renderer, "-o", str(profile),
             "-p", "show_all=false", "-m", "mailroute", *args]
+
+
+# cProfile timed by the main thread's own CPU clock: a call that gives up the interpreter
+# lock (a commit, a socket) is not charged for the time another thread then held it.
+_CPROFILE = """
+import cProfile, runpy, sys, time
+out, sys.argv = sys.argv[1], ["mailroute", *sys.argv[2:]]
+profiler = cProfile.Profile(time.thread_time)
+try:
+    profiler.runcall(runpy.run_module, "mailroute", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profiler.dump_stats(out)
+"""
 
 
 # Why a wrapper: Python spawns children with vfork, and Linux carries the parent's RSS

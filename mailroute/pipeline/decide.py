@@ -579,6 +579,7 @@ class _Steps:
     def new_request(self, parent: Request | None = None) -> Outcome:
         parsed, analysis, letter, now = self.parsed, self.analysis, self.letter, self.now
         request = Request(
+            id=self.lookups.next_request_id(),
             number=self.lookups.next_request_number(self.pipeline.request_prefix),
             mailbox=self.pipeline.mailbox or None,
             status="awaiting_customer" if analysis.missing else "new",

@@ -25,6 +25,8 @@ from mailroute.core.reply_policy import Recent
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request
 
+ID_BLOCK = 64  # request ids reserved at a time (PostgreSQL: those unused are a gap)
+
 
 class BatchLookups:
     """Answers for one transaction that decides several letters in turn."""
@@ -70,6 +72,8 @@ class BatchLookups:
         self.replies = repo.ReplyBuffer()  # this batch's replies, written at its end
         self._counter: int | None = None
         self._numbers_taken = 0
+        self._ids: list[int] = []
+        self._last_id: int | None = None
         self._prefix = repo.REQUEST_PREFIX
 
     # ------------------------------------------------------------------ letters
@@ -181,6 +185,15 @@ class BatchLookups:
         return True
 
     # ------------------------------------------------------------------ numbers
+
+    def next_request_id(self) -> int:
+        """An id for a request this batch makes, reserved ahead (``repo.reserve_request_ids``)
+        so that the flush inserts the batch's requests in one executemany: an id the
+        database picks must be read back, one ``INSERT ... RETURNING`` a request."""
+        if not self._ids:
+            self._ids = repo.reserve_request_ids(self.session, ID_BLOCK, after=self._last_id)
+            self._last_id = self._ids[-1]
+        return self._ids.pop(0)
 
     def next_request_number(self, prefix: str = repo.REQUEST_PREFIX) -> str:
         """The next request number; the counter row is locked at the first, written at

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, true, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -617,6 +617,26 @@ def pending_reply(
         not_before=not_before,
         created_at=now,
     )
+
+
+def reserve_request_ids(session: Session, count: int, after: int | None = None) -> list[int]:
+    """``count`` ids for requests this transaction will insert, in order.
+
+    PostgreSQL draws them from the column's own sequence, as an insert would (ids a
+    transaction does not use stay a gap, as after a rollback). SQLite numbers rows
+    max(id) + 1 on; the transaction holds the write lock (BEGIN IMMEDIATE), so those
+    are its own until it ends. ``after``: the last id this transaction reserved before
+    (its rows may not be flushed yet, so max(id) would not see them).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            text("SELECT nextval(pg_get_serial_sequence('requests', 'id'))"
+                 " FROM generate_series(1, :count)"), {"count": count})
+        return [int(value) for (value,) in rows]
+    if after is None:
+        with session.no_autoflush:
+            after = session.scalar(select(func.max(Request.id))) or 0
+    return list(range(after + 1, after + 1 + count))
 
 
 @dataclass

@@ -7,9 +7,10 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 
 from mailroute.errors import DatabaseNotReady
 from mailroute.store import Store
@@ -233,3 +234,43 @@ def test_a_read_does_not_wait_for_a_writer(tmp_path: Path) -> None:
         store.dispose()
     assert seen == 0  # the snapshot before the writer's commit
     assert waited < 5  # it did not wait out the writer (which holds the lock for 10 s)
+
+
+def _request(request_id: int, number: str) -> Any:
+    from mailroute.store.models import Request
+
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    return Request(id=request_id, number=number, status="new", request_type="incident",
+                   priority="normal", requester="a@example.com", language="ru",
+                   created_at=now, updated_at=now, clarifications=0)
+
+
+def test_request_ids_reserved_ahead_are_fresh_across_blocks_and_transactions(
+    store: Store,
+) -> None:
+    """A batch takes its requests' ids ahead (so their INSERTs go in one executemany):
+    more than one block in a transaction, and the next transaction, never repeat one."""
+    from mailroute.store.lookups import ID_BLOCK, BatchLookups
+    from mailroute.store.models import Request
+
+    store.upgrade()
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    taken: list[int] = []
+    for batch in range(2):
+        with store.transaction() as session:
+            lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
+                                   attachment_hashes=[], replies_since=since)
+            for n in range(ID_BLOCK + 6):  # past one block
+                request_id = lookups.next_request_id()
+                taken.append(request_id)
+                session.add(_request(request_id, f"T-{batch}-{n}"))
+    assert len(set(taken)) == len(taken) == 2 * (ID_BLOCK + 6)
+    assert taken == sorted(taken)
+    with store.transaction() as session:  # the database's own numbering goes on after them
+        later = Request(**{c: getattr(_request(0, "T-later"), c) for c in (
+            "number", "status", "request_type", "priority", "requester", "language",
+            "created_at", "updated_at", "clarifications")})
+        session.add(later)
+        session.flush()
+        assert later.id > max(taken)
+        assert session.scalar(select(func.count()).select_from(Request)) == len(taken) + 1
