@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -275,7 +276,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
     with database(args.db, workdir, number) as url:
         config = write_config(
             workdir / f"config-{number}.toml", account=account, sink=sink, database_url=url,
-            window="always", extra={"logging": {"level": args.log_level}, "replies": UNCAPPED},
+            window="always", extra=config_extra(args),
         )
         upgrade(source, config)
         log = workdir / f"mailroute-{number}.log"
@@ -339,6 +340,19 @@ def lag_text(lags: list[float]) -> str:
             f"({len(lags)} replies): a crash then sends it again")
 
 
+def config_extra(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The bench's own config keys, then each ``--set`` (which wins)."""
+    extra: dict[str, dict[str, Any]] = {"logging": {"level": args.log_level},
+                                        "replies": dict(UNCAPPED)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        if not (section and key and value):
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        extra.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+    return extra
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -346,6 +360,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on fresh state")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config key for this run (a what-if; repeatable), e.g. "
+                             "mailbox.batch_size=200; VALUE is read as TOML")
     parser.add_argument("--profile", type=Path,
                         help="run mailroute under pyinstrument, report to this file")
     parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here on failure")
