@@ -30,6 +30,10 @@ from mailroute.core.words import tokens
 MISSING_ORDER = ("subject", "description", "organization", "registration_number")
 BLANK_SUBJECTS = frozenset({"", "(без темы)", "без темы", "(no subject)", "no subject"})
 MIN_DESCRIPTION_WORDS = 3
+# The steps ``analyze`` tells its ``stage`` callback, in order (a worker shares the
+# one it is in as an index into this: tests/core/test_verdict.py keeps it complete).
+STAGES = ("analyze:quotes", "analyze:language", "analyze:machine_mail",
+          "analyze:description", "analyze:classify", "analyze:organization", "analyze:route")
 # Words that state nothing about the request on their own ("во вложении", "помогите").
 _FILLER_STEMS = (
     "влож", "прилага", "прилож", "прикреп", "файл", "скрин", "подробн", "attach", "screenshot",

@@ -4,12 +4,15 @@ process, under a time budget.
 A letter is hostile input: one crafted letter once sent a regular expression into
 backtracking for minutes, and every letter behind it waited. So no letter is
 understood in the daemon's own process. A worker (a forkserver child, so nothing of
-the daemon's threads is copied) understands letters one after another and says
-which stage it is in; the process that started it watches the CPU time the letter
-has cost. A letter over ``letter_seconds`` (CPU, or ten times that in wall time for
-a worker that is stuck without spending CPU) is given up: the worker is killed, the
-letter gets a ``Fault`` naming the stage that overran and the budget (it is
-quarantined, its bytes kept), a fresh worker takes the letters after it. A stop
+the daemon's threads is copied) understands letters one after another, sends each
+verdict as it is reached and keeps the stage it is in where the process that
+started it can read it (shared memory, read only when a letter overruns or its
+worker dies: a message per stage cost the daemon's process ten pipe reads a
+letter); that process watches the CPU time the letter has cost. A letter over
+``letter_seconds`` (CPU, or ten times that in wall time for a worker that is stuck
+without spending CPU) is given up: the worker is killed, the letter gets a
+``Fault`` naming the stage that overran and the budget (it is quarantined, its
+bytes kept), a fresh worker takes the letters after it. A stop
 (SIGTERM) kills the worker at once and raises ``Interrupted``: the letters in hand
 stay pending for the next run.
 
@@ -21,6 +24,7 @@ cores (``workers`` processes; at least one).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import math
 import multiprocessing
@@ -40,7 +44,7 @@ from pathlib import Path
 
 from mailroute import logs
 from mailroute.core.letter import ParsedLetter, ParseLimits, parse
-from mailroute.core.verdict import Analysis, AnalysisContext, analyze
+from mailroute.core.verdict import STAGES, Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
 
 log = logs.get("mailroute.pipeline.workers")
@@ -244,22 +248,17 @@ class _Slot:
             if message is not None:
                 kind, payload, cpu_now = message
                 if kind == "died":
-                    return letter.stage, Fault("died", worker.exit_reason())
-                if kind == "stage":
-                    if payload == "parse":
-                        letter.finish(self.on_slow)
-                        letter = _InHand(cpu_now)
-                    letter.stage = str(payload)
-                else:
-                    assert isinstance(payload, Understood)
-                    verdicts.append(payload)
-                    letter.finish(self.on_slow)
-                    letter = _InHand(cpu_now)
+                    return worker.stage(), Fault("died", worker.exit_reason())
+                assert isinstance(payload, Understood)
+                verdicts.append(payload)
+                letter.finish(self.on_slow)
+                letter = _InHand(cpu_now)
                 continue
             cpu, wall = worker.cpu() - letter.cpu_start, time.monotonic() - letter.wall_start
             if cpu > self.budget or wall > self.budget * WALL_FACTOR:
                 letter.finish(self.on_slow)
-                return letter.stage, overran(letter.stage, self.budget, cpu, wall)
+                stage = worker.stage()
+                return stage, overran(stage, self.budget, cpu, wall)
             letter.note_if_slow(self.on_slow)
         letter.finish(self.on_slow)
         return None, None
@@ -283,13 +282,13 @@ class _Slot:
 
 
 class _InHand:
-    """The letter a worker is on: since when, from what CPU time, at what stage."""
+    """The letter a worker is on: since when and from what CPU time (it began when the
+    verdict before it was sent)."""
 
     def __init__(self, cpu_start: float) -> None:
         self.cpu_start = cpu_start
         self.wall_start = time.monotonic()
         self.taken_at = datetime.now(UTC)
-        self.stage = "parse"
         self.noted = False
 
     def note_if_slow(self, on_slow: SlowNote | None) -> None:
@@ -309,6 +308,9 @@ def _in_background(note: SlowNote, moment: datetime | None) -> None:
 
 
 _DIED = ("died", None, 0.0)
+# The stages a worker shares, by their index; one left out of STAGES reads "analyze".
+_STAGES = ("parse", "analyze", *STAGES)
+_STAGE_CODES = {name: code for code, name in enumerate(_STAGES)}
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -319,9 +321,10 @@ class _Worker:
         self.context, self.limits = context, limits
         ctx = process_context()
         self.conn, child = ctx.Pipe()
+        self._stage_code = ctx.RawValue(ctypes.c_int, 0)  # one aligned int: no torn read
         self.process: BaseProcess = ctx.Process(
-            target=_serve, args=(child, context, limits), name="mailroute-understand",
-            daemon=True,
+            target=_serve, args=(child, self._stage_code, context, limits),
+            name="mailroute-understand", daemon=True,
         )
         self.process.start()
         child.close()
@@ -337,7 +340,7 @@ class _Worker:
             self.conn.send((raws, cpu_backstop))  # if it died, the next receive says so
 
     def receive(self, timeout: float) -> tuple[str, object, float] | None:
-        """The worker's next message ("stage", name, cpu) or ("done", verdict, cpu); None
+        """The worker's next message ("done", verdict, cpu); None
         if none came in ``timeout``; ("died", None, 0) if it died."""
         try:
             if not self.conn.poll(timeout):
@@ -346,6 +349,10 @@ class _Worker:
             return message
         except (EOFError, OSError):
             return _DIED
+
+    def stage(self) -> str:
+        """The stage the worker is in (or was in when it died)."""
+        return _STAGES[self._stage_code.value]
 
     def cpu(self) -> float:
         """CPU seconds the worker has used; wall time since its start where /proc is absent.
@@ -418,13 +425,17 @@ def process_context() -> multiprocessing.context.ForkServerContext:
 
 
 def _serve(
-    conn: multiprocessing.connection.Connection, context: AnalysisContext, limits: ParseLimits
+    conn: multiprocessing.connection.Connection,
+    stage_code: ctypes.c_int,
+    context: AnalysisContext,
+    limits: ParseLimits,
 ) -> None:
-    """The worker: understand each batch received, saying each stage as it begins."""
+    """The worker: understand each batch received, keeping the stage it is in where
+    its parent reads it, and sending each verdict."""
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
 
     def stage(name: str) -> None:
-        conn.send(("stage", name, time.process_time()))
+        stage_code.value = _STAGE_CODES.get(name, 1)
 
     while True:
         try:

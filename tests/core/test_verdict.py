@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailroute import config
-from mailroute.core.verdict import analyze, has_description
+from mailroute.core.verdict import STAGES, analyze, has_description
 from mailroute.packaged import analysis_context
 from tests.support.letter import DESK, letter
 
@@ -26,6 +26,14 @@ def test_ignored_letters_carry_nothing_but_the_reason_and_language() -> None:
         "action": "ignore", "ignore_reason": "auto_reply", "request_type": None,
         "priority": None, "organization": None, "registration_number": None, "missing": [],
         "reply": "none", "language": "ru", "queue": None, "reasons": []}
+
+
+def test_a_ticket_passes_every_listed_stage_in_order_and_no_other() -> None:
+    """A worker shares its stage as an index into STAGES; one missing from it would be
+    said by a message per letter instead (slower, still right)."""
+    told: list[str] = []
+    analyze(letter("Не проводится документ, ошибка." + SIGNATURE), CONTEXT, told.append)
+    assert tuple(told) == STAGES
 
 
 def test_missing_items_in_spec_order() -> None:
