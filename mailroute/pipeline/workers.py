@@ -29,6 +29,7 @@ import itertools
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import queue
 import resource
@@ -422,6 +423,14 @@ def process_context() -> multiprocessing.context.ForkServerContext:
         ctx.set_forkserver_preload(["mailroute.pipeline.workers"])
         _preloaded = True
     return ctx
+
+
+def start_early() -> None:
+    """Start the forkserver now, beside the rest of start-up, instead of when the first
+    batch is handed to a worker: it imports mailroute before it can fork one (~0.5 s of
+    the other core), and that batch waited for it."""
+    process_context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def _serve(
