@@ -42,9 +42,13 @@ class Source:
         return os.environ | {"PYTHONPATH": os.pathsep.join([*paths, *([old] if old else [])])}
 
     def activate(self) -> None:
-        """Import mailroute and the test harness from this tree in the current process."""
+        """Import mailroute and the test harness from this tree in the current process,
+        and in the processes it starts: Python 3.11's forkserver ignores the sys.path it
+        is handed and imports its preloaded modules from PYTHONPATH and the editable
+        install, so workers ran the working tree's code beside a snapshot's daemon."""
         for path in (self.root / "tests", self.root):
             sys.path.insert(0, str(path))
+        os.environ["PYTHONPATH"] = self.env()["PYTHONPATH"]
 
 
 def _git(*args: str) -> str:
