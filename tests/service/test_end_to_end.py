@@ -198,7 +198,8 @@ def test_sigkill_during_backlog_yields_one_request_per_letter(
     config = upgraded(write_config(
         tmp_path / "config.toml", account=imap_account, sink=smtp_sink,
         database_url=database_url,
-        extra={"mailbox": {"batch_size": 10}, "replies": {"claim_timeout": 3}},
+        extra={"mailbox": {"batch_size": 10}, "replies": {"claim_timeout": 3},
+               "smtp": {"timeout": 2}},
     ))
     for number in range(count):
         imap_account.append(backlog_letter(number))
@@ -215,7 +216,9 @@ def test_sigkill_during_backlog_yields_one_request_per_letter(
         daemon.send_signal(signal.SIGKILL)
         daemon.communicate(timeout=10)
         kills += 1
-    time.sleep(3)  # replies a killed instance had claimed become free again
+    # Replies a killed instance had claimed are free again when its lease ends: never
+    # before three [smtp] timeouts (a send may take two), so 6 s here.
+    time.sleep(6)
     final = mailroute(config, "run", "--once")
     assert final.returncode == 0, final.stderr
 
