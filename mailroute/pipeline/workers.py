@@ -12,9 +12,9 @@ letter); that process watches the CPU time the letter has cost. A letter over
 ``letter_seconds`` (CPU, or ten times that in wall time for a worker that is stuck
 without spending CPU) is given up: the worker is killed, the letter gets a
 ``Fault`` naming the stage that overran and the budget (it is quarantined, its
-bytes kept), a fresh worker takes the letters after it. A stop
-(SIGTERM) kills the worker at once and raises ``Interrupted``: the letters in hand
-stay pending for the next run.
+bytes kept), a fresh worker takes the letters after it. A stop (SIGTERM) kills the
+worker at once and raises ``Interrupted``: the letters in hand stay pending for the
+next run.
 
 Parsing and analysing are most of a letter's CPU time, so while the main process
 stores one batch a worker can already understand the next: a backlog uses both
@@ -312,6 +312,7 @@ _DIED = ("died", None, 0.0)
 # The stages a worker shares, by their index; one left out of STAGES reads "analyze".
 _STAGES = ("parse", "analyze", *STAGES)
 _STAGE_CODES = {name: code for code, name in enumerate(_STAGES)}
+_UNLISTED_STAGE = _STAGE_CODES["analyze"]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -341,8 +342,8 @@ class _Worker:
             self.conn.send((raws, cpu_backstop))  # if it died, the next receive says so
 
     def receive(self, timeout: float) -> tuple[str, object, float] | None:
-        """The worker's next message ("done", verdict, cpu); None
-        if none came in ``timeout``; ("died", None, 0) if it died."""
+        """The worker's next verdict as ("done", verdict, cpu); None if none came in
+        ``timeout``; ("died", None, 0) if it died."""
         try:
             if not self.conn.poll(timeout):
                 return None if self.process.is_alive() else _DIED
@@ -444,7 +445,7 @@ def _serve(
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
 
     def stage(name: str) -> None:
-        stage_code.value = _STAGE_CODES.get(name, 1)
+        stage_code.value = _STAGE_CODES.get(name, _UNLISTED_STAGE)
 
     while True:
         try:

@@ -30,7 +30,7 @@ def test_ignored_letters_carry_nothing_but_the_reason_and_language() -> None:
 
 def test_a_ticket_passes_every_listed_stage_in_order_and_no_other() -> None:
     """A worker shares its stage as an index into STAGES; one missing from it would be
-    said by a message per letter instead (slower, still right)."""
+    named only "analyze" when a letter overruns there."""
     told: list[str] = []
     analyze(letter("Не проводится документ, ошибка." + SIGNATURE), CONTEXT, told.append)
     assert tuple(told) == STAGES
