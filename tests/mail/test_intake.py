@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -177,3 +178,39 @@ def test_imap_wait_returns_at_once_for_mail_that_came_after_the_last_command(
         assert time.monotonic() - started < 5
     finally:
         source.close()
+
+
+def _fetch_recording_imaplib_messages(account: ImapAccount) -> tuple[bytes, list[str]]:
+    """Fetch the folder's letter, recording what imaplib formats for its debug messages."""
+    source = ImapSource(imap_config(account))
+    messages: list[str] = []
+    try:
+        source.select()
+        source._client._imap._mesg = messages.append  # type: ignore[union-attr]
+        fetched = list(source.fetch(source.list_uids()))
+    finally:
+        source.close()
+    assert len(fetched) == 1
+    return fetched[0].raw, messages
+
+
+def test_imap_fetch_does_not_format_letters_for_a_debug_log_nobody_reads(
+    imap_account: ImapAccount,
+) -> None:
+    """imapclient turns imaplib's debug level up to 5, at which imaplib formats every
+    literal with %r for a logger that then drops the line: most of the CPU a backlog's
+    FETCH cost, and a string several times a large letter's size."""
+    marker = "unformatted-" + "x" * 2000
+    imap_account.append(LETTER.replace(b"one", marker.encode()))
+    raw, messages = _fetch_recording_imaplib_messages(imap_account)
+    assert marker.encode() in raw
+    assert not [m for m in messages if marker in m]
+
+    imaplib_log = logging.getLogger("imapclient.imaplib")
+    level = imaplib_log.level
+    imaplib_log.setLevel(logging.DEBUG)  # an operator tracing IMAP gets every line again
+    try:
+        raw, messages = _fetch_recording_imaplib_messages(imap_account)
+    finally:
+        imaplib_log.setLevel(level)
+    assert [m for m in messages if marker in m]
