@@ -366,6 +366,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path,
                         help="run mailroute under pyinstrument, report to this file")
     parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here on failure")
+    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
     parser.add_argument("--live", action="store_true",
                         help="measure the working tree instead of a snapshot of HEAD")
     args = parser.parse_args()
@@ -374,7 +375,7 @@ def main() -> int:
     failed = False
     try:
         with contextlib.ExitStack() as stack:
-            source = stack.enter_context(source_tree(args.live))
+            source = stack.enter_context(source_tree(args.live, rev=args.rev))
             source.activate()
             from support.dovecot import DovecotServer
             from support.smtp import SmtpSink
