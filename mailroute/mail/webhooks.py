@@ -31,15 +31,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import httpx
 from sqlalchemy import CursorResult, Table, or_, select, update
 
 from mailroute import logs
 from mailroute.config import WebhookConfig
 from mailroute.store import Store
 from mailroute.store.models import WebhookDelivery
+
+if TYPE_CHECKING:
+    import httpx
 
 BATCH = 20  # rows claimed at a time; a crash strands at most these until their lease ends
 GONE = 410
@@ -109,6 +111,8 @@ def deliver_due(
 
     ``transport``: httpx's, for tests that must not open sockets (none do yet).
     """
+    import httpx  # here: a daemon without webhooks never needs it (0.13 s of start-up)
+
     run = _Run(store, {hook.url: hook for hook in hooks}, now, _lease(hooks, now))
     with httpx.Client(follow_redirects=False, transport=transport) as client:
         while True:
@@ -233,6 +237,8 @@ def _post(
 ) -> tuple[int | None, str | None]:
     """POST one event: the HTTP status (None without an answer), and what went wrong
     (None when the receiver took it with a 2xx)."""
+    import httpx
+
     timestamp = str(int(time.time()))
     try:
         response = client.post(hook.url, content=item.payload.encode(),
