@@ -118,6 +118,7 @@ def main() -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--big", type=int, default=50_000_000, help="bytes of the huge letter")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
     parser.add_argument("--live", action="store_true",
                         help="measure the working tree instead of a snapshot of HEAD")
     args = parser.parse_args()
@@ -125,7 +126,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mailroute-bench-memory-"))
     try:
         with contextlib.ExitStack() as stack:
-            source = stack.enter_context(source_tree(args.live))
+            source = stack.enter_context(source_tree(args.live, rev=args.rev))
             source.activate()
             from support.dovecot import DovecotServer
             from support.smtp import SmtpSink
