@@ -5,7 +5,8 @@ batches queue were sent by a thread of that same process, which took turns with 
 for the interpreter lock (on PostgreSQL intake took 9.4 s alone and 12.3 s beside that
 thread, for 2,000 letters). On PostgreSQL a child process, forked from the workers'
 forkserver, runs outbox passes beside intake on the other core: one after each filed batch
-(``wake``), or every ``idle`` seconds. What the outbox promises is unchanged: it is the
+(``wake``), or every ``idle`` seconds, in one event loop whose SMTP sessions stay open
+from one pass to the next (``KeptSessions``). What the outbox promises is unchanged: it is the
 same ``deliver_due``, with its claims, leases and marks, in another process, as a second
 instance would run it. (Not on SQLite, where its marks would wait for intake's write
 lock: ``Daemon._sender`` says why.)
@@ -19,6 +20,8 @@ The child watches its parent and stops after its current pass when the parent is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import threading
@@ -31,7 +34,7 @@ import structlog
 from mailroute import logs
 from mailroute.config import Config
 from mailroute.errors import TransientError
-from mailroute.mail.outbox import SESSIONS, DeliveryReport, deliver_due
+from mailroute.mail.outbox import SESSIONS, DeliveryReport, KeptSessions, deliver_due_async
 from mailroute.pipeline.workers import process_context
 from mailroute.store import Store
 from mailroute.store.alerts import AlertMail
@@ -140,18 +143,39 @@ def _serve(
         structlog.contextvars.bind_contextvars(mailbox=mailbox)
     threading.Thread(target=_stop_with_parent, args=(done, wakeup), name="parent-watch",
                      daemon=True).start()
-    summary, error = SentSummary(), None
+    summary = SentSummary()
     store = Store(config.database.url)
     store.use_webhooks(config.webhooks)
+    kept = KeptSessions(config.smtp)
+    error: str | None = None
+    try:
+        error = asyncio.run(_passes(store, config, alert_mail, idle, wakeup, done, summary,
+                                    kept))
+    finally:
+        store.dispose()
+        log.info("outbox process finished", sent=len(summary.sent),
+                 retrying=len(summary.retried), failed=len(summary.failed),
+                 connections=kept.opened)
+        results.send((summary, error))
+        results.close()
+
+
+async def _passes(
+    store: Store, config: Config, alert_mail: AlertMail, idle: float, wakeup: Any,
+    done: Any, summary: SentSummary, kept: KeptSessions,
+) -> str | None:
+    """The passes, in one event loop, so that their SMTP sessions stay open between
+    them (``KeptSessions``); the error to raise in the parent, if one ended them."""
     try:
         while not done.is_set():
-            wakeup.wait(idle)
+            await asyncio.to_thread(wakeup.wait, idle)
             wakeup.clear()
             if done.is_set():
                 break  # the final pass after the drain sends the rest
             try:
-                summary.add(deliver_due(store, config.smtp, config.replies,
-                                        datetime.now(UTC), SESSIONS, alert_mail))
+                summary.add(await deliver_due_async(
+                    store, config.smtp, config.replies, datetime.now(UTC), SESSIONS,
+                    alert_mail, kept))
             except TransientError as exc:
                 log.warning("outbox paused until the drain ends", error=str(exc))
                 summary.paused = str(exc)
@@ -159,13 +183,11 @@ def _serve(
             except Exception as exc:  # said to the parent, raised there after the drain
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("outbox stopped", error=error)
-                break
+                return error
+        return None
     finally:
-        store.dispose()
-        log.info("outbox process finished", sent=len(summary.sent),
-                 retrying=len(summary.retried), failed=len(summary.failed))
-        results.send((summary, error))
-        results.close()
+        with contextlib.suppress(Exception):  # QUIT is a courtesy; the drain goes on
+            await kept.close()
 
 
 def _stop_with_parent(done: Any, wakeup: Any) -> None:

@@ -646,3 +646,70 @@ def test_bookkeeping_commits_do_not_wait_for_the_disk_and_the_pool_gets_them_bac
     assert again is driver  # the same connection, back from the pool
     assert during == ("NORMAL" if store.is_sqlite else "off")
     assert after == ("FULL" if store.is_sqlite else "on")
+
+
+def passes_with_kept_sessions(store: Store, sink: SmtpSink, batches: list[int],
+                              between: Any = None) -> list[DeliveryReport]:
+    """One outbox pass per batch size, in one event loop sharing ``KeptSessions``
+    (as the outbox process of ``run --once`` does); ``between`` runs after each pass."""
+    import asyncio
+
+    from mailroute.mail.outbox import SESSIONS, KeptSessions, deliver_due_async
+
+    numbers = iter(range(1, 1000))
+
+    async def passes() -> list[DeliveryReport]:
+        kept = KeptSessions(smtp_for(sink))
+        reports = []
+        try:
+            for size in batches:
+                for _ in range(size):
+                    queue(store, next(numbers))
+                reports.append(await deliver_due_async(
+                    store, smtp_for(sink), RepliesConfig(), NOW, SESSIONS, kept=kept))
+                if between is not None:
+                    between()
+                    await asyncio.sleep(0.2)  # the loop sees a dropped connection's EOF
+        finally:
+            await kept.close()
+        return reports
+
+    return asyncio.run(passes())
+
+
+def test_kept_sessions_carry_replies_of_several_passes_over_one_connection(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connects = counting_connects(monkeypatch)
+    reports = passes_with_kept_sessions(store, smtp_sink, [3, 4, 2])
+    assert [len(report.sent) for report in reports] == [3, 4, 2]
+    assert len(connects) == 1
+    assert len({mail.peer for mail in smtp_sink.wait_for(9)}) == 1
+
+
+def test_a_kept_session_idle_too_long_is_closed_not_used(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "KEPT_IDLE_SECONDS", 0.0)
+    connects = counting_connects(monkeypatch)
+    reports = passes_with_kept_sessions(store, smtp_sink, [2, 2])
+    assert [len(report.sent) for report in reports] == [2, 2]
+    assert len(connects) == 2
+
+
+def test_a_kept_session_the_server_dropped_is_opened_again_without_a_retry(
+    store: Store, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restarted between passes drops the kept connection: the next pass opens
+    a new one and sends at once (a reply sent into the dead one would wait for a retry)."""
+
+    def restart() -> None:
+        smtp_sink.stop()
+        smtp_sink.start()
+
+    connects = counting_connects(monkeypatch)
+    reports = passes_with_kept_sessions(store, smtp_sink, [2, 2], between=restart)
+    assert [len(report.sent) for report in reports] == [2, 2]
+    assert not any(report.retried or report.smtp_errors for report in reports)
+    assert len(connects) == 2
+    assert set(states(store).values()) == {"sent"}

@@ -136,3 +136,19 @@ def test_the_child_leaves_when_its_parent_is_killed(sqlite_url: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_the_child_keeps_its_smtp_session_between_passes(
+    store: Store, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """Each pass (one a filed batch) used to open its sessions and close them: a
+    2,000-letter backlog on PostgreSQL made 148 connections for 1,821 replies."""
+    with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
+        for first, last in ((1, 3), (4, 7), (8, 9)):
+            for number in range(first, last + 1):
+                queue(store, number)
+            sender.wake()
+            smtp_sink.wait_for(last, timeout=30)
+    received = smtp_sink.received()
+    assert len(sender.delivery.sent) == 9
+    assert len({mail.peer for mail in received}) == 1

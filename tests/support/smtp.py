@@ -45,6 +45,7 @@ class ReceivedMail:
     rcpt_tos: tuple[str, ...]
     content: bytes
     received_at: float = 0.0  # time.time() when the server accepted it (before its 250)
+    peer: tuple[str, int] | None = None  # the client's address and port: its connection
 
     @functools.cached_property
     def message(self) -> EmailMessage:
@@ -53,13 +54,14 @@ class ReceivedMail:
         return message
 
     @classmethod
-    def from_envelope(cls, envelope: Envelope) -> ReceivedMail:
+    def from_envelope(cls, envelope: Envelope, peer: Any = None) -> ReceivedMail:
         content = envelope.content
         if isinstance(content, str):  # only with decode_data=True, which we do not use
             content = content.encode()
         assert content is not None
         return cls(mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
-                   content=content, received_at=time.time())
+                   content=content, received_at=time.time(),
+                   peer=tuple(peer[:2]) if peer else None)
 
 
 class _RecordingHandler:
@@ -88,7 +90,7 @@ class _RecordingHandler:
         code = self._sink.reply_code
         if code is not None:
             return code
-        self._sink._record(ReceivedMail.from_envelope(envelope))
+        self._sink._record(ReceivedMail.from_envelope(envelope, session.peer))
         return "250 2.0.0 Message accepted for delivery"
 
 
