@@ -151,6 +151,9 @@ def _serve(
     try:
         error = asyncio.run(_passes(store, config, alert_mail, idle, wakeup, done, summary,
                                     kept))
+    except Exception as exc:  # around the passes (their loop, the wait): said like one in them
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("outbox stopped", error=error)
     finally:
         store.dispose()
         log.info("outbox process finished", sent=len(summary.sent),

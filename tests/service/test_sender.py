@@ -152,3 +152,32 @@ def test_the_child_keeps_its_smtp_session_between_passes(
     received = smtp_sink.received()
     assert len(sender.delivery.sent) == 9
     assert len({mail.peer for mail in received}) == 1
+
+
+def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> None:
+    """A failure outside a pass (here the wait for a wake) ends the child like one in a
+    pass: the parent is told, and raises it after the drain."""
+    import multiprocessing
+    import threading
+
+    from mailroute.service import sender as sender_module
+
+    class BrokenWake:
+        def wait(self, timeout: float | None = None) -> bool:
+            raise RuntimeError("the wake is broken")
+
+        def clear(self) -> None:
+            pass
+
+        def set(self) -> None:
+            pass
+
+    store = Store(sqlite_url)
+    store.upgrade()
+    store.dispose()
+    parent_end, child_end = multiprocessing.Pipe(duplex=False)
+    sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, BrokenWake(),
+                         threading.Event(), child_end)
+    summary, error = parent_end.recv()
+    assert error == "RuntimeError: the wake is broken"
+    assert summary.sent == []
