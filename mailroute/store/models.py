@@ -204,8 +204,10 @@ class OutboxItem(Base):
         Index("ix_outbox_state_due", "state", "not_before"),
         Index("ix_outbox_recipient_created", "recipient", "created_at"),
         Index("ix_outbox_counted_created", "counted_as", "created_at"),
-        Index("ix_outbox_domain_created", "recipient_domain", "created_at"),
-        Index("ix_outbox_created", "created_at"),
+        # kind too: the desk-wide and per-domain counts of automatic replies
+        # (repository.automatic_replies_since, replies_to_domains_since) read only these
+        Index("ix_outbox_domain_created_kind", "recipient_domain", "created_at", "kind"),
+        Index("ix_outbox_created_kind", "created_at", "kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

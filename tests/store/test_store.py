@@ -274,3 +274,36 @@ def test_request_ids_reserved_ahead_are_fresh_across_blocks_and_transactions(
         session.flush()
         assert later.id > max(taken)
         assert session.scalar(select(func.count()).select_from(Request)) == len(taken) + 1
+
+
+def test_the_reply_counts_of_each_batch_read_only_an_index(sqlite_url: str) -> None:
+    """Each batch counts the automatic replies of the window, desk-wide and per domain;
+    in a backlog the window holds every reply queued so far. Read from the table, those
+    counts cost 12.6 and 6.4 ms a batch with 9,000 replies queued (and grew with the
+    backlog); from an index that holds ``kind`` as well, 1.1 and 0.9 ms."""
+    from sqlalchemy import event
+
+    store = Store(sqlite_url)
+    store.upgrade()
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    since = datetime(2026, 12, 4, tzinfo=UTC)
+    try:
+        with store.transaction() as session:
+            event.listen(store.engine, "before_cursor_execute", record)
+            try:
+                repo.automatic_replies_since(session, since)
+                repo.replies_to_domains_since(session, ["customer.example"], since)
+            finally:
+                event.remove(store.engine, "before_cursor_execute", record)
+            plans = [" ".join(str(row[-1]) for row in session.connection().exec_driver_sql(
+                         f"EXPLAIN QUERY PLAN {statement}", parameters))
+                     for statement, parameters in statements]
+    finally:
+        store.dispose()
+    assert len(plans) == 2
+    assert all("COVERING INDEX" in plan for plan in plans), plans
