@@ -42,6 +42,7 @@ from common import (
     UNCAPPED,
     Source,
     Usage,
+    add_source_arguments,
     machine_note,
     mailroute_command,
     run_measured,
@@ -366,9 +367,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path,
                         help="run mailroute under pyinstrument, report to this file")
     parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here on failure")
-    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
-    parser.add_argument("--live", action="store_true",
-                        help="measure the working tree instead of a snapshot of HEAD")
+    add_source_arguments(parser)
     args = parser.parse_args()
     terminate_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="mailroute-bench-backlog-"))

@@ -8,6 +8,7 @@ prints its hash. ``--live`` measures the working tree as it is instead.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -200,6 +202,33 @@ def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
     return Usage(data["code"], data["wall"], data["maxrss_kb"] / 1024, data["user"],
                  data["system"], data["helpers"], data["helpers_cpu"],
                  data["helpers_maxrss_kb"] / 1024)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rev`` and ``--live``: which tree :func:`source_tree` gives the script."""
+    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
+    parser.add_argument("--live", action="store_true",
+                        help="measure the working tree instead of a snapshot of HEAD")
+
+
+def outbox_rows(start: int, count: int, at: datetime, *, state: str = "pending",
+                domains: int = 150, body_lines: int = 40) -> list[dict[str, object]]:
+    """Rows of the outbox table (for one ``insert(OutboxItem)``): acknowledgements created
+    and due ``at``, one recipient each, spread over ``domains`` domains, with a body of
+    ``body_lines`` lines of 11 bytes (a reply of ours is 2-3 KB: 250 lines)."""
+    rows: list[dict[str, object]] = []
+    for number in range(start, start + count):
+        recipient = f"c{number}@dom{number % domains}.example"
+        raw = (f"From: ServiceDesk <servicedesk@example.com>\r\nTo: {recipient}\r\n"
+               f"Subject: [SD-{number:06d}] test\r\nMessage-ID: <r{number}@example.com>\r\n"
+               "\r\n" + "body line\r\n" * body_lines).encode()
+        rows.append({"kind": "acknowledgement", "sender": "servicedesk@example.com",
+                     "recipient": recipient, "counted_as": recipient,
+                     "recipient_domain": recipient.partition("@")[2],
+                     "message_id": f"<r{number}@example.com>", "subject": "s", "raw": raw,
+                     "state": state, "attempts": 0 if state == "pending" else 1,
+                     "not_before": at, "created_at": at})
+    return rows
 
 
 def terminate_on_sigterm() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backlog import database, one_run, report, run_mailroute, upgrade
-from common import Source, machine_note, source_tree, terminate_on_sigterm
+from common import Source, add_source_arguments, machine_note, source_tree, terminate_on_sigterm
 from letters import big_letter
 
 TARGET_MB = 200.0  # at N = 10,000 with attachments (issue 7)
@@ -118,9 +118,7 @@ def main() -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--big", type=int, default=50_000_000, help="bytes of the huge letter")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
-    parser.add_argument("--live", action="store_true",
-                        help="measure the working tree instead of a snapshot of HEAD")
+    add_source_arguments(parser)
     args = parser.parse_args()
     terminate_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="mailroute-bench-memory-"))

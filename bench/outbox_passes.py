@@ -26,7 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import machine_note, source_tree, terminate_on_sigterm
+from common import (
+    add_source_arguments,
+    machine_note,
+    outbox_rows,
+    source_tree,
+    terminate_on_sigterm,
+)
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 SINK = """
@@ -50,17 +56,8 @@ def queue(store: Any, count: int, start: int) -> None:
 
     from mailroute.store.models import OutboxItem
 
-    rows = []
-    for number in range(start, start + count):
-        raw = (f"From: ServiceDesk <servicedesk@example.com>\r\nTo: c{number}@customer.example"
-               f"\r\nSubject: [SD-{number:06d}] test\r\nMessage-ID: <r{number}@example.com>\r\n"
-               "\r\n" + "body line\r\n" * 40).encode()
-        rows.append({"kind": "acknowledgement", "sender": "servicedesk@example.com",
-                     "recipient": f"c{number}@customer.example",
-                     "message_id": f"<r{number}@example.com>", "subject": "s", "raw": raw,
-                     "state": "pending", "attempts": 0, "not_before": NOW, "created_at": NOW})
     with store.transaction() as session:
-        session.execute(insert(OutboxItem), rows)
+        session.execute(insert(OutboxItem), outbox_rows(start, count, NOW))
 
 
 def one_run(url: str, port: int, sink_pid: int, kept_sessions: bool, passes: int,
@@ -115,8 +112,7 @@ def main() -> int:
     parser.add_argument("--per-pass", type=int, default=45)
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
-    parser.add_argument("--live", action="store_true", help="the working tree instead")
+    add_source_arguments(parser)
     args = parser.parse_args()
     terminate_on_sigterm()
     from backlog import database

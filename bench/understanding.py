@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from common import machine_note, source_tree, terminate_on_sigterm
+from common import add_source_arguments, machine_note, source_tree, terminate_on_sigterm
 from letters import generate
 
 
@@ -53,8 +53,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=50, help="letters a job (batch_size)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rev", default="HEAD", help="the commit to measure (a snapshot of it)")
-    parser.add_argument("--live", action="store_true", help="the working tree instead")
+    add_source_arguments(parser)
     args = parser.parse_args()
     terminate_on_sigterm()
     raws = [letter.raw for letter in generate(args.n, args.seed)]
