@@ -482,8 +482,20 @@ def test_imap_restart_and_dropped_connections(
     late = make_mail("request", 999, "imap-late")
     config = configured(tmp_path, imap_account, smtp_sink, sqlite_url,
                         mailbox={"batch_size": 5})
-    deliver(imap_account, backlog.mails)
+    # In three parts, the later two delivered just before the drops: a daemon that drains
+    # faster than Dovecot restarts would otherwise have nothing left to drop a batch of.
+    first, *before_drops = (backlog.mails[:100], backlog.mails[100:150], backlog.mails[150:])
+    deliver(imap_account, first)
     recoveries: dict[str, float] = {}
+
+    def one_more_letter() -> None:
+        """A letter delivered once a fault is over: the daemon may have filed all that was
+        left while the fault was still going on (it reconnects while Dovecot's stop()
+        waits for its new session), and a recovery is a letter filed after the fault."""
+        extra = make_mail("request", 990 + len(recoveries), f"imap-after-{len(recoveries)}")
+        backlog.mails.append(extra)
+        deliver(imap_account, [extra])
+
     with books(sqlite_url) as db, running(config, tmp_path / "daemon.log") as daemon:
         filed = lambda: db.filed() or 0  # noqa: E731
         wait_until(lambda: filed() >= 25, 60, "25 letters filed before the restart")
@@ -495,12 +507,15 @@ def test_imap_restart_and_dropped_connections(
             time.sleep(2)
         finally:
             dovecot.start()
-        recoveries["restart"] = _recovery(filed, "after the IMAP server restart")
-        for name in ("dropped 1", "dropped 2"):
+        recoveries["restart"] = _recovery(filed, "after the IMAP server restart",
+                                          then=one_more_letter)
+        for name, part in zip(("dropped 1", "dropped 2"), before_drops, strict=True):
             target = filed() + 25
+            deliver(imap_account, part)
             wait_until(lambda: filed() >= target, 60, "25 more letters filed")  # noqa: B023
             dovecot.kill_connections(imap_account.username)
-            recoveries[name] = _recovery(filed, "after the connections were dropped")
+            recoveries[name] = _recovery(filed, "after the connections were dropped",
+                                         then=one_more_letter)
         wait_until(lambda: filed() == len(backlog.mails), 120, "the whole backlog filed")
         time.sleep(1.5)  # idling now
         dovecot.kill_connections(imap_account.username)
@@ -532,9 +547,13 @@ def test_imap_restart_and_dropped_connections(
     assert max(recoveries.values()) < 10
 
 
-def _recovery(filed: Callable[[], int], what: str) -> float:
-    """Seconds from now until the next letter is filed."""
+def _recovery(filed: Callable[[], int], what: str,
+              then: Callable[[], None] | None = None) -> float:
+    """Seconds from now until the next letter is filed (``then`` runs once the count is
+    taken, so a letter it delivers counts)."""
     before = filed()
+    if then is not None:
+        then()
     return wait_until(lambda: filed() > before, 30, f"a letter filed {what}")
 
 
