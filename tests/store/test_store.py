@@ -35,6 +35,51 @@ def test_fresh_database_is_refused_until_upgraded(store: Store) -> None:
     assert store.upgrade() == store.head_revision()  # idempotent
 
 
+def test_a_database_one_migration_behind_is_refused_naming_both_revisions(store: Store) -> None:
+    """``require_current`` reads the revisions without alembic: it must still tell a
+    database left behind from a current one."""
+    from alembic import command
+
+    from mailroute.store.db import _alembic_config, newest_migration
+
+    head = newest_migration()
+    behind = f"{int(head) - 1:04d}"
+    command.upgrade(_alembic_config(store.url), behind)
+    assert store.current_revision() == behind
+    with pytest.raises(DatabaseNotReady, match=f"is at revision {behind}.*needs {head}"):
+        store.require_current()
+    store.upgrade()
+    store.require_current()
+
+
+def test_the_newest_migration_read_from_file_names_is_alembics_head(store: Store) -> None:
+    """Each script is named after its revision, in one chain counting up: what
+    ``newest_migration`` relies on to name the head without importing alembic."""
+    from alembic.script import ScriptDirectory
+
+    from mailroute.store.db import _alembic_config, newest_migration
+
+    scripts = ScriptDirectory.from_config(_alembic_config(store.url))
+    assert newest_migration() == store.head_revision() == scripts.get_current_head()
+    chain = list(reversed(list(scripts.walk_revisions())))
+    for number, script in enumerate(chain, start=1):
+        assert script.revision == f"{number:04d}"
+        assert Path(str(script.path)).name.startswith(f"{script.revision}_")
+        assert script.down_revision == (f"{number - 1:04d}" if number > 1 else None)
+
+
+def test_the_daemon_starts_without_importing_alembic() -> None:
+    """Alembic is for ``db upgrade``: ``run`` checks the schema without it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, mailroute.cli.run, mailroute.service.daemon;"
+             "print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_request_numbers_are_unique_and_gapless_under_concurrency(store: Store) -> None:
     store.upgrade()
     numbers: list[str] = []
