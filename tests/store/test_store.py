@@ -68,18 +68,6 @@ def test_the_newest_migration_read_from_file_names_is_alembics_head(store: Store
         assert script.down_revision == (f"{number - 1:04d}" if number > 1 else None)
 
 
-def test_the_daemon_starts_without_importing_alembic() -> None:
-    """Alembic is for ``db upgrade``: ``run`` checks the schema without it."""
-    import subprocess
-    import sys
-
-    probe = ("import sys, mailroute.cli.run, mailroute.service.daemon;"
-             "print('alembic' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True)
-    assert done.stdout.strip() == "False"
-
-
 def test_request_numbers_are_unique_and_gapless_under_concurrency(store: Store) -> None:
     store.upgrade()
     numbers: list[str] = []
