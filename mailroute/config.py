@@ -169,7 +169,15 @@ class MailboxConfig(_Connection):
         description="Read a local Maildir instead of IMAP (for hosts whose MTA delivers "
         "locally); folders become Maildir++ subfolders.",
     )
-    batch_size: int = Field(50, ge=1, le=1000, description="Letters fetched per IMAP FETCH.")
+    batch_size: int = Field(
+        100, ge=1, le=1000,
+        description="Letters fetched per IMAP FETCH at most (and decided in one transaction).",
+    )
+    batch_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024,
+        description="Bytes of letters fetched per IMAP FETCH at most, by the server's sizes "
+        "(RFC822.SIZE); a larger letter is fetched alone. Bounds the memory a batch holds.",
+    )
     workers: int = Field(
         1,
         ge=0,

@@ -193,6 +193,26 @@ class ImapSource:
             present = client.search(["UID", f"{self._last_listed + 1}:*"])
         return any(uid > self._last_listed for uid in present)
 
+    def sizes(self, uids: Sequence[str]) -> dict[str, int]:
+        """RFC822.SIZE of these letters, in one FETCH without their bodies.
+
+        A refusal or a broken connection here only means the sizes are unknown (the batch
+        is then cut by count alone): the FETCH of the bodies that follows meets the same
+        trouble and sorts it out letter by letter, or as an outage.
+        """
+        if not uids:
+            return {}
+        wanted = {int(uid) for uid in uids}
+        try:
+            with _mapped("fetch of sizes"):
+                response = self._require().fetch(sorted(wanted), [b"RFC822.SIZE"])
+        except MailboxUnavailable as exc:
+            log.warning("letter sizes unknown", count=len(uids), error=str(exc),
+                        action="batch cut by count")
+            return {}
+        return {str(uid): size for uid, data in response.items()
+                if uid in wanted and isinstance(size := data.get(b"RFC822.SIZE"), int)}
+
     def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter | UnservedLetter]:
         """The letters in one FETCH; if that fails or comes back malformed, one at a time,
         so a letter the server cannot serve is only that letter's problem."""

@@ -42,6 +42,11 @@ class MailSource(Protocol):
     def list_uids(self) -> list[str]:
         """UIDs of all letters in the intake folder, in arrival order."""
 
+    def sizes(self, uids: Sequence[str]) -> dict[str, int]:
+        """The size in bytes of each of these letters, as the server counts it, read
+        without their bodies (what a batch is cut by). A letter gone meanwhile, or every
+        letter when the server will not say, is left out: its size is unknown."""
+
     def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter | UnservedLetter]:
         """The raw bytes of these letters, without marking them seen; a letter the server
         will not serve comes as UnservedLetter, the outage of the server as an error."""

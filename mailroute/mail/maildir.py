@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +36,16 @@ class MaildirSource:
     def list_uids(self) -> list[str]:
         files = self._files()
         return sorted(files, key=lambda uid: (_mtime(files[uid]), uid))
+
+    def sizes(self, uids: Sequence[str]) -> dict[str, int]:
+        files = self._files()
+        found: dict[str, int] = {}
+        for uid in uids:
+            path = files.get(uid)
+            if path is not None:
+                with suppress(OSError):  # filed by someone else meanwhile
+                    found[uid] = path.stat().st_size
+        return found
 
     def fetch(self, uids: Sequence[str]) -> Iterator[FetchedLetter]:
         files = self._files()

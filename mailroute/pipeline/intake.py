@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +48,20 @@ MESSAGE_ID = re.compile(  # printable only: a NUL here made PostgreSQL refuse th
 FAULT_RETRY_FIRST = timedelta(minutes=1)
 FAULT_RETRY_MAX = timedelta(hours=1)
 PROGRESS_EVERY = 10.0  # seconds between progress lines while a backlog drains
+
+
+def within_bytes(uids: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[str]:
+    """The first of ``uids`` whose sizes fit ``budget`` together: never none (a letter
+    larger than the budget is fetched alone). A size not known counts as nothing: the
+    batch is then bounded by its count alone, as it was before sizes were asked."""
+    taken: list[str] = []
+    total = 0
+    for uid in uids:
+        total += sizes.get(uid, 0)
+        if taken and total > budget:
+            break
+        taken.append(uid)
+    return taken
 
 
 def fault_retry_after(attempts: int) -> timedelta:
@@ -194,11 +208,16 @@ class _Pass:
         is decided and filed."""
         ahead: deque[_InFlight] = deque()  # saved, being understood, not decided
         meter = _Progress(len(new), self.counted)
-        for start in range(0, len(new), size):
+        start = 0
+        while start < len(new):
             meter.note(start)
             if self.stop.is_set():
                 return
-            saved = self._save_batch(self._fetch(new[start : start + size]))
+            window = new[start : start + size]
+            uids = window if len(window) == 1 else within_bytes(
+                window, self.source.sizes(window), self.mailbox.batch_bytes)
+            start += len(uids)
+            saved = self._save_batch(self._fetch(uids))
             raws = [raw for _id, raw in saved]
             ahead.append(_InFlight(saved, understanding.submit(raws)))
             if len(ahead) > 1:  # keep one batch being understood while this one is decided

@@ -4,8 +4,8 @@ Dovecot never answers ``NO [SERVERBUG]`` for one letter, sends a literal whose
 length is wrong, or drips its greeting a byte at a time; this server does, on
 command. It speaks just enough IMAP4rev1 for imapclient and mailroute: CAPABILITY,
 LOGIN, SELECT, UID SEARCH (sequence sets, ``UID`` ranges, ALL), UID FETCH
-(``BODY.PEEK[]``, INTERNALDATE, RFC822.SIZE), UID MOVE, UID COPY/STORE/EXPUNGE,
-LIST, CREATE, STATUS, NOOP, LOGOUT. One thread per connection; state is shared
+(``BODY.PEEK[]``, INTERNALDATE, RFC822.SIZE; or the size alone), UID MOVE, UID
+COPY/STORE/EXPUNGE, LIST, CREATE, STATUS, NOOP, LOGOUT. One thread per connection; state is shared
 under a lock.
 
 Faults per UID (``ScriptedImapServer.faults[uid] = ...``):
@@ -54,6 +54,7 @@ class ScriptedImapServer:
     drip_interval: float = 0.2
     folders: dict[str, list[Message]] = field(default_factory=lambda: {"INBOX": []})
     fetches: list[str] = field(default_factory=list)  # UID sets of every FETCH, in order
+    size_fetches: list[str] = field(default_factory=list)  # of those asking only sizes
     port: int = 0
     _next_uid: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -249,7 +250,8 @@ class _Session:
 
     def fetch(self, tag: str, args: str) -> None:
         uid_set = args.split(" ", 1)[0]
-        self.server.fetches.append(uid_set)
+        sizes_only = "BODY" not in args.upper()
+        (self.server.size_fetches if sizes_only else self.server.fetches).append(uid_set)
         with self.server._lock:
             messages = list(enumerate(self.messages(), start=1))
         top_uid = max((m.uid for _seq, m in messages), default=0)
@@ -259,7 +261,10 @@ class _Session:
             self.line(f"{tag} NO [SERVERBUG] Internal error occurred. Refer to server log")
             return
         for seq, message in chosen:
-            self.send(self.fetch_response(seq, message))
+            if sizes_only:
+                self.line(f"* {seq} FETCH (UID {message.uid} RFC822.SIZE {len(message.raw)})")
+            else:
+                self.send(self.fetch_response(seq, message))
         self.line(f"{tag} OK FETCH completed")
 
     def fetch_response(self, seq: int, message: Message) -> bytes:
