@@ -79,7 +79,8 @@ class Timers:
             owner = getattr(owner, part, None)
             if owner is None:
                 return False
-        original = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+        original = (owner.__dict__.get(name) if isinstance(owner, type)
+                    else getattr(owner, name, None))
         if original is None or isinstance(original, (staticmethod, classmethod)):
             return False
         main = threading.main_thread()
