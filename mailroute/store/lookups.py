@@ -25,7 +25,9 @@ from mailroute.core.reply_policy import Recent
 from mailroute.store import repository as repo
 from mailroute.store.models import Letter, Request
 
-ID_BLOCK = 64  # request ids reserved at a time (PostgreSQL: those unused are a gap)
+# Request ids reserved at a time: as many as a decided batch holds (decide.BATCH_LETTERS),
+# so a batch reserves once (PostgreSQL: those it does not use are a gap in the ids).
+ID_BLOCK = 100
 
 
 class BatchLookups:

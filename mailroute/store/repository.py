@@ -356,12 +356,13 @@ def bump_counter(session: Session, name: str, by: int) -> int:
 
 
 def _bump(session: Session, name: str, by: int) -> int | None:
-    return session.execute(
-        update(Counter)
-        .where(Counter.name == name)
-        .values(value=Counter.value + by)
-        .returning(Counter.value)
-    ).scalar()
+    with session.no_autoflush:  # a batch's pending rows wait for its one flush
+        return session.execute(
+            update(Counter)
+            .where(Counter.name == name)
+            .values(value=Counter.value + by)
+            .returning(Counter.value)
+        ).scalar()
 
 
 @dataclass
@@ -629,10 +630,11 @@ def reserve_request_ids(session: Session, count: int, after: int | None = None) 
     (its rows may not be flushed yet, so max(id) would not see them).
     """
     if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(
-            text("SELECT nextval(pg_get_serial_sequence('requests', 'id'))"
-                 " FROM generate_series(1, :count)"), {"count": count})
-        return [int(value) for (value,) in rows]
+        with session.no_autoflush:
+            rows = session.execute(
+                text("SELECT nextval(pg_get_serial_sequence('requests', 'id'))"
+                     " FROM generate_series(1, :count)"), {"count": count})
+            return [int(value) for (value,) in rows]
     if after is None:
         with session.no_autoflush:
             after = session.scalar(select(func.max(Request.id))) or 0
