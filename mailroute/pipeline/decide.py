@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session, object_session
@@ -199,6 +200,7 @@ def age_text(age: timedelta) -> str:
 # a reply queued in this batch and its history entry, which names the reply's id
 _Queued = tuple[repo.HistoryEntry | RequestEvent, repo.QueuedReply]
 
+_Item = TypeVar("_Item")
 BATCH_LETTERS = 100  # letters decided in one transaction
 BATCH_BYTES = 16 * 1024 * 1024  # of raw letters held at once; a larger letter goes alone
 
@@ -223,20 +225,25 @@ def process_pending(
         pending = repo.pending_letters(session, limit, up_to,
                                        mailbox=source if pipeline.scoped else None)
     outcomes = []
-    for letter_ids in _batches(pending):
+    for letter_ids in batches(pending):
         outcomes += process_batch(store, pipeline, letter_ids, clock(), ready, understanding)
     return outcomes
 
 
-def _batches(pending: list[tuple[int, int]]) -> Iterator[list[int]]:
-    batch: list[int] = []
+def batches(
+    sized: Iterable[tuple[_Item, int]], count: int = BATCH_LETTERS, budget: int = BATCH_BYTES
+) -> Iterator[list[_Item]]:
+    """(item, size) pairs in order, cut into batches of at most ``count`` items and
+    ``budget`` bytes; an item larger than the budget goes alone. Deciding cuts the pending
+    letters so; intake cuts a backlog's FETCHes so (``intake.within_bytes``)."""
+    batch: list[_Item] = []
     size = 0
-    for letter_id, letter_size in pending:
-        if batch and (len(batch) >= BATCH_LETTERS or size + letter_size > BATCH_BYTES):
+    for item, item_size in sized:
+        if batch and (len(batch) >= count or size + item_size > budget):
             yield batch
             batch, size = [], 0
-        batch.append(letter_id)
-        size += letter_size
+        batch.append(item)
+        size += item_size
     if batch:
         yield batch
 

@@ -35,7 +35,7 @@ from mailroute import logs
 from mailroute.config import MailboxConfig
 from mailroute.core.arrival import plausible_arrival
 from mailroute.mail.mailbox import FetchedLetter, MailSource, UnservedLetter
-from mailroute.pipeline.decide import Outcome, Pipeline, age_text, process_pending
+from mailroute.pipeline.decide import Outcome, Pipeline, age_text, batches, process_pending
 from mailroute.pipeline.workers import Interrupted, Understanding, Understood
 from mailroute.store import Store
 from mailroute.store import repository as repo
@@ -54,14 +54,8 @@ def within_bytes(uids: Sequence[str], sizes: Mapping[str, int], budget: int) -> 
     """The first of ``uids`` whose sizes fit ``budget`` together: never none (a letter
     larger than the budget is fetched alone). A size not known counts as nothing: the
     batch is then bounded by its count alone, as it was before sizes were asked."""
-    taken: list[str] = []
-    total = 0
-    for uid in uids:
-        total += sizes.get(uid, 0)
-        if taken and total > budget:
-            break
-        taken.append(uid)
-    return taken
+    sized = [(uid, sizes.get(uid, 0)) for uid in uids]
+    return next(batches(sized, len(uids), budget), [])
 
 
 def fault_retry_after(attempts: int) -> timedelta:

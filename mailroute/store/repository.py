@@ -629,14 +629,13 @@ def reserve_request_ids(session: Session, count: int, after: int | None = None) 
     are its own until it ends. ``after``: the last id this transaction reserved before
     (its rows may not be flushed yet, so max(id) would not see them).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        with session.no_autoflush:
+    with session.no_autoflush:  # the batch's pending rows wait for its one flush
+        if session.get_bind().dialect.name == "postgresql":
             rows = session.execute(
                 text("SELECT nextval(pg_get_serial_sequence('requests', 'id'))"
                      " FROM generate_series(1, :count)"), {"count": count})
             return [int(value) for (value,) in rows]
-    if after is None:
-        with session.no_autoflush:
+        if after is None:
             after = session.scalar(select(func.max(Request.id))) or 0
     return list(range(after + 1, after + 1 + count))
 

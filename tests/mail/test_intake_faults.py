@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from support.configs import imap_desk_config
 from support.dovecot import DovecotServer, ImapAccount, memory_scratch_dir
 from support.imapserver import ScriptedImapServer
 
@@ -55,12 +56,7 @@ def _dispose_stores() -> Iterator[None]:
 
 def setup(host: str, port: int, database_url: str, username: str = "desk",
           password: str = "secret", **mailbox: object) -> tuple[Config, Store, Pipeline]:
-    config = Config.model_validate({
-        "mailbox": {"host": host, "port": port, "security": "none", "username": username,
-                    "password": password, **mailbox},
-        "database": {"url": database_url},
-        "replies": {"window": "always"},
-    })
+    config = imap_desk_config(host, port, database_url, username, password, **mailbox)
     store = Store(database_url)
     store.upgrade()
     _stores.append(store)

@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from support.configs import sample_letters
+from support.configs import imap_desk_config, sample_letters
 from support.dovecot import ImapAccount
 
-from mailroute.config import Config
 from mailroute.mail.imap import ImapSource
 from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.intake import drain, header_message_id
@@ -30,13 +29,8 @@ _stores: list[Store] = []
 
 
 def setup(imap_account: ImapAccount, database_url: str, folder: str = "INBOX"):
-    config = Config.model_validate({
-        "mailbox": {"host": imap_account.host, "port": imap_account.port, "security": "none",
-                    "username": imap_account.username, "password": imap_account.password,
-                    "folder": folder},
-        "database": {"url": database_url},
-        "replies": {"window": "always"},
-    })
+    config = imap_desk_config(imap_account.host, imap_account.port, database_url,
+                              imap_account.username, imap_account.password, folder=folder)
     store = Store(database_url)
     store.upgrade()
     _stores.append(store)

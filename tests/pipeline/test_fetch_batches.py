@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.configs import imap_desk_config
 from support.dovecot import ImapAccount
 from support.imapserver import ScriptedImapServer
 
-from mailroute.config import Config, MailboxConfig
+from mailroute.config import MailboxConfig
 from mailroute.mail.imap import ImapSource
 from mailroute.mail.mailbox import FetchedLetter, UnservedLetter
 from mailroute.mail.maildir import MaildirSource
@@ -81,15 +82,15 @@ def test_imap_sizes_are_the_letters_bytes_read_without_their_bodies(
 
 
 def test_a_server_refusing_the_sizes_leaves_them_unknown_and_the_letters_are_fetched(
-    database_url: str,
+    store: Store,
 ) -> None:
     """The scripted server answers NO to any FETCH naming a broken letter, sizes too: the
     batch is then cut by count, and the FETCH of bodies sets that one letter aside."""
     with ScriptedImapServer() as scripted:
         uids = [scripted.add(letter(n, 100), now()) for n in range(6)]
         scripted.faults[uids[2]] = "no"
-        config, store = setup(scripted.host, scripted.port, database_url, "desk", "secret",
-                              batch_size=3)
+        config = imap_desk_config(scripted.host, scripted.port, store.url, "desk", "secret",
+                                  batch_size=3)
         source = ImapSource(config.mailbox)
         try:
             source.select()
@@ -131,29 +132,12 @@ class _RecordingSource(ImapSource):
         return super().fetch(uids)
 
 
-_stores: list[Store] = []
-
-
-@pytest.fixture(autouse=True)
-def _dispose_stores() -> Iterator[None]:
-    yield
-    for store in _stores:
-        store.dispose()
-    _stores.clear()
-
-
-def setup(host: str, port: int, database_url: str, username: str, password: str,
-          **mailbox: object) -> tuple[Config, Store]:
-    config = Config.model_validate({
-        "mailbox": {"host": host, "port": port, "security": "none", "username": username,
-                    "password": password, **mailbox},
-        "database": {"url": database_url},
-        "replies": {"window": "always"},
-    })
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
     store = Store(database_url)
     store.upgrade()
-    _stores.append(store)
-    return config, store
+    yield store
+    store.dispose()
 
 
 def now() -> datetime:
@@ -166,7 +150,7 @@ def count(store: Store, model: type) -> int:
 
 
 def test_a_backlog_is_fetched_in_batches_within_the_byte_budget(
-    imap_account: ImapAccount, database_url: str,
+    imap_account: ImapAccount, store: Store,
 ) -> None:
     """Twelve letters of 2-70 KB, at most 5 a batch and 100 KB: every FETCH keeps to both
     bounds (the 150 KB letter comes alone), and every letter is registered and filed."""
@@ -176,9 +160,9 @@ def test_a_backlog_is_fetched_in_batches_within_the_byte_budget(
     for raw in raws:
         imap_account.append(raw)
     budget = 100_000
-    config, store = setup(imap_account.host, imap_account.port, database_url,
-                          imap_account.username, imap_account.password,
-                          batch_size=5, batch_bytes=budget)
+    config = imap_desk_config(imap_account.host, imap_account.port, store.url,
+                              imap_account.username, imap_account.password,
+                              batch_size=5, batch_bytes=budget)
     source = _RecordingSource(config.mailbox)
     source.batches = []
     try:

@@ -194,9 +194,9 @@ def test_a_value_the_database_refuses_quarantines_that_letter_alone(
 
 def test_batches_hold_a_bounded_number_of_bytes() -> None:
     pending = [(1, 10), (2, decide.BATCH_BYTES), (3, 10), (4, 10)]
-    assert list(decide._batches(pending)) == [[1], [2], [3, 4]]
+    assert list(decide.batches(pending)) == [[1], [2], [3, 4]]
     many = [(i, 1) for i in range(decide.BATCH_LETTERS + 1)]
-    assert [len(b) for b in decide._batches(many)] == [decide.BATCH_LETTERS, 1]
+    assert [len(b) for b in decide.batches(many)] == [decide.BATCH_LETTERS, 1]
 
 
 def test_an_organization_read_with_doubt_is_asked_to_be_confirmed(store: Store) -> None:

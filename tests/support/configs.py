@@ -5,10 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mailroute.config import Config
 from support.dovecot import ImapAccount
 from support.smtp import SmtpSink
 
 SAMPLES = Path(__file__).resolve().parents[2] / "mailroute" / "samples"
+
+
+def imap_desk_config(host: str, port: int, database_url: str, username: str, password: str,
+                     **mailbox: object) -> Config:
+    """A config (no file) reading one IMAP folder without TLS into ``database_url``,
+    replying at any hour: what tests that call ``drain`` directly need."""
+    return Config.model_validate({
+        "mailbox": {"host": host, "port": port, "security": "none", "username": username,
+                    "password": password, **mailbox},
+        "database": {"url": database_url},
+        "replies": {"window": "always"},
+    })
 
 
 def toml_value(value: Any) -> str:

@@ -5,8 +5,8 @@ length is wrong, or drips its greeting a byte at a time; this server does, on
 command. It speaks just enough IMAP4rev1 for imapclient and mailroute: CAPABILITY,
 LOGIN, SELECT, UID SEARCH (sequence sets, ``UID`` ranges, ALL), UID FETCH
 (``BODY.PEEK[]``, INTERNALDATE, RFC822.SIZE; or the size alone), UID MOVE, UID
-COPY/STORE/EXPUNGE, LIST, CREATE, STATUS, NOOP, LOGOUT. One thread per connection; state is shared
-under a lock.
+COPY/STORE/EXPUNGE, LIST, CREATE, STATUS, NOOP, LOGOUT. One thread per connection;
+state is shared under a lock.
 
 Faults per UID (``ScriptedImapServer.faults[uid] = ...``):
 
@@ -53,8 +53,7 @@ class ScriptedImapServer:
     drip_greeting: bool = False
     drip_interval: float = 0.2
     folders: dict[str, list[Message]] = field(default_factory=lambda: {"INBOX": []})
-    fetches: list[str] = field(default_factory=list)  # UID sets of every FETCH, in order
-    size_fetches: list[str] = field(default_factory=list)  # of those asking only sizes
+    fetches: list[str] = field(default_factory=list)  # UID sets of every FETCH of bodies
     port: int = 0
     _next_uid: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -251,7 +250,8 @@ class _Session:
     def fetch(self, tag: str, args: str) -> None:
         uid_set = args.split(" ", 1)[0]
         sizes_only = "BODY" not in args.upper()
-        (self.server.size_fetches if sizes_only else self.server.fetches).append(uid_set)
+        if not sizes_only:
+            self.server.fetches.append(uid_set)
         with self.server._lock:
             messages = list(enumerate(self.messages(), start=1))
         top_uid = max((m.uid for _seq, m in messages), default=0)
