@@ -7,12 +7,14 @@ unit of work is (one letter, one reply).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -172,12 +174,20 @@ _LETTER_BYTES = cast(Table, LetterBytes.__table__)
 
 
 def fingerprint(raw: bytes) -> str:
-    """SHA-256 of the letter with line endings normalised.
+    """SHA-256 of the letter with line endings normalised (each CRLF read as LF).
 
     Servers disagree on CRLF vs LF (an LF letter appended to Dovecot is served
     with CRLF), so the same letter must hash the same however it was stored.
+    Where every CR begins a CRLF (nearly always), deleting the CRs is the same
+    normalisation at a third of the cost of replacing CRLF, which searches for two
+    bytes; it ran on the daemon's main thread for every letter fetched.
     """
+    if _BARE_CR.search(raw) is None:
+        return hashlib.sha256(raw.translate(None, b"\r")).hexdigest()
     return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+
+
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def pending_letters(
@@ -821,22 +831,34 @@ def suppress(
     session: Session, address: str, reason: str, now: datetime, letter_id: int | None = None
 ) -> bool:
     """Stop answering ``address`` from ``now``; False when it already had a suppression
-    (which this renews: a new permanent failure restarts its time)."""
+    (which this renews: a new permanent failure restarts its time).
+
+    Core statements on the session's connection, not ORM objects: a bounce is decided
+    among a batch's letters, and ``Session.get`` or a savepoint flushed the whole batch
+    there (5-6 ms a bounce in a backlog's profile). One upsert also settles a race
+    with another instance recording the same address (its row is then renewed).
+    """
     address = address.lower()
-    existing = session.get(Suppression, address)
-    if existing is not None:
-        existing.created_at, existing.reason = now, reason
-        if letter_id is not None:
-            existing.letter_id = letter_id
-        return False
-    try:
-        with session.begin_nested():
-            session.add(
-                Suppression(address=address, reason=reason, created_at=now, letter_id=letter_id)
-            )
-    except IntegrityError:
-        return False  # another instance recorded it first
-    return True
+    conn = session.connection()
+    table = _SUPPRESSIONS.c
+    existed = conn.execute(select(table.address).where(table.address == address)).first()
+    renewed: dict[str, Any] = {"reason": reason, "created_at": now}
+    if letter_id is not None:
+        renewed["letter_id"] = letter_id
+    upsert = _dialect_insert(conn.dialect.name)(_SUPPRESSIONS).values(address=address, **renewed)
+    conn.execute(upsert.on_conflict_do_update(index_elements=[table.address], set_=renewed))
+    return existed is None
+
+
+def _dialect_insert(dialect: str) -> Callable[[Table], Any]:
+    """The backend's INSERT, which knows ``ON CONFLICT`` (SQLite and PostgreSQL spell it
+    alike)."""
+    if dialect == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+_SUPPRESSIONS = cast(Table, Suppression.__table__)
 
 
 # ----------------------------------------------------------------------- letter faults

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, inspect, select
 
 from mailroute.errors import DatabaseNotReady
 from mailroute.store import Store
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, OutboxItem
+from mailroute.store.models import Letter, OutboxItem, Suppression
 
 REPOSITORY = Path(repo.__file__)
 
@@ -25,6 +28,19 @@ def store(database_url: str) -> Iterator[Store]:
     store = Store(database_url)
     yield store
     store.dispose()
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"\xd0", b"."])).map(b"".join))
+def test_a_fingerprint_reads_each_crlf_as_lf_and_keeps_bare_crs(raw: bytes) -> None:
+    """The fast path (CRs deleted when every CR begins a CRLF) hashes what the stored
+    fingerprints were made from: CRLF read as LF, a bare CR kept."""
+    assert repo.fingerprint(raw) == hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+
+
+def test_a_letter_served_with_crlf_or_stored_with_lf_has_one_fingerprint() -> None:
+    lf = b"Subject: x\n\nline\n"
+    assert repo.fingerprint(lf.replace(b"\n", b"\r\n")) == repo.fingerprint(lf)
+    assert repo.fingerprint(b"a\rb\r\n") != repo.fingerprint(b"ab\n")  # a bare CR counts
 
 
 def test_fresh_database_is_refused_until_upgraded(store: Store) -> None:
@@ -112,6 +128,31 @@ def test_same_bytes_are_stored_once(store: Store) -> None:
                                         raw=b"a\nb", message_id=None, received_at=now, now=now)
         assert (new1, new2) == (True, False) and first.id == second.id
         assert session.query(Letter).count() == 1
+
+
+def test_a_suppression_is_made_once_then_renewed_without_flushing_the_batch(
+    store: Store,
+) -> None:
+    """Deciding a bounce suppresses its address among a batch's pending changes: the
+    upsert must neither flush them (a flush per bounce split the batch's one flush) nor
+    lose the letter it names when a renewal names none."""
+    store.upgrade()
+    then = datetime(2026, 1, 5, tzinfo=UTC)
+    later = datetime(2026, 2, 5, tzinfo=UTC)
+    with store.transaction() as session:
+        letter, _ = repo.save_letter(session, mailbox="m", uidvalidity=1, uid="1",
+                                     raw=b"bounce", message_id=None, received_at=then, now=then)
+        letter.state = "ignored"  # pending in the session, as in a batch
+        assert repo.suppress(session, "Ann@Example.COM", "bounce", then, letter.id)
+        assert session.dirty  # nothing was flushed by the suppression
+        assert not repo.suppress(session, "ann@example.com", "SMTP refused: 550", later)
+        assert session.dirty
+    with store.transaction() as session:
+        (row,) = session.scalars(select(Suppression))
+        assert (row.address, row.reason, row.letter_id) == (
+            "ann@example.com", "SMTP refused: 550", letter.id)
+        assert row.created_at.replace(tzinfo=UTC) == later
+        assert repo.is_suppressed(session, "ann@example.com")
 
 
 def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) -> None:
