@@ -297,6 +297,9 @@ def count(url: str, query: str) -> int:
         engine.dispose()
 
 
+SENT_ROWS = "select count(*) from outbox where state = 'sent'"
+
+
 @pytest.mark.slow
 def test_two_instances_spelling_inbox_differently_drain_it_once(
     tmp_path: Path, imap_account: ImapAccount, smtp_sink: SmtpSink, database_url: str
@@ -317,12 +320,15 @@ def test_two_instances_spelling_inbox_differently_drain_it_once(
     runs = [subprocess.Popen([*MAILROUTE, "--config", str(config), "run", "--once"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for config in configs]
+    logs = []
     for run in runs:
         _out, err = run.communicate(timeout=240)
         assert run.returncode == 0, err.decode()
+        logs.append(err.decode(errors="replace"))
     # whatever one left to the other (a standby sends only), a last pass finishes
-    subprocess.run([*MAILROUTE, "--config", str(configs[1]), "run", "--once"], check=True,
-                   capture_output=True)
+    last = subprocess.run([*MAILROUTE, "--config", str(configs[1]), "run", "--once"],
+                          check=True, capture_output=True)
+    logs.append(last.stderr.decode(errors="replace"))
 
     assert imap_account.uids("INBOX") == []
     filed = len(imap_account.uids("Processed"))
@@ -334,7 +340,14 @@ def test_two_instances_spelling_inbox_differently_drain_it_once(
     assert requests_made == letters
     assert count(database_url, "select count(*) from letters") == letters
     assert filed == letters
-    assert sorted(acks) == sorted(f"<spelling-{n}@client>" for n in range(letters))
+    repeated = sorted({str(ack) for ack in acks if acks.count(ack) > 1})
+    # a recurrence must say what happened: the rows behind the repeats and both runs' logs
+    assert sorted(acks) == sorted(f"<spelling-{n}@client>" for n in range(letters)), (
+        f"repeated In-Reply-To: {repeated[:5]}; outbox rows "
+        f"{count(database_url, 'select count(*) from outbox')}, marked sent "
+        f"{count(database_url, SENT_ROWS)}\n"
+        + "\n".join(f"--- run {n} ---\n{log}" for n, log in enumerate(logs))
+    )
 
 
 # ------------------------------------------------------------------------ UID reuse
