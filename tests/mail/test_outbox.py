@@ -270,17 +270,16 @@ def test_an_error_stops_every_session_after_the_reply_in_hand(
     count = outbox.SESSIONS * outbox.BATCH
     for number in range(1, count + 1):
         queue(store, number)
-    real_update = outbox._update
+    real_mark = outbox._mark_sent
     marks = {"count": 0}
 
-    def failing_fifth(books: object, item_id: int, **values: object) -> None:
-        if values.get("state") == "sent":
-            marks["count"] += 1
-            if marks["count"] == 5:
-                raise TransientError("database unavailable: test")
-        real_update(books, item_id, **values)  # type: ignore[arg-type]
+    def failing_fifth(*args: Any, **kwargs: Any) -> bool | None:
+        marks["count"] += 1
+        if marks["count"] == 5:
+            raise TransientError("database unavailable: test")
+        return real_mark(*args, **kwargs)
 
-    monkeypatch.setattr(outbox, "_update", failing_fifth)
+    monkeypatch.setattr(outbox, "_mark_sent", failing_fifth)
     with pytest.raises(TransientError):
         deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), NOW, sessions=outbox.SESSIONS)
     received = {m.message["Message-ID"] for m in smtp_sink.received()}
@@ -288,7 +287,7 @@ def test_an_error_stops_every_session_after_the_reply_in_hand(
     sent = {message_id for message_id, state in known.items() if state == "sent"}
     assert len(received) - len(sent) == 1  # the one remembered in _ACCEPTED
     assert len(received) < count
-    monkeypatch.setattr(outbox, "_update", real_update)
+    monkeypatch.setattr(outbox, "_mark_sent", real_mark)
     later = NOW + timedelta(seconds=RepliesConfig().claim_timeout + 1)
     report = deliver_due(store, smtp_for(smtp_sink), RepliesConfig(), later,
                          sessions=outbox.SESSIONS)
@@ -713,3 +712,32 @@ def test_a_kept_session_the_server_dropped_is_opened_again_without_a_retry(
     assert not any(report.retried or report.smtp_errors for report in reports)
     assert len(connects) == 2
     assert set(states(store).values()) == {"sent"}
+
+
+def test_a_mark_renews_the_next_claim_only_while_it_is_still_this_runs(store: Store) -> None:
+    """The statement that marks a reply sent also renews the claim on the next one: it
+    says whether that claim is still ours, and never touches one another run took."""
+    first, second, third = (queue(store, number) for number in (1, 2, 3))
+    books = outbox._Books(store)
+    try:
+        lease = outbox._Lease.start(NOW, RepliesConfig(claim_timeout=120), SmtpConfig())
+        claimed = outbox._claim(books, NOW, lease.length, 3, lease.owner, lease.clock())
+        assert [c.id for c in claimed] == [first, second, third]
+        other_until = NOW + timedelta(hours=5)
+        with store.transaction() as session:  # the third's claim lapsed and another took it
+            session.execute(update(OutboxItem).where(OutboxItem.id == third)
+                            .values(claimed_by="another run", claimed_until=other_until))
+
+        ours = outbox._record_sent(books, claimed[0], NOW, DeliveryReport(), claimed[1], lease)
+        theirs = outbox._record_sent(books, claimed[1], NOW, DeliveryReport(), claimed[2], lease)
+    finally:
+        books.close()
+
+    assert ours == {second: True}
+    assert theirs == {third: False}
+    sent, renewed_then_sent, taken = item(store, first), item(store, second), item(store, third)
+    assert (sent.state, sent.attempts, sent.claimed_until) == ("sent", 1, None)
+    assert renewed_then_sent.state == "sent" and renewed_then_sent.last_error is None
+    assert (taken.state, taken.claimed_by) == ("pending", "another run")
+    assert taken.claimed_until is not None
+    assert taken.claimed_until.replace(tzinfo=UTC) == other_until

@@ -783,16 +783,16 @@ def test_a_reply_accepted_while_the_database_is_away_is_not_sent_again(
             recipient="c@customer.example", message_id="<r1@example.com>", subject="s",
             raw=b"Subject: s\r\nMessage-ID: <r1@example.com>\r\n\r\nhi\r\n", state="pending",
             attempts=0, not_before=now, created_at=now))
-    real_update = outbox._update
+    real_mark = outbox._mark_sent
     outage = {"left": 1}
 
-    def flaky_update(store: Store, item_id: int, **values: object) -> None:
-        if values.get("state") == "sent" and outage["left"]:
+    def flaky_mark(*args: Any, **kwargs: Any) -> bool | None:
+        if outage["left"]:
             outage["left"] -= 1
             raise TransientError("database unavailable: terminating connection")
-        real_update(store, item_id, **values)
+        return real_mark(*args, **kwargs)
 
-    monkeypatch.setattr(outbox, "_update", flaky_update)
+    monkeypatch.setattr(outbox, "_mark_sent", flaky_mark)
     smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, security="none", timeout=5)
     replies = RepliesConfig(claim_timeout=10)
     try:
