@@ -18,7 +18,10 @@ Delivery is at-least-once: a crash after the server accepted a reply and before
 it was marked sent means it is sent again after the lease; its Message-ID is the
 same both times, so the recipient's client shows one letter. A database outage
 in that moment is not a crash: the process remembers what was accepted and marks
-it sent before it claims anything else.
+it sent before it claims anything else. On SQLite, where a mark may wait for the
+write lock while intake decides a batch, each accepted reply is first written down
+in a journal file beside the database (``mail/accepted``), so a crash in that wait
+sends nothing again: the next pass marks what the journal holds before it claims.
 
 Each accepted reply is marked sent in its own commit at once, before its SMTP
 session sends the next one, so a SIGKILL leaves at most one reply per session
@@ -55,6 +58,7 @@ from mailroute.core.addresses import counted_as
 from mailroute.core.reply_policy import enhanced_status, rejection_names_recipient
 from mailroute.errors import SmtpPermanentFailure, SmtpTemporaryFailure, TransientError
 from mailroute.mail import oauth2
+from mailroute.mail.accepted import Accepted, AcceptedJournal
 from mailroute.mail.causes import in_words
 from mailroute.mail.tls import tls_context
 from mailroute.store import Store, alerts
@@ -158,6 +162,7 @@ async def deliver_due_async(
     books = _Books(store)
     try:
         _ACCEPTED.record(books)
+        _record_journaled(books)
         lease = _Lease.start(now, replies, smtp)
         try:
             await _Delivery(books, smtp, replies, now, report, max(sessions, 1), lease,
@@ -167,7 +172,41 @@ async def deliver_due_async(
             _settle_outage(store, report, now, f"{smtp.host}:{smtp.effective_port()}")
         return report
     finally:
+        if books.journal is not None:
+            books.journal.finish()
         books.close()
+
+
+def _record_journaled(books: _Books) -> None:
+    """Mark sent, where still pending, the replies earlier passes wrote down as
+    accepted and did not mark (see ``mail/accepted``); raises TransientError while
+    the database cannot be told (the journals stay for the next pass)."""
+    if books.journal is None:
+        return
+    for path, entries in books.journal.left():
+        recorded = sum(_mark_sent_if_pending(books, entry) for entry in entries)
+        log.info("replies recorded as sent from a journal", journal=path.name,
+                 accepted=len(entries), recorded=recorded)
+
+
+def _mark_sent_if_pending(books: _Books, entry: Accepted) -> bool:
+    params = {"item_id": entry.outbox_id, "v_sent_at": entry.sent_at,
+              "v_attempts": entry.attempts}
+    statement = _journaled_mark_statement()
+    return bool(books.run(lambda conn: conn.execute(statement, params).rowcount,
+                          one_statement=True))
+
+
+@cache
+def _journaled_mark_statement() -> Update:
+    table = _OUTBOX.c
+    return (
+        update(_OUTBOX)
+        .where(table.id == bindparam("item_id"), table.state == "pending")
+        .values(state="sent", claimed_until=None, last_error=None,
+                sent_at=bindparam("v_sent_at", type_=table.sent_at.type),
+                attempts=bindparam("v_attempts", type_=table.attempts.type))
+    )
 
 
 def _settle_rejections(
@@ -701,6 +740,7 @@ class _Books:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.url = store.url
+        self.journal = AcceptedJournal.for_url(store.url)  # SQLite: see mail/accepted
         self._conn: Connection | None = None
         self._autocommit = False
 
@@ -811,6 +851,8 @@ def _record_sent(
     """Mark ``item`` sent; with ``following``, that commit also renews its claim (one
     transaction instead of two): the result says, by id, whether it is still ours."""
     renewal = _renewal(following, lease) if following is not None and lease else None
+    if books.journal is not None:  # before the mark, which may wait for SQLite's lock
+        books.journal.write(Accepted(item.id, now, item.attempts + 1))
     try:
         ours = _mark_sent(books, item.id, now, item.attempts + 1, then=renewal)
     except TransientError:
@@ -818,6 +860,8 @@ def _record_sent(
         log.warning("reply sent, not recorded yet", msgid=item.message_id, outbox=item.id,
                     request=item.request, reason="database unavailable")
         raise  # ends this run; the other claimed replies wait for their lease
+    if books.journal is not None:
+        books.journal.marked(item.id)
     report.sent.append(item.id)
     log.info("reply sent", msgid=item.message_id, request=item.request, outbox=item.id,
              to=item.recipient, attempt=item.attempts + 1)
