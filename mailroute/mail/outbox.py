@@ -302,13 +302,15 @@ class _Delivery:
         failed = False
         try:
             while not self.stopping:
+                clock = self.lease.clock()
                 claimed = _claim(self.books, self.now, self.lease.length, BATCH,
-                                 self.lease.owner, self.lease.clock())
+                                 self.lease.owner, clock)
                 if len(claimed) == BATCH and self.sessions < self.limit:
                     self._open(group)
                 if claimed:
                     await _send_claimed(self.books, session, self.replies, claimed, self.now,
-                                        self.report, lambda: self.stopping, self.lease)
+                                        self.report, lambda: self.stopping, self.lease,
+                                        clock + self.lease.length)
                 if len(claimed) < BATCH:
                     return
         except Exception as exc:  # raised by run() once the other sessions stopped
@@ -336,14 +338,20 @@ class _Lease:
     length: timedelta
     began: datetime
     began_monotonic: float
+    shortest: timedelta = timedelta(0)  # what must be left of a claim for one send
 
     @classmethod
     def start(cls, now: datetime, replies: RepliesConfig, smtp: SmtpConfig) -> _Lease:
         seconds = max(replies.claim_timeout, 3 * smtp.timeout)
-        return cls(uuid.uuid4().hex, timedelta(seconds=seconds), now, time.monotonic())
+        return cls(uuid.uuid4().hex, timedelta(seconds=seconds), now, time.monotonic(),
+                   timedelta(seconds=3 * smtp.timeout))
 
     def clock(self) -> datetime:
         return self.began + timedelta(seconds=time.monotonic() - self.began_monotonic)
+
+    def covers(self, until: datetime | None) -> bool:
+        """Whether a claim held until ``until`` still covers a send begun now."""
+        return until is not None and until - self.clock() >= self.shortest
 
 
 def claim_due(
@@ -466,34 +474,52 @@ async def _send_claimed(
     report: DeliveryReport,
     stopping: Callable[[], bool],
     lease: _Lease,
+    until: datetime | None = None,
 ) -> None:
+    """Send a claimed batch (held until ``until``). With a journal (SQLite), the batch's
+    marks wait for its end (``_JournaledMarks``) while its claim still covers a send:
+    on one machine's clock nobody else can take a claim before it lapses. Once it does
+    not, the replies accepted so far are marked, and each reply's claim is renewed
+    before it is sent, as without a journal: an accepted reply is never left pending
+    under a claim that lapsed (another instance would send it again)."""
+    marks = _JournaledMarks(books, report) if books.journal is not None else None
     renewed: dict[int, bool] = {}  # renewed by the previous reply's mark: whether ours
     used: aiosmtplib.SMTP | None = None
-    for index, item in enumerate(claimed):
-        if stopping():
-            return  # the rest of the batch waits for its lease
-        try:
-            client = await session.open()
-        except SmtpTemporaryFailure as exc:  # the rest of the batch waits for its retry
-            report.smtp_errors.append(str(exc))
-            for waiting in claimed[index:]:
-                if _renew(books, waiting, lease):
-                    _record_retry(books, replies, waiting, now, str(exc), report)
-            return
-        # The renewal the previous reply's mark made is as fresh as one made now only
-        # when nothing came between (the same connection: no reconnect waited).
-        ours = renewed.pop(item.id, None) if client is used else None
-        if ours is None:
-            ours = _renew(books, item, lease)
-        if not ours:  # the lease lapsed and another took the reply
-            report.skipped.append(item.id)
-            log.info("reply left to another instance", msgid=item.message_id, outbox=item.id,
-                     request=item.request, reason="claim lapsed and was taken")
-            continue
-        following = claimed[index + 1] if index + 1 < len(claimed) else None
-        renewed = await _send_one(books, session, replies, client, item, now, report,
-                                  following, lease)
-        used = client
+    try:
+        for index, item in enumerate(claimed):
+            if stopping():
+                return  # the rest of the batch waits for its lease
+            try:
+                client = await session.open()
+            except SmtpTemporaryFailure as exc:  # the rest of the batch waits for its retry
+                report.smtp_errors.append(str(exc))
+                for waiting in claimed[index:]:
+                    if _renew(books, waiting, lease):
+                        _record_retry(books, replies, waiting, now, str(exc), report)
+                return
+            # The renewal the previous reply's mark made is as fresh as one made now only
+            # when nothing came between (the same connection: no reconnect waited).
+            ours = renewed.pop(item.id, None) if client is used else None
+            if ours is None:
+                if marks is not None and lease.covers(until):
+                    ours = True
+                else:  # the batch's claim runs short: its accepted replies marked first
+                    if marks is not None:
+                        marks.record()
+                    ours = _renew(books, item, lease)
+            if not ours:  # the lease lapsed and another took the reply
+                report.skipped.append(item.id)
+                log.info("reply left to another instance", msgid=item.message_id,
+                         outbox=item.id, request=item.request,
+                         reason="claim lapsed and was taken")
+                continue
+            following = claimed[index + 1] if index + 1 < len(claimed) else None
+            renewed = await _send_one(books, session, replies, client, item, now, report,
+                                      following, lease, marks)
+            used = client
+    finally:
+        if marks is not None:
+            marks.record()
 
 
 def _renew(books: _Books, item: Claimed, lease: _Lease) -> bool:
@@ -539,10 +565,12 @@ async def _send_one(
     report: DeliveryReport,
     following: Claimed | None = None,
     lease: _Lease | None = None,
+    marks: _JournaledMarks | None = None,
 ) -> dict[int, bool]:
     """Send ``item`` and record the outcome. Once it is accepted, the mark's transaction
     also renews the claim on ``following`` (the reply this session sends next, at once):
-    what it returns, by id, is whether that claim is still this run's."""
+    what it returns, by id, is whether that claim is still this run's. With ``marks``
+    (SQLite), an accepted reply is written down in the journal and marked later."""
     message = b"Date: " + format_datetime(now).encode() + b"\r\n" + item.raw
     try:
         await asyncio.wait_for(
@@ -564,8 +592,60 @@ async def _send_one(
         report.smtp_errors.append("SMTP send timed out")
         _record_retry(books, replies, item, now, "SMTP send timed out", report)
     else:
+        if marks is not None:
+            marks.add(item, now)
+            return {}
         return _record_sent(books, item, now, report, following, lease)
     return {}
+
+
+class _JournaledMarks:
+    """SQLite: the replies of one claimed batch, each written down in the journal the
+    moment the server accepts it (``mail/accepted``), then marked sent together, in one
+    transaction, when the batch ends.
+
+    A mark on SQLite waits for intake's write lock; one transaction a batch instead of
+    one a reply is what lets the outbox process keep up with a drain. The journal keeps
+    the promise a mark per reply kept: a crash before the batch's mark sends none of its
+    accepted replies again. "reply sent" is logged once the mark is committed.
+    """
+
+    def __init__(self, books: _Books, report: DeliveryReport) -> None:
+        assert books.journal is not None
+        self.books, self.journal, self.report = books, books.journal, report
+        self.accepted: list[tuple[Claimed, datetime]] = []
+
+    def add(self, item: Claimed, now: datetime) -> None:
+        self.journal.write(Accepted(item.id, now, item.attempts + 1))
+        self.accepted.append((item, now))
+
+    def record(self) -> None:
+        accepted, self.accepted = self.accepted, []
+        if not accepted:
+            return
+        try:
+            _mark_all_sent(self.books, accepted)
+        except TransientError:
+            for item, now in accepted:
+                _ACCEPTED.remember(self.books, item, now)
+            log.warning("replies sent, not recorded yet", outbox=[i.id for i, _ in accepted],
+                        reason="database unavailable")
+            raise  # ends this run; the journal holds them for the next pass
+        for item, _now in accepted:
+            self.journal.marked(item.id)
+            self.report.sent.append(item.id)
+            log.info("reply sent", msgid=item.message_id, request=item.request,
+                     outbox=item.id, to=item.recipient, attempt=item.attempts + 1)
+
+
+def _mark_all_sent(books: _Books, accepted: Sequence[tuple[Claimed, datetime]]) -> None:
+    """Mark these replies sent, in one transaction (one executemany)."""
+    values = {"state": "sent", "claimed_until": None, "last_error": None}
+    statement = _update_statement(tuple(sorted([*values, "sent_at", "attempts"])))
+    params = [{"item_id": item.id, "v_sent_at": sent_at, "v_attempts": item.attempts + 1,
+               **{f"v_{name}": value for name, value in values.items()}}
+              for item, sent_at in accepted]
+    books.run(lambda conn: conn.execute(statement, params))
 
 
 def check_reachable(smtp: SmtpConfig) -> None:
