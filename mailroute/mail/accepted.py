@@ -7,7 +7,9 @@ worst ~0.5 s); a crash in that wait would send the reply again once its lease la
 So each accepted reply is first appended to a journal file beside the database: one
 ``write(2)``, which outlives a crash of the process (not a power cut: the same as the
 marks' lazy commits, ``outbox._Books``), and each outbox pass begins by marking sent
-what an earlier pass wrote down and never marked.
+what an earlier pass wrote down and never marked. With that, the marks of a claimed
+batch can wait for its end and commit together (``outbox._JournaledMarks``): one wait
+for the lock a batch instead of one a reply.
 
 Each pass that sends writes a file of its own, ``<database>-accepted.<pid>.<token>``,
 holds an exclusive ``flock`` on it while it runs, and deletes it at its end when every
@@ -107,6 +109,7 @@ class AcceptedJournal:
         """The journals earlier passes left unfinished, each locked while the caller
         marks its replies; deleted when the caller moves on to the next (or ends the
         loop), not if the caller raises. Journals held by a running pass are skipped."""
+        self._sweep_unborn()
         for path in sorted(self.database.parent.glob(self.database.name + SUFFIX + "*")):
             if path == self._path:
                 continue
@@ -121,6 +124,24 @@ class AcceptedJournal:
                     continue  # a pass still running
                 entries = _read(fd)
                 yield path, entries
+                with suppress(FileNotFoundError):
+                    path.unlink()
+            finally:
+                os.close(fd)
+
+    def _sweep_unborn(self) -> None:
+        """Delete the hidden files of passes that died between creating their journal
+        and giving it its name (nothing is written to a journal before that)."""
+        for path in self.database.parent.glob("." + self.database.name + SUFFIX + "*"):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being created right now
+            else:
                 with suppress(FileNotFoundError):
                     path.unlink()
             finally:

@@ -22,10 +22,12 @@ it sent before it claims anything else. On SQLite, where a mark may wait for the
 write lock while intake decides a batch, each accepted reply is first written down
 in a journal file beside the database (``mail/accepted``), so a crash in that wait
 sends nothing again: the next pass marks what the journal holds before it claims.
+There, a claimed batch's replies are also marked together, at the batch's end
+(``_JournaledMarks``), while the batch's claim still covers a send.
 
-Each accepted reply is marked sent in its own commit at once, before its SMTP
-session sends the next one, so a SIGKILL leaves at most one reply per session
-accepted but unmarked. That commit also renews the claim on the reply the session
+Elsewhere (PostgreSQL) each accepted reply is marked sent in its own commit at once,
+before its SMTP session sends the next one, so a SIGKILL leaves at most one reply per
+session accepted but unmarked. That commit also renews the claim on the reply the session
 sends next (one transaction a reply, not two): nothing but the check for a stop comes
 between it and that send, and after a reconnect the claim is renewed anew. That
 bookkeeping is cheap: one database connection is kept for the whole run and each

@@ -6,6 +6,7 @@ that sent a reply to a real SMTP server (aiosmtpd) and was about to mark it in S
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -84,6 +85,24 @@ def test_a_journal_is_kept_when_the_caller_fails_while_marking(tmp_path: Path) -
     assert len(journals(database)) == 1
     assert [entries for _path, entries in AcceptedJournal(database).left()] == [
         [Accepted(3, AT, 1)]]
+
+
+def test_a_journal_that_never_got_its_name_is_swept(tmp_path: Path) -> None:
+    """A pass killed between creating its journal and renaming it into view leaves an
+    empty hidden file: the next pass deletes it, unless it is being created now."""
+    database = tmp_path / "mailroute.sqlite"
+    unborn = tmp_path / ".mailroute.sqlite-accepted.1.deadbeef"
+    unborn.write_bytes(b"")
+    held = tmp_path / ".mailroute.sqlite-accepted.2.cafebabe"
+    held.write_bytes(b"")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert list(AcceptedJournal(database).left()) == []
+        assert not unborn.exists()
+        assert held.exists()
+    finally:
+        os.close(fd)
 
 
 def test_only_a_sqlite_file_has_a_journal(tmp_path: Path) -> None:

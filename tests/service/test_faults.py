@@ -783,16 +783,19 @@ def test_a_reply_accepted_while_the_database_is_away_is_not_sent_again(
             recipient="c@customer.example", message_id="<r1@example.com>", subject="s",
             raw=b"Subject: s\r\nMessage-ID: <r1@example.com>\r\n\r\nhi\r\n", state="pending",
             attempts=0, not_before=now, created_at=now))
-    real_mark = outbox._mark_sent
     outage = {"left": 1}
 
-    def flaky_mark(*args: Any, **kwargs: Any) -> bool | None:
-        if outage["left"]:
-            outage["left"] -= 1
-            raise TransientError("database unavailable: terminating connection")
-        return real_mark(*args, **kwargs)
+    def flaky(real: Any) -> Any:
+        def mark(*args: Any, **kwargs: Any) -> Any:
+            if outage["left"]:
+                outage["left"] -= 1
+                raise TransientError("database unavailable: terminating connection")
+            return real(*args, **kwargs)
+        return mark
 
-    monkeypatch.setattr(outbox, "_mark_sent", flaky_mark)
+    # one reply's mark on PostgreSQL; on SQLite a batch's (its replies journaled first)
+    for name in ("_mark_sent", "_mark_all_sent"):
+        monkeypatch.setattr(outbox, name, flaky(getattr(outbox, name)))
     smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, security="none", timeout=5)
     replies = RepliesConfig(claim_timeout=10)
     try:
