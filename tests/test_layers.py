@@ -29,7 +29,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "service": frozenset({"core", "store", "mail", "pipeline", "ops", "web"}),
     "cli": frozenset({"core", "store", "mail", "pipeline", "ops", "web", "service"}),
 }
-SHARED = frozenset({"config", "errors", "logs", "packaged", "__init__", "__main__"})
+# ``startup`` and ``launch`` stay outside ``cli``: importing ``mailroute.cli.anything``
+# would run the command line's imports before the collector is off (mailroute.startup).
+SHARED = frozenset({"config", "errors", "logs", "packaged", "startup", "launch", "__init__",
+                    "__main__"})
 
 
 def module_name(path: Path) -> str:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mailroute import __version__
+from mailroute import __version__, startup
 from mailroute.cli import (
     customers,
     explain,
@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_CONFIG
+    if not getattr(args, "settles_itself", False):  # `run` does, once its daemon is built
+        startup.settle()
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
@@ -55,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_FAILURE
+    finally:
+        startup.settle()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mailroute import config as config_module
+from mailroute import startup
 from mailroute.cli.common import load_config, open_store
 from mailroute.errors import ConfigError
 
@@ -25,7 +26,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "--no-replies", action="store_true",
         help="with --once: register every letter, queue and send no reply (importing a history)",
     )
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, settles_itself=True)
 
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(title="db commands", metavar="ACTION")
@@ -60,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"replies": replies})
     store = open_store(config)
     daemon = Daemon(config, store, config_path=config.source)
+    startup.settle()  # start-up is over: mailroute.startup
     if args.once:
         with _progress_bar() as counted:
             report = daemon.run_once(send=not args.no_replies, counted=counted)
