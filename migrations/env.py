@@ -1,8 +1,9 @@
 """Alembic environment: run by `mailroute db upgrade` (see mailroute/store/db.py)."""
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 
+from mailroute.store.db import sqlite_page_size
 from mailroute.store.models import Base
 
 target_metadata = Base.metadata
@@ -20,7 +21,10 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    url = context.config.get_main_option("sqlalchemy.url") or ""
+    engine = create_engine(url)
+    if url.startswith("sqlite"):  # the first migration creates the file: its page size now
+        event.listen(engine, "connect", lambda connection, _record: sqlite_page_size(connection))
     with engine.connect() as connection:
         context.configure(
             connection=connection,
