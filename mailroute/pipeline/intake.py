@@ -74,6 +74,9 @@ class DrainReport:
     filed: dict[str, int] = field(default_factory=dict)
     unserved: int = 0  # letters the server would not hand over this pass
     refused: int = 0  # letters it would not move
+    # The earliest next attempt at a letter set aside that is still in the folder: the
+    # wait for new mail after the pass must end by then (an IDLE lasts up to 29 min).
+    next_attempt_at: datetime | None = None
 
     def count(self, state: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.state == state)
@@ -87,6 +90,9 @@ class DrainReport:
             self.filed[folder] = self.filed.get(folder, 0) + filed
         self.unserved += other.unserved
         self.refused += other.refused
+        self.next_attempt_at = min(
+            (at for at in (self.next_attempt_at, other.next_attempt_at) if at is not None),
+            default=None)
 
 
 def drain(
@@ -188,7 +194,18 @@ class _Pass:
         with self.store.transaction() as session:
             repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
                              backlog=left)
+            self.report.next_attempt_at = self._next_attempt(session, set(uids))
         return self.report
+
+    def _next_attempt(self, session: Session, in_folder: set[str]) -> datetime | None:
+        """When the first letter set aside in this folder is due again. Only future
+        attempts at letters still listed count: a fault left for a letter gone from the
+        folder would otherwise cut every wait to nothing."""
+        now = self.clock()
+        return min((fault.next_attempt_at for fault in
+                    repo.letter_faults(session, self.source.name)
+                    if fault.uidvalidity == self.uidvalidity and fault.uid in in_folder
+                    and fault.next_attempt_at > now), default=None)
 
     def _note_withheld(self) -> None:
         """One line for the whole pass, however many old letters a history held."""

@@ -62,6 +62,8 @@ STANDBY_RETRY = 5.0  # seconds between a standby mailbox's tries at its lock
 # With other instances about, a held mailbox's wait for mail is cut to this many seconds,
 # so that an instance over its share (others joined) lets the surplus go soon.
 REBALANCE_CHECK = 15.0
+# The shortest wait before a pass that retries a letter set aside (its clock may lag ours).
+MIN_RETRY_WAIT = 1.0
 COUNT_EVERY = 1.0  # seconds a count of the instances alive is trusted
 
 
@@ -267,6 +269,9 @@ class MailboxIntake:
         wait = self.mailbox.idle_timeout
         if daemon.share.shared:
             wait = min(wait, REBALANCE_CHECK)
+        if report.next_attempt_at is not None:  # a letter set aside is due again by then
+            due_in = (report.next_attempt_at - daemon.clock()).total_seconds()
+            wait = min(wait, max(due_in, MIN_RETRY_WAIT))
         self.source.wait(wait, daemon.stop)
 
     def fresh(self) -> bool:

@@ -96,6 +96,7 @@ def test_one_letter_the_server_cannot_serve_does_not_block_the_rest(
     assert scripted.uids("INBOX") == [bad]
     assert len(scripted.uids("Processed")) == 19
     assert report.unserved == 1
+    assert report.next_attempt_at == NOW + timedelta(minutes=1)  # the wait ends by then
     with store.transaction() as session:
         (fault_row,) = repo.letter_faults(session)
         assert (fault_row.uid, fault_row.action, fault_row.attempts) == (str(bad), "fetch", 1)
@@ -121,13 +122,75 @@ def test_one_letter_the_server_cannot_serve_does_not_block_the_rest(
         # Served again after its backoff: saved, filed, no longer reported.
         del scripted.faults[bad]
         clock[0] = NOW + timedelta(minutes=2)
-        drain(source, store, pipeline, config.mailbox, lambda: clock[0])
+        last = drain(source, store, pipeline, config.mailbox, lambda: clock[0])
     finally:
         source.close()
+    assert last.next_attempt_at is None
     assert stored(store)[str(bad)][0] == originals[bad]
     assert scripted.uids("INBOX") == []
     with store.transaction() as session:
         assert repo.letter_faults(session) == []
+
+
+def test_the_daemon_retries_a_letter_set_aside_when_it_is_due_not_at_the_next_idle(
+    scripted: ScriptedImapServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a pass that set a letter aside, the daemon's wait for new mail ends when
+    that letter is due again. It waited the whole IDLE (or poll) instead, up to 29 min
+    with nothing new arriving: a letter the server failed once, during a dropped
+    connection, sat in the inbox until then (seen in the IMAP restart fault test)."""
+    from mailroute.pipeline import intake
+    from mailroute.service.daemon import Daemon
+
+    monkeypatch.setattr(intake, "FAULT_RETRY_FIRST", timedelta(seconds=1))
+    for number in (1, 2, 3):
+        scripted.add(letter(number), datetime.now(UTC) - timedelta(minutes=5))
+    scripted.faults[2] = "no"
+    config, store, _pipeline = setup(scripted.host, scripted.port, sqlite_url, timeout=2,
+                                     idle_timeout=600, poll_interval=600)
+    daemon = Daemon(config, store)
+    (loop,) = daemon.intakes
+    thread = threading.Thread(target=loop.loop, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while scripted.uids("INBOX") != [2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scripted.uids("INBOX") == [2], "the first pass set letter 2 aside"
+        del scripted.faults[2]  # served from now on
+        set_aside = time.monotonic()
+        while scripted.uids("INBOX") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scripted.uids("INBOX") == [], "letter 2 still waits (for the IDLE's end)"
+        assert time.monotonic() - set_aside < 10
+    finally:
+        daemon.stop.set()
+        thread.join(15)
+        loop.drop_source()
+    assert sorted(map(int, stored(store))) == [1, 2, 3]
+    with store.transaction() as session:
+        assert repo.letter_faults(session) == []
+
+
+def test_a_fault_left_for_a_letter_gone_from_the_folder_does_not_cut_the_wait(
+    scripted: ScriptedImapServer, sqlite_url: str
+) -> None:
+    """Only letters still listed count: a fault row whose letter someone moved away by
+    hand would otherwise end every wait for new mail at once."""
+    scripted.add(letter(1), NOW)
+    config, store, pipeline = setup(scripted.host, scripted.port, sqlite_url)
+    source = ImapSource(config.mailbox)
+    try:
+        uidvalidity = source.select()
+        with store.transaction() as session:
+            repo.record_letter_fault(session, source.name, uidvalidity, "999", action="fetch",
+                                     error="gone", now=NOW,
+                                     retry_after=lambda _attempts: timedelta(minutes=1))
+        report = drain(source, store, pipeline, config.mailbox, lambda: NOW)
+    finally:
+        source.close()
+    assert report.fetched == 1
+    assert report.next_attempt_at is None
 
 
 def test_a_letter_that_fails_again_backs_off_further(
