@@ -39,6 +39,7 @@ from mailroute.pipeline.decide import Outcome, Pipeline, age_text, batches, proc
 from mailroute.pipeline.workers import Interrupted, Understanding, Understood
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.store.models import LetterFault
 
 log = logs.get("mailroute.mail.mailbox")
 SAVE_ATTEMPTS = 3  # a batch saved meanwhile by another writer is looked at again
@@ -194,18 +195,19 @@ class _Pass:
         with self.store.transaction() as session:
             repo.record_poll(session, self.source.name, self.uidvalidity, self.clock(),
                              backlog=left)
-            self.report.next_attempt_at = self._next_attempt(session, set(uids))
+            self.report.next_attempt_at = self._next_attempt(session, uids)
         return self.report
 
-    def _next_attempt(self, session: Session, in_folder: set[str]) -> datetime | None:
-        """When the first letter set aside in this folder is due again. Only future
-        attempts at letters still listed count: a fault left for a letter gone from the
-        folder would otherwise cut every wait to nothing."""
-        now = self.clock()
-        return min((fault.next_attempt_at for fault in
-                    repo.letter_faults(session, self.source.name)
-                    if fault.uidvalidity == self.uidvalidity and fault.uid in in_folder
-                    and fault.next_attempt_at > now), default=None)
+    def _next_attempt(self, session: Session, uids: list[str]) -> datetime | None:
+        """When the first letter set aside in this folder is due again. Only letters
+        still listed count: a fault left for a letter gone from the folder would
+        otherwise cut every wait to nothing."""
+        ahead = self._faults_ahead(session)
+        if not ahead:
+            return None  # the usual pass: no set of a large folder's UIDs to build
+        listed = set(uids)
+        return min((fault.next_attempt_at for fault in ahead if fault.uid in listed),
+                   default=None)
 
     def _note_withheld(self) -> None:
         """One line for the whole pass, however many old letters a history held."""
@@ -257,9 +259,13 @@ class _Pass:
 
     def _resting(self, session: Session) -> set[str]:
         """UIDs of this folder whose fault's next attempt is still to come."""
+        return {fault.uid for fault in self._faults_ahead(session)}
+
+    def _faults_ahead(self, session: Session) -> list[LetterFault]:
+        """This folder's letters set aside whose next attempt is still to come."""
         now = self.clock()
-        return {fault.uid for fault in repo.letter_faults(session, self.source.name)
-                if fault.uidvalidity == self.uidvalidity and fault.next_attempt_at > now}
+        return [fault for fault in repo.letter_faults(session, self.source.name)
+                if fault.uidvalidity == self.uidvalidity and fault.next_attempt_at > now]
 
     def _fetch(self, uids: list[str]) -> list[FetchedLetter]:
         """The batch's letters; those the server would not serve are set aside."""
