@@ -297,7 +297,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         lines = log.read_text(errors="replace").splitlines()
         run.summary = next((x for x in reversed(lines) if x.startswith("mailroute:")), "")
         check(run, url, account, sink)
-        if run.problems and args.keep_log:
+        if args.keep_log:
             shutil.copy(log, args.keep_log)
     return run
 
@@ -305,7 +305,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
 def report(run: Run, label: str, journaled: bool = False) -> str:
     target = TARGETS[run.db]
     states = ", ".join(f"{k}={v}" for k, v in sorted(run.states.items()))
-    phase_text = ", ".join(f"{k} {v:.1f} s" for k, v in run.phases.items())
+    phase_text = ", ".join(f"{k} {v:.2f} s" for k, v in run.phases.items())
     verdict = "met" if run.rate >= target else "NOT met"
     cpu = run.cpu_user + run.cpu_system + run.helpers_cpu
     whole = cpu + run.dovecot_cpu + run.sink_cpu
@@ -369,7 +369,7 @@ def main() -> int:
                              "mailbox.batch_size=200; VALUE is read as TOML")
     parser.add_argument("--profile", type=Path,
                         help="run mailroute under pyinstrument, report to this file")
-    parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here on failure")
+    parser.add_argument("--keep-log", type=Path, help="copy mailroute's log here (the last run's)")
     add_source_arguments(parser)
     args = parser.parse_args()
     terminate_on_sigterm()

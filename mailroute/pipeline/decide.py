@@ -302,6 +302,7 @@ def _decide_batch(
         understood = _understood(pipeline, letters, ready, understanding)
         lookups = _lookups_for(session, pipeline, understood, now)
         history = repo.HistoryBuffer.install(session)
+        attachments = repo.AttachmentBuffer.install(session)
         queued: list[_Queued] = []
         for letter, known in zip(letters, understood, strict=True):
             outcome = _decide(session, lookups, pipeline, letter, known, now, queued)
@@ -312,6 +313,7 @@ def _decide_batch(
         for event, item in queued:
             event.detail = {**event.detail, "outbox": item.id}
         history.write(session)
+        attachments.write(session)
     return decided
 
 

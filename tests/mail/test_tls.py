@@ -49,6 +49,23 @@ def test_imap_verification_can_be_switched_off_explicitly(imap_account: ImapAcco
         source.close()
 
 
+def test_imap_without_tls_loads_no_ca_bundle(imap_account: ImapAccount, dovecot: DovecotServer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """security = "none" (loopback only) builds no TLS context: loading the CA bundle
+    cost ~15 ms of every start."""
+    import mailroute.mail.imap as imap_module
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a TLS context was built for a connection without TLS")
+
+    monkeypatch.setattr(imap_module, "tls_context", refused)
+    source = imap(imap_account, dovecot, port=dovecot.port, security="none")
+    try:
+        assert source.select() > 0
+    finally:
+        source.close()
+
+
 def test_imap_starttls_verified(imap_account: ImapAccount, dovecot: DovecotServer) -> None:
     source = imap(imap_account, dovecot, port=dovecot.port, security="starttls",
                   ca_file=str(dovecot.ca_file))

@@ -186,6 +186,66 @@ def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) ->
         assert session.query(Blob).count() == 1
 
 
+def test_a_batch_writes_its_attachment_rows_with_one_insert_in_their_order(
+    store: Store,
+) -> None:
+    """Attachment rows wait for the batch's end and go in as one executemany: one
+    ORM object each was one INSERT each. Their ids keep the letters' and parts' order."""
+    from email.message import EmailMessage
+
+    from sqlalchemy import event, select
+
+    from mailroute.config import Config
+    from mailroute.pipeline.decide import Pipeline, process_batch
+    from mailroute.store.models import AttachmentRecord, Blob
+
+    store.upgrade()
+    now = datetime.now(UTC)
+    expected = []
+    with store.transaction() as session:
+        ids = []
+        for number in range(3):
+            message = EmailMessage()
+            message["From"] = f"a{number}@customer.example"
+            message["Subject"] = f"Ошибка в отчёте {number}"
+            message["Message-ID"] = f"<batch{number}@customer.example>"
+            message.set_content("Отчёт не формируется, скриншоты во вложении.\n\n"
+                                f"ООО «А{number}»\nрег. номер 80011122{number}")
+            for part in ("first", "second"):
+                name = f"{part}-{number}.png"
+                message.add_attachment(f"PNG {name}".encode(), maintype="image",
+                                       subtype="png", filename=name)
+                expected.append(name)
+            letter, _ = repo.save_letter(
+                session, mailbox="m", uidvalidity=1, uid=str(number + 1), raw=bytes(message),
+                message_id=message["Message-ID"], received_at=now, now=now)
+            ids.append(letter.id)
+    inserts: list[tuple[str, int]] = []
+
+    def count(conn: object, cursor: object, statement: str, parameters: object,
+              context: object, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO ATTACHMENTS"):
+            rows = len(parameters) if executemany and isinstance(parameters, list | tuple) else 1
+            inserts.append((statement, rows))
+
+    engine = store.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        outcomes = process_batch(store, Pipeline.from_config(Config()), ids, now)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [outcome.state for outcome in outcomes] == ["processed"] * 3
+    assert len(inserts) == 1, inserts
+    with store.transaction() as session:
+        records = session.scalars(select(AttachmentRecord).order_by(AttachmentRecord.id)).all()
+        assert [record.filename for record in records] == expected
+        assert [record.letter_id for record in records] == [i for i in ids for _ in (1, 2)]
+        assert all(record.size == len(f"PNG {record.filename}") for record in records)
+        assert all(not record.inline and record.content_type == "image/png"
+                   for record in records)
+        assert session.query(Blob).count() == 6
+
+
 def test_raw_bytes_move_to_their_own_table_and_back(store: Store) -> None:
     """0006 moves every letter's bytes to letter_bytes; its downgrade puts them back."""
     from alembic import command
