@@ -77,6 +77,13 @@ def test_short_requests_are_descriptions(own: str) -> None:
     assert has_description(own)
 
 
+def test_a_covering_note_is_only_whole_words() -> None:
+    """ "no response" inside "Ano response" is not a covering note: blanking it left
+    one-letter stubs, and a request of real words counted as none."""
+    assert has_description("Ano response, Uno response, Ono response.")
+    assert not has_description("No response. Still no response.")
+
+
 def test_explain_json_has_the_spec_fields_and_more() -> None:
     data = analyze(letter("Не проводится документ." + SIGNATURE, sender="Ivan@Client.ru"),
                    CONTEXT).as_dict()
