@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -307,7 +307,7 @@ def add_attachment(
     :class:`AttachmentBuffer` installed, the row waits for the transaction's end."""
     row = {"letter_id": letter.id, "filename": filename, "content_type": content_type,
            "size": len(content), "sha256": sha256, "inline": inline}
-    buffer: AttachmentBuffer | None = session.info.get(_ATTACHMENT_BUFFER)
+    buffer = AttachmentBuffer.of(session)
     if buffer is not None:
         buffer.rows.append(row)
     else:
@@ -316,28 +316,42 @@ def add_attachment(
         session.add(Blob(sha256=sha256, content=content))
 
 
-_ATTACHMENT_BUFFER = "mailroute.attachment_buffer"
 _ATTACHMENTS = cast(Table, AttachmentRecord.__table__)
 
 
-class AttachmentBuffer:
-    """The attachment rows one transaction adds, inserted with one ``INSERT`` (executemany)
-    before it commits. As ORM objects each cost an ``INSERT ... RETURNING`` of its own on
-    SQLite (its id is generated), 504 statements for a 2,000-letter backlog, and an
-    instrumented object; nothing reads these rows back within the transaction.
+class _TransactionBuffer:
+    """Rows one transaction holds back to insert with one ``INSERT`` (executemany) just
+    before it commits, instead of one ORM object and one ``INSERT ... RETURNING`` each:
+    for rows nothing reads back within the transaction that adds them.
 
-    Installed on a session by :meth:`install`; :func:`add_attachment` then appends here.
-    :meth:`write` must be called before the commit (a rollback loses the rows anyway).
+    Installed on a session by :meth:`install` (the writers then find it with
+    :meth:`of`); ``write`` must be called before the commit: rows not written are lost
+    with the session, as a rollback loses them anyway.
     """
+
+    KEY: ClassVar[str]
+
+    @classmethod
+    def install(cls, session: Session) -> Self:
+        buffer = cls()
+        session.info[cls.KEY] = buffer
+        return buffer
+
+    @classmethod
+    def of(cls, session: Session) -> Self | None:
+        """The buffer installed on this session, if any."""
+        buffer: Self | None = session.info.get(cls.KEY)
+        return buffer
+
+
+class AttachmentBuffer(_TransactionBuffer):
+    """A transaction's attachment rows: as ORM objects each was an insert of its own on
+    SQLite (its id is generated), 504 statements for a 2,000-letter backlog."""
+
+    KEY = "mailroute.attachment_buffer"
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
-
-    @classmethod
-    def install(cls, session: Session) -> AttachmentBuffer:
-        buffer = cls()
-        session.info[_ATTACHMENT_BUFFER] = buffer
-        return buffer
 
     def write(self, session: Session) -> None:
         """Insert the rows in the order they were added (their ids keep that order)."""
@@ -413,27 +427,13 @@ class HistoryEntry:
     detail: dict[str, Any]
 
 
-_HISTORY_BUFFER = "mailroute.history_buffer"
+class HistoryBuffer(_TransactionBuffer):
+    """The history entries of one transaction (:func:`add_event` appends here)."""
 
-
-class HistoryBuffer:
-    """The history entries of one transaction, written with one ``INSERT`` (executemany)
-    just before it commits, instead of one ORM object and one ``INSERT ... RETURNING``
-    each (nothing reads an entry back within the transaction that adds it).
-
-    Installed on a session by :meth:`install`; :func:`add_event` then appends here.
-    :meth:`write` must be called before the commit: entries not written are lost with
-    the session, as a rollback loses them anyway.
-    """
+    KEY = "mailroute.history_buffer"
 
     def __init__(self) -> None:
         self.entries: list[HistoryEntry] = []
-
-    @classmethod
-    def install(cls, session: Session) -> HistoryBuffer:
-        buffer = cls()
-        session.info[_HISTORY_BUFFER] = buffer
-        return buffer
 
     def write(self, session: Session) -> None:
         """Insert the entries, oldest first (so their ids keep the order they were added)."""
@@ -453,7 +453,7 @@ def add_event(
     session: Session, request: Request, kind: str, at: datetime, /, **detail: Any
 ) -> RequestEvent | HistoryEntry:
     """Append to the request's history; any keyword (even ``request``) is detail."""
-    buffer: HistoryBuffer | None = session.info.get(_HISTORY_BUFFER)
+    buffer = HistoryBuffer.of(session)
     event: RequestEvent | HistoryEntry
     if buffer is not None:
         event = HistoryEntry(request, at, kind, detail)
