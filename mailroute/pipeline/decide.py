@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -54,7 +54,8 @@ from mailroute.pipeline.workers import Fault, Understanding, Understood
 from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
-from mailroute.store.models import Letter, Request, RequestEvent
+from mailroute.store.models import Request, RequestEvent
+from mailroute.store.repository import DecidingLetter
 
 log = logs.get("mailroute.pipeline.decide")
 HOURS_TEXT = {
@@ -294,7 +295,7 @@ def _decide_batch(
     now: datetime,
     ready: Mapping[int, Understood],
     understanding: Understanding | None,
-) -> list[tuple[Outcome, Letter]]:
+) -> list[tuple[Outcome, DecidingLetter]]:
     decided = []
     with store.transaction() as session:
         with_raw = any(letter_id not in ready for letter_id in letter_ids)
@@ -314,12 +315,13 @@ def _decide_batch(
             event.detail = {**event.detail, "outbox": item.id}
         history.write(session)
         attachments.write(session)
+        repo.write_decided(session, letters)
     return decided
 
 
 def _understood(
     pipeline: Pipeline,
-    letters: list[Letter],
+    letters: list[DecidingLetter],
     ready: Mapping[int, Understood],
     understanding: Understanding | None,
 ) -> list[Understood]:
@@ -354,11 +356,15 @@ def _lookups_for(
     )
 
 
-def _quarantine_alone(store: Store, letter_id: int, fault: Fault) -> list[tuple[Outcome, Letter]]:
+def _quarantine_alone(
+    store: Store, letter_id: int, fault: Fault
+) -> list[tuple[Outcome, DecidingLetter]]:
     with store.transaction() as session:
         for letter in repo.lock_pending_letters(session, [letter_id], with_raw=False):
             letter.attempts += 1
-            return [(_quarantine(letter, fault), letter)]
+            outcome = _quarantine(letter, fault)
+            repo.write_decided(session, [letter])
+            return [(outcome, letter)]
     return []
 
 
@@ -378,7 +384,7 @@ def _decide(
     session: Session,
     lookups: BatchLookups,
     pipeline: Pipeline,
-    letter: Letter,
+    letter: DecidingLetter,
     known: Understood,
     now: datetime,
     queued: list[_Queued],
@@ -430,7 +436,7 @@ def _decide(
         raise _Unprocessable(Fault(stage, reason, traceback.format_exc())) from exc
 
 
-def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
+def _describe_letter(letter: DecidingLetter, parsed: ParsedLetter) -> None:
     letter.message_id = parsed.message_id
     letter.sender = parsed.sender.email if parsed.sender else None
     letter.subject = parsed.subject
@@ -438,7 +444,9 @@ def _describe_letter(letter: Letter, parsed: ParsedLetter) -> None:
                                      (item.sha256 for item in parsed.attachments))
 
 
-def _repeated(letter: Letter, earlier: list[repo.EarlierLetter]) -> repo.EarlierLetter | None:
+def _repeated(
+    letter: DecidingLetter, earlier: list[repo.EarlierLetter]
+) -> repo.EarlierLetter | None:
     """The earlier letter this one re-delivers: same Message-ID and same content.
 
     A Message-ID alone proves nothing (scanners and ERP exports stamp one on every
@@ -456,7 +464,7 @@ def _repeated(letter: Letter, earlier: list[repo.EarlierLetter]) -> repo.Earlier
     return None
 
 
-def _quarantine(letter: Letter, fault: Fault) -> Outcome:
+def _quarantine(letter: DecidingLetter, fault: Fault) -> Outcome:
     letter.state = "quarantined"
     letter.stage = fault.stage
     text = fault.reason if fault.trace is None else f"{fault.reason}\n{fault.trace}"
@@ -483,7 +491,7 @@ def _find_thread(
         if request is None or not owns(request):
             return None
         found[request.number] = request
-        return _thread(request)
+        return _thread(request, lookups.joined_here(request))
 
     ours = view(lookups.request_by_our_message_ids(references))
     theirs = tuple(filter(None, map(view, lookups.requests_by_their_message_ids(references))))
@@ -499,20 +507,22 @@ def _find_thread(
     return found[decision.join.number], decision.join
 
 
-def _thread(request: Request) -> conversation.Thread:
-    """What the conversation policy sees of a request.
+def _thread(request: Request, joined_here: Sequence[DecidingLetter] = ()) -> (
+        conversation.Thread):
+    """What the conversation policy sees of a request: its letters in the database, and
+    those this batch joined to it (``joined_here``: not written until the batch ends).
 
-    Its letters are loaded without flushing the batch first: the letters this batch
-    joined to it come from the session's pending changes (SQLAlchemy applies them to
-    the collection it loads), and a flush per follow-up split the batch's one flush
-    into many (a quarter of the time deciding took in a backlog's profile).
+    The stored ones are loaded without flushing the batch first: a flush per follow-up
+    split the batch's one flush into many (a quarter of the time deciding took in a
+    backlog's profile).
     """
     members = {request.requester.lower()} if request.requester else set()
     session = object_session(request)
     with session.no_autoflush if session is not None else nullcontext():
-        letters = list(request.letters)
-    members.update(letter.sender.lower() for letter in letters
-                   if letter.sender and letter.state in conversation.MEMBER_STATES)
+        stored = [(letter.sender, letter.state) for letter in request.letters]
+    batch = [(letter.sender, letter.state) for letter in joined_here]
+    members.update(sender.lower() for sender, state in (*stored, *batch)
+                   if sender and state in conversation.MEMBER_STATES)
     return conversation.Thread(
         number=request.number, requester=request.requester or "",
         members=frozenset(members), status=request.status,
@@ -520,7 +530,9 @@ def _thread(request: Request) -> conversation.Thread:
     )
 
 
-def _sender(letter: Letter, parsed: ParsedLetter, pipeline: Pipeline) -> conversation.Sender:
+def _sender(
+    letter: DecidingLetter, parsed: ParsedLetter, pipeline: Pipeline
+) -> conversation.Sender:
     """The letter's From, and whether our receiving server says it failed DMARC (read from
     the bytes only when the policy asks)."""
     address = parsed.sender.email if parsed.sender else ""
@@ -545,7 +557,7 @@ class _Steps:
     session: Session
     lookups: BatchLookups
     pipeline: Pipeline
-    letter: Letter
+    letter: DecidingLetter
     parsed: ParsedLetter
     analysis: Analysis
     now: datetime
@@ -650,7 +662,8 @@ class _Steps:
             analysis.missing,
             conversation.new_subject(analysis.letter.subject, pipeline.our_subjects),
         )
-        step = conversation.follow_up_step(_thread(request), supplied.items,
+        step = conversation.follow_up_step(_thread(request, self.lookups.joined_here(request)),
+                                           supplied.items,
                                            pipeline.workflow.closed_reply,
                                            pipeline.workflow.max_clarifications)
         if step == "new_linked":
@@ -805,7 +818,7 @@ def _local(pipeline: Pipeline, moment: datetime | None) -> datetime | None:
     return moment.astimezone(pipeline.calendar.zone) if moment else None
 
 
-def _log(outcome: Outcome, letter: Letter) -> None:
+def _log(outcome: Outcome, letter: DecidingLetter) -> None:
     fields = {"msgid": letter.message_id, "uid": letter.uid, "letter": letter.id}
     if outcome.state == "quarantined":
         log.error("letter quarantined", **fields, error=outcome.detail)

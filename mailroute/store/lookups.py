@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from mailroute.core.addresses import counted_as, domain_of
 from mailroute.core.reply_policy import Recent
 from mailroute.store import repository as repo
-from mailroute.store.models import Letter, Request
+from mailroute.store.models import Request
 
 # Request ids reserved at a time: as many as a decided batch holds (decide.BATCH_LETTERS),
 # so a batch reserves once (PostgreSQL: those it does not use are a gap in the ids).
@@ -47,7 +47,8 @@ class BatchLookups:
     ) -> None:
         self.session = session
         self._earlier = repo.processed_with_message_ids(session, message_ids)
-        self._decided_here: set[str] = set()
+        self._decided_here: dict[str, list[repo.EarlierLetter]] = {}
+        self._joined: dict[int, list[repo.DecidingLetter]] = {}
         self._replies_of, self._letters_of = repo.threads_of(session, references)
         self._replies_here: dict[str, Request] = {}
         self._letters_here: dict[str, list[Request | int]] = {}
@@ -81,25 +82,32 @@ class BatchLookups:
     # ------------------------------------------------------------------ letters
 
     def earlier_letters(self, message_id: str | None) -> list[repo.EarlierLetter]:
-        """The decided letters with this Message-ID, oldest first."""
+        """The decided letters with this Message-ID, oldest first: the database's, then
+        this batch's (which are not written until its end)."""
         if not message_id:
             return []
-        if message_id in self._decided_here:  # decided in this batch: ask the database,
-            found = repo.processed_with_message_ids(self.session, [message_id])  # which the
-            return found.get(message_id, [])  # autoflush brings up to date; rare
-        return self._earlier.get(message_id, [])
+        return [*self._earlier.get(message_id, ()), *self._decided_here.get(message_id, ())]
 
-    def decided(self, letter: Letter) -> None:
+    def decided(self, letter: repo.DecidingLetter) -> None:
         """``letter`` now has a final state in this transaction."""
+        owner = letter.owner_id()
+        if owner is not None:
+            self._joined.setdefault(owner, []).append(letter)
         if not letter.message_id:
             return
         if letter.state in repo.ORIGINAL_LETTER_STATES:
-            self._decided_here.add(letter.message_id)
-        # an id set as a value (a duplicate) is not loaded as an object; a request this
-        # batch made or found is there as an object with no id in the row yet
-        owner = letter.request_id if letter.request_id is not None else letter.request
-        if owner is not None:
-            self._letters_here.setdefault(letter.message_id, []).append(owner)
+            self._decided_here.setdefault(letter.message_id, []).append(repo.EarlierLetter(
+                letter.id, owner, letter.content_key, letter.sender, letter.subject))
+        # a request this batch made or found is there as an object, not yet in the database
+        joined: Request | int | None = (
+            letter.request if letter.request is not None else letter.request_id)
+        if joined is not None:
+            self._letters_here.setdefault(letter.message_id, []).append(joined)
+
+    def joined_here(self, request: Request) -> list[repo.DecidingLetter]:
+        """The letters this batch joined to ``request`` so far (the database has none of
+        them yet: they are written at the batch's end)."""
+        return self._joined.get(request.id, [])
 
     # ------------------------------------------------------------------ threads
 

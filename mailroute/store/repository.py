@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, true, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from mailroute.core.addresses import counted_as, domain_of
 from mailroute.store import webhooks
@@ -208,22 +208,113 @@ def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Letter.state == "pending")) or 0
 
 
+@dataclass(slots=True, eq=False)
+class DecidingLetter:
+    """A saved letter while a batch decides it: the columns deciding reads and sets, as a
+    plain object rather than an ORM instance, written back by :func:`write_decided`.
+
+    As ORM instances a batch's letters cost their loading, an instrumented set per
+    attribute, a backref append per letter joined to a request and the flush's sorting
+    of dirty rows into UPDATE groups: about 90 µs a letter against 30 for these rows and
+    one UPDATE a batch. The catch: what this batch changed is not in the session, so
+    queries about letters within the batch must be answered by the batch
+    (``store.lookups.BatchLookups`` keeps what they need).
+    """
+
+    id: int
+    uid: str
+    received_at: datetime
+    attempts: int
+    message_id: str | None
+    sender: str | None
+    subject: str | None
+    content_key: str | None
+    state: str
+    request_id: int | None
+    analysis: dict[str, Any] | None
+    ignore_reason: str | None
+    stage: str | None
+    error: str | None
+    request: Request | None = None  # joined to this object: its id is written at the end
+    _raw: bytes | None = None
+    _session: Session | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The letter as fetched (read from ``letter_bytes`` when first asked for)."""
+        if self._raw is None:
+            assert self._session is not None, "a letter's bytes need its session"
+            raw = self._session.scalar(select(_LETTER_BYTES.c.raw)
+                                       .where(_LETTER_BYTES.c.letter_id == self.id))
+            if raw is None:
+                raise LookupError(f"letter {self.id} has no bytes stored")
+            self._raw = raw
+        return self._raw
+
+    def owner_id(self) -> int | None:
+        """The id of the request it belongs to (a request object's, set before the write)."""
+        return self.request.id if self.request is not None else self.request_id
+
+
+_DECIDED_COLUMNS = ("state", "request_id", "message_id", "sender", "subject", "content_key",
+                    "attempts", "ignore_reason", "stage", "error")
+_LOADED_COLUMNS = ("id", "uid", "received_at", "attempts", "message_id", "sender", "subject",
+                   "content_key", "state", "request_id", "analysis", "ignore_reason", "stage",
+                   "error")
+
+
 def lock_pending_letters(
     session: Session, letter_ids: Sequence[int], *, with_raw: bool = True
-) -> list[Letter]:
+) -> list[DecidingLetter]:
     """Those of these letters still pending, oldest first, locked against a second worker
     for this transaction (one locked by another worker is left to it). With
     ``with_raw`` their bytes are read too, in one more query (else when asked for)."""
+    letters = _LETTERS.c
     query = (
-        select(Letter)
-        .where(Letter.id.in_(list(letter_ids)), Letter.state == "pending")
-        .order_by(Letter.id)
+        select(*(letters[name] for name in _LOADED_COLUMNS))
+        .where(letters.id.in_(list(letter_ids)), letters.state == "pending")
+        .order_by(letters.id)
     )
-    if with_raw:
-        query = query.options(selectinload(Letter.content))
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
+    found = [DecidingLetter(*row) for row in session.execute(query)]
+    for letter in found:
+        letter._session = session
+    if with_raw and found:
+        rows = session.execute(select(_LETTER_BYTES.c.letter_id, _LETTER_BYTES.c.raw)
+                               .where(_LETTER_BYTES.c.letter_id.in_(
+                                   [letter.id for letter in found])))
+        raws = {letter_id: raw for letter_id, raw in rows}  # (a Result has keys(): not dict())
+        for letter in found:
+            letter._raw = raws.get(letter.id)
+    return found
+
+
+def write_decided(session: Session, letters: Sequence[DecidingLetter]) -> None:
+    """Write back what deciding set on these letters: one UPDATE (executemany) for those
+    with an analysis and one for the rest, whose analysis stays as it was (a None
+    written through the JSON type would be the JSON ``null``, not SQL NULL).
+
+    The requests they joined must be in the session with their ids (they are reserved
+    ahead); the session is flushed first, so those rows exist for the foreign key."""
+    if not letters:
+        return
+    session.flush()
+    with_analysis = [letter for letter in letters if letter.analysis is not None]
+    without = [letter for letter in letters if letter.analysis is None]
+    for group, columns in ((with_analysis, (*_DECIDED_COLUMNS, "analysis")),
+                           (without, _DECIDED_COLUMNS)):
+        if not group:
+            continue
+        statement = update(_LETTERS).where(_LETTERS.c.id == bindparam("letter_id"))
+        session.execute(statement, [_decided_row(letter, columns) for letter in group])
+
+
+def _decided_row(letter: DecidingLetter, columns: Sequence[str]) -> dict[str, Any]:
+    row = {name: getattr(letter, name) for name in columns}
+    row["request_id"] = letter.owner_id()
+    row["letter_id"] = letter.id
+    return row
 
 
 ORIGINAL_LETTER_STATES = ("processed", "follow_up", "note", "ignored")  # what a duplicate copies
@@ -293,7 +384,7 @@ def mark_filed(session: Session, letter_ids: Iterable[int], folder: str) -> None
 
 def add_attachment(
     session: Session,
-    letter: Letter,
+    letter: DecidingLetter | Letter,
     *,
     filename: str,
     content_type: str,

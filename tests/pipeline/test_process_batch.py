@@ -22,6 +22,7 @@ from mailroute.pipeline import decide
 from mailroute.pipeline.decide import Outcome, Pipeline, process_letter, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
+from mailroute.store.lookups import BatchLookups
 from mailroute.store.models import Blob, Counter, Letter, OutboxItem, Request, RequestEvent
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 11:00 in Moscow
@@ -220,25 +221,63 @@ def test_an_organization_read_with_doubt_is_asked_to_be_confirmed(store: Store) 
     assert "верно ли мы прочли" not in body("user2@romashka.example")
 
 
-def test_a_thread_view_sees_letters_the_batch_joined_without_flushing_them(
+def test_a_thread_view_counts_letters_the_batch_joined_but_has_not_written(
     store: Store,
 ) -> None:
-    """``_thread`` loads a request's letters without an autoflush (one flush a batch):
-    a letter joined to the request earlier in the same transaction still counts."""
+    """A batch writes its letters once, at its end (``repo.write_decided``): until then
+    the database does not know a letter joined a request, and the thread view learns it
+    from the batch's lookups."""
     save(store, [letter(1), letter(2)])
     process_letter(store, Pipeline.from_config(Config()), 1, NOW)
     with store.transaction() as session:
         request = session.scalars(select(Request)).one()
-        joined = session.scalars(select(Letter).where(Letter.uid == "2")).one()
+        (joined,) = repo.lock_pending_letters(session, [2], with_raw=False)
         joined.sender, joined.state = "colleague@romashka.example", "follow_up"
-        joined.request = request  # not flushed: the database still says no request
+        joined.request = request
+        lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
+                               attachment_hashes=[], replies_since=NOW)
+        assert "colleague@romashka.example" not in decide._thread(request).members
+        lookups.decided(joined)
 
-        thread = decide._thread(request)
+        thread = decide._thread(request, lookups.joined_here(request))
 
         assert "colleague@romashka.example" in thread.members
         assert "user1@romashka.example" in thread.members
-        assert joined in session.dirty  # nothing was flushed to build the view
-        flushed = session.connection().execute(
-            select(Letter.__table__.c.request_id).where(Letter.__table__.c.uid == "2")
-        ).scalar()
-        assert flushed is None
+        stored = session.scalar(select(Letter.request_id).where(Letter.uid == "2"))
+        assert stored is None  # nothing was written to build the view
+        repo.write_decided(session, [joined])
+        assert session.scalar(select(Letter.request_id).where(Letter.uid == "2")) == request.id
+
+
+def test_a_batch_writes_its_letters_in_one_update_a_kind_and_keeps_sql_null(
+    store: Store,
+) -> None:
+    """Deciding writes a batch's letters back with one executemany UPDATE for those with
+    an analysis and one for the rest; a letter without an analysis keeps SQL NULL there
+    (the JSON type would write the JSON ``null``, which ``IS NULL`` does not find)."""
+    from sqlalchemy import event
+
+    ids = save(store, [letter(1), letter(2), letter(3)])
+    updates: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE LETTERS"):
+            updates.append(statement)
+
+    with store.transaction() as session:
+        first, second, third = repo.lock_pending_letters(session, ids, with_raw=False)
+        first.state, first.analysis = "processed", {"kind": "incident"}
+        second.state, second.analysis = "processed", {"kind": "zno"}
+        third.state, third.ignore_reason = "ignored", "auto-submitted"
+        event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            repo.write_decided(session, [first, second, third])
+        finally:
+            event.remove(store.engine, "before_cursor_execute", record)
+    assert len(updates) == 2
+    with store.transaction() as session:
+        rows = {row.uid: row for row in session.scalars(select(Letter))}
+        no_analysis = session.scalars(select(Letter.uid).where(Letter.analysis.is_(None))).all()
+    assert [rows[uid].state for uid in ("1", "2", "3")] == ["processed", "processed", "ignored"]
+    assert rows["2"].analysis == {"kind": "zno"} and rows["3"].ignore_reason == "auto-submitted"
+    assert no_analysis == ["3"]
