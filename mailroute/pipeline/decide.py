@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -518,8 +517,10 @@ def _thread(request: Request, joined_here: Sequence[DecidingLetter] = ()) -> (
     """
     members = {request.requester.lower()} if request.requester else set()
     session = object_session(request)
-    with session.no_autoflush if session is not None else nullcontext():
-        stored = [(letter.sender, letter.state) for letter in request.letters]
+    stored: list[tuple[str | None, str]] = []
+    if session is not None and request not in session.new:  # a new one has none stored
+        with session.no_autoflush:
+            stored = repo.letter_senders_of(session, request.id)
     batch = [(letter.sender, letter.state) for letter in joined_here]
     members.update(sender.lower() for sender, state in (*stored, *batch)
                    if sender and state in conversation.MEMBER_STATES)

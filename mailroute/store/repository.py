@@ -610,6 +610,15 @@ def threads_of(
     return replies, letters
 
 
+def letter_senders_of(session: Session, request_id: int) -> list[tuple[str | None, str]]:
+    """(sender, state) of the letters stored under a request: who its thread's members
+    are. Two columns, not the letters as objects: a long thread's letters, each with its
+    analysis, were loaded for every follow-up to it."""
+    rows = session.execute(select(_LETTERS.c.sender, _LETTERS.c.state)
+                           .where(_LETTERS.c.request_id == request_id))
+    return [(sender, state) for sender, state in rows]
+
+
 def requests_by_id(session: Session, request_ids: Iterable[int]) -> dict[int, Request]:
     found: dict[int, Request] = {}
     for chunk in _chunks(request_ids):
