@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -34,6 +35,56 @@ def _is_secret(key: str) -> bool:
     return any(word in key.lower() for word in SECRET_KEYS)
 
 
+class KeyValueLine:
+    """The logfmt line of structlog's ``LogfmtRenderer`` (``key_order``, keys that are
+    missing dropped, True as a bare flag), written faster: a value with nothing to
+    escape (nearly all of them) is joined as it is, and a key is checked once.
+
+    Every letter costs the daemon a few lines, and the outbox one a reply; structlog's
+    renderer tested each character of every key and ran three replacements on every
+    value (about 5 µs of a line's 12).
+    """
+
+    def __init__(self, key_order: list[str]) -> None:
+        self.key_order = tuple(key_order)
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+        pairs = []
+        for key in self.key_order:
+            value = event.pop(key, None)
+            if value is not None:
+                pairs.append(_pair(key, value))
+        pairs.extend(_pair(key, value) for key, value in event.items())
+        return " ".join(pairs)
+
+
+def _pair(key: str, value: Any) -> str:
+    _check_key(key)
+    if value is None:
+        return f"{key}="
+    if value is True:
+        return key
+    if value is False:
+        return f"{key}=false"
+    text = value if type(value) is str else str(value)
+    if _NEEDS_ESCAPING.search(text) is None:
+        return f"{key}={text}"
+    quoted = " " in text or "=" in text or '"' in text
+    if quoted and "\\" in text:
+        text = text.replace("\\", "\\\\")
+    text = text.replace('"', '\\"').replace("\n", "\\n")
+    return f'{key}="{text}"' if quoted else f"{key}={text}"
+
+
+_NEEDS_ESCAPING = re.compile(r'[ ="\n]')
+
+
+@functools.lru_cache(maxsize=4096)  # keys come from the code: a bound that is never reached
+def _check_key(key: str) -> None:
+    if any(c <= " " for c in key):
+        raise ValueError(f'Invalid key: "{key}"')
+
+
 def configure(level: str = "info", fmt: str = "keyvalue", stream: TextIO | None = None) -> None:
     """Route structlog to ``stream`` (stderr, which journald collects).
 
@@ -43,7 +94,7 @@ def configure(level: str = "info", fmt: str = "keyvalue", stream: TextIO | None 
     renderer: Any = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if fmt == "json"
-        else structlog.processors.LogfmtRenderer(key_order=KEY_ORDER, drop_missing=True)
+        else KeyValueLine(KEY_ORDER)
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
