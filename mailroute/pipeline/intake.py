@@ -231,6 +231,7 @@ class _Pass:
                 window, self.source.sizes(window), self.mailbox.batch_bytes)
             start += len(uids)
             saved = self._save_batch(self._fetch(uids))
+            self.store.note_growth(len(saved))
             raws = [raw for _id, raw in saved]
             ahead.append(_InFlight(saved, understanding.submit(raws)))
             if len(ahead) > 1:  # keep one batch being understood while this one is decided
