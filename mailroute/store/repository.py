@@ -6,6 +6,7 @@ unit of work is (one letter, one reply).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -258,9 +259,9 @@ class DecidingLetter:
 
 _DECIDED_COLUMNS = ("state", "request_id", "message_id", "sender", "subject", "content_key",
                     "attempts", "ignore_reason", "stage", "error")
-_LOADED_COLUMNS = ("id", "uid", "received_at", "attempts", "message_id", "sender", "subject",
-                   "content_key", "state", "request_id", "analysis", "ignore_reason", "stage",
-                   "error")
+# the columns a DecidingLetter is made of, in the order of its fields (read, not repeated)
+_LOADED_COLUMNS = tuple(field.name for field in dataclasses.fields(DecidingLetter)
+                        if field.name != "request" and not field.name.startswith("_"))
 
 
 def lock_pending_letters(
@@ -302,12 +303,11 @@ def write_decided(session: Session, letters: Sequence[DecidingLetter]) -> None:
     session.flush()
     with_analysis = [letter for letter in letters if letter.analysis is not None]
     without = [letter for letter in letters if letter.analysis is None]
+    statement = update(_LETTERS).where(_LETTERS.c.id == bindparam("letter_id"))
     for group, columns in ((with_analysis, (*_DECIDED_COLUMNS, "analysis")),
                            (without, _DECIDED_COLUMNS)):
-        if not group:
-            continue
-        statement = update(_LETTERS).where(_LETTERS.c.id == bindparam("letter_id"))
-        session.execute(statement, [_decided_row(letter, columns) for letter in group])
+        if group:
+            session.execute(statement, [_decided_row(letter, columns) for letter in group])
 
 
 def _decided_row(letter: DecidingLetter, columns: Sequence[str]) -> dict[str, Any]:
@@ -384,7 +384,7 @@ def mark_filed(session: Session, letter_ids: Iterable[int], folder: str) -> None
 
 def add_attachment(
     session: Session,
-    letter: DecidingLetter | Letter,
+    letter: DecidingLetter,
     *,
     filename: str,
     content_type: str,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from mailroute.errors import DatabaseNotReady
 from mailroute.store import Store
@@ -509,8 +509,6 @@ def _store_letters(store: Store, first: int, count: int) -> None:
 
 def _letters_counted(store: Store) -> float:
     """What PostgreSQL's planner believes ``letters`` holds (-1: never analysed)."""
-    from sqlalchemy import text
-
     with store.engine.connect() as connection:
         return float(connection.scalar(text(
             "SELECT reltuples FROM pg_class WHERE oid = to_regclass('letters')")))
@@ -549,8 +547,6 @@ def test_on_sqlite_growth_changes_nothing(sqlite_url: str) -> None:
         _store_letters(store, 1, 1200)
         store.note_growth(5000)
         with store.engine.connect() as connection:
-            from sqlalchemy import text
-
             tables = connection.scalars(text(
                 "SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'")).all()
         assert tables == []
