@@ -70,6 +70,7 @@ class Run:
     helpers: int = 0
     helpers_cpu: float = 0.0
     helpers_rss_mb: float = 0.0
+    helpers_each: tuple[float, ...] = ()
     dovecot_cpu: float = 0.0  # Dovecot's processes during the run (a new IMAP session each)
     sink_cpu: float = 0.0  # the bench process during the run: the SMTP sink receiving
     exit_code: int = 0
@@ -292,6 +293,7 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         run.cpu_user, run.cpu_system = usage.user, usage.system
         run.helpers, run.helpers_cpu, run.helpers_rss_mb = (
             usage.helpers, usage.helpers_cpu, usage.helpers_rss_mb)
+        run.helpers_each = usage.helpers_each
         run.phases = phases(log, spawned)
         run.mark_lag = mark_lag(log, sink)
         lines = log.read_text(errors="replace").splitlines()
@@ -309,7 +311,8 @@ def report(run: Run, label: str, journaled: bool = False) -> str:
     verdict = "met" if run.rate >= target else "NOT met"
     cpu = run.cpu_user + run.cpu_system + run.helpers_cpu
     whole = cpu + run.dovecot_cpu + run.sink_cpu
-    helper_text = (f" + {run.helpers_cpu:.1f} s in {run.helpers} worker process(es)"
+    each = " + ".join(f"{x:.1f}" for x in run.helpers_each)
+    helper_text = (f" + {run.helpers_cpu:.1f} s in {run.helpers} worker process(es) ({each})"
                    if run.helpers else "")
     helper_rss = f" (workers {run.helpers_rss_mb:.0f} MB each at most)" if run.helpers else ""
     return (

@@ -163,7 +163,9 @@ with open(report, "w") as out:
                "user": usage.ru_utime, "system": usage.ru_stime,
                "helpers_cpu": sum(cpu for cpu, _rss in helpers.values()),
                "helpers_maxrss_kb": max((rss for _cpu, rss in helpers.values()), default=0),
-               "helpers": len(helpers)}, out)
+               "helpers": len(helpers),
+               "helpers_each": sorted((cpu for cpu, _rss in helpers.values()), reverse=True)},
+              out)
 sys.exit(code)
 """
 
@@ -180,6 +182,7 @@ class Usage:
     helpers: int = 0  # worker processes of the command (understanding a backlog)
     helpers_cpu: float = 0.0  # their CPU seconds, sampled every 0.1 s (the last tick missed)
     helpers_rss_mb: float = 0.0  # the largest peak RSS among them
+    helpers_each: tuple[float, ...] = ()  # each one's CPU seconds, largest first
 
 
 def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
@@ -205,7 +208,7 @@ def run_measured(command: Sequence[str], env: dict[str, str], output: Path,
     data = json.loads(report.read_text())
     return Usage(data["code"], data["wall"], data["maxrss_kb"] / 1024, data["user"],
                  data["system"], data["helpers"], data["helpers_cpu"],
-                 data["helpers_maxrss_kb"] / 1024)
+                 data["helpers_maxrss_kb"] / 1024, tuple(data.get("helpers_each", ())))
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
