@@ -72,6 +72,7 @@ class Run:
     helpers_rss_mb: float = 0.0
     helpers_each: tuple[float, ...] = ()
     dovecot_cpu: float = 0.0  # Dovecot's processes during the run (a new IMAP session each)
+    postgres_cpu: float = 0.0  # the PostgreSQL server's during the run (PostgreSQL runs)
     sink_cpu: float = 0.0  # the bench process during the run: the SMTP sink receiving
     exit_code: int = 0
     phases: dict[str, float] = field(default_factory=dict)
@@ -158,6 +159,16 @@ DOVECOT_PROCESSES = ("dovecot", "imap", "imap-login", "auth", "log", "config", "
 def dovecot_cpu() -> float:
     """CPU seconds used so far by this machine's Dovecot processes (the bench's own),
     with the children the master reaped: the IMAP session mailroute used is gone."""
+    return servers_cpu(DOVECOT_PROCESSES, reaper="dovecot")
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL server (the postmaster, its
+    backends and the backends it reaped, among them the sessions mailroute used)."""
+    return servers_cpu(("postgres",), reaper="postgres")
+
+
+def servers_cpu(names: tuple[str, ...], reaper: str) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for entry in os.listdir("/proc"):
@@ -167,10 +178,10 @@ def dovecot_cpu() -> float:
             with open(f"/proc/{entry}/stat") as f:
                 head, _, tail = f.read().rpartition(")")
             name = head.split("(", 1)[1]
-            if name in DOVECOT_PROCESSES:
+            if name in names:
                 fields = tail.split()
                 total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-                if name == "dovecot":
+                if name == reaper:  # the master; other processes of its name reaped none
                     total += (int(fields[13]) + int(fields[14])) / tick  # reaped children
         except (OSError, IndexError, ValueError):
             continue
@@ -286,9 +297,11 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         profile = args.profile
         if profile is not None and args.repeat > 1:
             profile = profile.with_stem(f"{profile.stem}-{number}")
-        before = dovecot_cpu(), own_cpu()
+        before = dovecot_cpu(), own_cpu(), postgres_cpu()
         usage = run_mailroute(source, config, log, profile)
         run.dovecot_cpu, run.sink_cpu = dovecot_cpu() - before[0], own_cpu() - before[1]
+        if run.db == "postgresql":
+            run.postgres_cpu = postgres_cpu() - before[2]
         run.wall, run.exit_code, run.rss_mb = usage.wall, usage.code, usage.rss_mb
         run.cpu_user, run.cpu_system = usage.user, usage.system
         run.helpers, run.helpers_cpu, run.helpers_rss_mb = (
@@ -310,7 +323,8 @@ def report(run: Run, label: str, journaled: bool = False) -> str:
     phase_text = ", ".join(f"{k} {v:.2f} s" for k, v in run.phases.items())
     verdict = "met" if run.rate >= target else "NOT met"
     cpu = run.cpu_user + run.cpu_system + run.helpers_cpu
-    whole = cpu + run.dovecot_cpu + run.sink_cpu
+    whole = cpu + run.dovecot_cpu + run.sink_cpu + run.postgres_cpu
+    server = f", PostgreSQL {run.postgres_cpu:.1f} s" if run.db == "postgresql" else ""
     each = " + ".join(f"{x:.1f}" for x in run.helpers_each)
     helper_text = (f" + {run.helpers_cpu:.1f} s in {run.helpers} worker process(es) ({each})"
                    if run.helpers else "")
@@ -326,7 +340,7 @@ def report(run: Run, label: str, journaled: bool = False) -> str:
         f"check {'OK' if not run.problems else 'FAILED: ' + '; '.join(run.problems)}; "
         f"(APPEND {run.n / run.append_seconds:.0f} letters/s, not timed)\n"
         f"#   CPU of everything on the machine for this run: mailroute {cpu:.1f} s, Dovecot "
-        f"{run.dovecot_cpu:.1f} s, SMTP sink {run.sink_cpu:.1f} s = {whole:.1f} s, "
+        f"{run.dovecot_cpu:.1f} s, SMTP sink {run.sink_cpu:.1f} s{server} = {whole:.1f} s, "
         f"{whole / run.n * 1000:.2f} ms a letter; {os.cpu_count()} cores could do at most "
         f"{run.n / whole * (os.cpu_count() or 1):.0f} letters/s at that cost"
         f"{lag_text(run.mark_lag, journaled and run.db == 'sqlite')}"

@@ -995,12 +995,28 @@ def _update(
         books.run(lambda conn: conn.execute(statement, params), one_statement=True)
         return None
     second, its_params = then
+    if not books.store.is_sqlite:  # one round trip instead of BEGIN, UPDATE, UPDATE, COMMIT
+        both = _with_first(tuple(sorted(values)))
+        merged = {**params, **its_params}
+        return bool(books.run(lambda conn: conn.execute(both, merged).rowcount,
+                              one_statement=True))
 
     def work(conn: Connection) -> bool:
         conn.execute(statement, params)
         return bool(conn.execute(second, its_params).rowcount)
 
     return books.run(work)
+
+
+@cache
+def _with_first(columns: tuple[str, ...]) -> Update:
+    """PostgreSQL: the update of ``columns`` (a mark) and the renewal of the next claim
+    as one statement, the first in a WITH. A data-modifying WITH runs to completion
+    whether or not it is read, in the same snapshot and atomically with the rest, as the
+    two statements did in one transaction; the rows differ, and the row count is the
+    renewal's. Each round trip of a reply's mark cost the outbox ~50 µs of CPU."""
+    first = _update_statement(columns).returning(_OUTBOX.c.id).cte("marked")
+    return _renewal_statement().add_cte(first)
 
 
 @cache

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from structlog.testing import capture_logs
 from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
@@ -741,6 +741,38 @@ def test_a_kept_session_the_server_dropped_is_opened_again_without_a_retry(
     assert not any(report.retried or report.smtp_errors for report in reports)
     assert len(connects) == 2
     assert set(states(store).values()) == {"sent"}
+
+
+def test_on_postgresql_a_mark_and_the_next_claims_renewal_are_one_round_trip(
+    store: Store,
+) -> None:
+    """One statement in autocommit (a data-modifying WITH) instead of BEGIN, two UPDATEs
+    and COMMIT: the outbox's CPU a reply on PostgreSQL was mostly its round trips."""
+    first, second = queue(store, 1), queue(store, 2)
+    books = outbox._Books(store)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    try:
+        lease = outbox._Lease.start(NOW, RepliesConfig(claim_timeout=120), SmtpConfig())
+        claimed = outbox._claim(books, NOW, lease.length, 2, lease.owner, lease.clock())
+        event.listen(store.engine, "before_cursor_execute", seen)
+        try:
+            ours = outbox._record_sent(books, claimed[0], NOW, DeliveryReport(), claimed[1],
+                                       lease)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", seen)
+    finally:
+        books.close()
+
+    assert ours == {second: True}
+    assert item(store, first).state == "sent"
+    if store.is_sqlite:  # no data-modifying WITH: two UPDATEs in one transaction
+        assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "UPDATE"]
+    else:
+        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
 
 
 def test_a_mark_renews_the_next_claim_only_while_it_is_still_this_runs(store: Store) -> None:
