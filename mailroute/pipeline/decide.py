@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -490,7 +490,7 @@ def _find_thread(
         if request is None or not owns(request):
             return None
         found[request.number] = request
-        return _thread(request, lookups.joined_here(request))
+        return _thread(request, lookups)
 
     ours = view(lookups.request_by_our_message_ids(references))
     theirs = tuple(filter(None, map(view, lookups.requests_by_their_message_ids(references))))
@@ -506,21 +506,25 @@ def _find_thread(
     return found[decision.join.number], decision.join
 
 
-def _thread(request: Request, joined_here: Sequence[DecidingLetter] = ()) -> (
-        conversation.Thread):
+def _thread(request: Request, lookups: BatchLookups | None = None) -> conversation.Thread:
     """What the conversation policy sees of a request: its letters in the database, and
-    those this batch joined to it (``joined_here``: not written until the batch ends).
+    those this batch joined to it (``lookups.joined_here``: not written until the batch
+    ends).
 
-    The stored ones are loaded without flushing the batch first: a flush per follow-up
-    split the batch's one flush into many (a quarter of the time deciding took in a
-    backlog's profile).
+    The stored ones are the batch's lookups' where its references named the request, and
+    are otherwise loaded without flushing the batch first: a flush per follow-up split
+    the batch's one flush into many (a quarter of the time deciding took in a backlog's
+    profile).
     """
     members = {request.requester.lower()} if request.requester else set()
     session = object_session(request)
-    stored: list[tuple[str | None, str]] = []
-    if session is not None and request not in session.new:  # a new one has none stored
-        with session.no_autoflush:
-            stored = repo.letter_senders_of(session, request.id)
+    stored = lookups.stored_members(request) if lookups is not None else None
+    if stored is None:
+        stored = []
+        if session is not None and request not in session.new:  # a new one has none stored
+            with session.no_autoflush:
+                stored = repo.letter_senders_of(session, request.id)
+    joined_here = lookups.joined_here(request) if lookups is not None else ()
     batch = [(letter.sender, letter.state) for letter in joined_here]
     members.update(sender.lower() for sender, state in (*stored, *batch)
                    if sender and state in conversation.MEMBER_STATES)
@@ -663,7 +667,7 @@ class _Steps:
             analysis.missing,
             conversation.new_subject(analysis.letter.subject, pipeline.our_subjects),
         )
-        step = conversation.follow_up_step(_thread(request, self.lookups.joined_here(request)),
+        step = conversation.follow_up_step(_thread(request, self.lookups),
                                            supplied.items,
                                            pipeline.workflow.closed_reply,
                                            pipeline.workflow.max_clarifications)

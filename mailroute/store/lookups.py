@@ -55,6 +55,9 @@ class BatchLookups:
         owners = {*self._replies_of.values(),
                   *(owner for ids in self._letters_of.values() for owner in ids)}
         self._requests = repo.requests_by_id(session, owners)  # held: the identity map is weak
+        # Who the members of those threads are, read once for the batch instead of once
+        # for each letter that may continue one (a round trip a follow-up).
+        self._stored_members = repo.letter_senders_of_each(session, self._requests)
         addresses = {address.lower() for address in senders if address}
         self._asked = addresses
         self._suppressed_since = suppressed_since
@@ -108,6 +111,15 @@ class BatchLookups:
         """The letters this batch joined to ``request`` so far (the database has none of
         them yet: they are written at the batch's end)."""
         return self._joined.get(request.id, [])
+
+    def stored_members(self, request: Request) -> list[tuple[str | None, str]] | None:
+        """(sender, state) of the letters the database held under ``request`` when the
+        batch began, if the batch's references named it (None if they did not: ask the
+        database). The batch's own are :meth:`joined_here`: none is written before its end,
+        and the batch holds its letters, so what was read stays true while it decides."""
+        if request.id not in self._requests:
+            return None
+        return self._stored_members.get(request.id, [])
 
     # ------------------------------------------------------------------ threads
 

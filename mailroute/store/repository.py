@@ -614,9 +614,22 @@ def letter_senders_of(session: Session, request_id: int) -> list[tuple[str | Non
     """(sender, state) of the letters stored under a request: who its thread's members
     are. Two columns, not the letters as objects: a long thread's letters, each with its
     analysis, were loaded for every follow-up to it."""
-    rows = session.execute(select(_LETTERS.c.sender, _LETTERS.c.state)
-                           .where(_LETTERS.c.request_id == request_id))
-    return [(sender, state) for sender, state in rows]
+    return letter_senders_of_each(session, [request_id]).get(request_id, [])
+
+
+def letter_senders_of_each(
+    session: Session, request_ids: Iterable[int]
+) -> dict[int, list[tuple[str | None, str]]]:
+    """:func:`letter_senders_of` for many requests in one query a chunk, by request id
+    (those with no letters left out); each (sender, state) once."""
+    found: dict[int, list[tuple[str | None, str]]] = {}
+    for chunk in _chunks(request_ids):
+        rows = session.execute(
+            select(_LETTERS.c.request_id, _LETTERS.c.sender, _LETTERS.c.state).distinct()
+            .where(_LETTERS.c.request_id.in_(chunk)))
+        for request_id, sender, state in rows:
+            found.setdefault(request_id, []).append((sender, state))
+    return found
 
 
 def requests_by_id(session: Session, request_ids: Iterable[int]) -> dict[int, Request]:

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from mailroute.config import Config
 from mailroute.pipeline import decide
@@ -221,6 +221,36 @@ def test_an_organization_read_with_doubt_is_asked_to_be_confirmed(store: Store) 
     assert "верно ли мы прочли" not in body("user2@romashka.example")
 
 
+def test_the_members_of_a_thread_the_batch_refers_to_are_read_with_its_lookups(
+    store: Store,
+) -> None:
+    """A request named by the batch's references has its members read once, with the
+    batch's other lookups, not by a query for each letter that may continue it."""
+    save(store, [letter(1)])
+    process_letter(store, Pipeline.from_config(Config()), 1, NOW)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    with store.transaction() as session:
+        request = session.scalars(select(Request)).one()
+        lookups = BatchLookups(session, message_ids=[], senders=[], attachment_hashes=[],
+                               references=["<letter1@romashka.example>"], replies_since=NOW)
+        unnamed = BatchLookups(session, message_ids=[], references=[], senders=[],
+                               attachment_hashes=[], replies_since=NOW)
+        event.listen(store.engine, "before_cursor_execute", seen)
+        try:
+            thread = decide._thread(request, lookups)
+            assert statements == []
+            asked = decide._thread(request, unnamed)  # not named: the database is asked
+            assert len(statements) == 1
+        finally:
+            event.remove(store.engine, "before_cursor_execute", seen)
+
+    assert thread.members == asked.members == {"user1@romashka.example"}
+
+
 def test_a_thread_view_counts_letters_the_batch_joined_but_has_not_written(
     store: Store,
 ) -> None:
@@ -239,7 +269,7 @@ def test_a_thread_view_counts_letters_the_batch_joined_but_has_not_written(
         assert "colleague@romashka.example" not in decide._thread(request).members
         lookups.decided(joined)
 
-        thread = decide._thread(request, lookups.joined_here(request))
+        thread = decide._thread(request, lookups)
 
         assert "colleague@romashka.example" in thread.members
         assert "user1@romashka.example" in thread.members
