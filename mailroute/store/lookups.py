@@ -116,7 +116,8 @@ class BatchLookups:
         """(sender, state) of the letters the database held under ``request`` when the
         batch began, if the batch's references named it (None if they did not: ask the
         database). The batch's own are :meth:`joined_here`: none is written before its end,
-        and the batch holds its letters, so what was read stays true while it decides."""
+        and deciding changes no letter but the batch's own; another instance's letters
+        joined meanwhile are seen by the next batch, as any lookup's are."""
         if request.id not in self._requests:
             return None
         return self._stored_members.get(request.id, [])
