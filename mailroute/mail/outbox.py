@@ -996,7 +996,7 @@ def _update(
         return None
     second, its_params = then
     if not books.store.is_sqlite:  # one round trip instead of BEGIN, UPDATE, UPDATE, COMMIT
-        both = _with_first(tuple(sorted(values)))
+        both = _update_and_renew(tuple(sorted(values)))
         merged = {**params, **its_params}
         return bool(books.run(lambda conn: conn.execute(both, merged).rowcount,
                               one_statement=True))
@@ -1009,7 +1009,7 @@ def _update(
 
 
 @cache
-def _with_first(columns: tuple[str, ...]) -> Update:
+def _update_and_renew(columns: tuple[str, ...]) -> Update:
     """PostgreSQL: the update of ``columns`` (a mark) and the renewal of the next claim
     as one statement, the first in a WITH. A data-modifying WITH runs to completion
     whether or not it is read, in the same snapshot and atomically with the rest, as the

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.exc import DataError, SQLAlchemyError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from mailroute import logs
 from mailroute.config import Config, MailboxConfig, SlaConfig, WorkflowConfig
@@ -506,27 +506,11 @@ def _find_thread(
     return found[decision.join.number], decision.join
 
 
-def _thread(request: Request, lookups: BatchLookups | None = None) -> conversation.Thread:
-    """What the conversation policy sees of a request: its letters in the database, and
-    those this batch joined to it (``lookups.joined_here``: not written until the batch
-    ends).
-
-    The stored ones are the batch's lookups' where its references named the request, and
-    are otherwise loaded without flushing the batch first: a flush per follow-up split
-    the batch's one flush into many (a quarter of the time deciding took in a backlog's
-    profile).
-    """
+def _thread(request: Request, lookups: BatchLookups) -> conversation.Thread:
+    """What the conversation policy sees of a request: its requester, and the senders of
+    its letters (``BatchLookups.thread_letters``) in a state that makes them members."""
     members = {request.requester.lower()} if request.requester else set()
-    session = object_session(request)
-    stored = lookups.stored_members(request) if lookups is not None else None
-    if stored is None:
-        stored = []
-        if session is not None and request not in session.new:  # a new one has none stored
-            with session.no_autoflush:
-                stored = repo.letter_senders_of(session, request.id)
-    joined_here = lookups.joined_here(request) if lookups is not None else ()
-    batch = [(letter.sender, letter.state) for letter in joined_here]
-    members.update(sender.lower() for sender, state in (*stored, *batch)
+    members.update(sender.lower() for sender, state in lookups.thread_letters(request)
                    if sender and state in conversation.MEMBER_STATES)
     return conversation.Thread(
         number=request.number, requester=request.requester or "",

@@ -266,7 +266,7 @@ def test_a_thread_view_counts_letters_the_batch_joined_but_has_not_written(
         joined.request = request
         lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
                                attachment_hashes=[], replies_since=NOW)
-        assert "colleague@romashka.example" not in decide._thread(request).members
+        assert "colleague@romashka.example" not in decide._thread(request, lookups).members
         lookups.decided(joined)
 
         thread = decide._thread(request, lookups)
