@@ -51,7 +51,7 @@ from functools import cache
 from typing import Any, TypeVar, cast
 
 import aiosmtplib
-from sqlalchemy import Connection, Table, Update, bindparam, or_, select, update
+from sqlalchemy import Connection, Select, Table, Update, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from mailroute import logs
@@ -371,38 +371,85 @@ def _claim(
     books: _Books, now: datetime, lease: timedelta, limit: int, owner: str, clock: datetime
 ) -> list[Claimed]:
     """Due replies (due by the run's ``now``) whose claim is free at ``clock``."""
-    outbox = _OUTBOX.c
-    query = (
-        select(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
-               _REQUESTS.c.number, outbox.attempts, outbox.created_at)
-        .select_from(_OUTBOX.outerjoin(_REQUESTS, outbox.request_id == _REQUESTS.c.id))
-        .where(
-            outbox.state == "pending",
-            outbox.not_before <= now,
-            or_(outbox.claimed_until.is_(None), outbox.claimed_until <= clock),
-        )
-        .order_by(outbox.not_before, outbox.id)
-        .limit(limit)
-    )
+    params = {"now": now, "clock": clock, "until": clock + lease, "owner": owner}
     if not books.store.is_sqlite:
-        query = query.with_for_update(skip_locked=True, of=_OUTBOX)
+        rows = books.run(lambda conn: conn.execute(_claiming(limit), params).all(),
+                         one_statement=True)
+        return [_claimed(row) for row in rows]
 
     def claim(conn: Connection) -> list[Claimed]:
-        rows = conn.execute(query).all()
+        rows = conn.execute(_claimable(limit), params).all()
         if rows:
             conn.execute(
                 update(_OUTBOX)
-                .where(outbox.id.in_([row.id for row in rows]))
-                .values(claimed_until=clock + lease, claimed_by=owner)
+                .where(_OUTBOX.c.id.in_([row.id for row in rows]))
+                .values(claimed_until=params["until"], claimed_by=owner)
             )
-        return [
-            Claimed(id=row.id, sender=row.sender, recipient=row.recipient, raw=row.raw,
-                    message_id=row.message_id, request=row.number, attempts=row.attempts,
-                    created_at=row.created_at)
-            for row in rows
-        ]
+        return [_claimed(row) for row in rows]
 
     return books.run(claim)
+
+
+def _claimed(row: Any) -> Claimed:
+    return Claimed(id=row.id, sender=row.sender, recipient=row.recipient, raw=row.raw,
+                   message_id=row.message_id, request=row.number, attempts=row.attempts,
+                   created_at=row.created_at)
+
+
+def _due_and_free() -> tuple[Any, ...]:
+    """The outbox rows a claim may take: due by ``:now``, unclaimed or lapsed at ``:clock``."""
+    outbox = _OUTBOX.c
+    return (
+        outbox.state == "pending",
+        outbox.not_before <= bindparam("now", type_=outbox.not_before.type),
+        or_(outbox.claimed_until.is_(None),
+            outbox.claimed_until <= bindparam("clock", type_=outbox.claimed_until.type)),
+    )
+
+
+@cache
+def _claimable(limit: int) -> Select[Any]:
+    """SQLite: the rows to claim with their request's number, read in the claim's
+    transaction (SQLite's one writer at a time keeps another run from reading them too)."""
+    outbox = _OUTBOX.c
+    return (
+        select(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
+               _REQUESTS.c.number, outbox.attempts, outbox.created_at)
+        .select_from(_OUTBOX.outerjoin(_REQUESTS, outbox.request_id == _REQUESTS.c.id))
+        .where(*_due_and_free())
+        .order_by(outbox.not_before, outbox.id)
+        .limit(limit)
+    )
+
+
+@cache
+def _claiming(limit: int) -> Select[Any]:
+    """PostgreSQL: a claim as one statement, in autocommit: the rows are picked with
+    ``FOR UPDATE SKIP LOCKED`` (another run's claim in flight is passed over, not waited
+    for), leased in a data-modifying WITH and returned with their request's number, in
+    order. BEGIN, SELECT, UPDATE and COMMIT were four round trips a claim of ten replies."""
+    outbox = _OUTBOX.c
+    picked = (
+        select(outbox.id).where(*_due_and_free())
+        .order_by(outbox.not_before, outbox.id).limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    leased = (
+        update(_OUTBOX)
+        .where(outbox.id.in_(select(picked.c.id)))
+        .values(claimed_until=bindparam("until", type_=outbox.claimed_until.type),
+                claimed_by=bindparam("owner", type_=outbox.claimed_by.type))
+        .returning(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
+                   outbox.request_id, outbox.attempts, outbox.created_at, outbox.not_before)
+        .cte("leased")
+    )
+    return (
+        select(leased.c.id, leased.c.sender, leased.c.recipient, leased.c.raw,
+               leased.c.message_id, _REQUESTS.c.number, leased.c.attempts, leased.c.created_at)
+        .select_from(leased.outerjoin(_REQUESTS, leased.c.request_id == _REQUESTS.c.id))
+        .order_by(leased.c.not_before, leased.c.id)
+    )
 
 
 class KeptSessions:

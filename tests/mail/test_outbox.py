@@ -23,7 +23,7 @@ from mailroute.store import Store, alerts
 from mailroute.store import repository as repo
 from mailroute.store.alerts import AlertMail
 from mailroute.store.db import sqlite_file
-from mailroute.store.models import Alert, OutboxItem
+from mailroute.store.models import Alert, OutboxItem, Request
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
@@ -773,6 +773,72 @@ def test_on_postgresql_a_mark_and_the_next_claims_renewal_are_one_round_trip(
         assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "UPDATE"]
     else:
         assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
+
+
+def test_a_claim_is_one_round_trip_on_postgresql_and_in_order(store: Store) -> None:
+    """On PostgreSQL the claim is one statement in autocommit (pick, lease and read in a
+    WITH) instead of BEGIN, SELECT, UPDATE and COMMIT; on both engines the claimed
+    replies come back in the order they are due, with their request's number."""
+    later = queue(store, 1, NOW - timedelta(minutes=1))
+    earlier = queue(store, 2, NOW - timedelta(minutes=5))
+    with store.transaction() as session:
+        request = Request(number="SD-000002", status="new", request_type="incident",
+                          priority="normal", requester="c@customer.example", language="ru",
+                          created_at=NOW, updated_at=NOW, clarifications=0)
+        session.add(request)
+        session.flush()
+        session.execute(update(OutboxItem).where(OutboxItem.id == earlier)
+                        .values(request_id=request.id))
+    books = outbox._Books(store)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        claimed = outbox._claim(books, NOW, timedelta(seconds=120), 10, "this run", NOW)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+        books.close()
+
+    assert [c.id for c in claimed] == [earlier, later]
+    assert [c.request for c in claimed] == ["SD-000002", None]
+    assert {item(store, reply).claimed_by for reply in (earlier, later)} == {"this run"}
+    # the books' first use of their connection sets its commits lazy (_LAZY), once
+    statements = [s for s in statements if not s.startswith("SET ")]
+    if store.is_sqlite:
+        assert [s.split()[0] for s in statements] == ["BEGIN", "SELECT", "UPDATE"]
+    else:
+        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
+
+
+def test_on_postgresql_a_claim_passes_over_a_row_another_claim_holds(
+    postgres_url: str,
+) -> None:
+    """Another run's claim still in flight (its row locked) is skipped, not waited for
+    and not taken: SKIP LOCKED inside the one-statement claim."""
+    store = Store(postgres_url)
+    store.upgrade()
+    try:
+        held, free = queue(store, 1), queue(store, 2)
+        with store.engine.connect() as other:
+            other.execute(select(OutboxItem.id).where(OutboxItem.id == held)
+                          .with_for_update())
+            books = outbox._Books(store)
+            try:
+                started = time.monotonic()
+                claimed = outbox._claim(books, NOW, timedelta(seconds=120), 10, "this run",
+                                        NOW)
+                waited = time.monotonic() - started
+            finally:
+                books.close()
+            other.rollback()
+        assert [c.id for c in claimed] == [free]
+        assert waited < 5
+        assert item(store, held).claimed_by is None
+    finally:
+        store.dispose()
 
 
 def test_a_mark_renews_the_next_claim_only_while_it_is_still_this_runs(store: Store) -> None:
