@@ -180,11 +180,12 @@ def fingerprint(raw: bytes) -> str:
     Servers disagree on CRLF vs LF (an LF letter appended to Dovecot is served
     with CRLF), so the same letter must hash the same however it was stored.
     Where every CR begins a CRLF (nearly always), deleting the CRs is the same
-    normalisation at a third of the cost of replacing CRLF, which searches for two
-    bytes; it ran on the daemon's main thread for every letter fetched.
+    normalisation at a seventh of the cost of replacing CRLF, which searches for two
+    bytes; it runs on the daemon's main thread for every letter fetched. (``replace``
+    deletes a single byte with ``memchr``: 16 µs for a 57 KB letter, ``translate`` 36.)
     """
     if _BARE_CR.search(raw) is None:
-        return hashlib.sha256(raw.translate(None, b"\r")).hexdigest()
+        return hashlib.sha256(raw.replace(b"\r", b"")).hexdigest()
     return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
 
 
