@@ -195,8 +195,9 @@ class Daemon:
         import that must send nothing), return what happened.
 
         Replies go out while the drain is still going (an outbox process runs a pass
-        after every filed batch: see ``service/sender``); then one last outbox pass
-        sends the rest. If another instance holds the mailbox, only the replies are sent.
+        after every filed batch, and a last one once the drain is over: see
+        ``service/sender``); then one more outbox pass sends what they could not. If
+        another instance holds the mailbox, only the replies are sent.
         """
         self._warn_calendar()
         report = DrainReport()

@@ -88,12 +88,44 @@ def test_replies_queued_during_a_drain_go_out_from_a_process_of_its_own(
 def test_nothing_is_sent_before_a_wake_or_the_idle_time(
     store: Store, smtp_sink: SmtpSink, database_url: str
 ) -> None:
-    queue(store, 1)
+    queued = queue(store, 1)
     with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
         time.sleep(1.5)
         early = len(smtp_sink.received())
-    # leaving stops the child without a pass: the final pass after the drain is the daemon's
-    assert early == 0 and sender.delivery.sent == []
+    assert early == 0
+    assert sender.delivery.sent == [queued]  # the child's last pass, once the drain ended
+
+
+def test_the_child_sends_what_the_last_batch_queued_before_it_leaves(
+    store: Store, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """The drain's end asks the child for a last pass, on the sessions it has open: the
+    replies of the batch filed last (queued after the child's last pass) go out from it,
+    not from a pass the daemon makes afterwards over new connections."""
+    with SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60) as sender:
+        earlier = [queue(store, n) for n in range(1, 3)]
+        sender.wake()
+        smtp_sink.wait_for(2, timeout=30)
+        last_batch = [queue(store, n) for n in range(3, 6)]  # filed as the drain ends
+    assert sorted(sender.delivery.sent) == sorted(earlier + last_batch)
+    assert sender.exitcode == 0
+    received = smtp_sink.received()
+    assert sorted(mail.message["Message-ID"] for mail in received) == sorted(
+        f"<r{n}@example.com>" for n in range(1, 6))
+    assert len({mail.peer for mail in received}) == 1  # the session of the earlier pass
+
+
+def test_a_drain_that_failed_gets_no_last_pass_from_the_child(
+    store: Store, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """A drain that raised is not finished: the daemon makes no pass after it, and the
+    child makes none either; what is queued waits for the next run."""
+    queue(store, 1)
+    sender = SenderProcess(config_for(database_url, smtp_sink), ALERTS, idle=60)
+    with pytest.raises(RuntimeError, match="the drain broke"), sender:
+        raise RuntimeError("the drain broke")
+    assert sender.delivery.sent == []
+    assert smtp_sink.received() == []
 
 
 def test_a_child_that_dies_is_reported_when_the_drain_ends(
@@ -177,7 +209,7 @@ def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> No
     store.dispose()
     parent_end, child_end = multiprocessing.Pipe(duplex=False)
     sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, BrokenWake(),
-                         threading.Event(), child_end)
+                         threading.Event(), threading.Event(), child_end)
     summary, error = parent_end.recv()
     assert error == "RuntimeError: the wake is broken"
     assert summary.sent == []
