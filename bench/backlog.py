@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -73,6 +74,8 @@ class Run:
     helpers_each: tuple[float, ...] = ()
     dovecot_cpu: float = 0.0  # Dovecot's processes during the run (a new IMAP session each)
     postgres_cpu: float = 0.0  # the PostgreSQL server's during the run (PostgreSQL runs)
+    # the server's backends by the application_name of their connection (PostgreSQL runs)
+    postgres_by_name: dict[str, tuple[float, int]] = field(default_factory=dict)
     sink_cpu: float = 0.0  # the bench process during the run: the SMTP sink receiving
     exit_code: int = 0
     phases: dict[str, float] = field(default_factory=dict)
@@ -166,6 +169,59 @@ def postgres_cpu() -> float:
     """CPU seconds used so far by this machine's PostgreSQL server (the postmaster, its
     backends and the backends it reaped, among them the sessions mailroute used)."""
     return servers_cpu(("postgres",), reaper="postgres")
+
+
+class BackendSampler:
+    """The CPU of the PostgreSQL backends serving one database, by the ``application_name``
+    of their connection, sampled every ``every`` s while mailroute runs (a backend's last
+    sample stands for its whole life: what it spent after it, at most ``every`` s before
+    it ended, is left to "the rest"). The sampler's own connection is not counted in any
+    name, only in the server's total."""
+
+    NAME = "bench backend sampler"
+
+    def __init__(self, url: str, every: float = 0.2) -> None:
+        self.url = url.replace("postgresql+psycopg://", "postgresql://")
+        self.every = every
+        self.seen: dict[int, tuple[str, float]] = {}  # pid -> (name, CPU s at its last sample)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backend-sampler", daemon=True)
+
+    def __enter__(self) -> BackendSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psycopg
+
+        tick = os.sysconf("SC_CLK_TCK")
+        with psycopg.connect(self.url, autocommit=True, application_name=self.NAME) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT pid, application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall()
+                for pid, name in rows:
+                    try:
+                        with open(f"/proc/{pid}/stat") as f:
+                            fields = f.read().rpartition(")")[2].split()
+                    except OSError:
+                        continue
+                    cpu = (int(fields[11]) + int(fields[12])) / tick
+                    self.seen[pid] = (name or "(none)", cpu)
+                self._stop.wait(self.every)
+
+    def by_name(self) -> dict[str, tuple[float, int]]:
+        """CPU s and backends, by application_name, largest first."""
+        totals: dict[str, tuple[float, int]] = {}
+        for name, cpu in self.seen.values():
+            total, count = totals.get(name, (0.0, 0))
+            totals[name] = (total + cpu, count + 1)
+        return dict(sorted(totals.items(), key=lambda item: -item[1][0]))
 
 
 def servers_cpu(names: tuple[str, ...], reaper: str) -> float:
@@ -297,11 +353,16 @@ def one_run(args: argparse.Namespace, source: Source, dovecot: Any, sink: Any,
         profile = args.profile
         if profile is not None and args.repeat > 1:
             profile = profile.with_stem(f"{profile.stem}-{number}")
-        before = dovecot_cpu(), own_cpu(), postgres_cpu()
-        usage = run_mailroute(source, config, log, profile)
-        run.dovecot_cpu, run.sink_cpu = dovecot_cpu() - before[0], own_cpu() - before[1]
-        if run.db == "postgresql":
-            run.postgres_cpu = postgres_cpu() - before[2]
+        with contextlib.ExitStack() as sampling:
+            sampler = (sampling.enter_context(BackendSampler(url))
+                       if run.db == "postgresql" else None)
+            before = dovecot_cpu(), own_cpu(), postgres_cpu()
+            usage = run_mailroute(source, config, log, profile)
+            run.dovecot_cpu, run.sink_cpu = dovecot_cpu() - before[0], own_cpu() - before[1]
+            if run.db == "postgresql":
+                run.postgres_cpu = postgres_cpu() - before[2]
+        if sampler is not None:
+            run.postgres_by_name = sampler.by_name()
         run.wall, run.exit_code, run.rss_mb = usage.wall, usage.code, usage.rss_mb
         run.cpu_user, run.cpu_system = usage.user, usage.system
         run.helpers, run.helpers_cpu, run.helpers_rss_mb = (
@@ -344,7 +405,20 @@ def report(run: Run, label: str, journaled: bool = False) -> str:
         f"{whole / run.n * 1000:.2f} ms a letter; {os.cpu_count()} cores could do at most "
         f"{run.n / whole * (os.cpu_count() or 1):.0f} letters/s at that cost"
         f"{lag_text(run.mark_lag, journaled and run.db == 'sqlite')}"
+        f"{backends_text(run)}"
     )
+
+
+def backends_text(run: Run) -> str:
+    """The PostgreSQL server's CPU by the connections mailroute named, and the rest."""
+    if not run.postgres_by_name:
+        return ""
+    named = sum(cpu for cpu, _count in run.postgres_by_name.values())
+    parts = [f"{name} {cpu:.2f} s ({count} connection{'s' if count > 1 else ''})"
+             for name, (cpu, count) in run.postgres_by_name.items()]
+    return (f"\n#   PostgreSQL by connection (sampled): {', '.join(parts)}; the rest (the "
+            f"server's own processes, the sampler, ends of backends) "
+            f"{max(0.0, run.postgres_cpu - named):.2f} s")
 
 
 def lag_text(lags: list[float], journaled: bool = False) -> str:

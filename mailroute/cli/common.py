@@ -75,10 +75,12 @@ def load_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def open_store(config: Config, *, require_current: bool = True) -> Any:
+def open_store(
+    config: Config, *, require_current: bool = True, name: str = "mailroute command"
+) -> Any:
     from mailroute.store import Store
 
-    store = Store(config.database.url)
+    store = Store(config.database.url, name)
     store.use_webhooks(config.webhooks)
     if require_current:
         store.require_current()

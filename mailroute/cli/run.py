@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_replies:
         replies = config.replies.model_copy(update={"enabled": False})
         config = config.model_copy(update={"replies": replies})
-    store = open_store(config)
+    store = open_store(config, name="mailroute daemon")
     daemon = Daemon(config, store, config_path=config.source)
     startup.settle()  # start-up is over: mailroute.startup
     if args.once:

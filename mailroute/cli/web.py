@@ -73,5 +73,5 @@ def cmd_web(args: argparse.Namespace) -> int:
         print('mailroute: set [web] listen (e.g. "127.0.0.1:8025") to serve the console',
               file=sys.stderr)
         return EXIT_CONFIG
-    server_for(open_store(config), config, config.web.listen).run()
+    server_for(open_store(config, name="mailroute console"), config, config.web.listen).run()
     return 0

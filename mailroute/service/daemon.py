@@ -352,7 +352,7 @@ class Daemon:
             return None
         from mailroute.web.serve import ConsoleThread, server_for
 
-        store = Store(self.config.database.url)
+        store = Store(self.config.database.url, "mailroute console")
         store.use_webhooks(self.config.webhooks)  # a status changed in the console is an event
         self._console_store = store
         return ConsoleThread(server_for(store, self.config, self.config.web.listen,

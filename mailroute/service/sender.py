@@ -159,7 +159,7 @@ def _serve(
     threading.Thread(target=_stop_with_parent, args=(done, wakeup), name="parent-watch",
                      daemon=True).start()
     summary = SentSummary()
-    store = Store(config.database.url)
+    store = Store(config.database.url, "mailroute outbox")
     store.use_webhooks(config.webhooks)
     kept = KeptSessions(config.smtp)
     error: str | None = None

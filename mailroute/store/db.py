@@ -43,9 +43,11 @@ READ_ONLY = "mailroute_read_only"  # execution option of the engine behind Store
 class Store:
     """A database: sessions in explicit transactions, and its schema version."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str = "mailroute") -> None:
+        """``name``: what the store's connections are called on PostgreSQL
+        (``application_name``, see :func:`make_engine`)."""
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, name)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Reads for people and programs (console, API, CLI views): on SQLite a deferred
         # BEGIN, a snapshot of the WAL that takes no write lock and waits for no turn.
@@ -404,15 +406,22 @@ def read_alarm(database: Path) -> str | None:
     return f"{problem} (reported by pid {pid} since {alarm.get('since', '?')})"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the settings each backend needs for a long-running daemon."""
+def make_engine(url: str, name: str = "mailroute") -> Engine:
+    """An engine with the settings each backend needs for a long-running daemon.
+
+    On PostgreSQL its connections carry ``name`` as their ``application_name`` (unless
+    the URL sets one), so that ``pg_stat_activity``, the server's log and lock waits say
+    which part of which mailroute holds a connection: the daemon's intake, its outbox
+    process, the console or a command."""
     if url.startswith("sqlite"):
         _make_parent_dir(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
+    named = "application_name" in make_url(url).query
+    return create_engine(url, pool_pre_ping=True, pool_recycle=1800,
+                         connect_args={} if named else {"application_name": name[:63]})
 
 
 def _make_parent_dir(url: str) -> None:

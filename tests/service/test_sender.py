@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from support.processes import running
 from support.smtp import SmtpSink
 from support.waiting import wait_until
@@ -213,3 +213,23 @@ def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> No
     summary, error = parent_end.recv()
     assert error == "RuntimeError: the wake is broken"
     assert summary.sent == []
+
+
+def test_the_outbox_process_names_its_postgresql_connection(
+    postgres_url: str, smtp_sink: SmtpSink
+) -> None:
+    """An operator looking at pg_stat_activity sees which connection is the outbox's."""
+    store = Store(postgres_url)
+    store.upgrade()
+    try:
+        with SenderProcess(config_for(postgres_url, smtp_sink), ALERTS, idle=60) as sender:
+            queue(store, 1)
+            sender.wake()
+            smtp_sink.wait_for(1, timeout=30)
+            with store.engine.connect() as conn:
+                names = set(conn.execute(text(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database()")).scalars())
+        assert "mailroute outbox" in names
+    finally:
+        store.dispose()

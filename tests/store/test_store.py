@@ -552,3 +552,23 @@ def test_on_sqlite_growth_changes_nothing(sqlite_url: str) -> None:
         assert tables == []
     finally:
         store.dispose()
+
+
+def test_postgresql_connections_carry_the_name_of_the_part_that_opened_them(
+    postgres_url: str,
+) -> None:
+    """``pg_stat_activity`` says which part of mailroute holds a connection (the daemon,
+    its outbox process, the console, a command); a name the URL sets is kept."""
+    named = Store(postgres_url, "mailroute outbox")
+    joiner = "&" if "?" in postgres_url else "?"
+    chosen = Store(f"{postgres_url}{joiner}application_name=desk-7", "mailroute daemon")
+    try:
+        for store, expected in ((named, "mailroute outbox"), (chosen, "desk-7")):
+            with store.engine.connect() as conn:
+                own = conn.execute(text(
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                )).scalar_one()
+            assert own == expected
+    finally:
+        named.dispose()
+        chosen.dispose()
