@@ -11,10 +11,10 @@ same ``deliver_due``, with its claims, leases and marks, in another process, as 
 instance would run it. (Not on SQLite, where its marks would wait for intake's write
 lock: ``Daemon._sender`` says why.)
 
-When the drain ends the child makes one last pass, on its open sessions, for the replies
-of the batches filed since its last pass began (the last batch's, at least), and leaves;
-the daemon's own pass after the drain then finds nothing left but what an error held
-back. That pass used to send the last batch's replies itself, after waiting for the child
+When the drain ends the child makes one last pass, on its open sessions (if it has any),
+for the replies of the batches filed since its last pass began (the last batch's, at
+least), and leaves; the daemon's own pass after the drain then finds nothing left but
+what an error held back. That pass used to send the last batch's replies itself, after waiting for the child
 to finish its pass and exit, over SMTP sessions it had still to open (a 2,000-letter
 backlog: the drain's end to the last reply sent 0.26 s before, 0.18 s since).
 
@@ -187,7 +187,10 @@ async def _passes(
 
     Once ``done`` is seen, one more pass if ``finish`` is set too: begun after the
     drain's end, it sees every reply the drain queued (a pass that was under way
-    then may have claimed before the last batch was filed)."""
+    then may have claimed before the last batch was filed). Only a child that has
+    reached the SMTP server makes it: its gain is the sessions it holds, and a child
+    that never sent would open new ones, with credentials of its own (an OAuth2 token
+    command runs once a process), where the daemon's process already holds them."""
     try:
         while True:
             last = done.is_set()
@@ -195,8 +198,8 @@ async def _passes(
                 await asyncio.to_thread(wakeup.wait, idle)
                 wakeup.clear()
                 last = done.is_set()
-            if last and not finish.is_set():
-                break  # the drain failed, or the parent is gone: no last pass
+            if last and not (finish.is_set() and kept.opened):
+                break  # the drain failed, the parent is gone, or nothing to gain (below)
             try:
                 summary.add(await deliver_due_async(
                     store, config.smtp, config.replies, datetime.now(UTC), SESSIONS,

@@ -6,6 +6,16 @@ standby instance acquires it on its next try. SQLite (one host by nature): an
 open-file-description lock on one byte of the database file itself, far beyond
 the bytes SQLite locks, released by the kernel on death. No lock file is left
 beside the database.
+
+The descriptors opened for those locks are never closed, only unlocked and kept
+for the next lock (``_Descriptors``): closing any descriptor of a file cancels every
+POSIX lock the process holds on that file, SQLite's own among them
+(sqlite.org/howtocorrupt.html, 2.2). Each connection in WAL mode holds a shared lock
+on the database file; with it silently gone, another process closing its last
+connection (the outbox process of ``run --once``, a command, the console) found
+itself alone, checkpointed and deleted the WAL and its index under this process's
+open connections: a commit went missing, and a later read said "database disk image
+is malformed".
 """
 
 from __future__ import annotations
@@ -32,9 +42,38 @@ from mailroute.store.db import Store
 LOCK_REGION = 1 << 40
 
 
-def _byte_lock(offset: int) -> bytes:
-    """A write lock on one byte, as ``struct flock`` (l_pid must be 0 for OFD locks)."""
-    return struct.pack("hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+def _byte_lock(offset: int, kind: int = fcntl.F_WRLCK) -> bytes:
+    """A lock (or with F_UNLCK an unlock) of one byte, as ``struct flock`` (l_pid must
+    be 0 for OFD locks)."""
+    return struct.pack("hhqqixxxx", kind, os.SEEK_SET, offset, 1, 0)
+
+
+class _Descriptors:
+    """Descriptors of database files opened for mailbox locks: reused, never closed
+    (see the module's docstring). One is in use by one lock at a time, so two locks of
+    this process still exclude each other (each on a description of its own); the
+    spare ones are kept by the file's identity, so a replaced file gets new ones."""
+
+    def __init__(self) -> None:
+        self._spare: dict[tuple[int, int], list[int]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, path: Path) -> int:
+        status = os.stat(path)
+        with self._lock:
+            spare = self._spare.get((status.st_dev, status.st_ino))
+            if spare:
+                return spare.pop()
+        return os.open(path, os.O_RDWR)
+
+    def give_back(self, descriptor: int) -> None:
+        """``descriptor`` holds no lock any more: kept for the next one."""
+        status = os.fstat(descriptor)
+        with self._lock:
+            self._spare.setdefault((status.st_dev, status.st_ino), []).append(descriptor)
+
+
+_DESCRIPTORS = _Descriptors()
 
 
 class MailboxLock:
@@ -76,8 +115,10 @@ class MailboxLock:
 
     def release(self) -> None:
         if self._file is not None:
-            os.close(self._file)  # the lock belongs to this descriptor and goes with it
-            self._file = None
+            descriptor, self._file = self._file, None
+            fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK,
+                        _byte_lock(self._lock_byte(), fcntl.F_UNLCK))
+            _DESCRIPTORS.give_back(descriptor)  # never closed: see the module's docstring
         if self._connection is not None:
             with suppress(SQLAlchemyError):  # a lost connection took the lock with it
                 self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
@@ -106,13 +147,13 @@ class MailboxLock:
         if path is None:
             return True  # an in-memory database: nothing else can reach it
         try:
-            descriptor = os.open(path, os.O_RDWR)
+            descriptor = _DESCRIPTORS.take(path)
         except OSError as exc:
             raise TransientError(f"database file {path}: {exc.strerror}") from exc
         try:
             fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK, _byte_lock(self._lock_byte()))
         except OSError as exc:
-            os.close(descriptor)
+            _DESCRIPTORS.give_back(descriptor)  # not closed: see the module's docstring
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return False
             raise TransientError(f"cannot lock {path}: {exc.strerror}") from exc
