@@ -14,9 +14,10 @@ lock: ``Daemon._sender`` says why.)
 When the drain ends the child makes one last pass, on its open sessions (if it has any),
 for the replies of the batches filed since its last pass began (the last batch's, at
 least), and leaves; the daemon's own pass after the drain then finds nothing left but
-what an error held back. That pass used to send the last batch's replies itself, after waiting for the child
-to finish its pass and exit, over SMTP sessions it had still to open (a 2,000-letter
-backlog: the drain's end to the last reply sent 0.26 s before, 0.18 s since).
+what an error held back. That pass used to send the last batch's replies itself, after
+waiting for the child to finish its pass and exit, over SMTP sessions it had still to
+open (a 2,000-letter backlog: the drain's end to the last reply sent 0.26 s before,
+0.18 s since).
 
 The child reads the wall clock; a daemon given another clock (tests, replays) sends from
 a thread instead (``daemon._Sender``). The first error ends the child: a TransientError
