@@ -390,6 +390,10 @@ def _claim(
     return books.run(claim)
 
 
+# What a claim reads of each row, beside its request's number (``Claimed``'s fields).
+_CLAIMED_COLUMNS = ("id", "sender", "recipient", "raw", "message_id", "attempts", "created_at")
+
+
 def _claimed(row: Any) -> Claimed:
     return Claimed(id=row.id, sender=row.sender, recipient=row.recipient, raw=row.raw,
                    message_id=row.message_id, request=row.number, attempts=row.attempts,
@@ -413,8 +417,7 @@ def _claimable(limit: int) -> Select[Any]:
     transaction (SQLite's one writer at a time keeps another run from reading them too)."""
     outbox = _OUTBOX.c
     return (
-        select(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
-               _REQUESTS.c.number, outbox.attempts, outbox.created_at)
+        select(*(outbox[name] for name in _CLAIMED_COLUMNS), _REQUESTS.c.number)
         .select_from(_OUTBOX.outerjoin(_REQUESTS, outbox.request_id == _REQUESTS.c.id))
         .where(*_due_and_free())
         .order_by(outbox.not_before, outbox.id)
@@ -440,13 +443,12 @@ def _claiming(limit: int) -> Select[Any]:
         .where(outbox.id.in_(select(picked.c.id)))
         .values(claimed_until=bindparam("until", type_=outbox.claimed_until.type),
                 claimed_by=bindparam("owner", type_=outbox.claimed_by.type))
-        .returning(outbox.id, outbox.sender, outbox.recipient, outbox.raw, outbox.message_id,
-                   outbox.request_id, outbox.attempts, outbox.created_at, outbox.not_before)
+        .returning(*(outbox[name] for name in _CLAIMED_COLUMNS), outbox.request_id,
+                   outbox.not_before)
         .cte("leased")
     )
     return (
-        select(leased.c.id, leased.c.sender, leased.c.recipient, leased.c.raw,
-               leased.c.message_id, _REQUESTS.c.number, leased.c.attempts, leased.c.created_at)
+        select(*(leased.c[name] for name in _CLAIMED_COLUMNS), _REQUESTS.c.number)
         .select_from(leased.outerjoin(_REQUESTS, leased.c.request_id == _REQUESTS.c.id))
         .order_by(leased.c.not_before, leased.c.id)
     )

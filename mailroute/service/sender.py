@@ -200,7 +200,7 @@ async def _passes(
                 wakeup.clear()
                 last = done.is_set()
             if last and not (finish.is_set() and kept.opened):
-                break  # the drain failed, the parent is gone, or nothing to gain (below)
+                break  # the drain failed, the parent is gone, or nothing to gain
             try:
                 summary.add(await deliver_due_async(
                     store, config.smtp, config.replies, datetime.now(UTC), SESSIONS,

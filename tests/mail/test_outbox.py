@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from structlog.testing import capture_logs
+from support.databases import statements_sent
 from support.smtp import DrippingSmtpServer, ReceivedMail, SmtpSink
 
 from mailroute.config import RepliesConfig, SmtpConfig
@@ -750,20 +751,12 @@ def test_on_postgresql_a_mark_and_the_next_claims_renewal_are_one_round_trip(
     and COMMIT: the outbox's CPU a reply on PostgreSQL was mostly its round trips."""
     first, second = queue(store, 1), queue(store, 2)
     books = outbox._Books(store)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
     try:
         lease = outbox._Lease.start(NOW, RepliesConfig(claim_timeout=120), SmtpConfig())
         claimed = outbox._claim(books, NOW, lease.length, 2, lease.owner, lease.clock())
-        event.listen(store.engine, "before_cursor_execute", seen)
-        try:
+        with statements_sent(store.engine) as statements:
             ours = outbox._record_sent(books, claimed[0], NOW, DeliveryReport(), claimed[1],
                                        lease)
-        finally:
-            event.remove(store.engine, "before_cursor_execute", seen)
     finally:
         books.close()
 
@@ -790,23 +783,17 @@ def test_a_claim_is_one_round_trip_on_postgresql_and_in_order(store: Store) -> N
         session.execute(update(OutboxItem).where(OutboxItem.id == earlier)
                         .values(request_id=request.id))
     books = outbox._Books(store)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(store.engine, "before_cursor_execute", seen)
     try:
-        claimed = outbox._claim(books, NOW, timedelta(seconds=120), 10, "this run", NOW)
+        with statements_sent(store.engine) as sent:
+            claimed = outbox._claim(books, NOW, timedelta(seconds=120), 10, "this run", NOW)
     finally:
-        event.remove(store.engine, "before_cursor_execute", seen)
         books.close()
 
     assert [c.id for c in claimed] == [earlier, later]
     assert [c.request for c in claimed] == ["SD-000002", None]
     assert {item(store, reply).claimed_by for reply in (earlier, later)} == {"this run"}
     # the books' first use of their connection sets its commits lazy (_LAZY), once
-    statements = [s for s in statements if not s.startswith("SET ")]
+    statements = [s for s in sent if not s.startswith("SET ")]
     if store.is_sqlite:
         assert [s.split()[0] for s in statements] == ["BEGIN", "SELECT", "UPDATE"]
     else:

@@ -15,7 +15,8 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
+from support.databases import statements_sent
 
 from mailroute.config import Config
 from mailroute.pipeline import decide
@@ -228,25 +229,17 @@ def test_the_members_of_a_thread_the_batch_refers_to_are_read_with_its_lookups(
     batch's other lookups, not by a query for each letter that may continue it."""
     save(store, [letter(1)])
     process_letter(store, Pipeline.from_config(Config()), 1, NOW)
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
     with store.transaction() as session:
         request = session.scalars(select(Request)).one()
         lookups = BatchLookups(session, message_ids=[], senders=[], attachment_hashes=[],
                                references=["<letter1@romashka.example>"], replies_since=NOW)
         unnamed = BatchLookups(session, message_ids=[], references=[], senders=[],
                                attachment_hashes=[], replies_since=NOW)
-        event.listen(store.engine, "before_cursor_execute", seen)
-        try:
+        with statements_sent(store.engine) as statements:
             thread = decide._thread(request, lookups)
             assert statements == []
             asked = decide._thread(request, unnamed)  # not named: the database is asked
             assert len(statements) == 1
-        finally:
-            event.remove(store.engine, "before_cursor_execute", seen)
 
     assert thread.members == asked.members == {"user1@romashka.example"}
 
