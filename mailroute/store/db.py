@@ -439,6 +439,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Statement journals in memory, not in a file of their own: see the note below.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
     # SQLite's own lower() folds ASCII only; searches of Cyrillic text need all of Unicode.
     dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
@@ -459,6 +461,18 @@ def sqlite_page_size(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cursor.close()
+
+
+# Why temp_store=MEMORY (set in _sqlite_on_connect). A statement inside a transaction that
+# may fail half-way (an UPDATE of a column with a foreign key, a multi-row INSERT) keeps
+# the pages it changes in a statement journal, to undo itself alone. SQLite keeps that
+# journal in memory up to 64 KiB, then spills it to a temporary file (/var/tmp/etilqs_*)
+# that stays open until the commit. A batch's UPDATE of its decided letters (one execution
+# a letter, each journaling the 16 KiB pages it rewrites) wrote ~108 KB a letter there:
+# 26,500 pwrite calls and ~217 MB for 2,000 letters, about what the WAL itself took
+# (bench/README, fourteenth round). In memory, a journal holds one statement's pages and
+# is emptied when the statement ends; temporary tables and sorts go to memory too, and
+# mailroute's are small (a page of a list, a batch's ids).
 
 
 def _unicode_lower(value: Any) -> Any:

@@ -572,3 +572,46 @@ def test_postgresql_connections_carry_the_name_of_the_part_that_opened_them(
     finally:
         named.dispose()
         chosen.dispose()
+
+
+def test_sqlite_statement_journals_stay_in_memory(tmp_path: Path) -> None:
+    """An UPDATE of a foreign-key column inside a transaction journals the pages it
+    rewrites, to undo itself alone; past 64 KiB SQLite spilled that journal to a file
+    of its own (``etilqs_*``) held open until the commit, and a batch's decided letters
+    wrote ~108 KB a letter there. With ``temp_store=MEMORY`` no such file is opened."""
+    import os
+
+    def temporary_files() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if "etilqs_" in target:
+                    found.append(target)
+        return found
+
+    store = Store(f"sqlite:///{tmp_path / 'journals.sqlite'}")
+    try:
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            connection.exec_driver_sql(
+                "CREATE TABLE child (id INTEGER PRIMARY KEY,"
+                " parent_id INTEGER REFERENCES parent (id), body BLOB NOT NULL)")
+            connection.exec_driver_sql("INSERT INTO parent (id) VALUES (1)")
+            connection.exec_driver_sql(
+                "INSERT INTO child (id, body) VALUES (?, ?)",
+                [(number, bytes(100_000)) for number in range(1, 21)])
+        with store.transaction() as session:
+            connection = session.connection()
+            # each row's 100 KB of overflow pages is freed and written again from the
+            # freelist: pages that existed before the statement, so all journaled
+            connection.exec_driver_sql(
+                "UPDATE child SET parent_id = 1, body = ? WHERE id = ?",
+                [(bytes([number]) * 100_000, number) for number in range(1, 21)])
+            assert temporary_files() == []
+            assert connection.exec_driver_sql("PRAGMA temp_store").scalar() == 2
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT count(*) FROM child WHERE parent_id = 1").scalar() == 20
+    finally:
+        store.dispose()
