@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from mailroute import logs
+from mailroute import logs, startup
 from mailroute.core.letter import ParsedLetter, ParseLimits, parse
 from mailroute.core.verdict import STAGES, Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
@@ -442,6 +442,7 @@ def _serve(
 ) -> None:
     """The worker: understand each batch received, keeping the stage it is in where
     its parent reads it, and sending each verdict."""
+    startup.freeze_inherited()
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
 
     def stage(name: str) -> None:

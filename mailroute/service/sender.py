@@ -41,7 +41,7 @@ from typing import Any
 
 import structlog
 
-from mailroute import logs
+from mailroute import logs, startup
 from mailroute.config import Config
 from mailroute.errors import TransientError
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, KeptSessions, deliver_due_async
@@ -163,6 +163,7 @@ def _serve(
     store = Store(config.database.url, "mailroute outbox")
     store.use_webhooks(config.webhooks)
     kept = KeptSessions(config.smtp)
+    startup.freeze_inherited()
     error: str | None = None
     try:
         error = asyncio.run(_passes(store, config, alert_mail, idle, wakeup, done, finish,

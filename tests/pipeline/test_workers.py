@@ -51,6 +51,33 @@ def test_a_worker_gives_the_verdicts_this_process_would() -> None:
     assert sum(1 for known in there if known.analysis is not None) >= len(LETTERS) - 2
 
 
+def test_a_worker_freezes_what_it_started_with_before_its_first_letter() -> None:
+    """A worker inherits the forkserver's imports and unpickles its rules: frozen, its
+    collections never walk them (mailroute.startup). The serving loop is run here on a
+    pipe with an empty batch (a real letter would set this process's RLIMIT_CPU)."""
+    import ctypes
+    import gc
+    import multiprocessing
+    import threading
+
+    from mailroute.pipeline.workers import _serve
+
+    pipeline = Pipeline.from_config(Config())
+    gc.unfreeze()
+    ours, theirs = multiprocessing.Pipe()
+    serving = threading.Thread(
+        target=_serve, args=(theirs, ctypes.c_int(0), pipeline.context, pipeline.limits))
+    try:
+        serving.start()
+        ours.send(([], 60.0))
+        ours.close()
+        serving.join(10)
+        assert not serving.is_alive()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_a_worker_killed_mid_batch_is_replaced_and_nothing_is_lost() -> None:
     """A worker killed from outside (the OOM killer, an operator): a fresh one takes the
     letter it had in hand and the rest; the letter is not blamed for one death."""

@@ -216,6 +216,43 @@ def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> No
     assert summary.sent == []
 
 
+def test_the_child_freezes_what_it_started_with_before_its_passes(sqlite_url: str) -> None:
+    """The child inherits the forkserver's imports and unpickles its config: frozen
+    before its passes, its collections never walk them (mailroute.startup). Run here in
+    this process, with a wake that ends it at its first wait."""
+    import gc
+    import multiprocessing
+    import threading
+
+    from mailroute.service import sender as sender_module
+
+    frozen: list[int] = []
+
+    class CountingWake:
+        def wait(self, timeout: float | None = None) -> bool:
+            frozen.append(gc.get_freeze_count())
+            raise RuntimeError("enough")
+
+        def clear(self) -> None:
+            pass
+
+        def set(self) -> None:
+            pass
+
+    store = Store(sqlite_url)
+    store.upgrade()
+    store.dispose()
+    gc.unfreeze()
+    parent_end, child_end = multiprocessing.Pipe(duplex=False)
+    try:
+        sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, CountingWake(),
+                             threading.Event(), threading.Event(), child_end)
+    finally:
+        gc.unfreeze()
+    assert parent_end.recv()[1] == "RuntimeError: enough"
+    assert frozen and frozen[0] > 0
+
+
 def test_the_outbox_process_names_its_postgresql_connection(
     postgres_url: str, smtp_sink: SmtpSink
 ) -> None:
