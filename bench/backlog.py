@@ -46,6 +46,7 @@ from common import (
     add_source_arguments,
     machine_note,
     mailroute_command,
+    process_cpu,
     run_measured,
     source_tree,
     terminate_on_sigterm,
@@ -198,7 +199,6 @@ class BackendSampler:
     def _run(self) -> None:
         import psycopg
 
-        tick = os.sysconf("SC_CLK_TCK")
         with psycopg.connect(self.url, autocommit=True, application_name=self.NAME) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(
@@ -207,12 +207,9 @@ class BackendSampler:
                 ).fetchall()
                 for pid, name in rows:
                     try:
-                        with open(f"/proc/{pid}/stat") as f:
-                            fields = f.read().rpartition(")")[2].split()
+                        self.seen[pid] = (name or "(none)", process_cpu(pid))
                     except OSError:
                         continue
-                    cpu = (int(fields[11]) + int(fields[12])) / tick
-                    self.seen[pid] = (name or "(none)", cpu)
                 self._stop.wait(self.every)
 
     def by_name(self) -> dict[str, tuple[float, int]]:

@@ -247,6 +247,13 @@ def terminate_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a running process has spent, from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (ru_maxrss is in KiB on Linux)."""
     import resource

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from common import (
     add_source_arguments,
     machine_note,
     outbox_rows,
+    process_cpu,
     source_tree,
     terminate_on_sigterm,
 )
@@ -43,12 +43,6 @@ sink.start()
 print(sink.port, flush=True)
 sys.stdin.read()
 """
-
-
-def process_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def queue(store: Any, count: int, start: int) -> None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from support.waiting import wait_until
 
 from mailroute.config import Config
 from mailroute.core.compose import Identity
-from mailroute.service.sender import SenderFailed, SenderProcess
+from mailroute.service.sender import SenderFailed, SenderProcess, SentSummary
 from mailroute.store import Store
 from mailroute.store.alerts import AlertMail
 from mailroute.store.models import OutboxItem
@@ -187,31 +187,46 @@ def test_the_child_keeps_its_smtp_session_between_passes(
     assert len({mail.peer for mail in received}) == 1
 
 
-def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> None:
-    """A failure outside a pass (here the wait for a wake) ends the child like one in a
-    pass: the parent is told, and raises it after the drain."""
+class _BrokenWake:
+    """A wake whose wait raises ``RuntimeError(message)``: the child's passes end at
+    their first wait (``seen`` is called first)."""
+
+    def __init__(self, message: str, seen: Callable[[], None] = lambda: None) -> None:
+        self.message, self.seen = message, seen
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.seen()
+        raise RuntimeError(self.message)
+
+    def clear(self) -> None:
+        pass
+
+    def set(self) -> None:
+        pass
+
+
+def _serve_here(sqlite_url: str, wake: _BrokenWake) -> tuple[SentSummary, str | None]:
+    """The outbox process's body run in this process until ``wake`` ends it: what it
+    sends its parent (the summary and the error)."""
     import multiprocessing
     import threading
 
     from mailroute.service import sender as sender_module
 
-    class BrokenWake:
-        def wait(self, timeout: float | None = None) -> bool:
-            raise RuntimeError("the wake is broken")
-
-        def clear(self) -> None:
-            pass
-
-        def set(self) -> None:
-            pass
-
     store = Store(sqlite_url)
     store.upgrade()
     store.dispose()
     parent_end, child_end = multiprocessing.Pipe(duplex=False)
-    sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, BrokenWake(),
+    sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, wake,
                          threading.Event(), threading.Event(), child_end)
     summary, error = parent_end.recv()
+    return summary, error
+
+
+def test_an_error_around_the_passes_is_said_to_the_parent(sqlite_url: str) -> None:
+    """A failure outside a pass (here the wait for a wake) ends the child like one in a
+    pass: the parent is told, and raises it after the drain."""
+    summary, error = _serve_here(sqlite_url, _BrokenWake("the wake is broken"))
     assert error == "RuntimeError: the wake is broken"
     assert summary.sent == []
 
@@ -221,35 +236,15 @@ def test_the_child_freezes_what_it_started_with_before_its_passes(sqlite_url: st
     before its passes, its collections never walk them (mailroute.startup). Run here in
     this process, with a wake that ends it at its first wait."""
     import gc
-    import multiprocessing
-    import threading
-
-    from mailroute.service import sender as sender_module
 
     frozen: list[int] = []
-
-    class CountingWake:
-        def wait(self, timeout: float | None = None) -> bool:
-            frozen.append(gc.get_freeze_count())
-            raise RuntimeError("enough")
-
-        def clear(self) -> None:
-            pass
-
-        def set(self) -> None:
-            pass
-
-    store = Store(sqlite_url)
-    store.upgrade()
-    store.dispose()
     gc.unfreeze()
-    parent_end, child_end = multiprocessing.Pipe(duplex=False)
     try:
-        sender_module._serve(config_for(sqlite_url, None), ALERTS, 60, None, CountingWake(),
-                             threading.Event(), threading.Event(), child_end)
+        _summary, error = _serve_here(
+            sqlite_url, _BrokenWake("enough", lambda: frozen.append(gc.get_freeze_count())))
     finally:
         gc.unfreeze()
-    assert parent_end.recv()[1] == "RuntimeError: enough"
+    assert error == "RuntimeError: enough"
     assert frozen and frozen[0] > 0
 
 
