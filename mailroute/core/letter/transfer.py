@@ -2,6 +2,13 @@
 
 Base64 is decoded in two places (bodies here, "B" encoded words in headers), and both must
 forgive the same junk and lost padding, so the decoder lives here once.
+
+Attachments are nearly all base64, and decoding them was a tenth of a worker's CPU with the
+standard library's scalar decoder (~480 MB/s here). pybase64 decodes with SIMD (5x faster
+on a 300 KB attachment), but it reads an "=" inside the data differently: binascii stops at
+the first complete padding, pybase64 does not. So pybase64 gets only a payload whose "="
+signs all sit in its tail, where both agree (tests/core/test_transfer.py checks them
+against each other on hostile input); anything else goes to binascii, as before.
 """
 
 from __future__ import annotations
@@ -9,11 +16,20 @@ from __future__ import annotations
 import binascii
 import re
 
+import pybase64
+
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]+")
+_PADDING_TAIL = b"= \t\r\n"
 
 
 def b64_decode(payload: bytes) -> bytes:
     """Base64 that tolerates junk characters and broken or missing padding."""
+    pad = payload.find(b"=")
+    if pad == -1 or not payload[pad:].strip(_PADDING_TAIL):
+        try:  # the padding (if any) ends the data: the SIMD decoder reads it as binascii does
+            return pybase64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError):
+            pass  # binascii below says the same, and the repair follows
     try:  # the C decoder already skips line breaks and junk; only padding trips it
         return binascii.a2b_base64(payload)
     except binascii.Error:
