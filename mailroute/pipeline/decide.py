@@ -348,7 +348,6 @@ def _lookups_for(
         message_ids=[p.message_id for p in letters if p.message_id],
         references=[m for p in letters for m in (*p.in_reply_to, *p.references)],
         senders=[p.sender.email for p in letters if p.sender],
-        attachment_hashes=[a.sha256 for p in letters for a in p.attachments],
         replies_since=now - pipeline.guard.window,
         desk_since=now - DESK_WINDOW,
         suppressed_since=now - pipeline.guard.suppress_for,
@@ -560,10 +559,9 @@ class _Steps:
                 self.letter,
                 filename=item.filename,
                 content_type=item.content_type,
-                content=item.content,
+                size=item.size,
                 sha256=item.sha256,
                 inline=item.inline,
-                store_content=self.lookups.blob_needed(item.sha256),
             )
 
     def suppress_bounced(self) -> None:

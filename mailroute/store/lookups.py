@@ -40,7 +40,6 @@ class BatchLookups:
         message_ids: Iterable[str],
         references: Iterable[str],
         senders: Iterable[str],
-        attachment_hashes: Iterable[str],
         replies_since: datetime,
         desk_since: datetime | None = None,
         suppressed_since: datetime | None = None,
@@ -74,7 +73,6 @@ class BatchLookups:
         self._queued_here: Counter[str] = Counter()
         self._domain_queued_here: Counter[str] = Counter()
         self._notices_here: set[str] = set()
-        self._blobs = repo.stored_blobs(session, attachment_hashes)
         self.replies = repo.ReplyBuffer()  # this batch's replies, written at its end
         self._counter: int | None = None
         self._numbers_taken = 0
@@ -203,15 +201,6 @@ class BatchLookups:
     def suppressed(self, address: str) -> None:
         """``address`` was suppressed in this transaction."""
         self._suppressed.add(address.lower())
-
-    # -------------------------------------------------------------- attachments
-
-    def blob_needed(self, sha256: str) -> bool:
-        """True the first time content not stored yet is seen: the caller stores it."""
-        if sha256 in self._blobs:
-            return False
-        self._blobs.add(sha256)
-        return True
 
     # ------------------------------------------------------------------ numbers
 

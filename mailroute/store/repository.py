@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailroute.core.addresses import counted_as, domain_of
+from mailroute.core.letter import ParseLimits, parse
+from mailroute.errors import LetterUnreadable
 from mailroute.store import webhooks
 from mailroute.store.models import (
     AttachmentRecord,
@@ -389,23 +391,21 @@ def add_attachment(
     *,
     filename: str,
     content_type: str,
-    content: bytes,
+    size: int,
     sha256: str,
     inline: bool,
-    store_content: bool,
 ) -> None:
-    """Attachment metadata; its content too when no blob holds it yet (``store_content``,
-    which the caller knows from :func:`stored_blobs` and what it added since). With an
-    :class:`AttachmentBuffer` installed, the row waits for the transaction's end."""
+    """An attachment's metadata. Its content is not stored apart: the letter's raw bytes
+    hold it, and :func:`attachment_content` reads it from them (``blobs`` holds only
+    what was stored before migration 0016). With an :class:`AttachmentBuffer` installed,
+    the row waits for the transaction's end."""
     row = {"letter_id": letter.id, "filename": filename, "content_type": content_type,
-           "size": len(content), "sha256": sha256, "inline": inline}
+           "size": size, "sha256": sha256, "inline": inline}
     buffer = AttachmentBuffer.of(session)
     if buffer is not None:
         buffer.rows.append(row)
     else:
         session.add(AttachmentRecord(**row))
-    if store_content:
-        session.add(Blob(sha256=sha256, content=content))
 
 
 _ATTACHMENTS = cast(Table, AttachmentRecord.__table__)
@@ -452,12 +452,43 @@ class AttachmentBuffer(_TransactionBuffer):
             session.execute(insert(_ATTACHMENTS), rows)
 
 
-def stored_blobs(session: Session, hashes: Iterable[str]) -> set[str]:
-    """Which of these SHA-256s have their content stored already."""
-    found: set[str] = set()
-    for chunk in _chunks(hashes):
-        found.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(chunk))))
-    return found
+ATTACHMENT_CARRIERS = 20  # other letters tried for a file whose own letter lost its bytes
+
+
+def attachment_content(
+    session: Session, record: AttachmentRecord, limits: ParseLimits
+) -> bytes | None:
+    """An attachment's bytes, or None once no letter that carried it has its raw bytes.
+
+    Attachments are read again from the letter that carried them (parsing is
+    deterministic, and the SHA-256 of the record picks the part) instead of being stored
+    a second time, decoded, beside the raw bytes: that copy was 40 % of what a backlog
+    wrote. ``blobs`` holds what was stored before migration 0016. When retention has
+    purged the letter's bytes, a younger letter with the same file serves it, as the
+    shared blob did before.
+    """
+    stored = session.scalar(select(Blob.content).where(Blob.sha256 == record.sha256))
+    if stored is not None:
+        return stored
+    others = session.scalars(
+        select(AttachmentRecord.letter_id)
+        .where(AttachmentRecord.sha256 == record.sha256,
+               AttachmentRecord.letter_id != record.letter_id)
+        .order_by(AttachmentRecord.letter_id.desc())
+        .limit(ATTACHMENT_CARRIERS)
+    )
+    for letter_id in [record.letter_id, *others]:
+        raw = session.scalar(select(LetterBytes.raw).where(LetterBytes.letter_id == letter_id))
+        if raw is None:
+            continue
+        try:
+            parsed = parse(raw, limits)
+        except LetterUnreadable:  # read once, so not likely; another carrier may do
+            continue
+        for item in parsed.attachments:
+            if item.sha256 == record.sha256:
+                return item.content
+    return None
 
 
 def quarantined_count(session: Session) -> int:

@@ -177,10 +177,13 @@ def _back_to(number: str) -> Response:
 async def download(request: Request) -> Response:
     console = console_of(request)
     found = await console.run(reading.attachment, console.store,
-                              int(request.path_params["item"]))
+                              int(request.path_params["item"]), console.limits)
     if found is None:
         return PlainTextResponse("no such attachment", status_code=404)
     filename, content = found
+    if content is None:
+        return PlainTextResponse("this attachment's letter was purged by retention "
+                                 "([retention] raw_days)", status_code=410)
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_") or "file"
     disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
     return Response(content, media_type="application/octet-stream",

@@ -19,7 +19,6 @@ from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import (
     AttachmentRecord,
-    Blob,
     Letter,
     Organization,
     Request,
@@ -146,14 +145,16 @@ def _letter_text(letter: Letter, limits: ParseLimits) -> dict[str, Any]:
     return shown
 
 
-def attachment(store: Store, attachment_id: int) -> tuple[str, bytes] | None:
-    """An attachment's file name and content, for download."""
+def attachment(
+    store: Store, attachment_id: int, limits: ParseLimits
+) -> tuple[str, bytes | None] | None:
+    """An attachment's file name and content, for download: None if there is no such
+    attachment, a content of None if retention purged every letter that carried it."""
     with store.reading() as session:
         record = session.get(AttachmentRecord, attachment_id)
         if record is None:
             return None
-        content = session.scalar(select(Blob.content).where(Blob.sha256 == record.sha256))
-        return (record.filename, content) if content is not None else None
+        return record.filename, repo.attachment_content(session, record, limits)
 
 
 def add_note(store: Store, number: str, by: str, note: str, now: datetime) -> bool:

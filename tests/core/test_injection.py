@@ -16,6 +16,7 @@ tests/pipeline/test_conversation.py (test_token_from_a_stranger_opens_a_new_requ
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import random
 import re
@@ -44,6 +45,8 @@ from mailroute.core.letter import MAX_IDS, ParsedLetter, ParseLimits, parse
 from mailroute.core.verdict import analyze
 from mailroute.packaged import load_templates
 from mailroute.pipeline import decide
+from mailroute.store import Store
+from mailroute.store import repository as repo
 from mailroute.store.models import AttachmentRecord, Blob, Letter, OutboxItem, Request
 
 MAILROUTE = [sys.executable, "-m", "mailroute"]
@@ -456,8 +459,17 @@ def test_hostile_letters_end_to_end(
         "txt.exe",  # the right-to-left override that disguised it as .txt is gone
         "x….txt",
     ]  # fmt: skip
-    blobs = {row.sha256 for row in rows(database_url, Blob)}
-    assert {row.sha256 for row in stored} <= blobs
+    store = Store(database_url)
+    try:  # every file is read back from its letter's bytes, under its own hash
+        with store.reading() as session:
+            for row in stored:
+                record = session.get(AttachmentRecord, row.id)
+                assert record is not None
+                content = repo.attachment_content(session, record, ParseLimits())
+                assert content is not None and hashlib.sha256(content).hexdigest() == row.sha256
+    finally:
+        store.dispose()
+    assert rows(database_url, Blob) == []
 
     assert files_under(workdir) == set() and files_under(scratch) == set()
     after = files_under(tmp_path) - {"config.toml"}

@@ -19,12 +19,21 @@ from sqlalchemy import select
 from support.databases import statements_sent
 
 from mailroute.config import Config
+from mailroute.core.letter import ParseLimits
 from mailroute.pipeline import decide
 from mailroute.pipeline.decide import Outcome, Pipeline, process_letter, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.lookups import BatchLookups
-from mailroute.store.models import Blob, Counter, Letter, OutboxItem, Request, RequestEvent
+from mailroute.store.models import (
+    AttachmentRecord,
+    Blob,
+    Counter,
+    Letter,
+    OutboxItem,
+    Request,
+    RequestEvent,
+)
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 11:00 in Moscow
 BODY = "Отчёт по продажам не формируется, выдаёт ошибку.\n\nООО «Ромашка»\nрег. номер {n}\n"
@@ -72,7 +81,7 @@ def a_backlog() -> list[bytes]:
     png = b"\x89PNG shared screenshot"
     return [
         letter(1, attachment=png),
-        letter(2, attachment=png),  # same content: one blob
+        letter(2, attachment=png),  # same content: read from either letter
         letter(1, attachment=png),  # a re-delivery of letter 1: a duplicate
         letter(3, sender="user1@romashka.example", in_reply_to="<letter1@romashka.example>",
                body="Дополняю: ошибка и в отчёте по закупкам."),  # follows letter 1's request
@@ -98,10 +107,15 @@ def picture(store: Store, outcomes: list[Outcome]) -> dict[str, Any]:
             for event in session.scalars(select(RequestEvent))
         )
         counter = session.scalar(select(Counter.value).where(Counter.name == "request"))
+        uids = dict(session.execute(select(Letter.id, Letter.uid)).all())
+        records = list(session.scalars(select(AttachmentRecord)))
+        attachments = sorted((uids[record.letter_id], record.filename, record.size)
+                             for record in records)
+        served = {repo.attachment_content(session, record, ParseLimits()) for record in records}
         blobs = session.query(Blob).count()
     states = [(o.state, o.request, o.reply) for o in outcomes]
     return {"letters": letters, "replies": replies, "events": events, "counter": counter,
-            "blobs": blobs, "outcomes": states}
+            "attachments": attachments, "served": served, "blobs": blobs, "outcomes": states}
 
 
 def test_a_batch_decides_as_letter_by_letter_would(
@@ -129,7 +143,10 @@ def test_a_batch_decides_as_letter_by_letter_would(
     assert [state for _uid, state, _n in got["letters"]] == [
         "processed", "processed", "duplicate", "follow_up", "processed", "ignored"]
     assert got["letters"][2][2] == got["letters"][0][2] == got["letters"][3][2] == "SD-000001"
-    assert got["counter"] == 3 and got["blobs"] == 1
+    assert got["counter"] == 3
+    # each letter's file is read from its raw bytes, none is stored a second time
+    assert [uid for uid, _name, _size in got["attachments"]][:2] == ["1", "2"]
+    assert got["served"] == {b"\x89PNG shared screenshot"} and got["blobs"] == 0
     assert ("SD-000003", "clarification", "user4@romashka.example") in got["replies"]
     assert all("outbox" in keys for _n, kind, keys in got["events"] if kind == "reply_queued")
 
@@ -231,10 +248,10 @@ def test_the_members_of_a_thread_the_batch_refers_to_are_read_with_its_lookups(
     process_letter(store, Pipeline.from_config(Config()), 1, NOW)
     with store.transaction() as session:
         request = session.scalars(select(Request)).one()
-        lookups = BatchLookups(session, message_ids=[], senders=[], attachment_hashes=[],
+        lookups = BatchLookups(session, message_ids=[], senders=[],
                                references=["<letter1@romashka.example>"], replies_since=NOW)
         unnamed = BatchLookups(session, message_ids=[], references=[], senders=[],
-                               attachment_hashes=[], replies_since=NOW)
+                               replies_since=NOW)
         with statements_sent(store.engine) as statements:
             thread = decide._thread(request, lookups)
             assert statements == []
@@ -258,7 +275,7 @@ def test_a_thread_view_counts_letters_the_batch_joined_but_has_not_written(
         joined.sender, joined.state = "colleague@romashka.example", "follow_up"
         joined.request = request
         lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
-                               attachment_hashes=[], replies_since=NOW)
+                               replies_since=NOW)
         assert "colleague@romashka.example" not in decide._thread(request, lookups).members
         lookups.decided(joined)
 

@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 from mailroute.config import Config
+from mailroute.core.letter import ParseLimits
 from mailroute.pipeline.decide import Pipeline, process_pending
 from mailroute.store import Store
 from mailroute.store import repository as repo
 from mailroute.store.models import (
+    AttachmentRecord,
     Blob,
     Letter,
     LetterBytes,
@@ -61,6 +63,18 @@ def desk(store: Store, letters: list[bytes], received_at: datetime) -> list[int]
     return ids
 
 
+def stored_as_before_0016(store: Store) -> None:
+    """Every attachment's content in ``blobs`` too, once per SHA-256, as mailroute stored
+    them before migration 0016: a database of that time, whose blobs retention still purges."""
+    with store.transaction() as session:
+        for record in session.scalars(select(AttachmentRecord)):
+            if session.get(Blob, record.sha256) is None:
+                content = repo.attachment_content(session, record, ParseLimits())
+                assert content is not None
+                session.add(Blob(sha256=record.sha256, content=content))
+                session.flush()
+
+
 def counts(store: Store) -> dict[str, int]:
     with store.transaction() as session:
         return {name: int(session.scalar(select(func.count()).select_from(table)) or 0)
@@ -72,6 +86,7 @@ def counts(store: Store) -> dict[str, int]:
 def test_old_bytes_go_young_ones_and_every_request_stay(store: Store) -> None:
     old = desk(store, [letter(1, LOGO), letter(2, b"\x89PNG only in an old letter")], OLD)
     young = desk(store, [letter(3, LOGO)], NOW - timedelta(days=2))
+    stored_as_before_0016(store)
     with store.transaction() as session:
         session.execute(update(OutboxItem).values(state="sent", sent_at=OLD))
         for state, created in (("sent", OLD), ("pending", OLD), ("sent", NOW)):
@@ -112,6 +127,7 @@ def test_a_closed_request_loses_its_personal_details_and_keeps_its_figures(
 ) -> None:
     desk(store, [letter(1, b"\x89PNG a scan of a passport")], OLD)
     desk(store, [letter(2)], OLD)
+    stored_as_before_0016(store)
     with store.transaction() as session:
         first, second = session.scalars(select(Request).order_by(Request.id)).all()
         first.status, first.closed_at = "closed", OLD + timedelta(days=1)

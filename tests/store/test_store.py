@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -156,34 +157,91 @@ def test_a_suppression_is_made_once_then_renewed_without_flushing_the_batch(
         assert repo.is_suppressed(session, "ann@example.com")
 
 
-def test_the_same_attachment_twice_in_one_letter_is_stored_once(store: Store) -> None:
+def _letter_with_files(number: int, files: dict[str, bytes]) -> bytes:
     from email.message import EmailMessage
 
+    message = EmailMessage()
+    message["From"] = f"a{number}@customer.example"
+    message["Subject"] = f"Ошибка в отчёте {number}"
+    message["Message-ID"] = f"<files{number}@customer.example>"
+    message.set_content("Отчёт не формируется, скриншоты во вложении.\n\n"
+                        f"ООО «А{number}»\nрег. номер 80011122{number}")
+    for name, content in files.items():
+        message.add_attachment(content, maintype="image", subtype="png", filename=name)
+    return bytes(message)
+
+
+def _decided(store: Store, raws: list[bytes]) -> list[int]:
     from mailroute.config import Config
-    from mailroute.pipeline.decide import Pipeline, process_letter
+    from mailroute.pipeline.decide import Pipeline, process_batch
+
+    now = datetime.now(UTC)
+    with store.transaction() as session:
+        ids = [repo.save_letter(session, mailbox="m", uidvalidity=1, uid=str(n), raw=raw,
+                                message_id=f"<files{n}@customer.example>", received_at=now,
+                                now=now)[0].id
+               for n, raw in enumerate(raws, 1)]
+    outcomes = process_batch(store, Pipeline.from_config(Config()), ids, now)
+    assert [outcome.state for outcome in outcomes] == ["processed"] * len(raws)
+    return ids
+
+
+def test_attachments_are_read_back_from_their_letters_bytes(store: Store) -> None:
+    """Each file of a letter is recorded, and read back from the letter's raw bytes byte
+    for byte (the same file twice too); nothing is stored a second time beside them."""
+    from sqlalchemy import select
+
+    from mailroute.core.letter import ParseLimits
     from mailroute.store.models import AttachmentRecord, Blob
 
     store.upgrade()
-    message = EmailMessage()
-    message["From"] = "a@customer.example"
-    message["Subject"] = "Ошибка в отчёте"
-    message["Message-ID"] = "<twice@customer.example>"
-    message.set_content(
-        "Отчёт не формируется, скриншоты во вложении.\n\nООО «А»\nрег. номер 800111222")
-    for name in ("one.png", "two.png"):
-        message.add_attachment(b"\x89PNG same bytes", maintype="image", subtype="png",
-                               filename=name)
-    now = datetime.now(UTC)
+    files = {"one.png": b"\x89PNG same bytes", "two.png": b"\x89PNG same bytes",
+             "three.png": os.urandom(200_000)}
+    _decided(store, [_letter_with_files(1, files)])
+    with store.reading() as session:
+        records = session.scalars(select(AttachmentRecord).order_by(AttachmentRecord.id)).all()
+        assert [(r.filename, r.size) for r in records] == [
+            (name, len(content)) for name, content in files.items()]
+        assert [repo.attachment_content(session, r, ParseLimits()) for r in records] == list(
+            files.values())
+        assert session.query(Blob).count() == 0
+
+
+def test_a_purged_letters_file_is_read_from_a_younger_letter_or_an_old_blob(
+    store: Store,
+) -> None:
+    """Retention purges raw bytes: a file another letter still carries is read from it
+    (as the shared blob served it before); one stored as a blob before migration 0016 is
+    read from there; one no letter has any more is gone (None, the console says 410)."""
+    from sqlalchemy import delete, select
+
+    from mailroute.core.letter import ParseLimits
+    from mailroute.store.models import AttachmentRecord, Blob, LetterBytes
+
+    store.upgrade()
+    shared, alone, old = b"\x89PNG logo", b"\x89PNG only in the first", b"\x89PNG stored"
+    first, second = _decided(store, [
+        _letter_with_files(1, {"logo.png": shared, "alone.png": alone, "old.png": old}),
+        _letter_with_files(2, {"logo.png": shared}),
+    ])
     with store.transaction() as session:
-        letter, _ = repo.save_letter(session, mailbox="m", uidvalidity=1, uid="1",
-                                     raw=bytes(message), message_id="<twice@customer.example>",
-                                     received_at=now, now=now)
-        letter_id = letter.id
-    outcome = process_letter(store, Pipeline.from_config(Config()), letter_id, now)
-    assert outcome is not None and outcome.state == "processed"
+        session.execute(delete(LetterBytes).where(LetterBytes.letter_id == first))
+        old_hash = session.scalar(select(AttachmentRecord.sha256)
+                                  .where(AttachmentRecord.filename == "old.png"))
+        session.add(Blob(sha256=old_hash, content=old))
+    with store.reading() as session:
+        records = session.scalars(select(AttachmentRecord)
+                                  .where(AttachmentRecord.letter_id == first)
+                                  .order_by(AttachmentRecord.id)).all()
+        assert [repo.attachment_content(session, r, ParseLimits()) for r in records] == [
+            shared, None, old]
     with store.transaction() as session:
-        assert session.query(AttachmentRecord).count() == 2
-        assert session.query(Blob).count() == 1
+        session.execute(delete(LetterBytes).where(LetterBytes.letter_id == second))
+    with store.reading() as session:
+        logo = session.scalars(select(AttachmentRecord)
+                               .where(AttachmentRecord.filename == "logo.png")).first()
+        assert logo is not None
+        assert repo.attachment_content(session, logo, ParseLimits()) is None
 
 
 def test_a_batch_writes_its_attachment_rows_with_one_insert_in_their_order(
@@ -243,7 +301,7 @@ def test_a_batch_writes_its_attachment_rows_with_one_insert_in_their_order(
         assert all(record.size == len(f"PNG {record.filename}") for record in records)
         assert all(not record.inline and record.content_type == "image/png"
                    for record in records)
-        assert session.query(Blob).count() == 6
+        assert session.query(Blob).count() == 0
 
 
 def test_raw_bytes_move_to_their_own_table_and_back(store: Store) -> None:
@@ -428,7 +486,7 @@ def test_request_ids_reserved_ahead_are_fresh_across_blocks_and_transactions(
     for batch in range(2):
         with store.transaction() as session:
             lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
-                                   attachment_hashes=[], replies_since=since)
+                                   replies_since=since)
             for n in range(ID_BLOCK + 6):  # past one block
                 request_id = lookups.next_request_id()
                 taken.append(request_id)
@@ -456,7 +514,7 @@ def test_taking_request_ids_and_numbers_does_not_flush_the_batch(store: Store) -
     since = datetime(2026, 11, 1, tzinfo=UTC)
     with store.transaction() as session:
         lookups = BatchLookups(session, message_ids=[], references=[], senders=[],
-                               attachment_hashes=[], replies_since=since)
+                               replies_since=since)
         waiting = [_request(lookups.next_request_id(), "F-first")]
         session.add(waiting[0])
         for _n in range(ID_BLOCK):  # the first number locks the counter; the last id

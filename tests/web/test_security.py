@@ -8,6 +8,9 @@ from urllib.parse import quote
 
 import pytest
 from conftest import OPERATOR, VIEWER, Console, csrf_of, login
+from sqlalchemy import delete
+
+from mailroute.store.models import LetterBytes
 
 PAGES = ["/", "/quarantine", "/outbox", "/customers", "/reports", "/health", "/webhooks",
          "/requests/SD-000001", "/attachments/1"]
@@ -169,3 +172,20 @@ def test_the_queue_filters_searches_and_pages(console: Console) -> None:
         paged = client.get("/", params={"after": console.numbers[2]}).text
         assert console.numbers[3] in paged and f">{console.numbers[0]}<" not in paged
         assert 'class="late"' in client.get("/", params={"breached": "1"}).text
+
+
+def test_an_attachment_whose_letter_was_purged_answers_gone(
+    start_console: Callable[..., Console]
+) -> None:
+    """Files are read from their letter's bytes: once retention purged those, the link
+    says so (410), not "no such attachment"."""
+    served = start_console()
+    with served.logged_in() as client:
+        page = client.get(f"/requests/{quote(served.hostile)}").text
+        link = page.split('href="/attachments/', 1)[1].split('"', 1)[0]
+        assert client.get(f"/attachments/{link}").status_code == 200
+        with served.store.transaction() as session:
+            session.execute(delete(LetterBytes))
+        answer = client.get(f"/attachments/{link}")
+        assert answer.status_code == 410 and "retention" in answer.text
+        assert client.get("/attachments/999999").status_code == 404
