@@ -2,8 +2,9 @@
 
 One row per thing that happened: a fetched letter (``letters``, its raw bytes kept
 forever in ``letter_bytes``), a request (``requests``) with its history (``request_events``), the
-replies waiting or sent (``outbox``), attachment metadata (``attachments``) and
-content (``blobs``, content-addressed), request-number counters (``counters``)
+replies waiting or sent (``outbox``), attachment metadata (``attachments``; the
+content is read from the letter's bytes, ``blobs`` holds what earlier versions stored
+apart), request-number counters (``counters``)
 and the last known state of each mailbox (``mailboxes``), with the letters its server
 would not serve or file (``letter_faults``).
 """
@@ -250,7 +251,9 @@ class AttachmentRecord(Base):
 
 
 class Blob(Base):
-    """Attachment content, stored once per SHA-256."""
+    """Attachment content, once per SHA-256, as earlier versions stored it beside the raw
+    letter. Nothing writes here now (``repository.attachment_content`` reads a file from
+    its letter); what is here is still served, and purged by retention."""
 
     __tablename__ = "blobs"
 

@@ -397,7 +397,7 @@ def add_attachment(
 ) -> None:
     """An attachment's metadata. Its content is not stored apart: the letter's raw bytes
     hold it, and :func:`attachment_content` reads it from them (``blobs`` holds only
-    what was stored before migration 0016). With an :class:`AttachmentBuffer` installed,
+    what earlier versions stored there). With an :class:`AttachmentBuffer` installed,
     the row waits for the transaction's end."""
     row = {"letter_id": letter.id, "filename": filename, "content_type": content_type,
            "size": size, "sha256": sha256, "inline": inline}
@@ -462,8 +462,8 @@ def attachment_content(
 
     Attachments are read again from the letter that carried them (parsing is
     deterministic, and the SHA-256 of the record picks the part) instead of being stored
-    a second time, decoded, beside the raw bytes: that copy was 40 % of what a backlog
-    wrote. ``blobs`` holds what was stored before migration 0016. When retention has
+    a second time, decoded, beside the raw bytes: that copy was a third of what a letter
+    cost to keep (``bench/storage.py``). ``blobs`` holds what earlier versions stored there. When retention has
     purged the letter's bytes, a younger letter with the same file serves it, as the
     shared blob did before.
     """

@@ -63,9 +63,9 @@ def desk(store: Store, letters: list[bytes], received_at: datetime) -> list[int]
     return ids
 
 
-def stored_as_before_0016(store: Store) -> None:
-    """Every attachment's content in ``blobs`` too, once per SHA-256, as mailroute stored
-    them before migration 0016: a database of that time, whose blobs retention still purges."""
+def stored_as_earlier_versions_did(store: Store) -> None:
+    """Every attachment's content in ``blobs`` too, once per SHA-256, as mailroute once stored
+    them: a database of that time, whose blobs retention still purges."""
     with store.transaction() as session:
         for record in session.scalars(select(AttachmentRecord)):
             if session.get(Blob, record.sha256) is None:
@@ -86,7 +86,7 @@ def counts(store: Store) -> dict[str, int]:
 def test_old_bytes_go_young_ones_and_every_request_stay(store: Store) -> None:
     old = desk(store, [letter(1, LOGO), letter(2, b"\x89PNG only in an old letter")], OLD)
     young = desk(store, [letter(3, LOGO)], NOW - timedelta(days=2))
-    stored_as_before_0016(store)
+    stored_as_earlier_versions_did(store)
     with store.transaction() as session:
         session.execute(update(OutboxItem).values(state="sent", sent_at=OLD))
         for state, created in (("sent", OLD), ("pending", OLD), ("sent", NOW)):
@@ -127,7 +127,7 @@ def test_a_closed_request_loses_its_personal_details_and_keeps_its_figures(
 ) -> None:
     desk(store, [letter(1, b"\x89PNG a scan of a passport")], OLD)
     desk(store, [letter(2)], OLD)
-    stored_as_before_0016(store)
+    stored_as_earlier_versions_did(store)
     with store.transaction() as session:
         first, second = session.scalars(select(Request).order_by(Request.id)).all()
         first.status, first.closed_at = "closed", OLD + timedelta(days=1)

@@ -211,7 +211,7 @@ def test_a_purged_letters_file_is_read_from_a_younger_letter_or_an_old_blob(
     store: Store,
 ) -> None:
     """Retention purges raw bytes: a file another letter still carries is read from it
-    (as the shared blob served it before); one stored as a blob before migration 0016 is
+    (as the shared blob served it before); one an earlier version stored as a blob is
     read from there; one no letter has any more is gone (None, the console says 410)."""
     from sqlalchemy import delete, select
 
