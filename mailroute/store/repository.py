@@ -463,9 +463,9 @@ def attachment_content(
     Attachments are read again from the letter that carried them (parsing is
     deterministic, and the SHA-256 of the record picks the part) instead of being stored
     a second time, decoded, beside the raw bytes: that copy was a third of what a letter
-    cost to keep (``bench/storage.py``). ``blobs`` holds what earlier versions stored there. When retention has
-    purged the letter's bytes, a younger letter with the same file serves it, as the
-    shared blob did before.
+    cost to keep (``bench/storage.py``). ``blobs`` holds what earlier versions stored
+    there. When retention has purged the letter's bytes, a younger letter with the same
+    file serves it, as the shared blob did before.
     """
     stored = session.scalar(select(Blob.content).where(Blob.sha256 == record.sha256))
     if stored is not None:
