@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import math
 import multiprocessing
@@ -457,7 +458,32 @@ def _serve(
         for raw in raws:
             limit_cpu(cpu_backstop)
             verdict = understand(raw, context, limits, stage)
-            conn.send(("done", verdict, time.process_time()))
+            conn.send(("done", without_file_bytes(verdict), time.process_time()))
+
+
+# What deciding reads of an attachment's content: the delivery report of a bounce
+# (``reply_policy.bounced_addresses``). Every other file is metadata to the daemon.
+_CONTENT_DECIDING_READS = frozenset({"message/delivery-status", "text/delivery-status"})
+
+
+def without_file_bytes(verdict: Understood) -> Understood:
+    """The verdict without its attachments' decoded bytes, which the daemon no longer
+    stores (it keeps the raw letter, and a download reads the file from it): 81 of the
+    87 MB that the verdicts of 2,000 benchmark letters carried through the pipe.
+    Delivery reports keep theirs: deciding reads them."""
+    parsed = verdict.parsed
+    if parsed is None or not parsed.attachments:
+        return verdict
+    light = tuple(
+        item if item.content_type in _CONTENT_DECIDING_READS or not item.content
+        else dataclasses.replace(item, content=b"")
+        for item in parsed.attachments
+    )
+    letter = dataclasses.replace(parsed, attachments=light)
+    analysis = verdict.analysis
+    if analysis is not None and analysis.letter is parsed:  # one letter in the pipe, not two
+        analysis = dataclasses.replace(analysis, letter=letter)
+    return dataclasses.replace(verdict, parsed=letter, analysis=analysis)
 
 
 def limit_cpu(seconds: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from support.dovecot import ImapAccount
 from support.processes import running
 
 from mailroute.config import Config
+from mailroute.core.reply_policy import bounced_addresses
 from mailroute.mail.imap import ImapSource
 from mailroute.pipeline.decide import Pipeline
 from mailroute.pipeline.intake import drain
@@ -23,6 +25,7 @@ from mailroute.store import Store
 from mailroute.store.models import Letter, Request
 
 LETTERS = sorted((Path(__file__).parents[1] / "letters").glob("*.eml"))[:40]
+PICTURE = os.urandom(50_000)
 BROKEN = b"From: a@b.example\r\nContent-Type: multipart/mixed\r\n\r\nno boundary at all"
 
 
@@ -49,6 +52,53 @@ def test_a_worker_gives_the_verdicts_this_process_would() -> None:
     assert [verdict_summary(r, pipeline, k) for r, k in zip(raws, there, strict=True)] == [
         verdict_summary(r, pipeline, k) for r, k in zip(raws, here, strict=True)]
     assert sum(1 for known in there if known.analysis is not None) >= len(LETTERS) - 2
+
+
+def a_bounce_with_a_file() -> bytes:
+    """A delivery report (deciding reads its report part) that also carries a picture."""
+    picture = base64.encodebytes(PICTURE).replace(b"\n", b"\r\n")
+    return (
+        b"From: MAILER-DAEMON@mx.customer.example\r\n"
+        b"To: servicedesk@vendor.example\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <bounce-with-file@mx.customer.example>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n"
+        b"\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+        b"This is the mail system at host mx.customer.example.\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.customer.example\r\n\r\n"
+        b"Final-Recipient: rfc822; gone@customer.example\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n"
+        b"--b\r\nContent-Type: image/png; name=\"logo.png\"\r\n"
+        b"Content-Disposition: attachment; filename=\"logo.png\"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + picture + b"--b--\r\n"
+    )
+
+
+def test_a_worker_sends_files_metadata_but_not_their_bytes() -> None:
+    """The daemon keeps the raw letter and reads a file from it when one is downloaded,
+    so a verdict crosses the pipe without its files' decoded bytes; a delivery report,
+    which deciding reads, keeps them, and the analysis holds the same letter."""
+    pipeline = Pipeline.from_config(Config())
+    raw = a_bounce_with_a_file()
+    (here,) = [understand(raw, pipeline.context, pipeline.limits)]
+    workers = Understanding(pipeline.context, pipeline.limits, workers=1, letter_seconds=60)
+    try:
+        (there,) = workers.understand_all([raw])
+    finally:
+        workers.close()
+    assert here.parsed is not None and there.parsed is not None and there.analysis is not None
+    assert [(a.content_type, a.size, a.sha256) for a in there.parsed.attachments] == [
+        (a.content_type, a.size, a.sha256) for a in here.parsed.attachments]
+    report, picture = there.parsed.attachments
+    assert report.content_type == "message/delivery-status"
+    assert b"Status: 5.1.1" in report.content
+    assert picture.content == b"" and picture.size == 50_000
+    assert len(here.parsed.attachments[1].content) == 50_000  # in this process, all of it
+    assert there.analysis.letter is there.parsed
+    assert bounced_addresses(there.parsed) == bounced_addresses(here.parsed) == {
+        "gone@customer.example"}
 
 
 def test_a_worker_freezes_what_it_started_with_before_its_first_letter() -> None:
