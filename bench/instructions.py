@@ -49,8 +49,11 @@ from multiprocessing.reduction import ForkingPickler
 from mailroute.config import Config
 from mailroute.core.letter import ParseLimits, parse
 from mailroute.packaged import analysis_context
+from mailroute.pipeline import workers
 from mailroute.pipeline.workers import understand
 
+# what a worker sends (c9bf216 on: the verdict without its files' bytes)
+for_the_pipe = getattr(workers, "without_file_bytes", lambda verdict: verdict)
 mode, folder = sys.argv[1], Path(sys.argv[2])
 raws = [path.read_bytes() for path in sorted(folder.iterdir())]
 context, limits = analysis_context(Config()), ParseLimits()
@@ -61,7 +64,7 @@ for raw in raws if mode != "read" else ():
     elif mode == "understand":
         understand(raw, context, limits)
     else:
-        ForkingPickler.dumps(("done", understand(raw, context, limits), 0.0))
+        ForkingPickler.dumps(("done", for_the_pipe(understand(raw, context, limits)), 0.0))
 """
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
