@@ -6,8 +6,9 @@ letter (``tests/letters`` and the shared dev corpus) used as a template, varied 
 real mailbox varies: senders, subjects, Message-IDs, dates and registration-number digits;
 bodies re-encoded in utf-8, windows-1251 or koi8-r with quoted-printable, base64 or 8bit;
 some turned HTML-only or multipart/alternative; about 15 % carrying 20-300 KB attachments
-(random bytes behind PDF/XLSX/PNG/ZIP magic, a few repeated, as a logo or a form is); about 5 % machine mail (the labelled auto-replies, bounces and list mail); and a
-few follow-ups (In-Reply-To an earlier letter) and re-sent duplicates (same Message-ID).
+(random bytes behind PDF/XLSX/PNG/ZIP magic, a few repeated, as a logo or a form is);
+about 5 % machine mail (the labelled auto-replies, bounces and list mail); and a few
+follow-ups (In-Reply-To an earlier letter) and re-sent duplicates (same Message-ID).
 
 Only the standard library is used, so the letters do not change when mailroute's parser
 does: the same ``--seed`` gives the same bytes on every machine.
