@@ -249,7 +249,6 @@ def test_a_batch_writes_its_attachment_rows_with_one_insert_in_their_order(
 ) -> None:
     """Attachment rows wait for the batch's end and go in as one executemany: one
     ORM object each was one INSERT each. Their ids keep the letters' and parts' order."""
-    from email.message import EmailMessage
 
     from sqlalchemy import event, select
 
@@ -263,20 +262,12 @@ def test_a_batch_writes_its_attachment_rows_with_one_insert_in_their_order(
     with store.transaction() as session:
         ids = []
         for number in range(3):
-            message = EmailMessage()
-            message["From"] = f"a{number}@customer.example"
-            message["Subject"] = f"Ошибка в отчёте {number}"
-            message["Message-ID"] = f"<batch{number}@customer.example>"
-            message.set_content("Отчёт не формируется, скриншоты во вложении.\n\n"
-                                f"ООО «А{number}»\nрег. номер 80011122{number}")
-            for part in ("first", "second"):
-                name = f"{part}-{number}.png"
-                message.add_attachment(f"PNG {name}".encode(), maintype="image",
-                                       subtype="png", filename=name)
-                expected.append(name)
+            names = [f"{part}-{number}.png" for part in ("first", "second")]
+            expected += names
+            raw = _letter_with_files(number, {name: f"PNG {name}".encode() for name in names})
             letter, _ = repo.save_letter(
-                session, mailbox="m", uidvalidity=1, uid=str(number + 1), raw=bytes(message),
-                message_id=message["Message-ID"], received_at=now, now=now)
+                session, mailbox="m", uidvalidity=1, uid=str(number + 1), raw=raw,
+                message_id=f"<files{number}@customer.example>", received_at=now, now=now)
             ids.append(letter.id)
     inserts: list[tuple[str, int]] = []
 
