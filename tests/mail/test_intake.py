@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,29 +72,40 @@ def test_imap_idle_sees_mail_that_landed_just_before_it_began(
 ) -> None:
     """A letter that lands after the last look at the folder and before IDLE starts is
     not announced by Dovecot (19 times in 20): the wait looks again after a short first
-    IDLE instead of sleeping to its timeout (here 20 s; Dovecot's own check: 30 s)."""
-    source = ImapSource(imap_config(imap_account, idle_timeout=20))
-    looks = []
-    first_look = source._arrived_since_listing
+    IDLE instead of sleeping to its timeout (here 20 s; Dovecot's own check: 30 s).
 
-    def look_then_deliver() -> bool:
-        found = first_look()
-        looks.append(found)
-        if len(looks) == 1:
-            imap_account.append(LETTER)  # in the window: after the look, before IDLE
-        return found
+    When Dovecot does announce it (the twentieth time), the attempt proves nothing about
+    the second look, so it is tried again, up to five times: every attempt must end in
+    seconds, and one at least must have been found by the second look."""
+    outcomes = []
+    for _attempt in range(5):
+        source = ImapSource(imap_config(imap_account, idle_timeout=20))
+        looks: list[bool] = []
+        first_look = source._arrived_since_listing
 
-    monkeypatch.setattr(source, "_arrived_since_listing", look_then_deliver)
-    try:
-        source.select()
-        source.list_uids()
-        started = time.monotonic()
-        source.wait(20, threading.Event())
-        waited = time.monotonic() - started
-    finally:
-        source.close()
-    assert looks == [False, True]  # found by the second look, not announced by IDLE
-    assert waited < 5
+        def look_then_deliver(first_look: Callable[[], bool] = first_look,
+                              looks: list[bool] = looks) -> bool:
+            found = first_look()
+            looks.append(found)
+            if len(looks) == 1:
+                imap_account.append(LETTER)  # in the window: after the look, before IDLE
+            return found
+
+        monkeypatch.setattr(source, "_arrived_since_listing", look_then_deliver)
+        try:
+            source.select()
+            source.list_uids()
+            started = time.monotonic()
+            source.wait(20, threading.Event())
+            waited = time.monotonic() - started
+        finally:
+            source.close()
+        assert waited < 5, (looks, waited)
+        assert looks in ([False], [False, True])  # announced by IDLE, or the second look
+        outcomes.append(looks)
+        if looks == [False, True]:
+            break
+    assert [False, True] in outcomes, outcomes  # found by the second look, not by IDLE
 
 
 def test_imap_stop_interrupts_idle(imap_account: ImapAccount) -> None:
