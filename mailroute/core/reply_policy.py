@@ -134,6 +134,10 @@ def rejection_names_recipient(stage: str, code: int, status: str) -> bool:
     return stage == "RCPT" and 500 <= code < 600 and status.startswith("5.1.")
 
 
+# The parts whose content bounced_addresses reads (workers keep those bytes for it).
+DELIVERY_REPORT_TYPES = frozenset({"message/delivery-status", "text/delivery-status"})
+
+
 def bounced_addresses(letter: ParsedLetter, candidates: Iterable[str] = ()) -> set[str]:
     """Addresses this bounce says are permanently undeliverable.
 
@@ -144,7 +148,7 @@ def bounced_addresses(letter: ParsedLetter, candidates: Iterable[str] = ()) -> s
     """
     failed = {a.lower() for a in addresses_in(letter.headers.get("x-failed-recipients", ""))}
     for attachment in letter.attachments:
-        if attachment.content_type in ("message/delivery-status", "text/delivery-status"):
+        if attachment.content_type in DELIVERY_REPORT_TYPES:
             failed |= _permanent_final_recipients(attachment.content)
     if failed:
         return failed

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from mailroute import logs, startup
 from mailroute.core.letter import ParsedLetter, ParseLimits, parse
+from mailroute.core.reply_policy import DELIVERY_REPORT_TYPES
 from mailroute.core.verdict import STAGES, Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
 
@@ -461,11 +462,6 @@ def _serve(
             conn.send(("done", without_file_bytes(verdict), time.process_time()))
 
 
-# What deciding reads of an attachment's content: the delivery report of a bounce
-# (``reply_policy.bounced_addresses``). Every other file is metadata to the daemon.
-_CONTENT_DECIDING_READS = frozenset({"message/delivery-status", "text/delivery-status"})
-
-
 def without_file_bytes(verdict: Understood) -> Understood:
     """The verdict without its attachments' decoded bytes, which the daemon no longer
     stores (it keeps the raw letter, and a download reads the file from it): 81 of the
@@ -475,7 +471,7 @@ def without_file_bytes(verdict: Understood) -> Understood:
     if parsed is None or not parsed.attachments:
         return verdict
     light = tuple(
-        item if item.content_type in _CONTENT_DECIDING_READS or not item.content
+        item if item.content_type in DELIVERY_REPORT_TYPES or not item.content
         else dataclasses.replace(item, content=b"")
         for item in parsed.attachments
     )

@@ -470,14 +470,18 @@ def attachment_content(
     stored = session.scalar(select(Blob.content).where(Blob.sha256 == record.sha256))
     if stored is not None:
         return stored
-    others = session.scalars(
-        select(AttachmentRecord.letter_id)
-        .where(AttachmentRecord.sha256 == record.sha256,
-               AttachmentRecord.letter_id != record.letter_id)
-        .order_by(AttachmentRecord.letter_id.desc())
-        .limit(ATTACHMENT_CARRIERS)
-    )
-    for letter_id in [record.letter_id, *others]:
+
+    def carriers() -> Iterator[int]:  # the others asked for only if its own letter fails
+        yield record.letter_id
+        yield from session.scalars(
+            select(AttachmentRecord.letter_id)
+            .where(AttachmentRecord.sha256 == record.sha256,
+                   AttachmentRecord.letter_id != record.letter_id)
+            .order_by(AttachmentRecord.letter_id.desc())
+            .limit(ATTACHMENT_CARRIERS)
+        )
+
+    for letter_id in carriers():
         raw = session.scalar(select(LetterBytes.raw).where(LetterBytes.letter_id == letter_id))
         if raw is None:
             continue
