@@ -14,7 +14,28 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog with rich hidden from it.
+
+    structlog's console renderer and its rich tracebacks import rich, and through it
+    pygments and attrs, whenever rich is installed (it is: the command line's tables
+    use it). That was ~60 ms of the start-up of every process, the daemon's and the
+    workers' forkserver's alike, for renderers mailroute never uses; without rich,
+    structlog keeps its plain formatters, which are the ones ``configure`` asks for.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails at once
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402  (imported above; this name is for the code and its types)
 
 KEY_ORDER = ["ts", "msgid", "uid", "request", "letter", "outbox", "event"]
 SECRET_KEYS = ("password", "passwd", "secret", "token", "authorization")
@@ -120,6 +141,15 @@ class _CurrentStderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+def bind(**values: Any) -> None:
+    """Add ``values`` to every line this thread or task logs from now on."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def unbind(*keys: str) -> None:
+    structlog.contextvars.unbind_contextvars(*keys)
 
 
 def get(name: str = "mailroute") -> Any:

@@ -18,13 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import __version__, logs
@@ -51,6 +46,10 @@ from mailroute.store import repository as repo
 from mailroute.store.alerts import AlertMail
 from mailroute.store.db import sqlite_file
 from mailroute.store.locks import InstanceCount, MailboxLock
+
+if TYPE_CHECKING:  # imported where the scheduler starts: `run --once` never needs them
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
 
 log = logs.get("mailroute.service.daemon")
 Clock = Callable[[], datetime]
@@ -228,13 +227,13 @@ class Daemon:
                 return None, DeliveryReport()
             with self._sender(send, intake.label if several else None) as sender:
                 if several:
-                    structlog.contextvars.bind_contextvars(mailbox=intake.label)
+                    logs.bind(mailbox=intake.label)
                 try:
                     report = drain(source, self.store, intake.pipeline, intake.mailbox,
                                    self.clock, progress=sender.wake, counted=counted)
                 finally:
                     if several:
-                        structlog.contextvars.unbind_contextvars("mailbox")
+                        logs.unbind("mailbox")
             if isinstance(sender, SenderProcess):  # the thread's passes observed their own
                 self._observe_delivery(sender.delivery)
             return report, sender.delivery
@@ -414,6 +413,10 @@ class Daemon:
         log.info("daemon ready")
 
     def _start_scheduler(self) -> BackgroundScheduler:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.memory import MemoryJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         # APScheduler warns on every run it skips or misses (a job slowed by an
         # outage, a loaded machine); the jobs log their own failures, once each.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -454,6 +457,8 @@ class Daemon:
         return scheduler
 
     def _report_trigger(self) -> CronTrigger:
+        from apscheduler.triggers.cron import CronTrigger
+
         reports, zone = self.config.reports, self.pipeline.calendar.zone
         day: dict[str, dict[str, Any]] = {
             "daily": {},

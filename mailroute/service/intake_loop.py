@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailroute import logs
@@ -177,7 +176,7 @@ class MailboxIntake:
 
     def loop(self) -> None:
         if self.daemon.config.several_mailboxes:
-            structlog.contextvars.bind_contextvars(mailbox=self.label)
+            logs.bind(mailbox=self.label)
         lock = MailboxLock(self.daemon.store, self.name)
         try:
             while not self.daemon.stop.is_set():

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from mailroute import logs, startup
 from mailroute.config import Config
 from mailroute.errors import TransientError
@@ -156,7 +154,7 @@ def _serve(
     """The child: a pass on each wake (or every ``idle`` s) until told to stop."""
     logs.configure(config.logging.level, config.logging.format)
     if mailbox is not None:
-        structlog.contextvars.bind_contextvars(mailbox=mailbox)
+        logs.bind(mailbox=mailbox)
     threading.Thread(target=_stop_with_parent, args=(done, wakeup), name="parent-watch",
                      daemon=True).start()
     summary = SentSummary()
