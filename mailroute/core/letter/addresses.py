@@ -20,21 +20,30 @@ _BARE_EMAIL = re.compile(r"(?<![^\s<>()\"',;:])[^\s<>()\"',;:@]++@[^\s<>()\"',;:
 _EMAIL_SHAPE = re.compile(r"[^@\s<>()\[\],;:\"\\]++@[^@\s<>()\[\],;:\"\\]++")
 
 
+_ADDRESS_SPECIALS = re.compile(r'[\\"()<>,;]')
+
+
 def _split_addresses(value: str) -> list[str]:
-    """Split an address list on commas outside quotes, angle brackets and comments."""
+    """Split an address list on commas outside quotes, angle brackets and comments.
+
+    Only the characters that can change the state are visited (a search for them), the
+    runs between them are sliced whole: a character at a time in Python cost the
+    worker ~3 % of a letter, in From, To, Cc and Reply-To of every letter.
+    """
     items: list[str] = []
-    buf: list[str] = []
+    start = 0  # where the current item begins
     quoted = False
     angle = 0
     comment = 0
-    escape = False
-    for ch in value:
-        if escape:
-            buf.append(ch)
-            escape = False
+    escaped_until = -1  # a backslash in a quoted string or comment escapes what follows
+    for found in _ADDRESS_SPECIALS.finditer(value):
+        at = found.start()
+        if at < escaped_until:
             continue
-        if ch == "\\" and (quoted or comment):
-            escape = True
+        ch = value[at]
+        if ch == "\\":
+            if quoted or comment:
+                escaped_until = at + 2
         elif ch == '"' and not comment:
             quoted = not quoted
         elif not quoted:
@@ -47,11 +56,9 @@ def _split_addresses(value: str) -> list[str]:
             elif ch == ">" and angle:
                 angle -= 1
             elif ch in ",;" and not angle and not comment:
-                items.append("".join(buf))
-                buf = []
-                continue
-        buf.append(ch)
-    items.append("".join(buf))
+                items.append(value[start:at])
+                start = at + 1
+    items.append(value[start:])
     return [item for item in (i.strip() for i in items) if item]
 
 

@@ -226,27 +226,32 @@ def parse_date(raw: str, defects: list[str]) -> datetime | None:
 _PARAM_2231 = re.compile(r"^([^*]+)(?:\*(\d+))?(\*)?$")
 
 
+_PARAM_SPECIALS = re.compile(r'[\\";]')
+
+
 def _split_params(value: str) -> list[str]:
-    """Split a structured header on ';' outside quotes."""
+    """Split a structured header on ';' outside quotes (visiting only the characters
+    that matter, as ``addresses._split_addresses`` does)."""
+    if '"' not in value:
+        return value.split(";")
     parts: list[str] = []
-    buf: list[str] = []
+    start = 0
     quoted = False
-    escape = False
-    for ch in value:
-        if escape:
-            buf.append(ch)
-            escape = False
+    escaped_until = -1  # a backslash in a quoted string escapes what follows
+    for found in _PARAM_SPECIALS.finditer(value):
+        at = found.start()
+        if at < escaped_until:
             continue
-        if ch == "\\" and quoted:
-            escape = True
+        ch = value[at]
+        if ch == "\\":
+            if quoted:
+                escaped_until = at + 2
         elif ch == '"':
             quoted = not quoted
-        elif ch == ";" and not quoted:
-            parts.append("".join(buf))
-            buf = []
-            continue
-        buf.append(ch)
-    parts.append("".join(buf))
+        elif not quoted:
+            parts.append(value[start:at])
+            start = at + 1
+    parts.append(value[start:])
     return parts
 
 
