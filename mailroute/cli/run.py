@@ -46,9 +46,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mailroute.pipeline.workers import start_early
+    from mailroute.pipeline.processes import start_early
 
-    start_early()  # its imports run on the other core while ours below run on this one
+    start_early()  # first: its imports run on the other core while ours below run on this one
     from mailroute.service.config_check import judge
     from mailroute.service.daemon import Daemon
 

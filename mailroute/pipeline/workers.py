@@ -30,7 +30,6 @@ import itertools
 import math
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import queue
 import resource
@@ -49,6 +48,7 @@ from mailroute.core.letter import ParsedLetter, ParseLimits, parse
 from mailroute.core.reply_policy import DELIVERY_REPORT_TYPES
 from mailroute.core.verdict import STAGES, Analysis, AnalysisContext, analyze
 from mailroute.errors import LetterUnreadable
+from mailroute.pipeline.processes import process_context
 
 log = logs.get("mailroute.pipeline.workers")
 POLL_SECONDS = 0.05  # how often a letter's cost and a stop are looked at
@@ -414,26 +414,6 @@ class _IdleWorkers:
 
 
 _IDLE = _IdleWorkers()
-_preloaded = False
-
-
-def process_context() -> multiprocessing.context.ForkServerContext:
-    """The forkserver imports mailroute once; each worker forked from it starts at once
-    (the outbox process of ``run --once`` comes from it too)."""
-    global _preloaded
-    ctx = multiprocessing.get_context("forkserver")
-    if not _preloaded:
-        ctx.set_forkserver_preload(["mailroute.pipeline.workers"])
-        _preloaded = True
-    return ctx
-
-
-def start_early() -> None:
-    """Start the forkserver now, beside the rest of start-up, instead of when the first
-    batch is handed to a worker: it imports mailroute before it can fork one (~0.5 s of
-    the other core), and that batch waited for it."""
-    process_context()
-    multiprocessing.forkserver.ensure_running()
 
 
 def _serve(

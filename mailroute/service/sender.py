@@ -43,7 +43,7 @@ from mailroute import logs, startup
 from mailroute.config import Config
 from mailroute.errors import TransientError
 from mailroute.mail.outbox import SESSIONS, DeliveryReport, KeptSessions, deliver_due_async
-from mailroute.pipeline.workers import process_context
+from mailroute.pipeline.processes import process_context
 from mailroute.store import Store
 from mailroute.store.alerts import AlertMail
 

@@ -151,13 +151,21 @@ def test_a_worker_killed_mid_batch_is_replaced_and_nothing_is_lost() -> None:
         for r in raws]
 
 
+# The forkserver is forked, then executes Python: its command line is empty in between.
 _STARTED_EARLY = """
-import os
-from mailroute.pipeline.workers import start_early
+import os, time
+from mailroute.pipeline.processes import start_early
 start_early()
 pid = os.getpid()
-for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
-    print(child, open(f"/proc/{child}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+deadline = time.monotonic() + 10
+while True:
+    children = {child: open(f"/proc/{child}/cmdline", "rb").read().replace(b"\\0", b" ")
+                for child in open(f"/proc/{pid}/task/{pid}/children").read().split()}
+    if all(children.values()) or time.monotonic() > deadline:
+        break
+    time.sleep(0.01)
+for child, command in children.items():
+    print(child, command.decode())
 """
 
 
