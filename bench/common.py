@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -301,3 +302,20 @@ def machine_note() -> str:
 # domain, 300 for the desk, an hour) are for floods, and would make a benchmark measure
 # suppressed replies instead of sent ones.
 UNCAPPED = {"desk_hourly_limit": 1_000_000, "per_domain_limit": 1_000_000}
+
+
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def callgrind_instructions(arguments: Sequence[str], env: dict[str, str], cwd: Path,
+                           what: str) -> int:
+    """Instructions ``python arguments...`` executed, by callgrind's own summary."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, *arguments],
+        env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode or found is None:
+        raise SystemExit(f"callgrind run ({what}) failed ({done.returncode}):\n"
+                         f"{done.stderr[-2000:]}")
+    return int(found.group(1))

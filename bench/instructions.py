@@ -30,14 +30,19 @@ costs more than an add), so this says whether a change does less work, and how m
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import Source, add_source_arguments, machine_note, source_tree, terminate_on_sigterm
+from common import (
+    Source,
+    add_source_arguments,
+    callgrind_instructions,
+    machine_note,
+    source_tree,
+    terminate_on_sigterm,
+)
 from letters import generate
 
 MODES = ("read", "parse", "understand", "verdict")
@@ -66,21 +71,12 @@ for raw in raws if mode != "read" else ():
     else:
         ForkingPickler.dumps(("done", for_the_pipe(understand(raw, context, limits)), 0.0))
 """
-COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def count(source: Source, mode: str, folder: Path) -> int:
-    """Instructions the child executed in ``mode``, by callgrind's own summary."""
-    env = source.env() | {"PYTHONHASHSEED": "0"}
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-c", CHILD, mode, str(folder)],
-        env=env, cwd=folder.parent, capture_output=True, text=True, check=False)
-    found = COLLECTED.search(done.stderr)
-    if done.returncode or found is None:
-        raise SystemExit(f"callgrind run ({mode}) failed ({done.returncode}):\n"
-                         f"{done.stderr[-2000:]}")
-    return int(found.group(1))
+    """Instructions the child executed in ``mode``."""
+    return callgrind_instructions(["-c", CHILD, mode, str(folder)],
+                                  source.env() | {"PYTHONHASHSEED": "0"}, folder.parent, mode)
 
 
 def main() -> int:

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-from common import Source, add_source_arguments, machine_note, source_tree, terminate_on_sigterm
+from common import (
+    Source,
+    add_source_arguments,
+    callgrind_instructions,
+    machine_note,
+    source_tree,
+    terminate_on_sigterm,
+)
 
 IMPORTS = {
     "python": "",
@@ -46,23 +51,15 @@ if {check}:
     import mailroute
     assert mailroute.__file__.startswith({tree!r}), mailroute.__file__
 """
-COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def count(source: Source, what: str) -> int:
     """Instructions a child interpreter executed importing ``what``."""
     code = CHILD.format(tree=str(source.root), site=sysconfig.get_paths()["purelib"],
                         imports=IMPORTS[what], check=bool(IMPORTS[what]))
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-S", "-c", code],
-        env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"}, cwd=source.root,
-        capture_output=True, text=True, check=False)
-    found = COLLECTED.search(done.stderr)
-    if done.returncode or found is None:
-        raise SystemExit(f"callgrind run ({what}) failed ({done.returncode}):\n"
-                         f"{done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind_instructions(["-S", "-c", code],
+                                  {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"},
+                                  source.root, what)
 
 
 def main() -> int:
