@@ -477,6 +477,32 @@ def test_a_dripping_server_cannot_hold_the_outbox_past_the_timeout(sqlite_url: s
         store.dispose()
 
 
+def test_a_server_that_drips_a_messages_answers_cannot_hold_a_reply_past_its_deadline(
+    sqlite_url: str,
+) -> None:
+    """Greeting and EHLO come at once; each answer from MAIL on takes 0.7 s, within the
+    timeout (1 s) of any one answer. The four answers of one message would take 2.8 s,
+    past the deadline the whole message has (two timeouts): the send is given up at 2 s,
+    the session dropped, and the reply waits for its retry. The client keeps no timeout
+    of its own per answer, so this deadline is the only guard a message has."""
+    store = Store(sqlite_url)
+    store.upgrade()
+    reply = queue(store)
+    with DrippingSmtpServer(answer_seconds=0.7, slow_from=b"MAIL") as server:
+        smtp = SmtpConfig(host=server.host, port=server.port, security="none", timeout=1)
+        started = time.monotonic()
+        report = deliver_due(store, smtp, RepliesConfig(), NOW)
+        took = time.monotonic() - started
+        commands = list(server.commands)
+    try:
+        assert commands[:3] == ["EHLO", "MAIL", "RCPT"], commands
+        assert report.retried == [reply] and report.sent == [], report
+        assert item(store, reply).last_error == "SMTP send timed out"
+        assert took < 30, f"the outbox was held {took:.0f} s"
+    finally:
+        store.dispose()
+
+
 # ------------------------------------------------------- whose fault a 5xx is
 
 

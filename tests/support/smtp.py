@@ -308,7 +308,9 @@ class DrippingSmtpServer:
     aiosmtpd cannot be this slow on purpose. Each answer (greeting, EHLO, AUTH, ...)
     takes ``answer_seconds`` to arrive, within any per-answer timeout, so a client
     whose deadline covers one read at a time gets through greeting, EHLO and login
-    in several timeouts. ``commands`` lists the verbs the client got to send.
+    in several timeouts. With ``slow_from`` (a verb, ``b"MAIL"`` say), the answers before
+    that verb's come at once and only the rest drip. ``commands`` lists the verbs the
+    client got to send; a message after DATA is read to its end and answered once.
     """
 
     host = "127.0.0.1"
@@ -318,8 +320,9 @@ class DrippingSmtpServer:
         b"QUIT": b"221 2.0.0 Bye\r\n",
     }
 
-    def __init__(self, answer_seconds: float = 0.7) -> None:
+    def __init__(self, answer_seconds: float = 0.7, slow_from: bytes | None = None) -> None:
         self.answer_seconds = answer_seconds
+        self.slow_from = slow_from
         self.commands: list[str] = []
         self._stop = threading.Event()
         self._listener = socket.socket()
@@ -351,19 +354,30 @@ class DrippingSmtpServer:
             worker.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        slow = self.slow_from is None
         with conn:
             try:
-                self._drip(conn, b"220 slow.example ESMTP\r\n")
-                for line in conn.makefile("rb"):
+                self._drip(conn, b"220 slow.example ESMTP\r\n", slow)
+                lines = conn.makefile("rb")
+                for line in lines:
                     verb = line.split(b" ", 1)[0].strip().upper()
                     self.commands.append(verb.decode(errors="replace"))
-                    self._drip(conn, self._ANSWERS.get(verb, b"250 2.0.0 OK\r\n"))
+                    slow = slow or verb == self.slow_from
+                    if verb == b"DATA":
+                        self._drip(conn, b"354 End data with <CR><LF>.<CR><LF>\r\n", slow)
+                        for body_line in lines:
+                            if body_line == b".\r\n" or self._stop.is_set():
+                                break
+                    self._drip(conn, self._ANSWERS.get(verb, b"250 2.0.0 OK\r\n"), slow)
                     if verb == b"QUIT" or self._stop.is_set():
                         return
             except OSError:
                 return  # the client gave up
 
-    def _drip(self, conn: socket.socket, answer: bytes) -> None:
+    def _drip(self, conn: socket.socket, answer: bytes, slow: bool = True) -> None:
+        if not slow:
+            conn.sendall(answer)
+            return
         interval = self.answer_seconds / len(answer)
         for byte in answer:
             conn.sendall(bytes([byte]))
