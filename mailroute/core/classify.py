@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from mailroute.config import ClassificationConfig, ClassificationRule
 from mailroute.core.words import Index, Key, Pattern, Vocabulary, index, negated
@@ -70,7 +70,7 @@ class Rule:
 
     spec: ClassificationRule
     patterns: tuple[Pattern, ...]
-    regex: re.Pattern[str] | None
+    regex: RuleRegex | None
     unless: tuple[Pattern, ...]
     # Which patterns are filed under each key (first two words, or first part: see
     # words.Key), so a text is only tried with the patterns whose key it holds, still in
@@ -88,7 +88,7 @@ class Rule:
         return cls(
             spec=spec,
             patterns=patterns,
-            regex=re.compile(spec.regex, re.IGNORECASE | re.MULTILINE) if spec.regex else None,
+            regex=RuleRegex(spec.regex) if spec.regex else None,
             unless=tuple(Pattern.compile(p) for p in spec.unless),
             by_first={first: tuple(at) for first, at in by_first.items()},
             vocabulary=Vocabulary.of(patterns),
@@ -126,14 +126,14 @@ class Rule:
                     if self._counts(words, span, blocked):
                         return " ".join(words.words[span[0] : span[1]])
         if self.regex is not None:
-            for found in self.regex.finditer(text):
+            for start, end in self.regex.spans(text):
                 if words is None:
                     words = index(text)
-                span = _token_span(words, found.start(), found.end())
+                span = _token_span(words, start, end)
                 if blocked is None:
                     blocked = self._blocked(words)
                 if self._counts(words, span, blocked):
-                    return found.group(0).strip()
+                    return text[start:end].strip()
         return None
 
     def _candidates(self, words: Index) -> Sequence[int]:
@@ -152,6 +152,97 @@ class Rule:
         if self.spec.negatable and _negated_in_sentence(words, span):
             return False
         return not any(b0 <= span[0] < b1 or span[0] <= b0 < span[1] for b0, b1 in blocked)
+
+
+# A rule's regex is matched case-insensitively. With IGNORECASE, CPython's engine cannot
+# skip to the positions where a match may begin: it tries every alternative at every
+# character (type:error-message, some thirty words, cost 70 µs a letter; 5 µs without).
+# Matched without IGNORECASE in the lower-cased text, a regex finds the same, at the same
+# offsets, when neither side holds a letter whose case IGNORECASE pairs otherwise than
+# str.lower() does. tests/core/test_classify_lowered.py holds the two ways to each other.
+_CODE_ESCAPE = re.compile(r"\\[xuUN0-7]")  # a character given by its code: of any case
+_INLINE_FLAGS = re.compile(r"\(\?[aiLmsux-]")  # (?-i:...) would make a part case-sensitive
+_ESCAPED = re.compile(r"\\.", re.DOTALL)
+_LARGEST_RANGE = 0x3000  # wider ranges are not looked through: the regex keeps IGNORECASE
+# A letter outside Latin-1 and Cyrillic (ſ, ı, the Kelvin sign, İ, old Cyrillic forms),
+# or µ (IGNORECASE pairs it with Greek μ): a text with one keeps IGNORECASE.
+_OTHER_LETTER = re.compile(r"[^\W\d_\x00-\xb4\xb6-\xff\u0400-\u04ff]")
+
+
+class RuleRegex:
+    """A rule's regex, matched case-insensitively: without IGNORECASE in the lower-cased
+    text where that finds the same (:func:`case_free`, :func:`_lowered`), else with it.
+    Only the way a rule will use is compiled when it is built; the other, if ever."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lowered = re.compile(source, re.MULTILINE) if case_free(source) else None
+        if self.lowered is None:
+            _ = self.insensitive  # compiled with the rules, not at the first letter
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuleRegex) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    @cached_property
+    def insensitive(self) -> re.Pattern[str]:
+        """The definition: IGNORECASE, in the text as written."""
+        return re.compile(self.source, re.IGNORECASE | re.MULTILINE)
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """Where the regex matches ``text`` (offsets in ``text``)."""
+        lowered = _lowered(text) if self.lowered is not None else None
+        if lowered is not None and self.lowered is not None:
+            return (found.span() for found in self.lowered.finditer(lowered))
+        return (found.span() for found in self.insensitive.finditer(text))
+
+
+def case_free(pattern: str) -> bool:
+    """Whether ``pattern`` without IGNORECASE finds in a lower-cased text (of Latin-1 and
+    Cyrillic letters) what it finds with IGNORECASE in the text: it names no upper-case
+    letter, as a literal or inside a range, and no letter outside Latin-1 and Cyrillic,
+    gives no character by its code and sets no flags inline. Anything else keeps
+    IGNORECASE, which is always right, only slower."""
+    if _CODE_ESCAPE.search(pattern) or _INLINE_FLAGS.search(pattern):
+        return False
+    plain = _ESCAPED.sub("\x00", pattern)  # escapes are classes (\w, \S) or punctuation
+    if plain != plain.lower() or _OTHER_LETTER.search(plain) is not None:
+        return False
+    for low, high in _ranges(plain):
+        if "\x00" in (low, high) or ord(high) - ord(low) > _LARGEST_RANGE:
+            return False  # an escaped end (blanked to NUL), or too wide to look through
+        if any(c != c.lower() for c in map(chr, range(ord(low), ord(high) + 1))):
+            return False
+    return True
+
+
+def _ranges(plain: str) -> Iterator[tuple[str, str]]:
+    """The (first, last) characters of the ranges in the classes of ``plain``, a pattern
+    with its escapes blanked; a hyphen between two ranges is read as one more (a range
+    too many only refuses more)."""
+    at = plain.find("[")
+    while at != -1:
+        start = at + 1 + plain.startswith("^", at + 1)
+        end = plain.find("]", start + 1 if plain.startswith("]", start) else start)
+        if end == -1:
+            return
+        body = plain[start:end]
+        for hyphen in range(1, len(body) - 1):
+            if body[hyphen] == "-":
+                yield body[hyphen - 1], body[hyphen + 1]
+        at = plain.find("[", end + 1)
+
+
+@lru_cache(maxsize=8)
+def _lowered(text: str) -> str | None:
+    """``text`` lower-cased, offset for offset, or None when it holds a letter whose case
+    IGNORECASE pairs otherwise than ``str.lower`` (a rule then matches the text as is)."""
+    if _OTHER_LETTER.search(text) is not None:
+        return None
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else None
 
 
 def _negated_in_sentence(words: Index, span: tuple[int, int]) -> bool:
