@@ -156,7 +156,8 @@ class Rule:
 
 # A rule's regex is matched case-insensitively. With IGNORECASE, CPython's engine cannot
 # skip to the positions where a match may begin: it tries every alternative at every
-# character (type:error-message, some thirty words, cost 70 µs a letter; 5 µs without).
+# character (type:error-message, some thirty words, took 109 µs on an own text of 155
+# characters; 8 µs without IGNORECASE on the lower-cased text).
 # Matched without IGNORECASE in the lower-cased text, a regex finds the same, at the same
 # offsets, when neither side holds a letter whose case IGNORECASE pairs otherwise than
 # str.lower() does. tests/core/test_classify_lowered.py holds the two ways to each other.
