@@ -305,6 +305,33 @@ UNCAPPED = {"desk_hourly_limit": 1_000_000, "per_domain_limit": 1_000_000}
 
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+_SINK = """
+import sys
+from support.smtp import SmtpSink
+sink = SmtpSink()
+sink.start()
+print(sink.port, flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def smtp_sink_process(env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """(port, pid) of an aiosmtpd sink in a process of its own: its CPU is not the
+    measured process's, and ``process_cpu(pid)`` reads it."""
+    sink = subprocess.Popen([sys.executable, "-c", _SINK], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert sink.stdout is not None
+        yield int(sink.stdout.readline()), sink.pid
+    finally:
+        sink.kill()
+        sink.wait()
+
+
+def require_valgrind() -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found: install Debian's valgrind package")
 
 
 def callgrind_instructions(arguments: Sequence[str], env: dict[str, str], cwd: Path,

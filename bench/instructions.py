@@ -40,6 +40,7 @@ from common import (
     add_source_arguments,
     callgrind_instructions,
     machine_note,
+    require_valgrind,
     source_tree,
     terminate_on_sigterm,
 )
@@ -85,8 +86,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     add_source_arguments(parser)
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind not found: install Debian's valgrind package")
+    require_valgrind()
     terminate_on_sigterm()
     folder = Path(tempfile.mkdtemp(prefix="mailroute-bench-instructions-"))
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,19 +29,12 @@ from common import (
     machine_note,
     outbox_rows,
     process_cpu,
+    smtp_sink_process,
     source_tree,
     terminate_on_sigterm,
 )
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
-SINK = """
-import sys, time
-from support.smtp import SmtpSink
-sink = SmtpSink()
-sink.start()
-print(sink.port, flush=True)
-sys.stdin.read()
-"""
 
 
 def queue(store: Any, count: int, start: int) -> None:
@@ -117,20 +109,16 @@ def main() -> int:
         from mailroute import logs
 
         logs.configure("warning")  # a line a reply would be measured too
-        sink = subprocess.Popen([sys.executable, "-c", SINK], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, env=source.env())
         try:
-            assert sink.stdout is not None
-            port = int(sink.stdout.readline())
-            results: dict[bool, list[tuple[float, float, int, float]]] = {False: [], True: []}
-            for number in range(args.repeat):
-                for kept in (False, True):
-                    with database(args.db, workdir, number) as url:
-                        results[kept].append(one_run(url, port, sink.pid, kept, args.passes,
-                                                     args.per_pass))
+            with smtp_sink_process(source.env()) as (port, sink_pid):
+                results: dict[bool, list[tuple[float, float, int, float]]] = {
+                    False: [], True: []}
+                for number in range(args.repeat):
+                    for kept in (False, True):
+                        with database(args.db, workdir, number) as url:
+                            results[kept].append(one_run(url, port, sink_pid, kept,
+                                                         args.passes, args.per_pass))
         finally:
-            sink.kill()
-            sink.wait()
             shutil.rmtree(workdir, ignore_errors=True)
     replies = args.passes * args.per_pass
     print(f"# bench/outbox_passes.py: {source.label}; {machine_note()}")

@@ -28,19 +28,13 @@ from common import (
     add_source_arguments,
     callgrind_instructions,
     machine_note,
+    require_valgrind,
+    smtp_sink_process,
     source_tree,
     terminate_on_sigterm,
 )
 
 MODES = ("outbox", "per-answer", "smtplib")
-SINK = """
-import sys
-from support.smtp import SmtpSink
-sink = SmtpSink()
-sink.start()
-print(sink.port, flush=True)
-sys.stdin.read()
-"""
 CHILD = """
 import asyncio, os, smtplib, sys
 import aiosmtplib
@@ -101,29 +95,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     add_source_arguments(parser)
     args = parser.parse_args()
+    require_valgrind()
     terminate_on_sigterm()
     with source_tree(args.live, args.rev) as source:
         env = {**source.env(), "PYTHONHASHSEED": "0"}
         cwd = Path(source.root)
-        sink = subprocess.Popen([sys.executable, "-c", SINK], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, env=env)
-        try:
-            assert sink.stdout is not None
-            port = str(int(sink.stdout.readline()))
+        with smtp_sink_process(env) as (port, _pid):
             counted: dict[str, float] = {}
             for mode in MODES:
-                base = callgrind_instructions(["-c", CHILD, port, "0", mode], env, cwd,
+                base = callgrind_instructions(["-c", CHILD, str(port), "0", mode], env, cwd,
                                               f"{mode}, connecting only")
-                sends = callgrind_instructions(["-c", CHILD, port, str(args.n), mode], env, cwd,
-                                               f"{mode}, {args.n} messages")
+                sends = callgrind_instructions(["-c", CHILD, str(port), str(args.n), mode],
+                                               env, cwd, f"{mode}, {args.n} messages")
                 counted[mode] = (sends - base) / args.n
             cpu: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
             for _ in range(args.repeat):
                 for mode in MODES:  # interleaved: the machine's moods fall on all alike
-                    cpu[mode].append(timed(env, cwd, int(port), args.timed, mode))
-        finally:
-            sink.kill()
-            sink.wait()
+                    cpu[mode].append(timed(env, cwd, port, args.timed, mode))
     print(f"# bench/smtp_client.py: {source.label}; {machine_note()}")
     for mode in MODES:
         user, system = min(cpu[mode], key=sum)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import shutil
 import sys
 import sysconfig
 from pathlib import Path
@@ -32,6 +31,7 @@ from common import (
     add_source_arguments,
     callgrind_instructions,
     machine_note,
+    require_valgrind,
     source_tree,
     terminate_on_sigterm,
 )
@@ -66,8 +66,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_source_arguments(parser)
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind not found: install Debian's valgrind package")
+    require_valgrind()
     terminate_on_sigterm()
     with source_tree(args.live, args.rev) as source:
         compileall.compile_dir(str(Path(source.root) / "mailroute"), quiet=1)

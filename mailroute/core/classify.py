@@ -194,8 +194,7 @@ class RuleRegex:
 
     def spans(self, text: str) -> Iterator[tuple[int, int]]:
         """Where the regex matches ``text`` (offsets in ``text``)."""
-        lowered = _lowered(text) if self.lowered is not None else None
-        if lowered is not None and self.lowered is not None:
+        if self.lowered is not None and (lowered := _lowered(text)) is not None:
             return (found.span() for found in self.lowered.finditer(lowered))
         return (found.span() for found in self.insensitive.finditer(text))
 
