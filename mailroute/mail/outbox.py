@@ -624,8 +624,7 @@ async def _send_one(
     (SQLite), an accepted reply is written down in the journal and marked later."""
     message = b"Date: " + format_datetime(now).encode() + b"\r\n" + item.raw
     try:
-        async with asyncio.timeout(session.smtp.timeout * 2):  # the whole message's deadline
-            await _sendmail(client, item.sender, item.recipient, message)
+        await _sendmail(client, session.smtp, item.sender, item.recipient, message)
     except SmtpPermanentFailure as exc:
         _record_failure(books, item, now, str(exc), report)
         if rejection_names_recipient(exc.stage, exc.code, exc.status):
@@ -800,25 +799,31 @@ async def _login_xoauth2(
         ) from exc
 
 
-async def _sendmail(client: aiosmtplib.SMTP, sender: str, recipient: str, raw: bytes) -> None:
-    """One message on an open session, with no deadline of its own: the caller's one
-    deadline covers MAIL, RCPT and DATA together. The client's timeout for each answer
-    would also cost a waiter and a timer per answer, four a reply: 0.21 M of the client's
-    1.7 M instructions a reply (bench/smtp_client.py), for no guard the deadline lacks."""
-    try:
-        await client.sendmail(sender, [recipient], raw, timeout=None)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        code = min((r.code for r in exc.recipients), default=451)
-        message = "; ".join(r.message for r in exc.recipients)
-        raise _by_code("RCPT", code, message) from exc
-    except aiosmtplib.SMTPSenderRefused as exc:
-        raise _by_code("MAIL", exc.code, exc.message) from exc
-    except aiosmtplib.SMTPDataError as exc:
-        raise _by_code("DATA", exc.code, exc.message) from exc
-    except aiosmtplib.SMTPResponseException as exc:
-        raise _by_code("session", exc.code, exc.message) from exc
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        raise SmtpTemporaryFailure(f"SMTP connection failed: {exc}") from exc
+async def _sendmail(
+    client: aiosmtplib.SMTP, smtp: SmtpConfig, sender: str, recipient: str, raw: bytes
+) -> None:
+    """One message on an open session, under one deadline of two ``[smtp] timeout``s for
+    MAIL, RCPT and DATA together (TimeoutError past it). The client's own timeout for each
+    answer would also cost a waiter and a timer per answer, four a reply: 0.21 M of the
+    client's 1.7 M instructions a reply (bench/smtp_client.py), for no guard the deadline
+    lacks."""
+    # The deadline outside the try: TimeoutError is an OSError, which the last clause
+    # would take for a broken connection.
+    async with asyncio.timeout(smtp.timeout * 2):
+        try:
+            await client.sendmail(sender, [recipient], raw, timeout=None)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            code = min((r.code for r in exc.recipients), default=451)
+            message = "; ".join(r.message for r in exc.recipients)
+            raise _by_code("RCPT", code, message) from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise _by_code("MAIL", exc.code, exc.message) from exc
+        except aiosmtplib.SMTPDataError as exc:
+            raise _by_code("DATA", exc.code, exc.message) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _by_code("session", exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise SmtpTemporaryFailure(f"SMTP connection failed: {exc}") from exc
 
 
 def _by_code(

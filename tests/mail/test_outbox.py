@@ -342,15 +342,15 @@ def test_a_dropped_database_connection_is_replaced_between_replies(
         real_sendmail = outbox._sendmail
         dropped: list[bool] = []
 
-        async def drop_then_send(client: object, sender: str, recipient: str,
-                                 raw: bytes) -> None:
+        async def drop_then_send(client: object, smtp: SmtpConfig, sender: str,
+                                 recipient: str, raw: bytes) -> None:
             if b"<r2@example.com>" in raw and not dropped:  # kill the run's connection
                 with store.engine.connect() as admin:
                     dropped.extend(admin.execute(text(
                         "select pg_terminate_backend(pid) from pg_stat_activity "
                         "where datname = current_database() and pid <> pg_backend_pid()"
                     )).scalars().all())
-            await real_sendmail(client, sender, recipient, raw)  # type: ignore[arg-type]
+            await real_sendmail(client, smtp, sender, recipient, raw)  # type: ignore[arg-type]
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(outbox, "_sendmail", drop_then_send)
